@@ -1,0 +1,18 @@
+"""convbert-jax: ConvBERT (arXiv 2008.02496) in JAX / Flax NNX."""
+
+from convbert.config import ConvBertConfig, generator_config, size_config
+from convbert.modeling import (
+    ConvBertForMaskedLM,
+    ConvBertForMultipleChoice,
+    ConvBertForPreTraining,
+    ConvBertForQuestionAnswering,
+    ConvBertForSequenceClassification,
+    ConvBertForTokenClassification,
+    ConvBertModel,
+)
+
+__all__ = [
+    "ConvBertConfig", "generator_config", "size_config", "ConvBertModel", "ConvBertForMaskedLM",
+    "ConvBertForSequenceClassification", "ConvBertForMultipleChoice", "ConvBertForTokenClassification",
+    "ConvBertForQuestionAnswering", "ConvBertForPreTraining",
+]

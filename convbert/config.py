@@ -1,0 +1,204 @@
+"""`ConvBertConfig`: the frozen model configuration (spec sections 1.1, 3.1, 3.2).
+
+Field names follow Hugging Face's `ConvBertConfig` so `config.json` files round-trip; `conv_type`,
+`classifier_head`, `summary_type` and `dtype` are additions of this project.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
+CONV_TYPES = ("sdconv", "dconv", "lconv", "none")
+CLASSIFIER_HEADS = ("hf", "original")
+SUMMARY_TYPES = ("last", "first", "mean")
+DTYPES = ("float32", "bfloat16")
+
+CONFIG_NAME = "config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvBertConfig:
+    """Hyper-parameters of a ConvBERT encoder and its heads.
+
+    Defaults are ConvBERT-base (spec 3.1) with the BERT uncased vocab ([PAD] = 0).
+    `head_ratio` (gamma) reduces the head count of each branch: Nr = N // gamma heads of size
+    d = hidden / N, as the official TF code does (spec 1.1).
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    embedding_size: int = 768
+    head_ratio: int = 2
+    conv_kernel_size: int = 9
+    num_groups: int = 1
+    conv_type: str = "sdconv"
+    classifier_dropout: float | None = None
+    num_labels: int = 2
+    classifier_head: str = "hf"
+    summary_type: str = "last"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size", "max_position_embeddings", "type_vocab_size",
+                    "embedding_size", "head_ratio", "conv_kernel_size", "num_groups", "num_labels")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ConvBertConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"ConvBertConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})")
+        if self.head_ratio > self.num_attention_heads:
+            raise ValueError(
+                f"ConvBertConfig.head_ratio ({self.head_ratio}) is larger than num_attention_heads "
+                f"({self.num_attention_heads}); use head_ratio <= num_attention_heads")
+        if self.conv_kernel_size % 2 == 0:
+            raise ValueError(
+                f"ConvBertConfig.conv_kernel_size must be odd (centred window), got {self.conv_kernel_size}")
+        for name in ("hidden_size", "intermediate_size"):
+            if getattr(self, name) % self.num_groups:
+                raise ValueError(
+                    f"ConvBertConfig.num_groups ({self.num_groups}) must divide {name} ({getattr(self, name)})")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"ConvBertConfig.hidden_act {self.hidden_act!r} is not one of {ACTIVATIONS}")
+        if self.conv_type not in CONV_TYPES:
+            raise ValueError(f"ConvBertConfig.conv_type {self.conv_type!r} is not one of {CONV_TYPES}")
+        if self.classifier_head not in CLASSIFIER_HEADS:
+            raise ValueError(
+                f"ConvBertConfig.classifier_head {self.classifier_head!r} is not one of {CLASSIFIER_HEADS}")
+        if self.summary_type not in SUMMARY_TYPES:
+            raise ValueError(f"ConvBertConfig.summary_type {self.summary_type!r} is not one of {SUMMARY_TYPES}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"ConvBertConfig.dtype {self.dtype!r} is not one of {DTYPES}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"ConvBertConfig.{name} must be in [0, 1), got {value!r}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"ConvBertConfig.pad_token_id ({self.pad_token_id}) is outside the vocab")
+
+    # ---- derived sizes (spec 1.1) ----
+    @property
+    def head_size(self) -> int:
+        """d = hidden / N (unchanged by the bottleneck)."""
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_reduced_heads(self) -> int:
+        """Nr = N // gamma heads in each branch (self-attention and convolution)."""
+        return self.num_attention_heads // self.head_ratio
+
+    @property
+    def branch_size(self) -> int:
+        """A = Nr * d, the width of each branch."""
+        return self.num_reduced_heads * self.head_size
+
+    @property
+    def attention_output_size(self) -> int:
+        """Width of the concatenated branches fed to the attention output dense (2A, or A without conv)."""
+        return self.branch_size * (1 if self.conv_type == "none" else 2)
+
+    @property
+    def hf_compatible(self) -> bool:
+        """Whether transformers' ConvBertModel computes exactly this model (spec 1.5, 9.3)."""
+        hf_head_size = (self.hidden_size // self.num_reduced_heads) // 2
+        return (self.conv_type == "sdconv" and hf_head_size == self.head_size
+                and self.attention_output_size == self.hidden_size)
+
+    def replace(self, **changes) -> "ConvBertConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ---- Hugging Face config.json ----
+    def to_hf_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("dtype")
+        d.update(model_type="convbert", architectures=["ConvBertModel"])
+        if self.num_labels != 2:
+            d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
+            d["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
+        return d
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], **overrides) -> "ConvBertConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in fields}
+        if "num_labels" not in kwargs and isinstance(d.get("id2label"), dict):
+            kwargs["num_labels"] = len(d["id2label"])
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def save(self, directory: str) -> str:
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, CONFIG_NAME)
+        with open(path, "w") as f:
+            json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str, **overrides) -> "ConvBertConfig":
+        """Reads a Hugging Face `config.json` (or the directory holding one)."""
+        if os.path.isdir(path):
+            path = os.path.join(path, CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"ConvBERT config not found: {path}")
+        with open(path) as f:
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from e
+        try:
+            return cls.from_hf_dict(d, **overrides)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
+
+
+# The released discriminators (spec 3.1), keyed by the names used in configs/.
+SIZES: dict[str, dict[str, int]] = {
+    "small": dict(embedding_size=128, hidden_size=256, num_attention_heads=4, intermediate_size=1024,
+                  num_groups=1),
+    "medium_small": dict(embedding_size=128, hidden_size=384, num_attention_heads=8, intermediate_size=1536,
+                         num_groups=2),
+    "base": dict(embedding_size=768, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
+                 num_groups=1),
+}
+
+
+def size_config(size: str, **overrides) -> ConvBertConfig:
+    """The released ConvBERT discriminator of `size` ('small', 'medium_small' or 'base')."""
+    if size not in SIZES:
+        raise ValueError(f"unknown ConvBERT size {size!r}; choose from {sorted(SIZES)}")
+    return ConvBertConfig(**{**SIZES[size], **overrides})
+
+
+def generator_config(disc: ConvBertConfig, fraction: float) -> ConvBertConfig:
+    """ELECTRA generator config (spec 3.2): hidden = round(H * f), intermediate = 4 * hidden,
+    heads = max(1, N * f); a head count below gamma is handled as the TF code does (Nr forced to 1,
+    i.e. head_ratio := heads), so the concat width may exceed the generator's hidden size."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"generator fraction must be in (0, 1], got {fraction}")
+    hidden = int(round(disc.hidden_size * fraction))
+    heads_f = max(1.0, disc.num_attention_heads * fraction)
+    heads = int(heads_f)
+    if heads != heads_f or hidden % heads:
+        raise ValueError(
+            f"generator fraction {fraction} gives {heads_f} heads for hidden {hidden}; "
+            "choose a fraction that keeps whole heads dividing the hidden size")
+    return disc.replace(hidden_size=hidden, intermediate_size=4 * hidden, num_attention_heads=heads,
+                        head_ratio=min(disc.head_ratio, heads))
