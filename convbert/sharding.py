@@ -1,0 +1,137 @@
+"""Device mesh, logical-axis rules and the helpers that place parameters and batches on it.
+
+Parameters carry `logical_axes` metadata (set in `convbert.modeling`); `rules` map each logical name to
+mesh axes (t5x/maxtext style), e.g. `(("embed", "fsdp"), ("heads", "model"), ("mlp", "model"), ...)`.
+The mesh has axes ('data', 'fsdp', 'model') of `AxisType.Auto` (GSPMD); batches are split over
+('data', 'fsdp'). Pure data parallel, FSDP and tensor parallel layouts are all choices of mesh sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "model")
+BATCH_AXES = ("data", "fsdp")
+
+# Default logical -> mesh rules: embed dims over fsdp, head / mlp / vocab dims over model (tensor parallel).
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", BATCH_AXES),
+    ("vocab", "model"),
+    ("embed", "fsdp"),
+    ("heads", "model"),
+    ("mlp", "model"),
+)
+
+
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int, key: str = "mesh") -> tuple[int, ...]:
+    """Sizes for ('data', 'fsdp', 'model'); at most one -1, which takes the remaining devices."""
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"config.{key}: unknown mesh axes {sorted(unknown)}; use {MESH_AXES}")
+    sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+    fills = [i for i, s in enumerate(sizes) if s == -1]
+    if len(fills) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"config.{key}: sizes {dict(zip(MESH_AXES, sizes))} need positive sizes and at most one -1")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if fills:
+        if num_devices % known:
+            raise ValueError(f"config.{key}: {dict(zip(MESH_AXES, sizes))} does not divide {num_devices} devices")
+        sizes[fills[0]] = num_devices // known
+    if int(np.prod(sizes)) != num_devices:
+        raise ValueError(
+            f"config.{key}: mesh {dict(zip(MESH_AXES, sizes))} has {int(np.prod(sizes))} devices but "
+            f"{num_devices} are available")
+    return tuple(sizes)
+
+
+def create_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None, key: str = "mesh") -> Mesh:
+    """A ('data', 'fsdp', 'model') mesh of Auto axes over `devices` (default: all devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = resolve_mesh_shape(shape, len(devices), key)
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def logical_to_spec(axes: Sequence[str | None] | None, rules: Sequence[tuple[str, Any]],
+                    mesh: Mesh | None = None) -> P:
+    """Maps logical axis names to a PartitionSpec. A mesh axis is used once per array (later dims that
+    would reuse it stay replicated); axes of size 1 in `mesh` are dropped."""
+    if axes is None:
+        return P()
+    table = dict(rules)
+    used: set[str] = set()
+    out = []
+    for name in axes:
+        target = table.get(name) if name is not None else None
+        names = (target,) if isinstance(target, str) else tuple(target or ())
+        names = tuple(n for n in names if n not in used and (mesh is None or mesh.shape[n] > 1))
+        used.update(names)
+        out.append(None if not names else names[0] if len(names) == 1 else names)
+    return P(*out)
+
+
+def param_specs(params: nnx.State, rules: Sequence[tuple[str, Any]], mesh: Mesh | None = None):
+    """PartitionSpec per parameter (a pytree prefix of `params`), from each Variable's `logical_axes`."""
+    return jax.tree.map(lambda v: logical_to_spec(v.get_metadata().get("logical_axes"), rules, mesh),
+                        params, is_leaf=_is_variable)
+
+
+def param_shardings(params: nnx.State, mesh: Mesh, rules: Sequence[tuple[str, Any]]):
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(params, rules, mesh),
+                        is_leaf=lambda x: isinstance(x, P))
+
+
+def constrain_params(params: nnx.State, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> nnx.State:
+    """Inside jit: pins every parameter to its rule-derived layout (GSPMD propagates it to optimizer slots)."""
+    return jax.tree.map(lambda s, v: jax.lax.with_sharding_constraint(v, s), param_shardings(params, mesh, rules),
+                        params, is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over ('data', 'fsdp'); other dimensions replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh, key: str = "batch_size") -> None:
+    """Clear error before compiling when the batch cannot be split over the batch axes or processes."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if global_batch_size % shards:
+        raise ValueError(f"config.{key}={global_batch_size} is not divisible by the data x fsdp mesh size {shards}")
+    if global_batch_size % jax.process_count():
+        raise ValueError(
+            f"config.{key}={global_batch_size} is not divisible by the process count {jax.process_count()}")
+
+
+def shard_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Per-process batch (this process's rows) -> global arrays split over the batch axes."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def shardings_of(tree) -> Any:
+    """The sharding of every array in `tree` (use on state created by a jitted, constrained init)."""
+    return jax.tree.map(lambda a: a.sharding, tree)
+
+
+def optimizer_shardings(tx, opt_state, params: nnx.State, mesh: Mesh, rules: Sequence[tuple[str, Any]]):
+    """Shardings for an optax state: slots shaped like the parameters follow the parameter layout,
+    everything else (step counts, scalars) is replicated. `opt_state` may be abstract (eval_shape)."""
+    import optax
+
+    return optax.tree_utils.tree_map_params(
+        tx, lambda _, s: s, opt_state, param_shardings(params, mesh, rules),
+        transform_non_params=lambda _: replicated(mesh),
+        is_leaf=lambda x: isinstance(x, (nnx.Variable, NamedSharding)))
