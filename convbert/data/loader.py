@@ -1,0 +1,98 @@
+"""Grain input pipeline over the shards written by `convbert.data.prepare` (jax-patterns 2.5, 4.1).
+
+MapDataset.source(PretrainingData) -> this process's slice [process_index::process_count] (equal length on every
+process) -> shuffle(seed) -> repeat(num_epochs) -> batch(global_batch_size // process_count, drop_remainder)
+-> to_iter_dataset. Each element: dict of int32 numpy arrays `input_ids`, `input_mask`, `segment_ids` of shape
+[per_process_batch, T]. The iterator's position is `get_state()/set_state()` JSON and checkpoints with orbax
+through `grain.checkpoint.CheckpointSave/CheckpointRestore`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import grain
+import numpy as np
+
+from convbert.data.example_builder import FIELDS
+from convbert.data.prepare import FORMAT, FORMAT_VERSION, MANIFEST
+
+
+def load_manifest(data_dir: str) -> dict:
+    """The manifest of a prepared data directory; FileNotFoundError names a missing directory or manifest."""
+    path = os.path.join(data_dir, MANIFEST)
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"pretraining data directory not found: {data_dir}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {MANIFEST} in {data_dir} (incomplete or not prepared): {path}")
+    with open(path) as f:
+        manifest = json.load(f)
+    if manifest.get("format") != FORMAT or manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported format {manifest.get('format')!r} v{manifest.get('format_version')}")
+    return manifest
+
+
+class PretrainingData:
+    """Random-access source over one split's memory-mapped shards; item i = dict of int32 [T] arrays."""
+
+    def __init__(self, data_dir: str, split: str = "train"):
+        self.data_dir, self.split = data_dir, split
+        self.manifest = load_manifest(data_dir)
+        if split not in self.manifest["splits"]:
+            raise ValueError(f"{data_dir} has no split {split!r}; splits: {list(self.manifest['splits'])}")
+        shards = [s for s in self.manifest["splits"][split]["shards"] if s["examples"]]
+        self._arrays = [np.load(os.path.join(data_dir, s["file"]), mmap_mode="r") for s in shards]
+        self._starts = np.cumsum([0] + [len(a) for a in self._arrays])
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.manifest["max_seq_length"]
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} examples")
+        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+        row = np.asarray(self._arrays[shard][index - self._starts[shard]], np.int32)
+        return dict(zip(FIELDS, row))
+
+    def __repr__(self):
+        return f"PretrainingData({self.data_dir!r}, split={self.split!r}, n={len(self)})"
+
+
+def make_iterator(data_dir: str, split: str = "train", *, global_batch_size: int, seed: int,
+                  process_index: int | None = None, process_count: int | None = None, shuffle: bool = True,
+                  num_epochs: int | None = None, num_workers: int = 0,
+                  read_options: grain.ReadOptions | None = None) -> grain.DatasetIterator:
+    """Batches of this process's share of `split` (see module docstring); `num_epochs=None` repeats forever.
+
+    Defaults to `jax.process_index()/process_count()`. `num_workers > 0` adds grain multiprocessing (needs absl
+    flags parsed and a `__main__` guard).
+    """
+    if process_index is None or process_count is None:
+        import jax
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch_size {global_batch_size} is not divisible by process_count {process_count}")
+    batch_size = global_batch_size // process_count
+    source = PretrainingData(data_dir, split)
+    per_process = len(source) // process_count
+    if per_process < batch_size:
+        raise ValueError(f"{source!r} has {per_process} examples per process, fewer than one batch of {batch_size}")
+    ds = grain.MapDataset.source(source)[process_index:per_process * process_count:process_count]
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=True)
+    ds = ds.to_iter_dataset(read_options or grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+    if num_workers:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(ds)
+
+
+def to_global_arrays(batch: dict[str, np.ndarray], sharding) -> dict:
+    """Per-process batch -> global jax.Arrays (`jax.make_array_from_process_local_data` per field)."""
+    import jax
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
