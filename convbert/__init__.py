@@ -10,9 +10,10 @@ from convbert.modeling import (
     ConvBertForTokenClassification,
     ConvBertModel,
 )
+from convbert.tokenization import ConvBertTokenizer
 
 __all__ = [
     "ConvBertConfig", "generator_config", "size_config", "ConvBertModel", "ConvBertForMaskedLM",
     "ConvBertForSequenceClassification", "ConvBertForMultipleChoice", "ConvBertForTokenClassification",
-    "ConvBertForQuestionAnswering", "ConvBertForPreTraining",
+    "ConvBertForQuestionAnswering", "ConvBertForPreTraining", "ConvBertTokenizer",
 ]

@@ -116,20 +116,35 @@ class ConvBertConfig:
         return self.branch_size * (1 if self.conv_type == "none" else 2)
 
     @property
+    def hf_incompatibilities(self) -> list[str]:
+        """Why transformers' ConvBertModel would compute a different function (spec 1.1, 1.5, 9.3); [] if none."""
+        reasons = []
+        if self.conv_type != "sdconv":
+            reasons.append(f"conv_type={self.conv_type!r} (transformers only implements 'sdconv')")
+            return reasons
+        hf_head_size = (self.hidden_size // self.num_reduced_heads) // 2
+        if hf_head_size != self.head_size:
+            reasons.append(f"head_ratio={self.head_ratio}: transformers uses head size (H // Nr) // 2 = "
+                           f"{hf_head_size}, this model hidden / heads = {self.head_size}")
+        if self.attention_output_size != self.hidden_size:
+            reasons.append(f"concatenated branch width {self.attention_output_size} != hidden_size "
+                           f"{self.hidden_size} (transformers' attention output dense is H -> H)")
+        return reasons
+
+    @property
     def hf_compatible(self) -> bool:
         """Whether transformers' ConvBertModel computes exactly this model (spec 1.5, 9.3)."""
-        hf_head_size = (self.hidden_size // self.num_reduced_heads) // 2
-        return (self.conv_type == "sdconv" and hf_head_size == self.head_size
-                and self.attention_output_size == self.hidden_size)
+        return not self.hf_incompatibilities
 
     def replace(self, **changes) -> "ConvBertConfig":
         return dataclasses.replace(self, **changes)
 
     # ---- Hugging Face config.json ----
-    def to_hf_dict(self) -> dict[str, Any]:
+    def to_hf_dict(self, architecture: str = "ConvBertModel") -> dict[str, Any]:
+        """The `config.json` content; `dtype` (our compute dtype) is left out, our extra fields stay."""
         d = dataclasses.asdict(self)
         d.pop("dtype")
-        d.update(model_type="convbert", architectures=["ConvBertModel"])
+        d.update(model_type="convbert", architectures=[architecture])
         if self.num_labels != 2:
             d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
             d["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
@@ -137,18 +152,22 @@ class ConvBertConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], **overrides) -> "ConvBertConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
+        """From a `config.json` dict; HF's `dtype` (a storage dtype) is ignored, pass `dtype=` to override."""
+        if d.get("model_type", "convbert") not in ("convbert", "conv_bert"):
+            raise ValueError(f"ConvBertConfig: config.json has model_type {d['model_type']!r}, not 'convbert'")
+        fields = {f.name for f in dataclasses.fields(cls)} - {"dtype"}
         kwargs = {k: v for k, v in d.items() if k in fields}
         if "num_labels" not in kwargs and isinstance(d.get("id2label"), dict):
             kwargs["num_labels"] = len(d["id2label"])
         kwargs.update(overrides)
         return cls(**kwargs)
 
-    def save(self, directory: str) -> str:
+    def save(self, directory: str, architecture: str = "ConvBertModel") -> str:
+        """Writes `directory/config.json`; returns its path."""
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, CONFIG_NAME)
         with open(path, "w") as f:
-            json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
+            json.dump(self.to_hf_dict(architecture), f, indent=2, sort_keys=True)
         return path
 
     @classmethod

@@ -359,14 +359,16 @@ class ConvBertPreTrainedModel(nnx.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, **config_overrides):
-        """Loads a Hugging Face ConvBERT directory or hub id (`config.json` + safetensors or `.bin`)."""
+        """Loads a Hugging Face ConvBERT directory or hub id (`config.json` + safetensors or `.bin`);
+        `rngs=` seeds a head the checkpoint lacks, other keywords override config fields."""
         from convbert import hf_io
         return hf_io.from_pretrained(cls, path, **config_overrides)
 
-    def save_pretrained(self, path: str) -> None:
-        """Writes `config.json` + `model.safetensors` that transformers loads into the matching class."""
+    def save_pretrained(self, path: str) -> list[str]:
+        """Writes `config.json` + `model.safetensors` that transformers loads into the matching class
+        (see `convbert.hf_io.save_pretrained` for models transformers cannot compute); returns the files."""
         from convbert import hf_io
-        hf_io.save_pretrained(self, path)
+        return hf_io.save_pretrained(self, path)
 
 
 def attention_mask_bias(attention_mask: Array | None, shape: tuple[int, int]) -> Array:
