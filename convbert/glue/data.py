@@ -1,0 +1,172 @@
+"""GLUE data: the original GLUE TSV folders or Hugging Face `nyu-mll/glue`, and featurisation (spec 6.2).
+
+TSVs are split on tabs only: quote characters are ordinary text (GLUE fields start with `"` and hold unbalanced
+quotes), a leading UTF-8 byte-order mark (MRPC) is dropped, and a row with the wrong number of fields is an
+error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from convbert.glue.tasks import Columns, Split, Task
+
+STSB_MAX = 5.0  # STS-B scores are in [0, 5]; the model regresses score / 5 (spec 6.3)
+FEATURES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclasses.dataclass
+class Examples:
+    """A split as columns. `labels`: int32 ids into `Task.labels`, float32 STS-B scores (0-5), or None."""
+
+    text_a: list[str]
+    text_b: list[str] | None
+    labels: np.ndarray | None
+    index: list[str]  # the file's index column, else the row number
+
+    def __len__(self) -> int:
+        return len(self.text_a)
+
+    def doubled_unordered(self) -> "Examples":
+        """Every pair again with its sentences swapped (MRPC and STS-B training, spec 6.2)."""
+        return Examples(self.text_a + self.text_b, self.text_b + self.text_a,
+                        np.concatenate([self.labels, self.labels]), self.index + self.index)
+
+
+def parse_label(task: Task, raw, where: str):
+    """A label id (classification) or a float score in [0, 5] (STS-B); ValueError naming `where` otherwise."""
+    if task.labels is None:
+        try:
+            score = float(raw)
+        except ValueError:
+            score = float("nan")
+        if not 0.0 <= score <= STSB_MAX:
+            raise ValueError(f"{where}: {task.name} label {raw!r} is not a score in [0, {STSB_MAX:g}]")
+        return score
+    if raw not in task.labels:
+        raise ValueError(f"{where}: {task.name} label {raw!r} is not one of {', '.join(task.labels)}")
+    return task.labels.index(raw)
+
+
+def _label_array(task: Task, values: list) -> np.ndarray:
+    return np.asarray(values, np.float32 if task.labels is None else np.int32)
+
+
+def read_tsv(path: str) -> list[tuple[int, list[str]]]:
+    """[(line number, fields)] of a tab-separated file, blank lines skipped; no quoting."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"GLUE file not found: {path} (expected the original GLUE layout under data_dir)")
+    with open(path, encoding="utf-8-sig", newline="\n") as f:
+        return [(i, line.rstrip("\r\n").split("\t")) for i, line in enumerate(f, 1) if line.strip("\r\n")]
+
+
+def load_tsv_split(data_dir: str, task: Task, split: Split) -> Examples:
+    """Reads `data_dir/split.file` with the header names or column numbers of `split.columns`."""
+    path = os.path.join(data_dir, split.file)
+    rows = read_tsv(path)
+    cols: Columns = split.columns
+    fields = {k: getattr(cols, k) for k in ("text_a", "text_b", "label", "index") if getattr(cols, k) is not None}
+    if cols.num_columns is None:  # a header row names the columns
+        (_, header), rows = rows[0], rows[1:]
+        missing = [name for name in fields.values() if name not in header]
+        if missing:
+            raise ValueError(f"{path}:1: header lacks column(s) {missing}; header is {header}")
+        positions = {k: header.index(name) for k, name in fields.items()}
+        num_columns = len(header)
+    else:
+        positions, num_columns = fields, cols.num_columns
+    out = {k: [] for k in positions}
+    for line, row in rows:
+        if len(row) != num_columns:
+            raise ValueError(f"{path}:{line}: expected {num_columns} tab-separated columns, found {len(row)}")
+        for k, i in positions.items():
+            out[k].append(parse_label(task, row[i], f"{path}:{line}") if k == "label" else row[i])
+    n = len(rows)
+    return Examples(out["text_a"], out.get("text_b"),
+                    _label_array(task, out["label"]) if "label" in out else None,
+                    out.get("index", [str(i) for i in range(n)]))
+
+
+def load_hf_split(hf_dataset: str, task: Task, split: Split) -> Examples:
+    """Loads `split` from the Hugging Face hub (`nyu-mll/glue`); label -1 (test) means unlabelled."""
+    import datasets
+
+    config, hf_split = split.hf
+    ds = datasets.load_dataset(hf_dataset, config, split=hf_split)
+    a, b = task.hf_text
+    where = f"{hf_dataset}/{config}[{hf_split}]"
+    raw = list(ds["label"])
+    if split.columns.label is None or all(x == -1 for x in raw):
+        labels = None
+    elif task.labels is None:
+        labels = _label_array(task, [parse_label(task, x, where) for x in raw])
+    else:
+        bad = sorted({x for x in raw if not 0 <= x < len(task.labels)})
+        if bad:
+            raise ValueError(f"{where}: {task.name} label ids {bad} are outside 0..{len(task.labels) - 1}")
+        labels = _label_array(task, raw)
+    return Examples(list(ds[a]), list(ds[b]) if b else None, labels, [str(i) for i in ds["idx"]])
+
+
+def load_split(task: Task, split: Split, data_dir: str, hf_dataset: str) -> Examples:
+    """From `data_dir` (original GLUE layout) when given, else from the hub dataset `hf_dataset`."""
+    return load_tsv_split(data_dir, task, split) if data_dir else load_hf_split(hf_dataset, task, split)
+
+
+def split_available(split: Split, data_dir: str) -> bool:
+    return not data_dir or os.path.isfile(os.path.join(data_dir, split.file))
+
+
+# ------------------------------------------------------------------------------------------------
+# featurisation
+
+
+def truncate_pair(a: list[int], b: list[int], max_tokens: int) -> tuple[list[int], list[int]]:
+    """Pops the last token of the longer side (of b on ties) until len(a) + len(b) <= max_tokens (spec 6.2)."""
+    a, b = list(a), list(b)
+    while len(a) + len(b) > max_tokens:
+        (a if len(a) > len(b) else b).pop()
+    return a, b
+
+
+def featurize(examples: Examples, tokenizer, max_seq_length: int, task: Task) -> dict[str, np.ndarray]:
+    """[CLS] a [SEP] (b [SEP]) with segment ids 0 / 1, padded with id 0 to `max_seq_length` (spec 6.2).
+
+    `tokenizer` is any Hugging Face-style tokenizer (`tokenizer(texts, add_special_tokens=False)`,
+    `cls_token_id`, `sep_token_id`, `pad_token_id`). Returns int32 arrays [N, max_seq_length] and `labels`:
+    int32 ids, or STS-B scores / 5 as float32 (zeros for an unlabelled split).
+    """
+    def encode(texts):
+        return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    ids_a = encode(examples.text_a)
+    ids_b = encode(examples.text_b) if examples.text_b is not None else None
+    n = len(examples)
+    out = {k: np.zeros((n, max_seq_length), np.int32) for k in FEATURES}
+    out["input_ids"][:] = tokenizer.pad_token_id
+    cls, sep = [tokenizer.cls_token_id], [tokenizer.sep_token_id]
+    for i in range(n):
+        if ids_b is None:
+            tokens, first = cls + ids_a[i][:max_seq_length - 2] + sep, max_seq_length
+        else:
+            a, b = truncate_pair(ids_a[i], ids_b[i], max_seq_length - 3)
+            tokens, first = cls + a + sep + b + sep, len(a) + 2
+        out["input_ids"][i, :len(tokens)] = tokens
+        out["attention_mask"][i, :len(tokens)] = 1
+        out["token_type_ids"][i, first:len(tokens)] = 1
+    if examples.labels is None:
+        out["labels"] = np.zeros(n, np.float32 if task.labels is None else np.int32)
+    else:
+        out["labels"] = examples.labels / STSB_MAX if task.labels is None else examples.labels.copy()
+    return out
+
+
+def pad_to_multiple(features: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+    """Appends all-zero dummy rows (attention mask 0) up to a multiple of `multiple`; their predictions are
+    dropped by the caller, who knows the true length (spec 6.2)."""
+    n = len(features["input_ids"])
+    extra = -n % multiple
+    return {k: np.concatenate([v, np.zeros((extra, *v.shape[1:]), v.dtype)]) for k, v in features.items()}

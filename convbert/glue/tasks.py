@@ -1,0 +1,144 @@
+"""GLUE task specifications: files of the original GLUE download, Hugging Face `nyu-mll/glue` names, label
+sets, metrics and submission files (spec 6.2, 6.4).
+
+Label lists are in the order of the Hugging Face label ids, so an HF integer label is an index into
+`Task.labels`; the strings are those of the GLUE TSVs and of the submission server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Columns:
+    """Where a GLUE TSV keeps each field: header names, or column numbers for header-less files."""
+
+    text_a: str | int
+    text_b: str | int | None = None
+    label: str | int | None = None  # None: an unlabelled (test) file
+    index: str | int | None = None  # None: the row number is the index
+    num_columns: int | None = None  # header-less files only
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split: its file relative to `data_dir` and its (config, split) in `nyu-mll/glue`."""
+
+    name: str
+    file: str
+    columns: Columns
+    hf: tuple[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    labels: tuple[str, ...] | None  # None: regression (STS-B)
+    metrics: tuple[str, ...]  # computed on every dev split
+    paper_metric: str  # the number the paper's table and GLUE score use (spec 6.4)
+    leaderboard_metrics: tuple[str, ...]  # averaged into the leaderboard score (spec 6.4)
+    hf_text: tuple[str, str | None]  # text columns in `nyu-mll/glue`
+    train: Split
+    dev: dict[str, Split]  # metric suffix ('' or 'm' / 'mm' for MNLI) -> split
+    test: dict[str, Split]  # submission file name -> split
+    optional_test: tuple[str, ...] = ()  # submission files written only when the split is available (AX)
+    epochs: int = 3
+    double_unordered: bool = False  # training pairs added again with the sentences swapped (spec 6.2)
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    @property
+    def is_pair(self) -> bool:
+        return self.hf_text[1] is not None
+
+    def metric_keys(self) -> list[str]:
+        return [f"{m}_{s}" if s else m for s in self.dev for m in self.metrics]
+
+
+def _task(name, folder, hf_config, labels, metrics, paper_metric, leaderboard_metrics, hf_text, train_cols,
+          test_cols, submission, dev_files=None, test_files=None, extra_test=None, **kw) -> Task:
+    """Builds a task whose train/dev files share `train_cols` and whose test files use `test_cols`;
+    `dev_files` / `test_files` map a metric suffix / submission file to (file stem, HF split)."""
+    dev_files = dev_files or {"": ("dev", "validation")}
+    test_files = test_files or {submission: ("test", "test")}
+
+    def split(stem, cols, hf_split):
+        return Split(stem, f"{folder}/{stem}.tsv", cols, (hf_config, hf_split))
+
+    return Task(
+        name=name, labels=labels, metrics=metrics, paper_metric=paper_metric,
+        leaderboard_metrics=leaderboard_metrics, hf_text=hf_text,
+        train=split("train", train_cols, "train"),
+        dev={suffix: split(f, train_cols, hf) for suffix, (f, hf) in dev_files.items()},
+        test={**{sub: split(f, test_cols, hf) for sub, (f, hf) in test_files.items()}, **(extra_test or {})}, **kw)
+
+
+BINARY = ("0", "1")
+NLI = ("entailment", "neutral", "contradiction")
+ENTAIL = ("entailment", "not_entailment")
+
+
+def unlabelled(a, b=None, index="index") -> Columns:
+    """An unlabelled test file with an index column."""
+    return Columns(a, b, None, index)
+
+
+# diagnostic/diagnostic.tsv: the AX set, predicted by the MNLI model.
+DIAGNOSTIC = Split("diagnostic", "diagnostic/diagnostic.tsv", unlabelled("sentence1", "sentence2"), ("ax", "test"))
+
+TASKS: dict[str, Task] = {t.name: t for t in [
+    _task("cola", "CoLA", "cola", BINARY, ("mcc",), "mcc", ("mcc",), ("sentence", None),
+          Columns(3, None, 1, num_columns=4), unlabelled("sentence"), "CoLA.tsv"),
+    _task("sst2", "SST-2", "sst2", BINARY, ("accuracy",), "accuracy", ("accuracy",), ("sentence", None),
+          Columns("sentence", None, "label"), unlabelled("sentence"), "SST-2.tsv"),
+    _task("mrpc", "MRPC", "mrpc", BINARY, ("accuracy", "f1"), "accuracy", ("f1", "accuracy"),
+          ("sentence1", "sentence2"), Columns("#1 String", "#2 String", "Quality"),
+          unlabelled("#1 String", "#2 String"), "MRPC.tsv", double_unordered=True),
+    _task("stsb", "STS-B", "stsb", None, ("pearson", "spearman"), "spearman", ("pearson", "spearman"),
+          ("sentence1", "sentence2"), Columns("sentence1", "sentence2", "score"),
+          unlabelled("sentence1", "sentence2"), "STS-B.tsv", epochs=10, double_unordered=True),
+    _task("qqp", "QQP", "qqp", BINARY, ("accuracy", "f1"), "accuracy", ("f1", "accuracy"),
+          ("question1", "question2"), Columns("question1", "question2", "is_duplicate"),
+          unlabelled("question1", "question2", index="id"), "QQP.tsv"),
+    _task("mnli", "MNLI", "mnli", NLI, ("accuracy",), "accuracy_m", ("accuracy_m", "accuracy_mm"),
+          ("premise", "hypothesis"), Columns("sentence1", "sentence2", "gold_label"),
+          unlabelled("sentence1", "sentence2"), "MNLI-m.tsv",
+          dev_files={"m": ("dev_matched", "validation_matched"), "mm": ("dev_mismatched", "validation_mismatched")},
+          test_files={"MNLI-m.tsv": ("test_matched", "test_matched"),
+                      "MNLI-mm.tsv": ("test_mismatched", "test_mismatched")},
+          extra_test={"AX.tsv": DIAGNOSTIC}, optional_test=("AX.tsv",)),
+    _task("qnli", "QNLI", "qnli", ENTAIL, ("accuracy",), "accuracy", ("accuracy",), ("question", "sentence"),
+          Columns("question", "sentence", "label"), unlabelled("question", "sentence"), "QNLI.tsv"),
+    _task("rte", "RTE", "rte", ENTAIL, ("accuracy",), "accuracy", ("accuracy",), ("sentence1", "sentence2"),
+          Columns("sentence1", "sentence2", "label"), unlabelled("sentence1", "sentence2"), "RTE.tsv", epochs=10),
+    # WNLI: HF id 0 = not_entailment, 1 = entailment, as the TSV's 0/1.
+    _task("wnli", "WNLI", "wnli", BINARY, ("accuracy",), "accuracy", ("accuracy",), ("sentence1", "sentence2"),
+          Columns("sentence1", "sentence2", "label"), unlabelled("sentence1", "sentence2"), "WNLI.tsv"),
+]}
+
+# Tasks of the paper's GLUE score (WNLI excluded) and of the leaderboard score (spec 6.4).
+PAPER_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
+LEADERBOARD_TASKS = PAPER_TASKS + ("wnli",)
+# `TASK` values of configs/finetune_glue.py: every task, `ax` (= MNLI, whose model also predicts the
+# diagnostic set, which must then exist) and `all`.
+TASK_CHOICES = (*TASKS, "ax", "all")
+DISPLAY_NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI",
+                 "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown GLUE task {name!r}; valid tasks: {', '.join(TASK_CHOICES)}")
+    return TASKS[name]
+
+
+def task_names(choice: str) -> list[str]:
+    """The tasks a `TASK` value runs: all nine for 'all', MNLI for 'ax'."""
+    if choice == "all":
+        return list(TASKS)
+    if choice == "ax":
+        return ["mnli"]
+    return [get_task(choice).name]
