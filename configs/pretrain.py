@@ -1,10 +1,14 @@
 # ELECTRA-style ConvBERT pretraining (spec sections 3, 4, 5).
 #
-#   python pretrain.py --config=configs/pretrain.py:tiny --workdir=/tmp/convbert_tiny
-#     CPU demo on the bundled Shakespeare corpus: a few minutes on 2 cores; the total loss falls
-#     from about 40 to below 25 in 300 steps.
+#   python pretrain.py        (= --config=configs/pretrain.py:tiny --workdir=workdirs/pretrain_tiny)
+#     CPU demo on the bundled Shakespeare corpus (12 plays, 2.9k examples of 128 tokens), float32, batch 16,
+#     300 steps: 3-4 minutes on 2 shared cores (1.3-3.5 steps/s, 2.5-4k tokens/s, MFU 7-11% of 185 GFLOP/s).
+#     Measured: total loss 41.1 (mean of steps 1-10), 26.7 at 50, 26.3 at 100, 26.0 (mean of 291-300);
+#     eval loss 26.4. Generator MLM 10.3 -> 6.2 (unigram level), discriminator BCE 0.69 -> 0.40 (the
+#     replaced-token base rate: 300 steps learn token statistics, not yet replaced-token detection).
+#   python -m convbert.data.prepare --hf_dataset=Skylion007/openwebtext --output_dir=/data/owt  # every host
 #   python pretrain.py --config=configs/pretrain.py:small --workdir=gs://bucket/convbert_small \
-#       --config.data.hf_dataset=Skylion007/openwebtext
+#       --config.data.data_dir=/data/owt
 #     The paper's ConvBERT-small recipe (1M steps, batch 128, lr 3e-4): GLUE test 78.9 (spec 7.1);
 #     1.3e18 training FLOPs (`python -m convbert.flops --config=configs/pretrain.py:small`).
 #   medium_small: GLUE test 79.7, 1.5e18 FLOPs.  base: GLUE test 84.9, 1.9e19 FLOPs (batch 256, lr 2e-4).
@@ -24,15 +28,16 @@ RECIPES = {
 
 
 def model_config(size: str) -> ml_collections.ConfigDict:
-    """Discriminator fields with `ConvBertConfig` names."""
+    """Discriminator fields with `ConvBertConfig` names. `dtype` is the compute dtype (bfloat16 for the paper
+    sizes); parameters and optimizer state are always float32."""
     m = ml_collections.ConfigDict(dict(
         vocab_size=30522, hidden_size=256, num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024,
         hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=512,
         type_vocab_size=2, initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=0, embedding_size=128,
-        head_ratio=2, conv_kernel_size=9, num_groups=1, conv_type="sdconv", dtype="float32"))
-    if size == "tiny":
+        head_ratio=2, conv_kernel_size=9, num_groups=1, conv_type="sdconv", dtype="bfloat16"))
+    if size == "tiny":  # float32: bfloat16 is not faster on CPUs
         m.update(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512,
-                 embedding_size=64, max_position_embeddings=128)
+                 embedding_size=64, max_position_embeddings=128, dtype="float32")
     else:
         m.update(SIZES[size])
     return m

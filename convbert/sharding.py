@@ -62,27 +62,37 @@ def create_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None =
 
 
 def logical_to_spec(axes: Sequence[str | None] | None, rules: Sequence[tuple[str, Any]],
-                    mesh: Mesh | None = None) -> P:
+                    mesh: Mesh | None = None, shape: Sequence[int] | None = None) -> P:
     """Maps logical axis names to a PartitionSpec. A mesh axis is used once per array (later dims that
-    would reuse it stay replicated); axes of size 1 in `mesh` are dropped."""
+    would reuse it stay replicated); axes of size 1 in `mesh` are dropped, and with `shape` so are mesh axes
+    that do not divide the dimension (e.g. vocab 30522 over model=4 stays replicated)."""
     if axes is None:
         return P()
     table = dict(rules)
     used: set[str] = set()
     out = []
-    for name in axes:
+    for i, name in enumerate(axes):
         target = table.get(name) if name is not None else None
         names = (target,) if isinstance(target, str) else tuple(target or ())
         names = tuple(n for n in names if n not in used and (mesh is None or mesh.shape[n] > 1))
+        if mesh is not None and shape is not None:
+            size, kept = 1, []
+            for n in names:
+                if shape[i] % (size * mesh.shape[n]) == 0:
+                    size *= mesh.shape[n]
+                    kept.append(n)
+            names = tuple(kept)
         used.update(names)
         out.append(None if not names else names[0] if len(names) == 1 else names)
     return P(*out)
 
 
 def param_specs(params: nnx.State, rules: Sequence[tuple[str, Any]], mesh: Mesh | None = None):
-    """PartitionSpec per parameter (a pytree prefix of `params`), from each Variable's `logical_axes`."""
-    return jax.tree.map(lambda v: logical_to_spec(v.get_metadata().get("logical_axes"), rules, mesh),
-                        params, is_leaf=_is_variable)
+    """PartitionSpec per parameter (a pytree prefix of `params`), from each Variable's `logical_axes`
+    (`params` may be abstract, e.g. from `jax.eval_shape`)."""
+    return jax.tree.map(
+        lambda v: logical_to_spec(v.get_metadata().get("logical_axes"), rules, mesh, np.shape(v.get_value())),
+        params, is_leaf=_is_variable)
 
 
 def param_shardings(params: nnx.State, mesh: Mesh, rules: Sequence[tuple[str, Any]]):
@@ -105,20 +115,39 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh, key: str = "batch_size") -> None:
-    """Clear error before compiling when the batch cannot be split over the batch axes or processes."""
+def check_batch_size(global_batch_size: int, mesh: Mesh, key: str = "batch_size", grad_accum_steps: int = 1,
+                     accum_key: str = "grad_accum_steps") -> None:
+    """Clear error before compiling when the batch (or each of `grad_accum_steps` micro-batches) cannot be
+    split over the batch axes or the processes."""
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if global_batch_size % shards:
-        raise ValueError(f"config.{key}={global_batch_size} is not divisible by the data x fsdp mesh size {shards}")
     if global_batch_size % jax.process_count():
         raise ValueError(
             f"config.{key}={global_batch_size} is not divisible by the process count {jax.process_count()}")
+    if grad_accum_steps < 1 or global_batch_size % grad_accum_steps:
+        raise ValueError(f"config.{accum_key}={grad_accum_steps} must be >= 1 and divide config.{key}="
+                         f"{global_batch_size}")
+    micro = global_batch_size // grad_accum_steps
+    if micro % shards:
+        what = f"config.{key}={global_batch_size}" if grad_accum_steps == 1 else (
+            f"the micro-batch config.{key} / config.{accum_key} = {micro}")
+        raise ValueError(f"{what} is not divisible by the data x fsdp mesh size {shards} (config.mesh)")
+
+
+def micro_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """[num_micro_batches, micro_batch, ...]: the micro-batch dimension split over ('data', 'fsdp')."""
+    return NamedSharding(mesh, P(None, BATCH_AXES))
 
 
 def shard_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Per-process batch (this process's rows) -> global arrays split over the batch axes."""
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def fully_replicated(tree, mesh: Mesh):
+    """A copy of `tree` replicated on every device, so each process can read all of it (e.g. to export).
+    All processes must call it."""
+    return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
 
 
 def shardings_of(tree) -> Any:

@@ -1,0 +1,44 @@
+"""Multi-process start-up: `jax.distributed.initialize` when needed, and a topology log line.
+
+One process per host (TPU VM worker, GPU node or SLURM task); every process runs the same program. Must run
+before anything touches a JAX backend (`jax.devices()`, array creation), i.e. first thing in `main`.
+"""
+
+from __future__ import annotations
+
+import jax
+from absl import logging
+
+
+def maybe_initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None) -> None:
+    """Starts the JAX distributed runtime.
+
+    Explicit arguments (`--coordinator_address=host:port --num_processes=N --process_id=i`) win. Without them,
+    JAX's cluster auto-detection is tried (Cloud TPU pod slices, SLURM `srun`, Open MPI, Kubernetes JobSet);
+    where it finds no cluster this is a single-process run and nothing is started.
+    """
+    if jax.distributed.is_initialized():
+        return
+    explicit = (coordinator_address, num_processes, process_id)
+    if any(v is not None for v in explicit):
+        if any(v is None for v in explicit):
+            raise ValueError("pass all of --coordinator_address, --num_processes and --process_id, or none of them")
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+        return
+    try:
+        jax.distributed.initialize()
+    except ValueError as e:
+        if "coordinator_address" not in str(e):  # a cluster was detected but is misconfigured
+            raise
+        logging.info("no multi-process cluster detected: single-process run")
+
+
+def log_topology() -> dict:
+    """Logs and returns process / device counts and the device kind."""
+    info = dict(process_index=jax.process_index(), process_count=jax.process_count(),
+                local_devices=jax.local_device_count(), devices=jax.device_count(),
+                device_kind=jax.devices()[0].device_kind, platform=jax.default_backend())
+    logging.info("topology: process %(process_index)d/%(process_count)d, %(local_devices)d local of %(devices)d "
+                 "devices, %(device_kind)s (%(platform)s)", info)
+    return info

@@ -1,0 +1,404 @@
+"""ELECTRA-style ConvBERT pretraining (spec 4): `train_and_evaluate(config, workdir)`.
+
+The train state (`TrainState`: params, optax state, step, rng) is one pytree, created by a jitted init whose
+`out_shardings` come from the parameters' logical axes (`convbert.sharding`), so it is born sharded on the
+('data', 'fsdp', 'model') mesh. The train step is a plain `jax.jit` of a pure function of (state, batch):
+the model is `nnx.merge`d inside, gradients are taken w.r.t. the `nnx.Param` state only, the step key is
+`fold_in(state.rng, state.step)` (so a resumed run draws the same masks and dropout), and
+`grad_accum_steps > 1` scans over micro-batches before one optimizer update. Parameters and optimizer state
+are float32; `model.dtype` sets the compute dtype (bfloat16 for the paper sizes).
+
+Workdir layout (everything a run writes):
+  config.json            the resolved config          checkpoints/<step>/   Orbax (state, data position, meta)
+  metrics.jsonl          one JSON line per log/eval   events.out.tfevents.*  TensorBoard
+  tokenizer/             the tokenizer files          data/                  prepared corpus (if data_dir empty)
+  profile/               jax.profiler trace           export/{discriminator,generator}  Hugging Face format
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from etils import epath
+from flax import nnx, struct
+from jax.experimental import multihost_utils
+
+from convbert import distributed, electra, flops, optim, sharding
+from convbert.checkpoint import Checkpointer
+from convbert.config import ConvBertConfig
+from convbert.data import loader, prepare, text_tokenizer
+from convbert.metrics import MetricWriter, Throughput, quiet_orbax_logs
+
+# ------------------------------------------------------------------------------------------------
+# Train state and steps
+
+
+@struct.dataclass
+class TrainState:
+    """step: int32 []; params: `nnx.State` of float32 `nnx.Param`s; opt_state: optax state; rng: uint32 [2]."""
+
+    step: jax.Array
+    params: nnx.State
+    opt_state: Any
+    rng: jax.Array
+
+
+class Pretrainer:
+    """The jitted init / train / eval functions of one config on one mesh.
+
+    `init(seed_key)` -> sharded `TrainState`; `train_step(state, batch)` -> (state, metrics) with metrics
+    stacked over micro-batches ([grad_accum_steps] per `electra.pretraining_loss` metric, plus scalars
+    grad_norm, param_norm, learning_rate); `eval_step(params, batch, rng)` -> metrics with dropout off.
+    Batches: dicts of int32 [global_batch, T] arrays `input_ids`, `input_mask`, `segment_ids`.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, special_ids: Mapping[str, int]):
+        self.mesh = mesh
+        self.rules = tuple(tuple(r) for r in config.sharding_rules)
+        self.model_config = ConvBertConfig(**config.model.to_dict())
+        self.electra_config = electra.ElectraConfig.from_config(config.electra, special_ids)
+        self.grad_accum_steps = config.grad_accum_steps
+        abstract_model = nnx.eval_shape(lambda: self._build(jax.random.PRNGKey(0)))
+        self.graphdef, abstract_params, self.rest = nnx.split(abstract_model, nnx.Param, ...)
+        o = config.optimizer
+        self.schedule = optim.warmup_linear_decay(o.learning_rate, config.num_train_steps, o.warmup_steps,
+                                                  o.lr_decay_power)
+        self.tx = optim.electra_adamw(self.schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
+                                      clip_norm=o.clip_norm, params=abstract_params)
+
+        self.param_shardings = sharding.param_shardings(abstract_params, mesh, self.rules)
+        repl = sharding.replicated(mesh)
+        self.state_shardings = TrainState(
+            step=repl, params=self.param_shardings, rng=repl,
+            opt_state=sharding.optimizer_shardings(self.tx, jax.eval_shape(self.tx.init, abstract_params),
+                                                   abstract_params, mesh, self.rules))
+        batch = sharding.batch_sharding(mesh)
+        self.init = jax.jit(self._init, out_shardings=self.state_shardings)
+        self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, batch),
+                                  out_shardings=(self.state_shardings, repl), donate_argnums=0)
+        self.eval_step = jax.jit(self._eval_step, in_shardings=(self.param_shardings, batch, repl),
+                                 out_shardings=repl)
+
+    def _build(self, key: jax.Array) -> electra.ElectraModel:
+        return electra.build_electra(self.model_config, self.electra_config, rngs=nnx.Rngs(key))
+
+    def abstract_state(self) -> TrainState:
+        """ShapeDtypeStructs carrying this mesh's shardings (the checkpoint restore target)."""
+        return self.init.eval_shape(jax.random.PRNGKey(0))
+
+    def model(self, params: nnx.State) -> electra.ElectraModel:
+        return nnx.merge(self.graphdef, params, self.rest)
+
+    def _init(self, key: jax.Array) -> TrainState:
+        k_params, k_train = jax.random.split(key)
+        params = nnx.state(self._build(k_params), nnx.Param)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), rng=k_train)
+
+    def _loss(self, params, batch, rng):
+        return electra.pretraining_loss(self.model(params), batch, rng, self.electra_config, deterministic=False)
+
+    def _train_step(self, state: TrainState, batch: Mapping[str, jax.Array]):
+        rng = jax.random.fold_in(state.rng, state.step)
+        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+        k = self.grad_accum_steps
+        if k == 1:
+            (_, metrics), grads = grad_fn(state.params, batch, rng)
+            metrics = jax.tree.map(lambda x: x[None], metrics)
+        else:
+            # Micro-batch j takes rows j, j + k, ...: each device keeps its own rows (no resharding).
+            micro = jax.tree.map(lambda x: x.reshape(-1, k, *x.shape[1:]).swapaxes(0, 1), batch)
+            micro = jax.lax.with_sharding_constraint(micro, sharding.micro_batch_sharding(self.mesh))
+
+            def accumulate(total, xs):
+                i, micro_batch = xs
+                (_, m), g = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, total, g), m
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            grads, metrics = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro))
+            grads = jax.tree.map(lambda g: g / k, grads)
+        grads = sharding.constrain_params(grads, self.mesh, self.rules)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics.update(grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params),
+                       learning_rate=self.schedule(state.step))
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    def _eval_step(self, params, batch, rng):
+        _, metrics = electra.pretraining_loss(self.model(params), batch, rng, self.electra_config,
+                                              deterministic=True)
+        return metrics
+
+
+def summarize(step_metrics: Sequence[Mapping[str, np.ndarray]]) -> dict[str, float]:
+    """Host-side means over logged steps: ELECTRA metrics weighted by their counts over all micro-batches
+    (`electra.aggregate_metrics`), grad/param norms averaged, the last learning rate."""
+    micro = [{k: m[k][i] for k in electra.METRIC_COUNTS.keys() | set(electra.METRIC_COUNTS.values()) | {"loss"}}
+             for m in step_metrics for i in range(len(m["loss"]))]
+    out = {k: v for k, v in electra.aggregate_metrics(micro).items() if k in electra.METRIC_COUNTS or k == "loss"}
+    out.update(grad_norm=float(np.mean([m["grad_norm"] for m in step_metrics])),
+               param_norm=float(np.mean([m["param_norm"] for m in step_metrics])),
+               learning_rate=float(step_metrics[-1]["learning_rate"]))
+    return {"loss": out.pop("loss"), **out}
+
+
+# ------------------------------------------------------------------------------------------------
+# Config checks and data
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def write_dir(target: str, write: Callable[[str], Any]) -> None:
+    """Runs `write(directory)` on a local directory: `target` itself, or a temporary one then copied to a
+    remote `target` (gs://..., through etils.epath)."""
+    if not _is_remote(target):
+        os.makedirs(target, exist_ok=True)
+        write(target)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        write(tmp)
+        for root, _, files in os.walk(tmp):
+            for name in files:
+                dst = epath.Path(target) / os.path.relpath(os.path.join(root, name), tmp)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(open(os.path.join(root, name), "rb").read())
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """`config.data.data_dir`, or `workdir/data` prepared from `config.data.corpus` / `hf_dataset` once:
+    process 0 prepares while the others wait at a barrier, so the workdir must be shared between hosts.
+    A complete `workdir/data` (its manifest exists) is reused on restart."""
+    d = config.data
+    if d.data_dir:
+        return d.data_dir
+    data_dir = os.path.join(workdir, "data")
+    if _is_remote(data_dir):
+        raise ValueError(f"config.data.data_dir is empty, but the corpus cannot be prepared into a remote workdir "
+                         f"({workdir}): run `python -m convbert.data.prepare` to a local or mounted path on every "
+                         "host and set config.data.data_dir to it")
+    if jax.process_index() == 0 and not os.path.isfile(os.path.join(data_dir, prepare.MANIFEST)):
+        logging.info("preparing %s into %s", d.hf_dataset or d.corpus or "the demo corpus", data_dir)
+        prepare.prepare_corpus(d.corpus or None, data_dir, tokenizer=d.tokenizer, vocab=d.vocab or None,
+                               sp_vocab_size=d.sp_vocab_size, max_seq_length=config.max_seq_length,
+                               eval_fraction=d.eval_fraction, builder_variant=d.builder_variant, seed=config.seed,
+                               hf_dataset=d.hf_dataset or None, overwrite=True)
+    multihost_utils.sync_global_devices("convbert_prepare_data")
+    return data_dir
+
+
+def check_config(config: ml_collections.ConfigDict, manifest: Mapping[str, Any] | None = None) -> None:
+    """ValueErrors naming the config key, raised before anything is compiled."""
+    m = config.model
+    if config.max_seq_length > m.max_position_embeddings:
+        raise ValueError(f"config.max_seq_length={config.max_seq_length} exceeds config.model."
+                         f"max_position_embeddings={m.max_position_embeddings}")
+    if config.num_train_steps < 1 or config.checkpoint_every_steps < 1 or config.log_every_steps < 1:
+        raise ValueError("config.num_train_steps, config.checkpoint_every_steps and config.log_every_steps "
+                         "must be >= 1")
+    if manifest is None:
+        return
+    tok = manifest["tokenizer"]
+    if manifest["max_seq_length"] != config.max_seq_length:
+        raise ValueError(f"config.max_seq_length={config.max_seq_length} but the prepared data has length "
+                         f"{manifest['max_seq_length']}; set --config.max_seq_length={manifest['max_seq_length']} "
+                         "or prepare the data again")
+    if tok["vocab_size"] != m.vocab_size:
+        raise ValueError(f"config.model.vocab_size={m.vocab_size} does not match the {tok['kind']} tokenizer "
+                         f"({tok['vocab_size']} entries); set --config.model.vocab_size={tok['vocab_size']}")
+    if tok["special_ids"]["pad"] != m.pad_token_id:
+        raise ValueError(f"config.model.pad_token_id={m.pad_token_id} but the tokenizer's [PAD] is "
+                         f"{tok['special_ids']['pad']}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation and export
+
+
+def evaluate(trainer: Pretrainer, params: nnx.State, data_dir: str, config: ml_collections.ConfigDict,
+             rng: jax.Array) -> dict[str, float]:
+    """Metrics over the first `num_eval_steps` global batches of the `eval` split (fixed masks, no dropout)."""
+    it = loader.make_iterator(data_dir, "eval", global_batch_size=config.batch_size, seed=config.seed,
+                              shuffle=False)
+    metrics = [jax.device_get(trainer.eval_step(params, sharding.shard_batch(next(it), trainer.mesh),
+                                                jax.random.fold_in(rng, i)))
+               for i in range(config.num_eval_steps)]
+    summary = electra.aggregate_metrics(metrics)
+    return {f"eval/{k}": summary[k] for k in ("loss", *electra.METRIC_COUNTS)}
+
+
+def export_tokenizer(tokenizer: text_tokenizer.TextTokenizer, directory: str) -> None:
+    """Our tokenizer files, plus `vocab.txt` + `tokenizer_config.json` for transformers' ConvBertTokenizer
+    (into a local `directory`)."""
+    tokenizer.save(directory)
+    if tokenizer.kind == "wordpiece":
+        shutil.copyfile(tokenizer.file, os.path.join(directory, "vocab.txt"))
+        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "ConvBertTokenizer", "do_lower_case": tokenizer.lowercase,
+                       "model_max_length": 512}, f, indent=2)
+
+
+def export(trainer: Pretrainer, params: nnx.State, tokenizer: text_tokenizer.TextTokenizer, directory: str
+           ) -> None:
+    """`directory/discriminator` (transformers loads it as ConvBertModel) and `directory/generator`
+    (ConvBertForMaskedLM where transformers can compute it, else our safetensors + README.txt)."""
+    params = sharding.fully_replicated(params, trainer.mesh)  # every process takes part
+    if jax.process_index() != 0:
+        return
+    model = trainer.model(params)
+    for name, part in (("discriminator", model.discriminator_model()), ("generator", model.generator_model())):
+        path = os.path.join(directory, name)
+
+        def write(local: str, part=part, name=name, path=path):
+            part.save_pretrained(local)
+            export_tokenizer(tokenizer, local)
+            if not part.config.hf_compatible:
+                with open(os.path.join(local, "README.txt"), "w") as f:
+                    f.write(f"This {name} is saved in convbert-jax's own format (convbert_jax.safetensors): "
+                            "transformers' ConvBERT cannot compute it because "
+                            f"{'; '.join(part.config.hf_incompatibilities)}.\nLoad it with "
+                            f"convbert.{type(part).__name__}.from_pretrained('{path}').\n")
+
+        write_dir(path, write)
+        logging.info("exported the %s to %s", name, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training loop
+
+
+def _check_finite(step: int, metrics: Mapping[str, jax.Array], checkpoints: Checkpointer) -> dict:
+    """Host copy of a step's metrics; FloatingPointError (nothing saved) on a non-finite loss or parameters."""
+    metrics = jax.device_get(metrics)
+    loss, norm = float(np.mean(metrics["loss"])), float(metrics["param_norm"])
+    if not (np.isfinite(loss) and np.isfinite(norm)):
+        last = checkpoints.latest_step()
+        raise FloatingPointError(
+            f"non-finite loss {loss} (parameter norm {norm}) at step {step}: stopping without saving this state; "
+            f"the last good checkpoint is {'none' if last is None else checkpoints.directory / str(last)}. "
+            "Lower config.optimizer.learning_rate or raise config.optimizer.warmup_steps, then restart.")
+    return metrics
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
+    """Pretrains (or resumes) in `workdir`; returns the last logged train and eval metrics.
+
+    `devices` (default: all) is the device set of the mesh; a subset is for experiments in one process.
+    """
+    # ---- setup: checks, mesh, data (all config errors surface here, before compiling) ----
+    quiet_orbax_logs()
+    distributed.log_topology()
+    check_config(config)
+    mesh = sharding.create_mesh(config.mesh.to_dict(), devices)
+    sharding.check_batch_size(config.batch_size, mesh, grad_accum_steps=config.grad_accum_steps)
+    workdir = workdir if _is_remote(workdir) else os.path.abspath(workdir)
+    data_dir = prepare_data(config, workdir)
+    manifest = loader.load_manifest(data_dir)
+    check_config(config, manifest)
+    tokenizer = text_tokenizer.load_text_tokenizer(data_dir)
+    if jax.process_index() == 0:
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        epath.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
+        write_dir(os.path.join(workdir, "tokenizer"), tokenizer.save)
+    logging.info("mesh %s, data %s, workdir %s", dict(mesh.shape), data_dir, workdir)
+
+    trainer = Pretrainer(config, mesh, tokenizer.special_ids)
+    writer = MetricWriter(workdir)
+    writer.write_hparams(config.to_dict())
+    train_iter = loader.make_iterator(data_dir, "train", global_batch_size=config.batch_size, seed=config.seed,
+                                      num_workers=config.data.num_workers)
+    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
+                               async_save=config.checkpoint.async_save)
+    root_key = jax.random.PRNGKey(config.seed)
+    eval_key = jax.random.fold_in(root_key, 1)  # fixed eval masks; `init` splits root_key for params and steps
+    meta = dict(config=json.loads(config.to_json_best_effort()), mesh=dict(mesh.shape),
+                process_count=jax.process_count(), device_count=jax.device_count())
+
+    # ---- state: resume or initialise ----
+    restored = checkpoints.restore(trainer.abstract_state(), data=train_iter)
+    if restored is None:
+        state = trainer.init(root_key)
+        logging.info("initialised %.2fM parameters", sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
+    else:
+        step, state, saved = restored
+        logging.info("resumed from %s (saved on mesh %s, now %s)", checkpoints.directory / str(step),
+                     (saved or {}).get("mesh"), dict(mesh.shape))
+    start_step = int(state.step)
+
+    # ---- loop ----
+    t, n = config.max_seq_length, config.num_train_steps
+    throughput = Throughput(
+        tokens_per_step=config.batch_size * t, num_train_steps=n,
+        flops_per_step=flops.model_flops_per_step(*flops.configs_from(config), config.batch_size, t,
+                                                  config.electra.max_predictions_per_seq))
+    profile = config.profile
+    profiling = False
+    pending, history, result = None, [], {}
+    try:
+        for step in range(start_step + 1, n + 1):
+            if step == profile.start_step:
+                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                profiling = True
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                batch = sharding.shard_batch(next(train_iter), mesh)
+                state, metrics = trainer.train_step(state, batch)
+            if pending is not None:  # check the previous step while this one runs
+                history.append(_check_finite(*pending, checkpoints))
+            pending = (step, metrics)
+            if step == start_step + 1:  # rates exclude compilation
+                jax.block_until_ready(metrics)
+                throughput.restart(step)
+            if profiling and step == profile.start_step + profile.num_steps - 1:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
+                profiling = False
+
+            preempted = checkpoints.reached_preemption(step)
+            save = step % config.checkpoint_every_steps == 0 or step == n or preempted
+            log = step % config.log_every_steps == 0 or step == n or preempted
+            run_eval = config.num_eval_steps > 0 and (
+                step == n or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0))
+            if save or log or run_eval:
+                history.append(_check_finite(*pending, checkpoints))
+                pending = None
+            if log:
+                result = {f"train/{k}": v for k, v in summarize(history).items()}
+                writer.write_scalars(step, {**result, **throughput(step)})
+                history = []
+            if save:
+                checkpoints.save(step, state, data=train_iter, meta={"step": step, **meta})
+            if run_eval:
+                eval_metrics = evaluate(trainer, state.params, data_dir, config, eval_key)
+                writer.write_scalars(step, eval_metrics)
+                result.update(eval_metrics)
+                throughput.restart(step)
+            writer.flush()
+            if preempted:
+                logging.warning("stopped for preemption at step %d after saving a checkpoint", step)
+                break
+        else:
+            if config.export_hf:
+                export(trainer, state.params, tokenizer, os.path.join(workdir, "export"))
+    finally:
+        if profiling:
+            jax.profiler.stop_trace()
+        checkpoints.close()
+        writer.close()
+    exported = config.export_hf and int(state.step) == n
+    logging.info("stopped at step %d of %d. checkpoints: %s | metrics: %s | TensorBoard: tensorboard --logdir %s%s",
+                 int(state.step), n, checkpoints.directory, os.path.join(workdir, "metrics.jsonl"), workdir,
+                 f" | Hugging Face export: {os.path.join(workdir, 'export')}" if exported else "")
+    return result

@@ -1,0 +1,105 @@
+"""Shared setup of the pretraining tests (imported by test_pretraining, test_checkpoint, test_sharding,
+test_multiprocess).
+
+* `tiny_config(**overrides)`: the users' `configs/pretrain.py:tiny`, shrunk by `SMALL` (dotted keys, the same
+  overrides `cli_flags` turns into `--config.*` flags for subprocess runs of pretrain.py).
+* `demo_data_dir()`: two plays of the bundled corpus prepared once per session (T = 64).
+* A persistent XLA compilation cache (`JAX_COMPILATION_CACHE_DIR`), so the runs of one config compile once,
+  also across subprocesses.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CACHE_DIR = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                                  os.path.join(tempfile.gettempdir(), f"convbert-jax-test-xla-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+from configs import pretrain as pretrain_configs  # noqa: E402
+
+# Shrinks the tiny config: one layer per network (halves compile time), batch 8 x 64 tokens, 8 steps
+# (checkpoints at 2, 4, 6, 8), no eval or export.
+SMALL = {
+    "model.num_hidden_layers": 1, "batch_size": 8, "max_seq_length": 64, "num_train_steps": 8, "log_every_steps": 1,
+    "checkpoint_every_steps": 2, "eval_every_steps": 0, "num_eval_steps": 0, "export_hf": False,
+    "optimizer.warmup_steps": 2, "checkpoint.max_to_keep": 3,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def demo_data_dir() -> str:
+    """Two plays prepared with T = 64 (eval split: one of them)."""
+    from convbert.data.prepare import DEMO_CORPUS_DIR, prepare_corpus
+
+    root = tempfile.mkdtemp(prefix="convbert-demo-data-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    plays = [os.path.join(DEMO_CORPUS_DIR, f) for f in ("macbeth.txt", "tempest.txt")]
+    prepare_corpus(plays, os.path.join(root, "data"), max_seq_length=64, eval_fraction=0.5, num_shards=2)
+    return os.path.join(root, "data")
+
+
+def overrides(**changes) -> dict:
+    """SMALL + the prepared data + `changes` (keys with '__' for dots: optimizer__learning_rate)."""
+    return {**SMALL, "data.data_dir": demo_data_dir(), **{k.replace("__", "."): v for k, v in changes.items()}}
+
+
+def tiny_config(**changes):
+    config = pretrain_configs.get_config("tiny")
+    for key, value in overrides(**changes).items():
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def cli_flags(**changes) -> list[str]:
+    """The same config as `tiny_config(**changes)`, as pretrain.py flags."""
+    return ["--config=configs/pretrain.py:tiny"] + [f"--config.{k}={v}" for k, v in overrides(**changes).items()]
+
+
+def subprocess_env(num_devices: int) -> dict:
+    """Environment of a pretrain.py subprocess with `num_devices` CPU devices."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(num_devices), PYTHONPATH=REPO)
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if "xla_force_host_platform_device_count" not in f)
+    return env
+
+
+def losses(workdir: str) -> dict[int, float]:
+    """{step: train loss} from workdir/metrics.jsonl."""
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            if "train/loss" in record:
+                out[record["step"]] = record["train/loss"]
+    return out
+
+
+def load_state(workdir: str, step: int, config, devices=None):
+    """The train state saved at `step` in `workdir`, restored onto a mesh of `devices` (default: one)."""
+    from convbert import sharding
+    from convbert.checkpoint import Checkpointer
+    from convbert.pretraining import Pretrainer
+
+    mesh = sharding.create_mesh({"data": -1}, devices or jax.devices()[:1])
+    special = {"pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask": 103}
+    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), handle_sigterm=False)
+    try:
+        return checkpoints.restore(Pretrainer(config, mesh, special).abstract_state(), step=step)[1]
+    finally:
+        checkpoints.close()

@@ -1,0 +1,70 @@
+"""Two pretrain.py processes (2 CPU devices each) joined by `jax.distributed` on 127.0.0.1 train like one
+process fed the same global batches, and both write their parts of the checkpoints."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import portpicker
+import pytest
+
+import pretraining_setup as setup
+from convbert import sharding
+from convbert.data import loader
+from convbert.pretraining import Pretrainer
+
+SPECIAL = {"pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask": 103}
+
+
+def one_process_losses(config):
+    """Losses of one device on the global batches the two processes assemble: process i's rows (its own
+    iterator, `process_index=i`) fill the devices of process i, which come first for i = 0."""
+    its = [loader.make_iterator(setup.demo_data_dir(), "train", global_batch_size=config.batch_size,
+                                seed=config.seed, process_index=i, process_count=2) for i in range(2)]
+    mesh = sharding.create_mesh({}, jax.devices()[:1])
+    trainer = Pretrainer(config, mesh, SPECIAL)
+    state = trainer.init(jax.random.PRNGKey(config.seed))
+    losses = {}
+    for step in range(1, config.num_train_steps + 1):
+        local = [next(it) for it in its]
+        batch = {k: np.concatenate([b[k] for b in local]) for k in local[0]}
+        state, metrics = trainer.train_step(state, sharding.shard_batch(batch, mesh))
+        losses[step] = float(metrics["loss"].mean())
+    return losses, jax.device_get(state.params)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    workdir, port = str(tmp_path / "run"), portpicker.pick_unused_port()
+    flags = setup.cli_flags(mesh__data=2, mesh__fsdp=2)
+    procs = []
+    for i in range(2):
+        log = open(tmp_path / f"process_{i}.log", "w")
+        cmd = [sys.executable, "pretrain.py", f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
+               "--num_processes=2", f"--process_id={i}", *flags]
+        procs.append((subprocess.Popen(cmd, cwd=setup.REPO, env=setup.subprocess_env(num_devices=2),
+                                       stdout=log, stderr=subprocess.STDOUT), log))
+    try:
+        for proc, _ in procs:
+            proc.wait(timeout=420)
+    finally:
+        for proc, log in procs:
+            proc.kill()
+            log.close()
+    logs = [open(tmp_path / f"process_{i}.log").read() for i in range(2)]
+    assert [p.returncode for p, _ in procs] == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    assert "process 1/2, 2 local of 4 devices" in logs[1]
+
+    step_dir = os.path.join(workdir, "checkpoints", "8")
+    assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(os.path.join(step_dir, "data")))
+    assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(os.path.join(step_dir, "state")))
+
+    config = setup.tiny_config()
+    expected, params = one_process_losses(config)
+    got = setup.losses(workdir)
+    np.testing.assert_allclose([got[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)],
+                               rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-6),
+                 setup.load_state(workdir, 8, config).params, params)
