@@ -1,0 +1,383 @@
+"""ELECTRA-style replaced-token-detection pretraining of ConvBERT (spec 3.2, 4.2).
+
+`ElectraModel` owns ONE `ConvBertEmbeddings` (word, position, token-type tables and the embedding LayerNorm,
+shared by both networks), a generator and a discriminator body (`ConvBertModel(add_embeddings=False)`, each
+with its own `embeddings_project`), the generator MLM head tied to the shared word table, and the
+discriminator head. No sub-module is referenced twice, so the model splits in NNX tree mode too.
+
+`pretraining_loss` is a pure function of (model, batch, rng) for use inside `jax.jit` with the
+split/merge pattern; everything has static shapes (B batch, T length, N = max_predictions_per_seq, V vocab):
+
+1. `mask_tokens` (spec 4.2 steps 1-4): budget n = max(1, min(N, round(mask_prob * sum(input_mask)))),
+   rounding half to even in float32 as `tf.round`; candidates = real tokens that are not [CLS]/[SEP]/[MASK];
+   N position draws, uniform over the candidates: with `upstream_quirks` independent draws WITH replacement
+   (`tf.random.categorical`), otherwise N distinct positions (top-k of uniform scores). Slots beyond n get
+   weight 0. Each valid slot is replaced by [MASK] with probability `mask_token_prob`, else left unchanged
+   (no random-token replacement); a position drawn twice is masked if any of its draws is.
+2. The generator runs on the masked ids; MLM logits only at the N gathered positions ([B, N, V]); loss =
+   cross-entropy summed over slot weights / (sum of weights + 1e-6) over the batch (a duplicated position
+   counts twice, as upstream).
+3. Replacement (spec 4.2 steps 6-7): Gumbel-max sampling from stop_gradient(logits) / temperature with
+   noise -log(-log(u + 1e-9) + 1e-9); the sampled ids overwrite every drawn position of the ORIGINAL ids
+   (also the ones left unmasked). Several draws of one position are merged as upstream's `scatter_update`
+   does: sum of the sampled ids integer-divided by the number of draws (so two different samples give an
+   arbitrary floor((a + b) / 2)). is_fake = updated & (new id != original id).
+4. Discriminator BCE per token x input_mask, summed over the batch / (sum(input_mask) + 1e-6).
+   total = gen_weight * MLM + disc_weight * RTD (1 and 50, spec 4.2 step 9).
+
+Deliberate deviations from upstream, for rows that real data never produces:
+* Upstream zeroes the positions of unused slots (weight 0) and `scatter_update` ignores position 0, which
+  also means a valid draw of position 0 is never masked or replaced. Here unused slots are dropped by their
+  weight instead, so a row whose position 0 is a candidate (no leading [CLS]) is treated like any other
+  position. With [CLS] at position 0 (always, spec 5.1) both are identical.
+* A row with no candidate (e.g. "[CLS] [SEP]" or all padding) gets no prediction slot (all weights 0);
+  upstream samples from NaN probabilities there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from convbert.config import ConvBertConfig, generator_config
+from convbert.modeling import (
+    ConvBertDiscriminatorPredictions,
+    ConvBertEmbeddings,
+    ConvBertForMaskedLM,
+    ConvBertForPreTraining,
+    ConvBertGeneratorPredictions,
+    ConvBertModel,
+    TiedLMHead,
+)
+
+Array = jax.Array
+SPECIAL_ID_FIELDS = ("mask_id", "cls_id", "sep_id", "pad_id")
+
+
+@dataclasses.dataclass(frozen=True)
+class ElectraConfig:
+    """The replaced-token-detection objective (spec 4.2); defaults are the paper's, ids the BERT vocab's."""
+
+    generator_fraction: float = 0.25
+    mask_prob: float = 0.15
+    max_predictions_per_seq: int = 19
+    mask_token_prob: float = 0.85
+    gen_weight: float = 1.0
+    disc_weight: float = 50.0
+    temperature: float = 1.0
+    upstream_quirks: bool = True
+    sampler: str = "gumbel"
+    mask_id: int = 103
+    cls_id: int = 101
+    sep_id: int = 102
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if not 0.0 < self.mask_prob <= 1.0:
+            raise ValueError(f"ElectraConfig.mask_prob must be in (0, 1], got {self.mask_prob}")
+        if not 0.0 <= self.mask_token_prob <= 1.0:
+            raise ValueError(f"ElectraConfig.mask_token_prob must be in [0, 1], got {self.mask_token_prob}")
+        if self.max_predictions_per_seq < 1:
+            raise ValueError(f"ElectraConfig.max_predictions_per_seq must be >= 1, got {self.max_predictions_per_seq}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"ElectraConfig.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
+        if self.temperature <= 0.0:
+            raise ValueError(f"ElectraConfig.temperature must be > 0, got {self.temperature}")
+
+    @classmethod
+    def from_config(cls, electra: Mapping[str, Any], special_ids: Any = None) -> "ElectraConfig":
+        """From `config.electra` (a ConfigDict or dict) and the special token ids: a tokenizer (attributes
+        `mask_id`, `cls_id`, `sep_id`, `pad_id`), a dict keyed `mask_id`/... or `mask`/... (the tokenizer's
+        `special_ids`), or None for the BERT vocab's."""
+        fields = {f.name for f in dataclasses.fields(cls)} - set(SPECIAL_ID_FIELDS)
+        kwargs = {k: electra[k] for k in fields if k in electra}
+        for name in SPECIAL_ID_FIELDS if special_ids is not None else ():
+            if isinstance(special_ids, Mapping):
+                kwargs[name] = int(special_ids[name] if name in special_ids else special_ids[name[:-3]])
+            else:
+                kwargs[name] = int(getattr(special_ids, name))
+        return cls(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Masking and replacement (spec 4.2 steps 1-4, 6-7)
+
+
+@struct.dataclass
+class MaskedInputs:
+    """input_ids [B,T] generator input; positions, labels [B,N] int32 (0 in unused slots); weights [B,N] f32."""
+
+    input_ids: Array
+    positions: Array
+    labels: Array
+    weights: Array
+
+
+def mask_budget(input_mask: Array, cfg: ElectraConfig) -> Array:
+    """n = max(1, min(N, round(mask_prob * sum(input_mask)))) per row, [B] int32 (float32, half to even)."""
+    num_tokens = jnp.sum(input_mask, axis=-1).astype(jnp.float32)
+    n = jnp.round(num_tokens * jnp.float32(cfg.mask_prob)).astype(jnp.int32)
+    return jnp.maximum(1, jnp.minimum(cfg.max_predictions_per_seq, n))
+
+
+def scatter_slots(values: Array, positions: Array, selected: Array, updates: Array) -> tuple[Array, Array]:
+    """Upstream `scatter_update` on ids: values [B,T], positions/selected/updates [B,N].
+
+    Selected slots write their update to their position; k slots hitting one position write the sum of their
+    updates integer-divided by k. Returns (new values [B,T], updated mask [B,T] bool).
+    """
+    hits = (positions[..., None] == jnp.arange(values.shape[-1])) & selected[..., None]  # [B,N,T]
+    count = jnp.sum(hits, axis=1, dtype=jnp.int32)
+    total = jnp.sum(jnp.where(hits, updates[..., None], 0), axis=1, dtype=jnp.int32)
+    updated = count > 0
+    return jnp.where(updated, total // jnp.maximum(count, 1), values), updated
+
+
+def mask_tokens(rng: Array, input_ids: Array, input_mask: Array, cfg: ElectraConfig) -> MaskedInputs:
+    """Draws the prediction slots and builds the generator input (spec 4.2 steps 1-4; see the module doc)."""
+    b, t = input_ids.shape
+    n_max = cfg.max_predictions_per_seq
+    k_pos, k_mask = jax.random.split(rng)
+    candidates = (input_mask > 0) & ~jnp.isin(input_ids, jnp.array([cfg.cls_id, cfg.sep_id, cfg.mask_id]))
+    if cfg.upstream_quirks:
+        logits = jnp.where(candidates, 0.0, -jnp.inf)[:, None, :]
+        positions = jax.random.categorical(k_pos, logits, axis=-1, shape=(b, n_max))
+    else:  # top-k of uniform scores; pad the row so that k <= length
+        scores = jnp.where(candidates, jax.random.uniform(k_pos, (b, t)), -1.0)
+        scores = jnp.pad(scores, ((0, 0), (0, max(0, n_max - t))), constant_values=-2.0)
+        positions = jax.lax.top_k(scores, n_max)[1]
+    in_row = positions < t
+    positions = jnp.where(in_row, positions, 0).astype(jnp.int32)
+    valid = (in_row & (jnp.arange(n_max) < mask_budget(input_mask, cfg)[:, None])
+             & jnp.take_along_axis(candidates, positions, axis=1))
+    positions = jnp.where(valid, positions, 0)
+    labels = jnp.where(valid, jnp.take_along_axis(input_ids, positions, axis=1), 0)
+    to_mask = valid & (jax.random.uniform(k_mask, (b, n_max)) < cfg.mask_token_prob)
+    masked_ids, _ = scatter_slots(input_ids, positions, to_mask, jnp.full((b, n_max), cfg.mask_id, jnp.int32))
+    return MaskedInputs(input_ids=masked_ids, positions=positions, labels=labels,
+                        weights=valid.astype(jnp.float32))
+
+
+def gumbel_sample(rng: Array, logits: Array, temperature: float = 1.0) -> Array:
+    """argmax(logits / T + g), g = -log(-log(u + 1e-9) + 1e-9), no gradient (spec 4.2 step 6). [..., V] -> [...]."""
+    u = jax.random.uniform(rng, logits.shape, jnp.float32)
+    gumbel = -jnp.log(-jnp.log(u + 1e-9) + 1e-9)
+    return jnp.argmax(jax.lax.stop_gradient(logits) / temperature + gumbel, axis=-1).astype(jnp.int32)
+
+
+def inverse_cdf_sample(rng: Array, logits: Array, temperature: float = 1.0, block: int = 256) -> Array:
+    """A sample of softmax(logits / T) by inverse CDF in two levels (blocks of `block` ids, then the ids of the
+    chosen block): one uniform per row instead of V, same distribution as `gumbel_sample` up to float32
+    rounding. No gradient. [..., V] -> [...]."""
+    x = jax.lax.stop_gradient(logits).astype(jnp.float32) / temperature
+    *lead, v = x.shape
+    nb = -(-v // block)
+    p = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
+    p = jnp.pad(p, [(0, 0)] * len(lead) + [(0, nb * block - v)]).reshape(*lead, nb, block)
+    block_sums = jnp.sum(p, axis=-1)
+    block_cdf = jnp.cumsum(block_sums, axis=-1)
+    u = (1.0 - jax.random.uniform(rng, tuple(lead))) * block_cdf[..., -1]  # in (0, total]
+    chosen = jnp.sum(block_cdf < u[..., None], axis=-1)
+    rest = u - jnp.take_along_axis(block_cdf - block_sums, chosen[..., None], axis=-1)[..., 0]
+    within = jnp.cumsum(jnp.take_along_axis(p, chosen[..., None, None], axis=-2)[..., 0, :], axis=-1)
+    return jnp.minimum(chosen * block + jnp.sum(within < rest[..., None], axis=-1), v - 1).astype(jnp.int32)
+
+
+SAMPLERS = {"gumbel": gumbel_sample, "inverse_cdf": inverse_cdf_sample}
+
+
+# ------------------------------------------------------------------------------------------------
+# Model
+
+
+class ElectraModel(nnx.Module):
+    """Generator + discriminator sharing one embedding module (spec 3.2).
+
+    Attributes: `embeddings` (shared), `generator` / `discriminator` (`ConvBertModel` bodies without
+    embeddings), `generator_predictions` + `generator_lm_head` (tied to the shared word table, own bias),
+    `discriminator_predictions`. `discriminator_model()` / `generator_model()` export copies as the
+    Hugging Face-shaped `ConvBertForPreTraining` / `ConvBertForMaskedLM`.
+    """
+
+    def __init__(self, disc: ConvBertConfig, gen: ConvBertConfig, *, rngs: nnx.Rngs):
+        shared = ("vocab_size", "embedding_size", "max_position_embeddings", "type_vocab_size", "pad_token_id")
+        mismatched = [f for f in shared if getattr(disc, f) != getattr(gen, f)]
+        if mismatched:
+            raise ValueError(f"generator and discriminator share the embeddings; they differ in {mismatched}")
+        self.disc_config = disc
+        self.gen_config = gen
+        self.embeddings = ConvBertEmbeddings(disc, rngs=rngs)
+        self.generator = ConvBertModel(gen, rngs=rngs, add_embeddings=False)
+        self.generator_predictions = ConvBertGeneratorPredictions(gen, rngs=rngs)
+        self.generator_lm_head = TiedLMHead(gen)
+        self.discriminator = ConvBertModel(disc, rngs=rngs, add_embeddings=False)
+        self.discriminator_predictions = ConvBertDiscriminatorPredictions(disc, rngs=rngs)
+
+    def _encode(self, body: ConvBertModel, input_ids: Array, input_mask: Array, segment_ids: Array,
+                dropout_rng: Array | None) -> Array:
+        """Shared embeddings -> body; dropout off when `dropout_rng` is None. Returns [B, T, H]."""
+        k_emb, k_body = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
+        emb = self.embeddings(input_ids, segment_ids, rng=k_emb)
+        return body(attention_mask=input_mask, embedding_output=emb, deterministic=dropout_rng is None,
+                    dropout_rng=k_body).last_hidden_state
+
+    def generator_logits(self, input_ids: Array, input_mask: Array, segment_ids: Array, positions: Array, *,
+                         dropout_rng: Array | None = None) -> Array:
+        """MLM logits at `positions` [B, N] only: float32 [B, N, V]."""
+        hidden = self._encode(self.generator, input_ids, input_mask, segment_ids, dropout_rng)
+        hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
+        return self.generator_lm_head(self.generator_predictions(hidden),
+                                      self.embeddings.word_embeddings.embedding[...])
+
+    def discriminator_logits(self, input_ids: Array, input_mask: Array, segment_ids: Array, *,
+                             dropout_rng: Array | None = None) -> Array:
+        """Replaced-token logits, float32 [B, T]."""
+        hidden = self._encode(self.discriminator, input_ids, input_mask, segment_ids, dropout_rng)
+        return self.discriminator_predictions(hidden)
+
+    def _export(self, cls: type, config: ConvBertConfig, parts: Sequence[tuple[str, nnx.Module | None]]):
+        """An abstract `cls(config)` filled with copies of `parts` [(dotted target path, source module)]."""
+        model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+        for path, source in parts:
+            target = model
+            for name in path.split("."):
+                target = getattr(target, name)
+            nnx.update(target, jax.tree.map(jnp.copy, nnx.state(source)))
+        return model
+
+    def _body_parts(self, body: ConvBertModel) -> list[tuple[str, nnx.Module]]:
+        parts = [("convbert.embeddings", self.embeddings), ("convbert.encoder", body.encoder)]
+        if hasattr(body, "embeddings_project"):
+            parts.append(("convbert.embeddings_project", body.embeddings_project))
+        return parts
+
+    def discriminator_model(self) -> ConvBertForPreTraining:
+        """The discriminator with copies of the shared embeddings and its head (HF `ConvBertForPreTraining`)."""
+        return self._export(ConvBertForPreTraining, self.disc_config, self._body_parts(self.discriminator) + [
+            ("discriminator_predictions", self.discriminator_predictions)])
+
+    def generator_model(self) -> ConvBertForMaskedLM:
+        """The generator with copies of the shared embeddings and its tied MLM head (HF `ConvBertForMaskedLM`).
+
+        transformers can only load it when `gen_config.hf_compatible` (not the small generator, spec 1.1, 3.2).
+        """
+        return self._export(ConvBertForMaskedLM, self.gen_config, self._body_parts(self.generator) + [
+            ("generator_predictions", self.generator_predictions), ("generator_lm_head", self.generator_lm_head)])
+
+
+def build_electra(model_cfg: ConvBertConfig | Mapping[str, Any], electra_cfg: ElectraConfig, *,
+                  rngs: nnx.Rngs) -> ElectraModel:
+    """`ElectraModel` for the discriminator `model_cfg` (a `ConvBertConfig` or `config.model`) and the
+    generator `generator_config(disc, electra_cfg.generator_fraction)` (spec 3.2)."""
+    if not isinstance(model_cfg, ConvBertConfig):
+        model_cfg = ConvBertConfig(**(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)))
+    return ElectraModel(model_cfg, generator_config(model_cfg, electra_cfg.generator_fraction), rngs=rngs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Objective
+
+
+@struct.dataclass
+class ElectraOutputs:
+    """masked: the generator's inputs and slots; gen_logits [B,N,V] f32; sampled [B,N] int32;
+    disc_input_ids [B,T] (the corrupted ids); is_fake [B,T] bool; disc_logits [B,T] f32."""
+
+    masked: MaskedInputs
+    gen_logits: Array
+    sampled: Array
+    disc_input_ids: Array
+    is_fake: Array
+    disc_logits: Array
+
+
+def electra_forward(model: ElectraModel, batch: Mapping[str, Array], rng: Array, cfg: ElectraConfig, *,
+                    deterministic: bool) -> ElectraOutputs:
+    """Masking, generator, sampling, replacement and discriminator for a batch of int32 [B, T] arrays
+    `input_ids`, `input_mask`, `segment_ids`. `rng` is split into masking, sampling, generator dropout and
+    discriminator dropout keys; `deterministic` turns dropout off (masking and sampling stay random)."""
+    input_ids, input_mask, segment_ids = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
+    k_mask, k_sample, k_gen, k_disc = jax.random.split(rng, 4)
+    masked = mask_tokens(k_mask, input_ids, input_mask, cfg)
+    gen_logits = model.generator_logits(masked.input_ids, input_mask, segment_ids, masked.positions,
+                                        dropout_rng=None if deterministic else k_gen)
+    sampled = SAMPLERS[cfg.sampler](k_sample, gen_logits, cfg.temperature)
+    disc_ids, updated = scatter_slots(input_ids, masked.positions, masked.weights > 0, sampled)
+    is_fake = updated & (disc_ids != input_ids)
+    disc_logits = model.discriminator_logits(disc_ids, input_mask, segment_ids,
+                                             dropout_rng=None if deterministic else k_disc)
+    return ElectraOutputs(masked=masked, gen_logits=gen_logits, sampled=sampled, disc_input_ids=disc_ids,
+                          is_fake=is_fake, disc_logits=disc_logits)
+
+
+# Each ratio metric and the count it is a mean over; `aggregate_metrics` weights batches by these counts.
+METRIC_COUNTS = {
+    "gen_loss": "num_masked", "gen_accuracy": "num_masked", "gen_sampled_accuracy": "num_masked",
+    "disc_loss": "num_tokens", "disc_accuracy": "num_tokens", "replaced_fraction": "num_tokens",
+    "disc_precision": "num_predicted_replaced", "disc_recall": "num_replaced",
+}
+
+
+def electra_losses(out: ElectraOutputs, input_mask: Array, cfg: ElectraConfig) -> tuple[Array, dict[str, Array]]:
+    """(total loss, metrics) from `electra_forward`'s outputs (spec 4.2 steps 5, 8, 9).
+
+    metrics (float32 scalars): loss; gen_loss, gen_accuracy (argmax) and gen_sampled_accuracy over the
+    weighted slots; disc_loss and disc_accuracy over real tokens; disc_precision / disc_recall of the
+    "replaced" class on real tokens; replaced_fraction of real tokens; and the counts num_masked,
+    num_tokens, num_replaced, num_predicted_replaced (see `METRIC_COUNTS`, `aggregate_metrics`).
+    """
+    w = out.masked.weights
+    num_masked = jnp.sum(w)
+    logp = jax.nn.log_softmax(out.gen_logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, out.masked.labels[..., None], axis=-1)[..., 0]
+    gen_loss = jnp.sum(nll * w) / (num_masked + 1e-6)
+
+    m = input_mask.astype(jnp.float32)
+    num_tokens = jnp.sum(m)
+    labels = out.is_fake.astype(jnp.float32)
+    bce = jnp.logaddexp(0.0, out.disc_logits) - labels * out.disc_logits
+    disc_loss = jnp.sum(bce * m) / (num_tokens + 1e-6)
+
+    def ratio(num, den):
+        return num / jnp.maximum(den, 1.0)
+
+    predicted = (out.disc_logits > 0).astype(jnp.float32) * m
+    num_replaced, num_predicted = jnp.sum(labels * m), jnp.sum(predicted)
+    true_positives = jnp.sum(predicted * labels)
+    metrics = dict(
+        loss=cfg.gen_weight * gen_loss + cfg.disc_weight * disc_loss,
+        gen_loss=gen_loss,
+        gen_accuracy=ratio(jnp.sum((jnp.argmax(out.gen_logits, -1) == out.masked.labels) * w), num_masked),
+        gen_sampled_accuracy=ratio(jnp.sum((out.sampled == out.masked.labels) * w), num_masked),
+        disc_loss=disc_loss,
+        disc_accuracy=ratio(jnp.sum((predicted == labels) * m), num_tokens),
+        disc_precision=ratio(true_positives, num_predicted),
+        disc_recall=ratio(true_positives, num_replaced),
+        replaced_fraction=ratio(num_replaced, num_tokens),
+        num_masked=num_masked, num_tokens=num_tokens, num_replaced=num_replaced,
+        num_predicted_replaced=num_predicted,
+    )
+    return metrics["loss"], metrics
+
+
+def pretraining_loss(model: ElectraModel, batch: Mapping[str, Array], rng: Array, cfg: ElectraConfig, *,
+                     deterministic: bool) -> tuple[Array, dict[str, Array]]:
+    """total = gen_weight * MLM + disc_weight * RTD and the metrics of `electra_losses`. Pure: use it inside
+    `jax.jit` on a model rebuilt with `nnx.merge` (differentiate w.r.t. the `nnx.Param` state)."""
+    out = electra_forward(model, batch, rng, cfg, deterministic=deterministic)
+    return electra_losses(out, batch["input_mask"], cfg)
+
+
+def aggregate_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Combines per-batch metrics on the host: counts are summed, ratios averaged weighted by their count
+    (`METRIC_COUNTS`), `loss` is the plain mean over batches."""
+    counts = {c: sum(float(m[c]) for m in metrics) for c in set(METRIC_COUNTS.values())}
+    out = {k: sum(float(m[k]) * float(m[c]) for m in metrics) / max(counts[c], 1.0)
+           for k, c in METRIC_COUNTS.items()}
+    out["loss"] = sum(float(m["loss"]) for m in metrics) / max(len(metrics), 1)
+    return {**out, **counts}

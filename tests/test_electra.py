@@ -1,0 +1,271 @@
+"""ELECTRA objective (spec 3.2, 4.2): masking statistics, replacement, losses, gradient flow, tree mode, export."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs.pretrain import get_config
+from convbert.config import ConvBertConfig
+from convbert.electra import (
+    SAMPLERS, ElectraConfig, aggregate_metrics, build_electra, electra_forward, mask_tokens, pretraining_loss,
+    scatter_slots)
+
+CLS, SEP, MASK, PAD = 101, 102, 103, 0
+DISC = ConvBertConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64, embedding_size=8, max_position_embeddings=64)
+ROWS = 2000  # rows for the masking statistics
+
+
+def make_batch(lengths, t, seed=0, low=104, high=256):
+    """[CLS] random ids [SEP] + padding per row; int32 dict batch."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(low, high, (len(lengths), t)).astype(np.int32)
+    mask = (np.arange(t) < np.asarray(lengths)[:, None]).astype(np.int32)
+    ids[:, 0] = CLS
+    ids[np.arange(len(lengths)), np.asarray(lengths) - 1] = SEP
+    ids = ids * mask
+    return dict(input_ids=jnp.asarray(ids), input_mask=jnp.asarray(mask), segment_ids=jnp.zeros_like(ids))
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def jit_mask(rng, ids, mask, cfg):
+    return mask_tokens(rng, ids, mask, cfg)
+
+
+def distinct_positions(m):
+    w, p = np.asarray(m.weights), np.asarray(m.positions)
+    return [set(p[i][w[i] > 0]) for i in range(len(p))]
+
+
+def test_masking_statistics_with_replacement():
+    """19 draws with replacement over 126 candidates: ~17.7 distinct positions per full row (spec 9.7)."""
+    b = make_batch([128] * ROWS, 128)
+    m = jit_mask(jax.random.key(0), b["input_ids"], b["input_mask"], ElectraConfig(upstream_quirks=True))
+    assert np.all(np.asarray(m.weights).sum(1) == 19)
+    distinct = np.array([len(s) for s in distinct_positions(m)])
+    expected = 126 * (1 - (125 / 126) ** 19)  # 17.70
+    assert abs(distinct.mean() - expected) < 0.1
+    assert distinct.min() < 19  # duplicates do occur
+    # A drawn position is [MASK]ed if any of its draws chose [MASK]: P = 1 - 0.15^c over its c draws.
+    p, ids = np.asarray(m.positions), np.asarray(m.input_ids)
+    expected_masked = np.mean([sum(1 - 0.15 ** c for c in np.unique(p[i], return_counts=True)[1])
+                               for i in range(ROWS)])
+    assert abs((ids == MASK).sum(1).mean() - expected_masked) < 0.1
+
+
+def test_masking_statistics_distinct():
+    """Without quirks: 19 distinct positions (~15% of the 128 real tokens), 85% [MASK] / 15% kept."""
+    b = make_batch([128] * ROWS, 128)
+    ids = np.asarray(b["input_ids"])
+    m = jit_mask(jax.random.key(1), b["input_ids"], b["input_mask"], ElectraConfig(upstream_quirks=False))
+    assert all(len(s) == 19 for s in distinct_positions(m))
+    assert abs(19 / 128 - 0.15) < 0.005
+    masked_ids, p = np.asarray(m.input_ids), np.asarray(m.positions)
+    at_slots = np.take_along_axis(masked_ids, p, 1)
+    mask_frac = np.mean(at_slots == MASK)
+    assert abs(mask_frac - 0.85) < 0.01  # 38,000 slots: standard error 0.002
+    kept = at_slots != MASK
+    np.testing.assert_array_equal(at_slots[kept], np.take_along_axis(ids, p, 1)[kept])
+    np.testing.assert_array_equal(np.asarray(m.labels), np.take_along_axis(ids, p, 1))
+    changed = masked_ids != ids
+    assert changed.sum() == (at_slots == MASK).sum()  # nothing else changes
+
+
+@pytest.mark.parametrize("quirks", [True, False])
+def test_special_tokens_and_padding_never_masked(quirks):
+    lengths = np.random.default_rng(0).integers(2, 65, 500)
+    b = make_batch(lengths, 64, low=100, high=110)  # ids 100..109 include [UNK] and in-text [CLS]/[SEP]/[MASK]
+    ids, mask = np.asarray(b["input_ids"]), np.asarray(b["input_mask"])
+    candidate = (mask > 0) & ~np.isin(ids, [CLS, SEP, MASK])
+    m = jit_mask(jax.random.key(2), b["input_ids"], b["input_mask"], ElectraConfig(upstream_quirks=quirks))
+    w, p = np.asarray(m.weights), np.asarray(m.positions)
+    assert np.all(np.take_along_axis(candidate, p, 1)[w > 0])
+    changed = np.asarray(m.input_ids) != ids
+    assert not np.any(changed & ~candidate)
+    assert np.any(changed & (ids == 100))  # [UNK] may be masked
+
+
+@pytest.mark.parametrize("quirks", [True, False])
+def test_budget_for_short_rows(quirks):
+    """n = max(1, min(19, round(0.15 * sum(input_mask)))) slots (rounded half to even in float32)."""
+    lengths = np.arange(3, 129)
+    b = make_batch(lengths, 128)
+    m = jit_mask(jax.random.key(3), b["input_ids"], b["input_mask"], ElectraConfig(upstream_quirks=quirks))
+    n = np.maximum(1, np.minimum(19, np.round(lengths.astype(np.float32) * np.float32(0.15))))
+    np.testing.assert_array_equal(np.asarray(m.weights).sum(1), n)
+    assert n[lengths == 3] == 1 and n[lengths == 10] == 2 and n[lengths == 100] == 15
+    # "[CLS] [SEP]" and all-padding rows have no candidate and so no slot.
+    empty = make_batch([2, 2], 8)
+    empty["input_mask"] = empty["input_mask"].at[1].set(0)
+    assert float(jit_mask(jax.random.key(0), empty["input_ids"], empty["input_mask"],
+                          ElectraConfig(upstream_quirks=quirks)).weights.sum()) == 0
+
+
+def test_scatter_slots_merges_duplicates_like_upstream():
+    values = jnp.full((1, 5), 5, jnp.int32)
+    positions = jnp.array([[1, 1, 2, 3]])
+    selected = jnp.array([[True, True, True, False]])
+    new, updated = scatter_slots(values, positions, selected, jnp.array([[10, 13, 7, 99]]))
+    np.testing.assert_array_equal(new, [[5, 11, 7, 5, 5]])  # (10 + 13) // 2
+    np.testing.assert_array_equal(updated, [[False, True, True, False, False]])
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_samplers_draw_from_the_softmax(sampler):
+    v = 600  # > 2 blocks of the inverse-CDF sampler, the last one partial
+    logits = 2.0 * jax.random.normal(jax.random.key(0), (v,))
+    draws = jax.jit(SAMPLERS[sampler], static_argnums=2)(jax.random.key(1), jnp.broadcast_to(logits, (100, 2000, v)),
+                                                        0.5)
+    counts = np.bincount(np.asarray(draws).ravel(), minlength=v)
+    expected = np.asarray(jax.nn.softmax(logits / 0.5)) * draws.size
+    big = expected > 20
+    chi2 = np.sum((counts[big] - expected[big]) ** 2 / expected[big])
+    assert chi2 < big.sum() + 5 * np.sqrt(2 * big.sum())  # mean dof, sd sqrt(2 dof)
+    tail = float(expected[~big].sum())
+    assert abs(counts[~big].sum() - tail) < 5 * np.sqrt(tail) + 5
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_electra(DISC, ElectraConfig(generator_fraction=0.5), rngs=nnx.Rngs(0))
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def jit_run(state, batch, rng, cfg, graphdef, fn=pretraining_loss, deterministic=True):
+    return fn(nnx.merge(graphdef, state), batch, rng, cfg, deterministic=deterministic)
+
+
+def test_model_structure(model):
+    assert model.gen_config.hidden_size == 16
+    assert model.generator.embeddings_project.kernel.shape == (8, 16)  # separate projections (spec 3.2)
+    assert model.discriminator.embeddings_project.kernel.shape == (8, 32)
+    assert not hasattr(model.generator, "embeddings") and not hasattr(model.discriminator, "embeddings")
+    with pytest.raises(ValueError, match="share the embeddings"):
+        from convbert.electra import ElectraModel
+        ElectraModel(DISC, DISC.replace(embedding_size=12), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("quirks", [True, False])
+def test_rtd_labels_with_a_certain_generator(model, quirks):
+    """A generator that always samples token x: real where the original is x, fake elsewhere (spec 4.2 step 7)."""
+    model = nnx.clone(model)
+    x = 200
+    model.generator_lm_head.bias[...] = jnp.zeros(DISC.vocab_size).at[x].set(1e4)
+    cfg = ElectraConfig(upstream_quirks=quirks)
+    b = make_batch([40] * 8, 48)
+    ids = np.array(b["input_ids"])
+    ids[:4] = np.where(np.isin(ids[:4], [CLS, SEP, PAD]), ids[:4], x)  # rows 0-3 consist of x only
+    b["input_ids"] = jnp.asarray(ids)
+    graphdef, state = nnx.split(model)
+    out = jit_run(state, b, jax.random.key(4), cfg, graphdef, electra_forward)
+    assert np.all(np.asarray(out.sampled) == x)
+    drawn = np.zeros(ids.shape, bool)
+    w, p = np.asarray(out.masked.weights), np.asarray(out.masked.positions)
+    for i in range(len(ids)):
+        drawn[i, p[i][w[i] > 0]] = True
+    disc_ids, is_fake = np.asarray(out.disc_input_ids), np.asarray(out.is_fake)
+    np.testing.assert_array_equal(disc_ids, np.where(drawn, x, ids))  # sampled ids overwrite every drawn position
+    assert not is_fake[:4].any()  # correctly sampled tokens are real
+    np.testing.assert_array_equal(is_fake[4:], drawn[4:] & (ids[4:] != x))
+    _, metrics = jit_run(state, b, jax.random.key(4), cfg, graphdef)
+    assert float(metrics["gen_sampled_accuracy"]) == pytest.approx(np.mean(ids[np.where(drawn)] == x), abs=0.05)
+
+
+def test_loss_weights(model):
+    b = make_batch([30, 48, 20, 48], 48)
+    graphdef, state = nnx.split(model)
+    for gen_w, disc_w in ((1.0, 50.0), (2.0, 3.0)):
+        cfg = ElectraConfig(gen_weight=gen_w, disc_weight=disc_w)
+        loss, m = jit_run(state, b, jax.random.key(5), cfg, graphdef)
+        assert float(loss) == pytest.approx(gen_w * float(m["gen_loss"]) + disc_w * float(m["disc_loss"]), rel=1e-5)
+    assert float(m["num_tokens"]) == 146 and float(m["replaced_fraction"]) == pytest.approx(
+        float(m["num_replaced"]) / 146)
+
+
+def grads_by_part(model, cfg, batch):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    @jax.jit
+    def grad(params):
+        return jax.grad(lambda p: pretraining_loss(nnx.merge(graphdef, p, rest), batch, jax.random.key(6), cfg,
+                                                   deterministic=False)[0])(params)
+
+    norms = {}
+    for path, g in nnx.to_flat_state(grad(params)):
+        part = "generator" if str(path[0]).startswith("generator") else str(path[0])
+        part = "discriminator" if part.startswith("discriminator") else part
+        norms[part] = norms.get(part, 0.0) + float(jnp.sum(jnp.square(g[...])))
+        if path[:2] == ("embeddings", "word_embeddings"):
+            norms["word_embeddings"] = float(jnp.sum(jnp.square(g[...])))
+    return norms
+
+
+def test_discriminator_loss_does_not_reach_the_generator(model):
+    b = make_batch([48, 40, 33, 48], 48)
+    disc_only = grads_by_part(model, ElectraConfig(gen_weight=0.0, disc_weight=50.0), b)
+    assert disc_only["generator"] == 0.0  # sampling is stop_gradient / argmax
+    assert disc_only["discriminator"] > 0 and disc_only["word_embeddings"] > 0
+    gen_only = grads_by_part(model, ElectraConfig(gen_weight=1.0, disc_weight=0.0), b)
+    assert gen_only["discriminator"] == 0.0
+    assert gen_only["generator"] > 0 and gen_only["word_embeddings"] > 0  # shared table: gradient from both
+
+
+def test_tree_mode_split_merge_and_jit(model):
+    b = make_batch([48, 40], 48)
+    cfg = ElectraConfig()
+    graph_graphdef, state = nnx.split(model)
+    expected, _ = jit_run(state, b, jax.random.key(7), cfg, graph_graphdef, deterministic=False)
+    with nnx.set_graph_mode(False):
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # raises on shared references
+
+        @jax.jit
+        def step(params, rest, batch, rng):
+            def loss_fn(p):
+                return pretraining_loss(nnx.merge(graphdef, p, rest), batch, rng, cfg, deterministic=False)
+            return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+        (loss, metrics), grads = step(params, rest, b, jax.random.key(7))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert all(np.isfinite(np.asarray(g[...])).all() for _, g in nnx.to_flat_state(grads))
+
+
+def test_export_hf_shaped_models(model):
+    b = make_batch([48, 30], 48)
+    disc = model.discriminator_model()
+    np.testing.assert_allclose(disc(b["input_ids"], b["input_mask"], b["segment_ids"]).logits,
+                               model.discriminator_logits(b["input_ids"], b["input_mask"], b["segment_ids"]),
+                               atol=1e-5)
+    gen = model.generator_model()
+    positions = jnp.array([[1, 5, 9], [2, 3, 29]])
+    full = gen(b["input_ids"], b["input_mask"], b["segment_ids"]).logits
+    np.testing.assert_allclose(jnp.take_along_axis(full, positions[..., None], 1),
+                               model.generator_logits(b["input_ids"], b["input_mask"], b["segment_ids"], positions),
+                               atol=1e-4)
+    word = disc.convbert.embeddings.word_embeddings.embedding
+    assert word[...] is not model.embeddings.word_embeddings.embedding[...]  # copies survive buffer donation
+
+
+def test_config_from_pretrain_config():
+    class Tok:
+        mask_id, cls_id, sep_id, pad_id = 4, 2, 3, 0
+
+    c = get_config("small").electra
+    cfg = ElectraConfig.from_config(c, Tok())
+    assert (cfg.mask_id, cfg.cls_id, cfg.max_predictions_per_seq, cfg.disc_weight) == (4, 2, 19, 50.0)
+    cfg = ElectraConfig.from_config(c, {"mask": 7, "cls": 5, "sep": 6, "pad": 1, "unk": 9})
+    assert (cfg.mask_id, cfg.sep_id, cfg.pad_id) == (7, 6, 1)
+    assert ElectraConfig.from_config(c).mask_id == MASK
+
+
+def test_aggregate_metrics():
+    a = dict(loss=2.0, gen_loss=1.0, gen_accuracy=0.5, gen_sampled_accuracy=0.2, disc_loss=0.1,
+             disc_accuracy=0.9, disc_precision=1.0, disc_recall=0.5, replaced_fraction=0.1, num_masked=10.0,
+             num_tokens=100.0, num_replaced=10.0, num_predicted_replaced=5.0)
+    b = dict(a, loss=4.0, gen_accuracy=1.0, num_masked=30.0, disc_precision=0.0, num_predicted_replaced=0.0)
+    agg = aggregate_metrics([a, b])
+    assert agg["gen_accuracy"] == pytest.approx((0.5 * 10 + 30) / 40)
+    assert agg["disc_precision"] == 1.0 and agg["loss"] == 3.0 and agg["num_masked"] == 40
