@@ -17,15 +17,22 @@ split/merge pattern; everything has static shapes (B batch, T length, N = max_pr
 2. The generator runs on the masked ids; MLM logits only at the N gathered positions ([B, N, V]); loss =
    cross-entropy summed over slot weights / (sum of weights + 1e-6) over the batch (a duplicated position
    counts twice, as upstream).
-3. Replacement (spec 4.2 steps 6-7): Gumbel-max sampling from stop_gradient(logits) / temperature with
-   noise -log(-log(u + 1e-9) + 1e-9); the sampled ids overwrite every drawn position of the ORIGINAL ids
+3. Replacement (spec 4.2 steps 6-7): one id per slot sampled from softmax(stop_gradient(logits) / temperature)
+   (see `sampler` below); the sampled ids overwrite every drawn position of the ORIGINAL ids
    (also the ones left unmasked). Several draws of one position are merged as upstream's `scatter_update`
    does: sum of the sampled ids integer-divided by the number of draws (so two different samples give an
    arbitrary floor((a + b) / 2)). is_fake = updated & (new id != original id).
 4. Discriminator BCE per token x input_mask, summed over the batch / (sum(input_mask) + 1e-6).
    total = gen_weight * MLM + disc_weight * RTD (1 and 50, spec 4.2 step 9).
 
-Deliberate deviations from upstream, for rows that real data never produces:
+Deliberate deviations from upstream:
+* Sampling (`ElectraConfig.sampler`): upstream draws by Gumbel-max, argmax(logits / T + g) with
+  g = -log(-log(u + 1e-9) + 1e-9), one uniform per vocabulary entry (`sampler='gumbel'`, exactly that). The
+  default `'inverse_cdf'` draws from the same distribution (up to float32 rounding; the epsilons of the
+  Gumbel noise only clip events of probability < 1e-7) with ONE uniform per slot, by a two-level inverse CDF.
+  The random numbers differ, not the objective; on 2 CPU cores the Gumbel noise over [B, 19, 30522] costs
+  about 10% of a small-model step (BENCHMARKS.md, "Pretraining step").
+Two more, for rows that real data never produces:
 * Upstream zeroes the positions of unused slots (weight 0) and `scatter_update` ignores position 0, which
   also means a valid draw of position 0 is never masked or replaced. Here unused slots are dropped by their
   weight instead, so a row whose position 0 is a candidate (no leading [CLS]) is treated like any other
@@ -71,7 +78,7 @@ class ElectraConfig:
     disc_weight: float = 50.0
     temperature: float = 1.0
     upstream_quirks: bool = True
-    sampler: str = "gumbel"
+    sampler: str = "inverse_cdf"  # or "gumbel" (upstream's exact Gumbel-max formula); see the module doc
     mask_id: int = 103
     cls_id: int = 101
     sep_id: int = 102

@@ -88,19 +88,76 @@ class KeyChain:
 
 
 def shifted_window_sum(x: Array, weights: Array, kernel_size: int) -> Array:
-    """Centred 1-D convolution over time by k shifted slices, zero padding at both ends (spec 1.2 steps 5, 9-10).
+    """Centred 1-D convolution over time, zero padding at both ends (spec 1.2 steps 5, 9-10).
 
     x: [B, T, ...C]; weights broadcastable to [B, T, ...C, k]. out[b, t] = sum_j w[..., j] * x[b, t + j - (k-1)/2].
-    This is the TF original's stack-of-slices formulation without materialising the [B, T, C, k] window
-    (see BENCHMARKS.md for the comparison with unfold + matmul).
+    Serves the depthwise key conv (weights [H, k]) and the dynamic conv (weights [B, T, Nr, 1, k]).
+
+    Forward: the TF original's k shifted slices, without materialising the [B, T, C, k] window (one fused loop).
+    Backward: a custom VJP of the same function. dx = k shifted slices of g * w (the transposed conv). dw, which
+    autodiff computes as k reductions over every broadcast axis (for the key conv, column reductions over B*T rows:
+    slow on XLA CPU), is read off the diagonals of the banded gradient g x^T, computed by batched matmuls over time
+    blocks of <= 128 rows (about (128 + k) / k times the minimal FLOPs, on the matmul units). No forward-mode (jvp)
+    through it. BENCHMARKS.md ("Model forward/backward") compares this with autodiff of the slices, unfold + einsum,
+    banded-matmul forward and lax.conv_general_dilated.
     """
-    pad = (kernel_size - 1) // 2
-    t = x.shape[1]
-    padded = jnp.pad(x, [(0, 0), (pad, pad)] + [(0, 0)] * (x.ndim - 2))
-    out = padded[:, 0:t] * weights[..., 0]
-    for j in range(1, kernel_size):
-        out = out + padded[:, j:j + t] * weights[..., j]
-    return out
+    k, nd, t = kernel_size, x.ndim, x.shape[1]
+    pad = (k - 1) // 2
+
+    def pad_time(a, lo, hi):
+        return jnp.pad(a, [(0, 0), (lo, hi)] + [(0, 0)] * (a.ndim - 2))
+
+    def forward(x, w):
+        padded = pad_time(x, pad, pad)
+        out = padded[:, 0:t] * w[..., 0]
+        for j in range(1, k):
+            out = out + padded[:, j:j + t] * w[..., j]
+        return out
+
+    w_aligned = (1,) * (nd + 1 - weights.ndim) + weights.shape  # weights' shape aligned with [B, T, ...C, k]
+    if weights.ndim > nd + 1 or jnp.broadcast_shapes(x.shape, w_aligned[:-1]) != x.shape or nd - 2 > 6:
+        return forward(x, weights)  # output broadcast beyond x: plain autodiff
+
+    @jax.custom_vjp
+    def conv(x, w):
+        return forward(x, w)
+
+    def conv_fwd(x, w):
+        return forward(x, w), (x, w)
+
+    def conv_bwd(res, g):
+        x, w = res
+        wf = w.reshape(w_aligned)
+        keep = [wf.shape[a] != 1 for a in range(nd)]  # axes along which w varies; dw sums over the others
+        gp = pad_time(g, pad, pad)  # dx[s] = sum_j g[s + pad - j] * w[s + pad - j, j]
+        wp = pad_time(wf, pad, pad) if keep[1] else None
+        dx = 0
+        for j in range(k):
+            wj = wp[:, 2 * pad - j:2 * pad - j + t, ..., j] if keep[1] else wf[..., j]
+            dx = dx + gp[:, 2 * pad - j:2 * pad - j + t] * wj
+        # dw[.., t, .., j] = sum over broadcast axes of g[b, t, c] x[b, t + j - pad, c]: for each time block of bs
+        # rows, band = g_block x_slab^T over the slab of bs + 2 pad rows around it, then band[t, t + j].
+        nb = -(-t // 128)
+        bs = -(-t // nb)
+        width = bs + 2 * pad
+        gb = pad_time(g, 0, nb * bs - t).reshape(g.shape[0], nb, bs, *g.shape[2:])
+        xp = pad_time(x, pad, pad + nb * bs - t)
+        slab = jnp.stack([xp[:, i * bs:i * bs + width] for i in range(nb)], axis=1)  # [B, nb, width, ...C]
+        chans = "cdefgh"[:nd - 2]
+        kept = ("b" if keep[0] else "") + "".join(c for c, kp in zip(chans, keep[2:]) if kp)
+        band = jnp.einsum(f"bit{chans},bis{chans}->{kept}its", gb, slab, preferred_element_type=jnp.float32)
+        lead = band.shape[:-2]
+        flat = jnp.pad(band.reshape(*lead, bs * width), [(0, 0)] * len(lead) + [(0, bs)])
+        diag = flat.reshape(*lead, bs, width + 1)[..., :k]  # [kept.., nb, bs, k]: band[t, t + j] at t (width+1) + j
+        if keep[1]:
+            diag = jnp.moveaxis(diag.reshape(*lead[:-1], nb * bs, k)[..., :t, :], -2, int(keep[0]))
+        else:
+            diag = jnp.sum(diag, axis=(-3, -2))
+        dw = diag.reshape(tuple(n if kp else 1 for n, kp in zip(x.shape, keep)) + (k,)).reshape(w.shape)
+        return dx.astype(x.dtype), dw.astype(w.dtype)
+
+    conv.defvjp(conv_fwd, conv_bwd)
+    return conv(x, weights)
 
 
 class ConvBertEmbeddings(nnx.Module):
