@@ -5,7 +5,7 @@
   python finetune_glue.py --config=configs/finetune_glue.py:all,base --config.num_seeds=5 --workdir=workdirs/glue_base
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from convbert import distributed
@@ -15,18 +15,12 @@ config_flags.DEFINE_config_file("config", "configs/finetune_glue.py:sst2,tiny", 
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Results, submission files and logs; rerun to skip finished tasks.",
                     required=True)
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs without auto-detection).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
-flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+distributed.define_flags()
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    distributed.maybe_initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    logging.info("config %s, overrides %s", config_flags.get_config_filename(FLAGS["config"]),
-                 config_flags.get_override_values(FLAGS["config"]))
+    distributed.initialize_from_flags(argv)
     finetune.run(FLAGS.config, FLAGS.workdir)
 
 

@@ -42,3 +42,26 @@ def log_topology() -> dict:
     logging.info("topology: process %(process_index)d/%(process_count)d, %(local_devices)d local of %(devices)d "
                  "devices, %(device_kind)s (%(platform)s)", info)
     return info
+
+
+def define_flags() -> None:
+    """The multi-process flags shared by `pretrain.py` and `finetune_glue.py`."""
+    from absl import flags
+
+    flags.DEFINE_string("coordinator_address", None,
+                        "host:port of process 0 (multi-process runs without auto-detection).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+    flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+
+
+def initialize_from_flags(argv, config_flag: str = "config") -> None:
+    """Entry-point prologue: rejects stray arguments, joins the process group, logs the config and overrides."""
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    maybe_initialize(f.coordinator_address, f.num_processes, f.process_id)
+    logging.info("config %s, overrides %s", config_flags.get_config_filename(f[config_flag]),
+                 config_flags.get_override_values(f[config_flag]))
