@@ -400,6 +400,39 @@ def install_impl(spec: str) -> None:
 # Workers (one fresh process per measurement)
 
 
+def check_impls(tol: float = 1e-5) -> bool:
+    """Every candidate and the library's shifted_window_sum against `conv_slices` (values, dx, dw) on random
+    float32 inputs, for T below, at and above the kernel size and 128. Returns whether all agree within `tol`
+    (absolute for values, relative to the largest reference entry for gradients)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from convbert import modeling
+
+    rng = np.random.default_rng(0)
+    ok = True
+    for t in (4, 9, 37, 128, 300):
+        b, nr, d, h, k = 2, 2, 8, 24, 9
+        cases = {"key": (KEY_IMPLS, (b, t, h), (h, k)), "dyn": (DYN_IMPLS, (b, t, nr, d), (b, t, nr, 1, k))}
+        for kind, (table, xs, ws) in cases.items():
+            x, g = (jnp.asarray(rng.standard_normal(xs), jnp.float32) for _ in range(2))
+            w = jax.nn.softmax(jnp.asarray(rng.standard_normal(ws), jnp.float32), -1)
+            ref, vjp = jax.vjp(lambda a, c: conv_slices(a, c, k), x, w)
+            ref_grads = vjp(g)
+            for name, fn in {**table, "library": modeling.shifted_window_sum}.items():
+                if name == "none":
+                    continue
+                out, vjp = jax.vjp(lambda a, c, fn=fn: fn(a, c, k), x, w)
+                errs = [float(jnp.max(jnp.abs(out - ref)))] + [
+                    float(jnp.max(jnp.abs(a - r)) / jnp.max(jnp.abs(r))) for a, r in zip(vjp(g), ref_grads)]
+                bad = max(errs) > tol
+                ok &= not bad
+                print(f"T={t:3d} {kind} {name:9s} out {errs[0]:.1e} dx {errs[1]:.1e} dw {errs[2]:.1e}"
+                      + ("  MISMATCH" if bad else ""))
+    return ok
+
+
 def _rss_mb(field: str) -> float | None:
     try:
         with open("/proc/self/status") as f:
@@ -729,6 +762,8 @@ def main(argv=None) -> int:
     p.add_argument("--interleave", action="store_true",
                    help="compare the --impl specs for jax in one process per (size, mode), timed round-robin "
                         "(robust to load changes on a shared machine); no torch, no per-candidate memory")
+    p.add_argument("--check", action="store_true",
+                   help="check every candidate (and the library) against the shifted slices, values and gradients")
     p.add_argument("--profile", action="store_true",
                    help="jax only: profile 2 steps per (size, mode, first --impl) and print where the time goes "
                         "(module scope x forward/backward x matmul/other)")
@@ -742,6 +777,8 @@ def main(argv=None) -> int:
     if args.worker:
         run_worker(json.loads(args.worker))
         return 0
+    if args.check:
+        return 0 if check_impls() else 1
 
     for spec in args.impl:
         parse_impl(spec)  # fail early on a typo
