@@ -680,7 +680,11 @@ def worker_profile(job: dict) -> dict:
         kind = "matmul" if name.startswith(("ynn_fusion", "dot", "custom-call")) else "other"
         rows[(where, phase, kind)] += ms
     total = sum(rows.values())
+    fusions = collections.Counter()  # by XLA thunk kind: ynn_fusion (matmuls), copy/transpose fusions, loops...
+    for name, ms in thunks.items():
+        fusions[re.sub(r"[.\d]+$", "", name)] += ms
     return dict(profile_wall_ms=wall * 1e3, profile_thunk_ms=total,
+                profile_thunk_kinds={k: ms / total for k, ms in fusions.most_common()},
                 profile_rows=[dict(where=w, phase=p, kind=k, ms=ms, share=ms / total)
                               for (w, p, k), ms in rows.most_common()])
 
@@ -861,6 +865,8 @@ def main_profile(args, sizes, modes) -> int:
             for r in res["profile_rows"]:
                 kinds[r["kind"]] = kinds.get(r["kind"], 0.0) + r["share"]
             print("totals: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in sorted(kinds.items())))
+            print("by XLA thunk kind: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in
+                                                     list(res["profile_thunk_kinds"].items())[:12]))
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(dict(argv=sys.argv, profile=True, results=out), f, indent=1)
