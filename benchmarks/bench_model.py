@@ -53,12 +53,12 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
-PEAK_GFLOPS = 185.0
-RESULT_TAG = "BENCH_RESULT "
+from benchmarks.common import add_common_args, emit_result, loadavg
+from benchmarks.common import run_worker as run_worker_process
+
 
 
 # ------------------------------------------------------------------------------------------------
@@ -97,6 +97,15 @@ def conv_slices(x, w, k):
     return out
 
 
+def slices_with_vjp(bwd):
+    """`conv_slices(x, w, k)` (k static) with the backward `bwd(k, (x, w), g) -> (dx, dw)` of a candidate."""
+    import jax
+
+    f = jax.custom_vjp(conv_slices, nondiff_argnums=(2,))
+    f.defvjp(lambda x, w, k: (conv_slices(x, w, k), (x, w)), bwd)
+    return f
+
+
 def _reduce_to(v, shape):
     """Sums `v` over the axes broadcasting added or expanded to get from `shape` to v.shape."""
     import jax.numpy as jnp
@@ -108,13 +117,6 @@ def _reduce_to(v, shape):
 @functools.lru_cache(maxsize=None)
 def _conv_vjp():
     import jax
-
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-    def f(x, w, k):
-        return conv_slices(x, w, k)
-
-    def fwd(x, w, k):
-        return conv_slices(x, w, k), (x, w)
 
     def bwd(k, res, g):
         x, w = res
@@ -130,8 +132,7 @@ def _conv_vjp():
         dw = jax.numpy.stack([_reduce_to(g * xp[:, j:j + t], w.shape[:-1]) for j in range(k)], axis=-1)
         return dx.astype(x.dtype), dw.astype(w.dtype)
 
-    f.defvjp(fwd, bwd)
-    return f
+    return slices_with_vjp(bwd)
 
 
 def conv_vjp(x, w, k):
@@ -152,15 +153,7 @@ def band_diagonals(m, k):
 
 @functools.lru_cache(maxsize=None)
 def _key_vjp_band():
-    import jax
     import jax.numpy as jnp
-
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-    def f(x, w, k):
-        return conv_slices(x, w, k)
-
-    def fwd(x, w, k):
-        return conv_slices(x, w, k), (x, w)
 
     def bwd(k, res, g):
         x, w = res  # x [B, T, H], w [H, k] (static per-channel taps)
@@ -173,8 +166,7 @@ def _key_vjp_band():
         dw = jnp.sum(band_diagonals(dband, k), axis=-2)
         return dx.astype(x.dtype), dw.astype(w.dtype)
 
-    f.defvjp(fwd, bwd)
-    return f
+    return slices_with_vjp(bwd)
 
 
 def key_vjp_band(x, w, k):
@@ -183,15 +175,7 @@ def key_vjp_band(x, w, k):
 
 @functools.lru_cache(maxsize=None)
 def _dyn_vjp_band(dx_by_matmul: bool):
-    import jax
     import jax.numpy as jnp
-
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-    def f(x, w, k):
-        return conv_slices(x, w, k)
-
-    def fwd(x, w, k):
-        return conv_slices(x, w, k), (x, w)
 
     def bwd(k, res, g):
         x, w = res  # x [B, T, Nr, d], w [B, T, Nr, 1, k]
@@ -206,8 +190,7 @@ def _dyn_vjp_band(dx_by_matmul: bool):
         dw = jnp.transpose(band_diagonals(dband, k), (0, 2, 1, 3))[..., None, :]
         return dx.astype(x.dtype), dw.astype(w.dtype)
 
-    f.defvjp(fwd, bwd)
-    return f
+    return slices_with_vjp(bwd)
 
 
 def dyn_vjp_band(x, w, k):
@@ -692,39 +675,20 @@ def worker_profile(job: dict) -> dict:
 def run_worker(job: dict) -> None:
     worker = {"jax": worker_jax, "torch": worker_torch, "interleave": worker_interleave,
               "profile": worker_profile}[job["framework"]]
-    out = worker(job)
-    print(RESULT_TAG + json.dumps({**job, **out}), flush=True)
+    emit_result({**job, **worker(job)})
 
 
 # ------------------------------------------------------------------------------------------------
 # Driver
 
 
-def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "n/a"
-
-
 def spawn(job: dict, xla_flags: str | None, timeout: float) -> dict:
-    env = dict(os.environ)
-    env.setdefault("JAX_PLATFORMS", "cpu")
     if job["framework"] == "profile":
         xla_flags = ((xla_flags or "") + " --xla_cpu_enable_xprof_traceme=true").strip()
+    env = {}
     if job["framework"] != "torch" and xla_flags:
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
-    load_before = _loadavg()
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_model", "--worker", json.dumps(job)],
-                          capture_output=True, text=True, env=env, timeout=timeout,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            res = json.loads(line[len(RESULT_TAG):])
-            res["load_before"], res["load_after"] = load_before, _loadavg()
-            return res
-    raise RuntimeError(f"worker {job} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags).strip()
+    return run_worker_process("benchmarks.bench_model", job, timeout, env)
 
 
 def summarise(res: dict, peak_gflops: float) -> dict:
@@ -755,11 +719,7 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default="fwd,train", help="comma-separated: fwd, train")
     p.add_argument("--frameworks", default="jax,torch",
                    help="comma-separated: jax, torch")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--steps", type=int, default=15, help="timed steps (median reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first compiles)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    add_common_args(p, warmup=2)
     p.add_argument("--impl", nargs="+", default=["current"],
                    help="dynamic/key conv implementation specs to compare: current | NAME | key=NAME,dyn=NAME")
     p.add_argument("--rounds", type=int, default=1, help="repeat the whole set (steps pooled over rounds)")
@@ -772,10 +732,6 @@ def main(argv=None) -> int:
                    help="jax only: profile 2 steps per (size, mode, first --impl) and print where the time goes "
                         "(module scope x forward/backward x matmul/other)")
     p.add_argument("--xla_flags", default=None, help="extra XLA_FLAGS for the jax workers")
-    p.add_argument("--peak_gflops", type=float, default=PEAK_GFLOPS)
-    p.add_argument("--timeout", type=float, default=3600.0, help="per worker, seconds")
-    p.add_argument("--json_out", default=None)
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.worker:
@@ -799,7 +755,7 @@ def main(argv=None) -> int:
                     jobs.append(dict(framework=fw, size=size, mode=mode, impl=impl, batch=args.batch, seq=args.seq,
                                      steps=args.steps, warmup=args.warmup, threads=args.threads))
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-          f"load {_loadavg()}, XLA_FLAGS extra: {args.xla_flags!r}", flush=True)
+          f"load {loadavg()}, XLA_FLAGS extra: {args.xla_flags!r}", flush=True)
     merged: dict[tuple, dict] = {}
     for rnd in range(args.rounds):
         for job in jobs:
@@ -875,7 +831,7 @@ def main_profile(args, sizes, modes) -> int:
 
 def main_interleave(args, sizes, modes) -> int:
     from convbert.config import size_config
-    print(f"# interleaved comparison, {os.cpu_count()} cpus, load {_loadavg()}, XLA_FLAGS extra: {args.xla_flags!r}",
+    print(f"# interleaved comparison, {os.cpu_count()} cpus, load {loadavg()}, XLA_FLAGS extra: {args.xla_flags!r}",
           flush=True)
     rows = []
     for size in sizes:

@@ -27,12 +27,12 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
-PEAK_GFLOPS = 185.0
-RESULT_TAG = "BENCH_RESULT "
+from benchmarks.common import add_common_args, emit_result
+from benchmarks.common import run_worker as run_worker_process
+
 PARTS = ("step", "grad", "forward")  # full step | value_and_grad without the update | forward loss only
 
 
@@ -210,21 +210,8 @@ def worker(job: dict) -> dict:
 # Driver
 
 
-def loadavg() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
-
-
 def spawn(job: dict, timeout: float) -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    before = loadavg()
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_pretrain", "--worker", json.dumps(job)],
-                          capture_output=True, text=True, env=env, timeout=timeout, cwd=root)
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            return {**json.loads(line[len(RESULT_TAG):]), "load_before": before, "load_after": loadavg()}
-    raise RuntimeError(f"worker {job} failed (rc {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return run_worker_process("benchmarks.bench_pretrain", job, timeout)
 
 
 def main(argv=None) -> int:
@@ -234,20 +221,12 @@ def main(argv=None) -> int:
                    help="';'-separated: torch | default | jax ElectraConfig overrides 'field=value,...'")
     p.add_argument("--interleave", action="store_true",
                    help="all runs of a size in one process, timed round-robin (no per-run memory)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--steps", type=int, default=15, help="timed steps (median reported)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first compiles)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    add_common_args(p, warmup=3)
     p.add_argument("--part", default="step", choices=PARTS, help="what the jax runs time")
-    p.add_argument("--peak_gflops", type=float, default=PEAK_GFLOPS)
-    p.add_argument("--timeout", type=float, default=3600.0, help="per worker, seconds")
-    p.add_argument("--json_out", default=None)
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         job = json.loads(args.worker)
-        print(RESULT_TAG + json.dumps({**job, **worker(job)}), flush=True)
+        emit_result({**job, **worker(job)})
         return 0
 
     from convbert.flops import model_flops_per_step
