@@ -25,7 +25,7 @@ matmul has been measured well above it, so MFU > 100% can appear; ratios to torc
 "key" conv of `SeparableConv1D` (static weights [H, k]) and the dynamic conv over the conv value (per-token,
 per-head softmax kernels [B, T, Nr, 1, k]). A spec is `current` (convbert.modeling as it is), one candidate name
 for both, or `key=NAME,dyn=NAME`, plus optional `+WHATIF` parts (`WHATIFS`: changes outside the convolutions, to
-quantify recommendations: gelu_erf, hash_dropout, no_dropout, threefry_unrolled). A spec patches
+quantify recommendations: gelu_erf, hash_dropout, rbg_dropout, no_dropout, threefry_unrolled). A spec patches
 `convbert.modeling` in the worker process only. Candidates (all the same function; see `KEY_IMPLS`, `DYN_IMPLS`):
   slices     pad + k shifted slices, multiply-add, autodiff backward (the previous library code)
   vjp        same forward; custom VJP: dx by shifted slices, dw by k reductions over the broadcast axes
@@ -321,9 +321,28 @@ def _whatif_hash_dropout(on: bool):
     modeling.Dropout.__call__ = _hash_dropout if on else original
 
 
+def _rbg_dropout(self, x, rng):
+    """Dropout whose keep mask comes from XLA's RngBitGenerator (an `unsafe_rbg` key derived from `rng`) instead
+    of threefry (which XLA CPU runs as a rolled loop over the whole array)."""
+    import jax
+    import jax.numpy as jnp
+    if rng is None or self.rate == 0.0:
+        return x
+    key = jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="unsafe_rbg")
+    keep = jax.random.bernoulli(key, 1.0 - self.rate, x.shape)
+    return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
+
+
+def _whatif_rbg_dropout(on: bool):
+    from convbert import modeling
+    original = _ORIGINAL.setdefault("dropout_call", modeling.Dropout.__call__)
+    modeling.Dropout.__call__ = _rbg_dropout if on else original
+
+
 # What-if patches (`+NAME` in an --impl spec): changes outside the convolutions, to quantify recommendations.
 WHATIFS = {"gelu_erf": _whatif_gelu_erf, "threefry_unrolled": _whatif_threefry_unrolled,
-           "no_dropout": _whatif_no_dropout, "hash_dropout": _whatif_hash_dropout}
+           "no_dropout": _whatif_no_dropout, "hash_dropout": _whatif_hash_dropout,
+           "rbg_dropout": _whatif_rbg_dropout}
 
 
 def parse_impl(spec: str) -> tuple[dict, list]:

@@ -11,10 +11,12 @@ branch, d = H / N, A = Nr * d, k kernel size, I intermediate, G groups, V vocab.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from flax import nnx, struct
 
 from convbert.config import ConvBertConfig
@@ -23,9 +25,14 @@ Array = jax.Array
 MASK_BIAS = -10000.0  # additive bias on padded keys, as the TF original (spec 1.2 step 2)
 
 
+def gelu_erf(x: Array) -> Array:
+    """Exact gelu in PyTorch's form 0.5 x (1 + erf(x / sqrt 2)); 2% faster on XLA CPU than jax.nn.gelu's erfc form."""
+    return 0.5 * x * (1.0 + lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
+
+
 def activation(name: str):
     return {
-        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu": gelu_erf,
         "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
         "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
         "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
@@ -60,6 +67,29 @@ def layer_norm(config: ConvBertConfig, features: int, *, rngs: nnx.Rngs) -> nnx.
                          scale_metadata={"logical_axes": ("embed",)}, bias_metadata={"logical_axes": ("embed",)})
 
 
+def _fmix32(h: Array) -> Array:
+    """MurmurHash3's 32-bit finaliser: a bijection of uint32 with full avalanche."""
+    h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
+    h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def dropout_keep_mask(rng: Array, shape: tuple[int, ...], keep_prob: float) -> Array:
+    """Bernoulli(keep_prob) mask of `shape`, a counter-based hash of each element's position and two 32-bit seeds
+    drawn from `rng`: h = fmix32(fmix32(row ^ s0) + col * 0x9E3779B1 + s1) over row = index of the leading dims,
+    col = index in the last one. Unlike `jax.random.bernoulli` (threefry, which XLA CPU runs as a loop over the
+    whole array and then materialises for the backward pass) it is elementwise, so XLA fuses it into the consumer
+    and recomputes it in the backward pass: 15% faster small training steps on CPU (BENCHMARKS.md). Partitions
+    like any elementwise op under sharding; same keep probability to 2^-32; a different stream from jax.random."""
+    seeds = jax.random.bits(rng, (2,), jnp.uint32)
+    rows = math.prod(shape[:-1])
+    row = lax.broadcasted_iota(jnp.uint32, (rows, shape[-1]), 0)
+    col = lax.broadcasted_iota(jnp.uint32, (rows, shape[-1]), 1)
+    h = _fmix32(_fmix32(row ^ seeds[0]) + col * jnp.uint32(0x9E3779B1) + seeds[1])
+    threshold = min(round(keep_prob * 2.0 ** 32), 2 ** 32 - 1)
+    return (h < jnp.uint32(threshold)).reshape(shape)
+
+
 class Dropout(nnx.Module):
     """Dropout fed an explicit key; the identity when `rng` is None (evaluation)."""
 
@@ -69,7 +99,7 @@ class Dropout(nnx.Module):
     def __call__(self, x: Array, rng: Array | None) -> Array:
         if rng is None or self.rate == 0.0:
             return x
-        keep = jax.random.bernoulli(rng, 1.0 - self.rate, x.shape)
+        keep = dropout_keep_mask(rng, x.shape, 1.0 - self.rate)
         return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
 
 

@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from convbert import ConvBertConfig, ConvBertForMaskedLM, ConvBertModel, size_config
-from convbert.modeling import ConvBertSelfAttention, attention_mask_bias, count_params, shifted_window_sum
+from convbert.modeling import (ConvBertSelfAttention, Dropout, attention_mask_bias, count_params, dropout_keep_mask,
+                              shifted_window_sum)
 from helpers import randomize
 
 TINY = dict(vocab_size=100, embedding_size=16, hidden_size=16, num_attention_heads=4, intermediate_size=32,
@@ -151,6 +152,26 @@ def test_dropout_keys():
     assert not np.allclose(train_a, eval_a) and not np.allclose(train_a, other)
     with pytest.raises(ValueError, match="dropout_rng"):
         model(ids, deterministic=False)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_mask_statistics(rate):
+    """The hash mask keeps 1 - rate of the elements, evenly over rows and columns, independently of its
+    neighbours and of the mask drawn from another key (bounds are 5 standard deviations)."""
+    shape = (16, 64, 512)
+    mask = np.asarray(dropout_keep_mask(jax.random.key(0), shape, 1.0 - rate), np.float64)
+    other = np.asarray(dropout_keep_mask(jax.random.key(1), shape, 1.0 - rate), np.float64)
+    var = rate * (1.0 - rate)
+    assert abs(mask.mean() - (1 - rate)) < 5 * np.sqrt(var / mask.size)
+    assert np.abs(mask.reshape(-1, 512).mean(0) - (1 - rate)).max() < 5 * np.sqrt(var / (16 * 64))
+    assert np.abs(mask.reshape(-1, 512).mean(1) - (1 - rate)).max() < 5 * np.sqrt(var / 512)
+    flat, sigma = mask.ravel(), 1 / np.sqrt(mask.size)
+    for lag in (1, 2, 511, 512, 513, 64 * 512):
+        assert abs(np.corrcoef(flat[:-lag], flat[lag:])[0, 1]) < 5 * sigma, lag
+    assert abs(np.corrcoef(flat, other.ravel())[0, 1]) < 5 * sigma
+    x = jnp.ones(shape)
+    dropped = Dropout(rate)(x, jax.random.key(0))
+    np.testing.assert_allclose(np.asarray(dropped), mask / (1 - rate), rtol=1e-6)
 
 
 def test_bfloat16_compute_keeps_float32_params():
