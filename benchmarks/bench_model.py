@@ -25,7 +25,7 @@ matmul has been measured well above it, so MFU > 100% can appear; ratios to torc
 "key" conv of `SeparableConv1D` (static weights [H, k]) and the dynamic conv over the conv value (per-token,
 per-head softmax kernels [B, T, Nr, 1, k]). A spec is `current` (convbert.modeling as it is), one candidate name
 for both, or `key=NAME,dyn=NAME`, plus optional `+WHATIF` parts (`WHATIFS`: changes outside the convolutions, to
-quantify recommendations: gelu_erf, hash_dropout, rbg_dropout, no_dropout, threefry_unrolled). A spec patches
+quantify choices: gelu_jax, gelu_erf, threefry_dropout, rbg_dropout, no_dropout, threefry_unrolled). A spec patches
 `convbert.modeling` in the worker process only. Candidates (all the same function; see `KEY_IMPLS`, `DYN_IMPLS`):
   slices     pad + k shifted slices, multiply-add, autodiff backward (the previous library code)
   vjp        same forward; custom VJP: dx by shifted slices, dw by k reductions over the broadcast axes
@@ -266,19 +266,25 @@ DYN_IMPLS = {"slices": conv_slices, "vjp": conv_vjp, "vjp_band": dyn_vjp_band, "
              "stack": dyn_stack, "patches": dyn_patches, "banded": dyn_banded, "none": conv_none}
 
 
+def _gelu_jax(x):
+    """Plain jax.nn.gelu(approximate=False) (erfc form), under autodiff too."""
+    import jax
+    return jax.nn.gelu(x, approximate=False)
+
+
 def _gelu_erf(x):
-    import jax.numpy as jnp
+    """Plain 0.5 x (1 + erf(x / sqrt 2)), under autodiff too (the form of the library's training path)."""
     from jax import lax
-    return 0.5 * x * (1.0 + lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
+    return 0.5 * x * (1.0 + lax.erf(x * 0.7071067811865476))
 
 
-def _whatif_gelu_erf(on: bool):
-    """Exact gelu as 0.5 x (1 + erf(x / sqrt 2)) (PyTorch's form) instead of jax.nn.gelu's erfc form."""
-    from convbert import modeling
-    original = _ORIGINAL.setdefault("activation", modeling.activation)
-    modeling.activation = original
-    if on:
-        modeling.activation = lambda name: _gelu_erf if name == "gelu" else original(name)
+def _gelu_whatif(fn):
+    """A what-if using `fn` for "gelu" instead of the library's `modeling.gelu` (custom VJP)."""
+    def whatif(on: bool):
+        from convbert import modeling
+        original = _ORIGINAL.setdefault("activation", modeling.activation)
+        modeling.activation = (lambda name: fn if name == "gelu" else original(name)) if on else original
+    return whatif
 
 
 def _whatif_threefry_unrolled(on: bool):
@@ -290,59 +296,35 @@ def _whatif_threefry_unrolled(on: bool):
     mlir.register_lowering(tf.threefry2x32_p, rule, platform="cpu")
 
 
-def _whatif_no_dropout(on: bool):
-    """Dropout off in the train step (an upper bound on what a cheaper dropout could give)."""
-    from convbert import modeling
-    original = _ORIGINAL.setdefault("dropout_call", modeling.Dropout.__call__)
-    modeling.Dropout.__call__ = (lambda self, x, rng: x) if on else original
+def _bernoulli_dropout(rbg: bool):
+    """A Dropout.__call__ with a `jax.random.bernoulli` keep mask: from the threefry key (the library's form
+    before the hash mask) or from an `unsafe_rbg` key derived from it (XLA's RngBitGenerator)."""
+    def call(self, x, rng):
+        import jax
+        import jax.numpy as jnp
+        if rng is None or self.rate == 0.0:
+            return x
+        if rbg:
+            rng = jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="unsafe_rbg")
+        keep = jax.random.bernoulli(rng, 1.0 - self.rate, x.shape)
+        return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
+    return call
 
 
-def _hash_dropout(self, x, rng):
-    """Dropout whose keep mask is a counter hash (murmur3 fmix32 of the element index and one 32-bit seed drawn
-    from `rng`): elementwise, so XLA fuses it into its consumers and recomputes it in the backward pass instead
-    of materialising threefry bits. Same keep probability (to 2^-32), a different random stream."""
-    import jax
-    import jax.numpy as jnp
-    from jax import lax
-    if rng is None or self.rate == 0.0:
-        return x
-    seed = jax.random.bits(rng, (), jnp.uint32)
-    h = lax.iota(jnp.uint32, x.size).reshape(x.shape) * jnp.uint32(0x9E3779B1) + seed
-    h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
-    h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
-    h = h ^ (h >> 16)
-    keep = h < jnp.uint32(min(round((1.0 - self.rate) * 2.0 ** 32), 2 ** 32 - 1))
-    return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
-
-
-def _whatif_hash_dropout(on: bool):
-    from convbert import modeling
-    original = _ORIGINAL.setdefault("dropout_call", modeling.Dropout.__call__)
-    modeling.Dropout.__call__ = _hash_dropout if on else original
-
-
-def _rbg_dropout(self, x, rng):
-    """Dropout whose keep mask comes from XLA's RngBitGenerator (an `unsafe_rbg` key derived from `rng`) instead
-    of threefry (which XLA CPU runs as a rolled loop over the whole array)."""
-    import jax
-    import jax.numpy as jnp
-    if rng is None or self.rate == 0.0:
-        return x
-    key = jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="unsafe_rbg")
-    keep = jax.random.bernoulli(key, 1.0 - self.rate, x.shape)
-    return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
-
-
-def _whatif_rbg_dropout(on: bool):
-    from convbert import modeling
-    original = _ORIGINAL.setdefault("dropout_call", modeling.Dropout.__call__)
-    modeling.Dropout.__call__ = _rbg_dropout if on else original
+def _dropout_whatif(call):
+    def whatif(on: bool):
+        from convbert import modeling
+        original = _ORIGINAL.setdefault("dropout_call", modeling.Dropout.__call__)
+        modeling.Dropout.__call__ = call if on else original
+    return whatif
 
 
 # What-if patches (`+NAME` in an --impl spec): changes outside the convolutions, to quantify recommendations.
-WHATIFS = {"gelu_erf": _whatif_gelu_erf, "threefry_unrolled": _whatif_threefry_unrolled,
-           "no_dropout": _whatif_no_dropout, "hash_dropout": _whatif_hash_dropout,
-           "rbg_dropout": _whatif_rbg_dropout}
+WHATIFS = {"gelu_jax": _gelu_whatif(_gelu_jax), "gelu_erf": _gelu_whatif(_gelu_erf),
+           "threefry_unrolled": _whatif_threefry_unrolled,
+           "no_dropout": _dropout_whatif(lambda self, x, rng: x),  # an upper bound for any cheaper dropout
+           "threefry_dropout": _dropout_whatif(_bernoulli_dropout(rbg=False)),
+           "rbg_dropout": _dropout_whatif(_bernoulli_dropout(rbg=True))}
 
 
 def parse_impl(spec: str) -> tuple[dict, list]:

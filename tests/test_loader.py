@@ -52,15 +52,20 @@ def test_deterministic_batches(data_dir):
     assert not np.array_equal(a[0]["input_ids"], c[0]["input_ids"])
 
 
-def test_two_processes_disjoint_and_complete(data_dir):
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_processes_split_each_global_batch(data_dir, process_count):
+    """Process p reads rows [p b, (p + 1) b) of every global batch of the one-process stream: disjoint shares, all
+    examples once per epoch, and the same global batches whatever the process count."""
     src = PretrainingData(data_dir)
-    per_process = len(src) // 2
-    shares = [list(make_iterator(data_dir, global_batch_size=2, seed=5, process_index=i, process_count=2,
-                                 num_epochs=1)) for i in range(2)]
-    assert [len(s) for s in shares] == [per_process] * 2
-    expected = [_examples(src, range(i, 2 * per_process, 2)) for i in range(2)]
-    assert [_rows(s) for s in shares] == expected  # process i reads exactly examples i, i+2, ... (shuffled)
-    assert _rows(shares[0] + shares[1]) == _examples(src, range(2 * per_process))
+    one = list(make_iterator(data_dir, global_batch_size=4, seed=5, process_index=0, process_count=1, num_epochs=1))
+    shares = [list(make_iterator(data_dir, global_batch_size=4, seed=5, process_index=i,
+                                 process_count=process_count, num_epochs=1)) for i in range(process_count)]
+    assert len(one) == len(src) // 4 and all(len(s) == len(one) for s in shares)
+    for step, batch in enumerate(one):
+        for k in batch:
+            np.testing.assert_array_equal(np.concatenate([s[step][k] for s in shares]), batch[k])
+    rows, every_row = _rows(one), _examples(src, range(len(src)))
+    assert sum(rows.values()) == len(one) * 4 and all(n <= every_row[r] for r, n in rows.items())  # no repeats
 
 
 def test_get_state_set_state_resumes(data_dir):
@@ -73,6 +78,15 @@ def test_get_state_set_state_resumes(data_dir):
     for x, y in zip(expected, _take(resumed, 2)):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_position_is_the_global_step(data_dir):
+    """A position saved by process 1 of 2 resumes one process at the same global batch."""
+    it = make_iterator(data_dir, global_batch_size=4, seed=2, process_index=1, process_count=2)
+    _take(it, 3)
+    alone = make_iterator(data_dir, global_batch_size=4, seed=2, process_index=0, process_count=1)
+    alone.set_state(it.get_state())
+    np.testing.assert_array_equal(next(alone)["input_ids"][2:], next(it)["input_ids"])
 
 
 def test_orbax_checkpoint_roundtrip(data_dir, tmp_path):
@@ -97,7 +111,7 @@ def test_errors(data_dir, tmp_path):
         PretrainingData("/no/such/data")
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         PretrainingData(str(tmp_path))
-    with pytest.raises(ValueError, match="fewer than one batch"):
+    with pytest.raises(ValueError, match="fewer than one global batch"):
         make_iterator(data_dir, "eval", global_batch_size=4096, seed=0, process_index=0, process_count=1)
 
 

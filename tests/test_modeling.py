@@ -11,7 +11,7 @@ from flax import nnx
 
 from convbert import ConvBertConfig, ConvBertForMaskedLM, ConvBertModel, size_config
 from convbert.modeling import (ConvBertSelfAttention, Dropout, attention_mask_bias, count_params, dropout_keep_mask,
-                              shifted_window_sum)
+                              gelu, shifted_window_sum)
 from helpers import randomize
 
 TINY = dict(vocab_size=100, embedding_size=16, hidden_size=16, num_attention_heads=4, intermediate_size=32,
@@ -152,6 +152,16 @@ def test_dropout_keys():
     assert not np.allclose(train_a, eval_a) and not np.allclose(train_a, other)
     with pytest.raises(ValueError, match="dropout_rng"):
         model(ids, deterministic=False)
+
+
+def test_gelu_paths_agree():
+    """The custom-VJP gelu: evaluation value, training value and gradient equal jax.nn.gelu's (exact form)."""
+    x = jnp.linspace(-12.0, 12.0, 4001)
+    exact = lambda v: jax.nn.gelu(v, approximate=False)
+    np.testing.assert_allclose(gelu(x), exact(x), atol=1e-6)
+    value, vjp = jax.vjp(gelu, x)
+    np.testing.assert_allclose(value, exact(x), atol=1e-6)
+    np.testing.assert_allclose(vjp(jnp.ones_like(x))[0], jax.grad(lambda v: exact(v).sum())(x), atol=1e-6)
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5])

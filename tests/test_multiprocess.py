@@ -1,5 +1,5 @@
 """Two pretrain.py processes (2 CPU devices each) joined by `jax.distributed` on 127.0.0.1 train like one
-process fed the same global batches, and both write their parts of the checkpoints."""
+process on one device, and both write their parts of the checkpoints."""
 
 import os
 import subprocess
@@ -19,18 +19,16 @@ SPECIAL = {"pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask": 103}
 
 
 def one_process_losses(config):
-    """Losses of one device on the global batches the two processes assemble: process i's rows (its own
-    iterator, `process_index=i`) fill the devices of process i, which come first for i = 0."""
-    its = [loader.make_iterator(setup.demo_data_dir(), "train", global_batch_size=config.batch_size,
-                                seed=config.seed, process_index=i, process_count=2) for i in range(2)]
+    """Losses of one process on one device, reading the data alone (the global batches do not depend on the
+    process count)."""
+    it = loader.make_iterator(setup.demo_data_dir(), "train", global_batch_size=config.batch_size,
+                              seed=config.seed, process_index=0, process_count=1)
     mesh = sharding.create_mesh({}, jax.devices()[:1])
     trainer = Pretrainer(config, mesh, SPECIAL)
     state = trainer.init(jax.random.PRNGKey(config.seed))
     losses = {}
     for step in range(1, config.num_train_steps + 1):
-        local = [next(it) for it in its]
-        batch = {k: np.concatenate([b[k] for b in local]) for k in local[0]}
-        state, metrics = trainer.train_step(state, sharding.shard_batch(batch, mesh))
+        state, metrics = trainer.train_step(state, sharding.shard_batch(next(it), mesh))
         losses[step] = float(metrics["loss"].mean())
     return losses, jax.device_get(state.params)
 

@@ -1,14 +1,17 @@
 """Grain input pipeline over the shards written by `convbert.data.prepare` (jax-patterns 2.5, 4.1).
 
-MapDataset.source(PretrainingData) -> this process's slice [process_index::process_count] (equal length on every
-process) -> shuffle(seed) -> repeat(num_epochs) -> batch(global_batch_size // process_count, drop_remainder)
--> to_iter_dataset. Each element: dict of int32 numpy arrays `input_ids`, `input_mask`, `segment_ids` of shape
-[per_process_batch, T]. The iterator's position is `get_state()/set_state()` JSON and checkpoints with orbax
-through `grain.checkpoint.CheckpointSave/CheckpointRestore`.
+MapDataset.source(PretrainingData) -> shuffle(seed) -> repeat(num_epochs): one global example order, the same on
+every process. Global batch s is examples [s G, (s + 1) G) of it (G = global_batch_size); process p reads only
+rows [p b, (p + 1) b) of each (b = G / process_count), by index, -> batch(b) -> to_iter_dataset. So the global
+batches (and the training run) do not depend on the number of processes. Each element: dict of int32 numpy
+arrays `input_ids`, `input_mask`, `segment_ids` of shape [b, T]. The iterator's position (`get_state()/
+set_state()` JSON, the number of batches read: the global step, also independent of the process count)
+checkpoints with orbax through `grain.checkpoint.CheckpointSave/CheckpointRestore`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -63,6 +66,11 @@ class PretrainingData:
         return f"PretrainingData({self.data_dir!r}, split={self.split!r}, n={len(self)})"
 
 
+def _own_row(i: int, *, examples, global_batch_size: int, batch_size: int, offset: int) -> dict[str, np.ndarray]:
+    """Row i of this process's stream: row offset + i % b of global batch i // b."""
+    return examples[i // batch_size * global_batch_size + offset + i % batch_size]
+
+
 def make_iterator(data_dir: str, split: str = "train", *, global_batch_size: int, seed: int,
                   process_index: int | None = None, process_count: int | None = None, shuffle: bool = True,
                   num_epochs: int | None = None, num_workers: int = 0,
@@ -79,13 +87,17 @@ def make_iterator(data_dir: str, split: str = "train", *, global_batch_size: int
         raise ValueError(f"global batch_size {global_batch_size} is not divisible by process_count {process_count}")
     batch_size = global_batch_size // process_count
     source = PretrainingData(data_dir, split)
-    per_process = len(source) // process_count
-    if per_process < batch_size:
-        raise ValueError(f"{source!r} has {per_process} examples per process, fewer than one batch of {batch_size}")
-    ds = grain.MapDataset.source(source)[process_index:per_process * process_count:process_count]
+    if len(source) < global_batch_size:
+        raise ValueError(f"{source!r} has {len(source)} examples, fewer than one global batch of {global_batch_size}")
+    examples = grain.MapDataset.source(source)
     if shuffle:
-        ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=True)
+        examples = examples.shuffle(seed=seed)
+    examples = examples.repeat(num_epochs)
+    steps = len(examples) // global_batch_size  # batches run across epochs; a last partial one is dropped
+    ds = grain.MapDataset.range(steps * batch_size).map(functools.partial(
+        _own_row, examples=examples, global_batch_size=global_batch_size, batch_size=batch_size,
+        offset=process_index * batch_size))
+    ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.to_iter_dataset(read_options or grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
     if num_workers:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
