@@ -2,8 +2,9 @@
 
     python -m benchmarks.bench_pretrain --sizes small,base --batch 32 --seq 128 --steps 15
 
-One step = masking, generator forward at the masked slots only, Gumbel sampling, discriminator forward, loss =
-MLM + 50 RTD, backward, global-norm clip 1.0, AdamW update.
+One step = masking, generator forward at the masked slots only, sampling (jax: the default `ElectraConfig.sampler`,
+one uniform per slot; torch: upstream's Gumbel-max; `--runs "sampler=gumbel;torch"` for Gumbel on both),
+discriminator forward, loss = MLM + 50 RTD, backward, global-norm clip 1.0, AdamW update.
 - jax: `convbert.electra.pretraining_loss` in a `jax.jit` train step of the split/merge pattern (`nnx.split(model,
   nnx.Param, ...)` once, `nnx.merge` inside), the project's `electra_adamw`, parameters and optimizer state donated.
 - torch: transformers' `ConvBertModel` for the discriminator and for the generator (`transformers.ConvBertConfig` at

@@ -73,6 +73,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         disc_weight=50.0,
         temperature=1.0,
         upstream_quirks=True,  # sampling with replacement + averaged duplicate ids, as upstream ELECTRA (spec 4.2)
+        sampler="inverse_cdf",  # one uniform per slot; "gumbel": upstream's Gumbel-max (same distribution)
     ))
 
     c.optimizer = ml_collections.ConfigDict(dict(

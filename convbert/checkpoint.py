@@ -14,6 +14,7 @@ multi-process runs, at the step all processes agreed on through JAX's preemption
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -89,18 +90,15 @@ class Checkpointer:
         """(step, state, meta) of the newest readable checkpoint (or of `step`), or None when there is none.
 
         `abstract_state`: pytree of `jax.ShapeDtypeStruct` with the target shardings. `data` is set in place
-        to the saved position (which needs the saving run's process count; the state alone loads anywhere).
+        to the saved position, also when the checkpoint was written by another number of processes.
         If no checkpoint is readable, the newest one's error is raised (nothing renamed).
         """
         failed: list[tuple[int, Exception]] = []
         for step in [step] if step is not None else reversed(self.all_steps()):
             meta = self.read_meta(step)
-            if data is not None and meta and meta.get("process_count", jax.process_count()) != jax.process_count():
-                raise ValueError(
-                    f"checkpoint {self.directory / str(step)} was written by {meta['process_count']} processes; "
-                    f"resuming its data position needs the same process count (now {jax.process_count()})")
+            saved_count = (meta or {}).get("process_count", jax.process_count())
             items = dict(state=ocp.args.StandardRestore(abstract_state))
-            if data is not None:
+            if data is not None and saved_count == jax.process_count():
                 items["data"] = grain.checkpoint.CheckpointRestore(data)
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(**items))
@@ -112,10 +110,25 @@ class Checkpointer:
                 ok = False
             if _all_processes(ok):
                 self._quarantine([s for s, _ in failed])
+                if data is not None and saved_count != jax.process_count():
+                    self._restore_position_from(step, saved_count, data)
                 return step, restored.state, meta
         if failed:
             raise failed[0][1]
         return None
+
+    def _restore_position_from(self, step: int, saved_count: int, data: grain.DatasetIterator) -> None:
+        """The data position of a checkpoint written by another number of processes: every process saved the
+        same position (the number of global batches read, `convbert.data.loader`), so process 0's file serves."""
+        path = self.directory / str(step) / "data" / f"process_0-of-{saved_count}.json"
+        state = json.loads(path.read_text())
+        try:
+            data.set_state(state)
+        except Exception as e:  # noqa: BLE001 - e.g. a position saved with grain worker processes
+            raise ValueError(f"{path}: the data position {state} written by {saved_count} processes cannot be "
+                             f"resumed by {jax.process_count()} ({type(e).__name__}: {e})") from e
+        logging.info("resuming the data position of %s (written by %d processes) on %d processes",
+                     path, saved_count, jax.process_count())
 
     def _quarantine(self, steps: list[int]) -> None:
         """Renames unreadable step directories out of Orbax's view, so their step numbers can be saved again."""

@@ -104,13 +104,25 @@ def test_nothing_readable_raises_and_renames_nothing(tmp_path, mesh8):
     assert Checkpointer(str(tmp_path / "empty"), handle_sigterm=False).restore(abstract(mesh8, P())) is None
 
 
-def test_other_process_count_is_a_clear_error(tmp_path, mesh8):
+def test_position_from_another_process_count(tmp_path, mesh8):
+    """A checkpoint of 4 processes (its data files renamed as 4 processes write them) resumes the data position
+    on 1 process from process 0's file; a position this iterator cannot take is an error naming the file."""
+    data = iterator()
+    for _ in range(3):
+        next(data)
     ckpt = Checkpointer(str(tmp_path), handle_sigterm=False)
-    ckpt.save(1, state_on(mesh8, P("data")), data=iterator(), meta={"process_count": 4})
+    ckpt.save(1, state_on(mesh8, P("data")), data=data, meta={"process_count": 4})
     ckpt.wait_until_finished()
-    with pytest.raises(ValueError, match="written by 4 processes"):
-        ckpt.restore(abstract(mesh8, P("data")), data=iterator())
-    assert ckpt.restore(abstract(mesh8, P("data")))[0] == 1  # the state alone loads
+    data_dir = tmp_path / "1" / "data"
+    for i in range(4):
+        (data_dir / f"process_{i}-of-4.json").write_text((data_dir / "process_0-of-1.json").read_text())
+    (data_dir / "process_0-of-1.json").unlink()
+    fresh = iterator()
+    assert ckpt.restore(abstract(mesh8, P("data")), data=fresh)[0] == 1
+    np.testing.assert_array_equal(next(fresh), next(data))
+    (data_dir / "process_0-of-4.json").write_text('{"no_such_field": 1}')
+    with pytest.raises(ValueError, match=r"process_0-of-4\.json: the data position .* written by 4 processes"):
+        ckpt.restore(abstract(mesh8, P("data")), data=iterator(), step=1)
     ckpt.close()
 
 

@@ -1,5 +1,6 @@
 """ELECTRA objective (spec 3.2, 4.2): masking statistics, replacement, losses, gradient flow, tree mode, export."""
 
+import dataclasses
 import functools
 
 import jax
@@ -11,8 +12,8 @@ from flax import nnx
 from configs.pretrain import get_config
 from convbert.config import ConvBertConfig
 from convbert.electra import (
-    SAMPLERS, ElectraConfig, aggregate_metrics, build_electra, electra_forward, mask_tokens, pretraining_loss,
-    scatter_slots)
+    SAMPLERS, SPECIAL_ID_FIELDS, ElectraConfig, aggregate_metrics, build_electra, electra_forward, mask_tokens,
+    pretraining_loss, scatter_slots)
 
 CLS, SEP, MASK, PAD = 101, 102, 103, 0
 DISC = ConvBertConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -259,6 +260,9 @@ def test_config_from_pretrain_config():
     cfg = ElectraConfig.from_config(c, {"mask": 7, "cls": 5, "sep": 6, "pad": 1, "unk": 9})
     assert (cfg.mask_id, cfg.sep_id, cfg.pad_id) == (7, 6, 1)
     assert ElectraConfig.from_config(c).mask_id == MASK
+    # every objective knob except the tokenizer's ids (and the model-side generator width) is a config key
+    fields = {f.name for f in dataclasses.fields(ElectraConfig)} - set(SPECIAL_ID_FIELDS)
+    assert fields <= set(c.keys()), fields - set(c.keys())
 
 
 def test_aggregate_metrics():

@@ -36,7 +36,7 @@ def one_process_losses(config):
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     workdir, port = str(tmp_path / "run"), portpicker.pick_unused_port()
-    flags = setup.cli_flags(mesh__data=2, mesh__fsdp=2)
+    flags = setup.cli_flags(mesh__data=2, mesh__fsdp=2, electra__sampler=setup.SAMPLER_FOR_EQUALITY)
     procs = []
     for i in range(2):
         log = open(tmp_path / f"process_{i}.log", "w")
@@ -59,7 +59,7 @@ def test_two_processes_match_one(tmp_path):
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(os.path.join(step_dir, "data")))
     assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(os.path.join(step_dir, "state")))
 
-    config = setup.tiny_config()
+    config = setup.tiny_config(electra__sampler=setup.SAMPLER_FOR_EQUALITY)
     expected, params = one_process_losses(config)
     got = setup.losses(workdir)
     np.testing.assert_allclose([got[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)],
