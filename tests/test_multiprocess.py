@@ -1,9 +1,13 @@
 """Two pretrain.py processes (2 CPU devices each) joined by `jax.distributed` on 127.0.0.1 train like one
 process on one device, and both write their parts of the checkpoints."""
 
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -33,26 +37,36 @@ def one_process_losses(config):
     return losses, jax.device_get(state.params)
 
 
-@pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
-    workdir, port = str(tmp_path / "run"), portpicker.pick_unused_port()
-    flags = setup.cli_flags(mesh__data=2, mesh__fsdp=2, electra__sampler=setup.SAMPLER_FOR_EQUALITY)
+def launch_two(tmp_path, workdir: str, flags: list[str]) -> list[subprocess.Popen]:
+    """Two pretrain.py processes with 2 CPU devices each, joined on a free local port; logs in tmp_path."""
+    port = portpicker.pick_unused_port()
     procs = []
     for i in range(2):
-        log = open(tmp_path / f"process_{i}.log", "w")
         cmd = [sys.executable, "pretrain.py", f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
                "--num_processes=2", f"--process_id={i}", *flags]
-        procs.append((subprocess.Popen(cmd, cwd=setup.REPO, env=setup.subprocess_env(num_devices=2),
-                                       stdout=log, stderr=subprocess.STDOUT), log))
+        with open(tmp_path / f"process_{i}.log", "w") as log:
+            procs.append(subprocess.Popen(cmd, cwd=setup.REPO, env=setup.subprocess_env(num_devices=2),
+                                          stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float) -> None:
     try:
-        for proc, _ in procs:
-            proc.wait(timeout=420)
+        for proc in procs:
+            proc.wait(timeout=timeout)
     finally:
-        for proc, log in procs:
+        for proc in procs:
             proc.kill()
-            log.close()
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    workdir = str(tmp_path / "run")
+    flags = setup.cli_flags(mesh__data=2, mesh__fsdp=2, electra__sampler=setup.SAMPLER_FOR_EQUALITY)
+    procs = launch_two(tmp_path, workdir, flags)
+    wait_all(procs, timeout=420)
     logs = [open(tmp_path / f"process_{i}.log").read() for i in range(2)]
-    assert [p.returncode for p, _ in procs] == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(log[-3000:] for log in logs)
     assert "process 1/2, 2 local of 4 devices" in logs[1]
 
     step_dir = os.path.join(workdir, "checkpoints", "8")
@@ -66,3 +80,33 @@ def test_two_processes_match_one(tmp_path):
                                rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-6),
                  setup.load_state(workdir, 8, config).params, params)
+
+
+def logged_steps(workdir: str) -> dict[int, float]:
+    try:
+        return setup.losses(workdir)
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or a line half written
+        return {}
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_process_stops_both_at_one_step(tmp_path):
+    """SIGTERM to process 1 only (a preempted host): through JAX's preemption sync both processes save the same
+    step, say so, and exit 0."""
+    workdir = str(tmp_path / "run")
+    procs = launch_two(tmp_path, workdir, setup.cli_flags(mesh__data=2, mesh__fsdp=2, num_train_steps=100_000,
+                                                          checkpoint_every_steps=100_000))
+    try:
+        deadline = time.time() + 400
+        while not logged_steps(workdir) and time.time() < deadline and procs[0].poll() is None:
+            time.sleep(1)
+        assert logged_steps(workdir), open(tmp_path / "process_0.log").read()[-3000:]
+        procs[1].send_signal(signal.SIGTERM)
+    finally:
+        wait_all(procs, timeout=300)
+    logs = [open(tmp_path / f"process_{i}.log").read() for i in range(2)]
+    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    steps = [int(re.search(r"stopped for preemption at step (\d+)", log).group(1)) for log in logs]
+    assert steps[0] == steps[1] < 100_000, steps
+    step_dir = os.path.join(workdir, "checkpoints", str(steps[0]))
+    assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(os.path.join(step_dir, "data")))
