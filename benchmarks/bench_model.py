@@ -60,7 +60,6 @@ from benchmarks.common import add_common_args, emit_result, loadavg
 from benchmarks.common import run_worker as run_worker_process
 
 
-
 # ------------------------------------------------------------------------------------------------
 # Analytic FLOPs
 
@@ -273,18 +272,9 @@ def _gelu_jax(x):
 
 
 def _gelu_erf(x):
-    """Plain 0.5 x (1 + erf(x / sqrt 2)), under autodiff too (the form of the library's training path)."""
-    from jax import lax
-    return 0.5 * x * (1.0 + lax.erf(x * 0.7071067811865476))
-
-
-def _gelu_whatif(fn):
-    """A what-if using `fn` for "gelu" instead of the library's `modeling.gelu` (custom VJP)."""
-    def whatif(on: bool):
-        from convbert import modeling
-        original = _ORIGINAL.setdefault("activation", modeling.activation)
-        modeling.activation = (lambda name: fn if name == "gelu" else original(name)) if on else original
-    return whatif
+    """Plain x Phi(x) with the erf-form CDF, under autodiff too (the form of the library's training path)."""
+    from convbert import modeling
+    return x * modeling._normal_cdf(x)
 
 
 def _whatif_threefry_unrolled(on: bool):
@@ -296,35 +286,34 @@ def _whatif_threefry_unrolled(on: bool):
     mlir.register_lowering(tf.threefry2x32_p, rule, platform="cpu")
 
 
-def _bernoulli_dropout(rbg: bool):
-    """A Dropout.__call__ with a `jax.random.bernoulli` keep mask: from the threefry key (the library's form
+def _bernoulli_keep_mask(rbg: bool):
+    """A `modeling.dropout_keep_mask` drawn by `jax.random.bernoulli`: from the threefry key (the library's form
     before the hash mask) or from an `unsafe_rbg` key derived from it (XLA's RngBitGenerator)."""
-    def call(self, x, rng):
+    def keep_mask(rng, shape, keep_prob):
         import jax
         import jax.numpy as jnp
-        if rng is None or self.rate == 0.0:
-            return x
         if rbg:
             rng = jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="unsafe_rbg")
-        keep = jax.random.bernoulli(rng, 1.0 - self.rate, x.shape)
-        return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
-    return call
+        return jax.random.bernoulli(rng, keep_prob, shape)
+    return keep_mask
 
 
-def _dropout_whatif(call):
+def _patch_whatif(owner: str, attribute: str, replacement):
+    """A what-if setting `convbert.modeling.<owner>.<attribute>` (owner '' = the module) to `replacement`."""
     def whatif(on: bool):
         from convbert import modeling
-        original = _ORIGINAL.setdefault("dropout_call", modeling.Dropout.__call__)
-        modeling.Dropout.__call__ = call if on else original
+        target = getattr(modeling, owner) if owner else modeling
+        original = _ORIGINAL.setdefault(f"{owner}.{attribute}", getattr(target, attribute))
+        setattr(target, attribute, replacement if on else original)
     return whatif
 
 
 # What-if patches (`+NAME` in an --impl spec): changes outside the convolutions, to quantify recommendations.
-WHATIFS = {"gelu_jax": _gelu_whatif(_gelu_jax), "gelu_erf": _gelu_whatif(_gelu_erf),
+WHATIFS = {"gelu_jax": _patch_whatif("", "gelu", _gelu_jax), "gelu_erf": _patch_whatif("", "gelu", _gelu_erf),
            "threefry_unrolled": _whatif_threefry_unrolled,
-           "no_dropout": _dropout_whatif(lambda self, x, rng: x),  # an upper bound for any cheaper dropout
-           "threefry_dropout": _dropout_whatif(_bernoulli_dropout(rbg=False)),
-           "rbg_dropout": _dropout_whatif(_bernoulli_dropout(rbg=True))}
+           "no_dropout": _patch_whatif("Dropout", "__call__", lambda self, x, rng: x),  # bound for any cheaper one
+           "threefry_dropout": _patch_whatif("", "dropout_keep_mask", _bernoulli_keep_mask(rbg=False)),
+           "rbg_dropout": _patch_whatif("", "dropout_keep_mask", _bernoulli_keep_mask(rbg=True))}
 
 
 def parse_impl(spec: str) -> tuple[dict, list]:
@@ -362,9 +351,10 @@ def install_impl(spec: str) -> None:
     current = _ORIGINAL.setdefault("sws", modeling.shifted_window_sum)
     modeling.shifted_window_sum = current
     chosen, whatifs = parse_impl(spec)
-    for name, patch in WHATIFS.items():
-        if name in whatifs or name in _ORIGINAL.get("active_whatifs", ()):
-            patch(name in whatifs)
+    for name in _ORIGINAL.get("active_whatifs", ()):  # all off first: some what-ifs patch the same attribute
+        WHATIFS[name](False)
+    for name in whatifs:
+        WHATIFS[name](True)
     _ORIGINAL["active_whatifs"] = tuple(whatifs)
     if not chosen:
         return

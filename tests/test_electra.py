@@ -260,7 +260,7 @@ def test_config_from_pretrain_config():
     cfg = ElectraConfig.from_config(c, {"mask": 7, "cls": 5, "sep": 6, "pad": 1, "unk": 9})
     assert (cfg.mask_id, cfg.sep_id, cfg.pad_id) == (7, 6, 1)
     assert ElectraConfig.from_config(c).mask_id == MASK
-    # every objective knob except the tokenizer's ids (and the model-side generator width) is a config key
+    # every objective knob except the tokenizer's ids is a config key
     fields = {f.name for f in dataclasses.fields(ElectraConfig)} - set(SPECIAL_ID_FIELDS)
     assert fields <= set(c.keys()), fields - set(c.keys())
 
