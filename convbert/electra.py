@@ -330,6 +330,37 @@ METRIC_COUNTS = {
 }
 
 
+def _ratio(num: Array, den: Array) -> Array:
+    return num / jnp.maximum(den, 1.0)
+
+
+def mlm_metrics(logits: Array, masked: MaskedInputs) -> dict[str, Array]:
+    """gen_loss (mean cross-entropy over the weighted slots), gen_accuracy (argmax) and num_masked, from MLM
+    logits [B, N, V] at the slots of `masked`."""
+    w = masked.weights
+    num_masked = jnp.sum(w)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), masked.labels[..., None], axis=-1)[..., 0]
+    return dict(gen_loss=jnp.sum(nll * w) / (num_masked + 1e-6),
+                gen_accuracy=_ratio(jnp.sum((jnp.argmax(logits, -1) == masked.labels) * w), num_masked),
+                num_masked=num_masked)
+
+
+def mlm_loss(model: ConvBertForMaskedLM, batch: Mapping[str, Array], rng: Array, cfg: ElectraConfig, *,
+             deterministic: bool) -> tuple[Array, dict[str, Array]]:
+    """BERT-style masked language modelling of the discriminator-sized encoder, the control objective of
+    ELECTRA's comparison (Clark et al. 2020, section 3.2): the same masking as the generator's input, logits at
+    the masked slots only. Returns (gen_loss, `mlm_metrics` + loss)."""
+    k_mask, k_drop = jax.random.split(rng)
+    masked = mask_tokens(k_mask, batch["input_ids"], batch["input_mask"], cfg)
+    out, _ = model.body(masked.input_ids, batch["input_mask"], batch["segment_ids"], None, deterministic,
+                        None if deterministic else k_drop, False)
+    hidden = jnp.take_along_axis(out.last_hidden_state, masked.positions[..., None], axis=1)
+    logits = model.generator_lm_head(model.generator_predictions(hidden),
+                                     model.convbert.embeddings.word_embeddings.embedding[...])
+    metrics = mlm_metrics(logits, masked)
+    return metrics["gen_loss"], {"loss": metrics["gen_loss"], **metrics}
+
+
 def electra_losses(out: ElectraOutputs, input_mask: Array, cfg: ElectraConfig) -> tuple[Array, dict[str, Array]]:
     """(total loss, metrics) from `electra_forward`'s outputs (spec 4.2 steps 5, 8, 9).
 
@@ -338,35 +369,27 @@ def electra_losses(out: ElectraOutputs, input_mask: Array, cfg: ElectraConfig) -
     "replaced" class on real tokens; replaced_fraction of real tokens; and the counts num_masked,
     num_tokens, num_replaced, num_predicted_replaced (see `METRIC_COUNTS`, `aggregate_metrics`).
     """
-    w = out.masked.weights
-    num_masked = jnp.sum(w)
-    logp = jax.nn.log_softmax(out.gen_logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, out.masked.labels[..., None], axis=-1)[..., 0]
-    gen_loss = jnp.sum(nll * w) / (num_masked + 1e-6)
-
+    mlm = mlm_metrics(out.gen_logits, out.masked)
     m = input_mask.astype(jnp.float32)
     num_tokens = jnp.sum(m)
     labels = out.is_fake.astype(jnp.float32)
     bce = jnp.logaddexp(0.0, out.disc_logits) - labels * out.disc_logits
     disc_loss = jnp.sum(bce * m) / (num_tokens + 1e-6)
 
-    def ratio(num, den):
-        return num / jnp.maximum(den, 1.0)
-
     predicted = (out.disc_logits > 0).astype(jnp.float32) * m
     num_replaced, num_predicted = jnp.sum(labels * m), jnp.sum(predicted)
     true_positives = jnp.sum(predicted * labels)
     metrics = dict(
-        loss=cfg.gen_weight * gen_loss + cfg.disc_weight * disc_loss,
-        gen_loss=gen_loss,
-        gen_accuracy=ratio(jnp.sum((jnp.argmax(out.gen_logits, -1) == out.masked.labels) * w), num_masked),
-        gen_sampled_accuracy=ratio(jnp.sum((out.sampled == out.masked.labels) * w), num_masked),
+        loss=cfg.gen_weight * mlm["gen_loss"] + cfg.disc_weight * disc_loss,
+        **mlm,
+        gen_sampled_accuracy=_ratio(jnp.sum((out.sampled == out.masked.labels) * out.masked.weights),
+                                    mlm["num_masked"]),
         disc_loss=disc_loss,
-        disc_accuracy=ratio(jnp.sum((predicted == labels) * m), num_tokens),
-        disc_precision=ratio(true_positives, num_predicted),
-        disc_recall=ratio(true_positives, num_replaced),
-        replaced_fraction=ratio(num_replaced, num_tokens),
-        num_masked=num_masked, num_tokens=num_tokens, num_replaced=num_replaced,
+        disc_accuracy=_ratio(jnp.sum((predicted == labels) * m), num_tokens),
+        disc_precision=_ratio(true_positives, num_predicted),
+        disc_recall=_ratio(true_positives, num_replaced),
+        replaced_fraction=_ratio(num_replaced, num_tokens),
+        num_tokens=num_tokens, num_replaced=num_replaced,
         num_predicted_replaced=num_predicted,
     )
     return metrics["loss"], metrics
@@ -383,8 +406,8 @@ def pretraining_loss(model: ElectraModel, batch: Mapping[str, Array], rng: Array
 def aggregate_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Combines per-batch metrics on the host: counts are summed, ratios averaged weighted by their count
     (`METRIC_COUNTS`), `loss` is the plain mean over batches."""
-    counts = {c: sum(float(m[c]) for m in metrics) for c in set(METRIC_COUNTS.values())}
-    out = {k: sum(float(m[k]) * float(m[c]) for m in metrics) / max(counts[c], 1.0)
-           for k, c in METRIC_COUNTS.items()}
+    present = {k: c for k, c in METRIC_COUNTS.items() if k in metrics[0]}  # the MLM objective has no disc_*
+    counts = {c: sum(float(m[c]) for m in metrics) for c in set(present.values())}
+    out = {k: sum(float(m[k]) * float(m[c]) for m in metrics) / max(counts[c], 1.0) for k, c in present.items()}
     out["loss"] = sum(float(m["loss"]) for m in metrics) / max(len(metrics), 1)
     return {**out, **counts}

@@ -33,7 +33,7 @@ prints two significant digits, i.e. +-3.3% of rounding alone. The same code with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from convbert.config import ConvBertConfig, generator_config
@@ -127,18 +127,29 @@ def forward_flops_per_token(cfg: ConvBertConfig, seq_len: int = 128, *, head: st
     return sum(forward_breakdown(cfg, seq_len, head=head, output_frac=output_frac).values())
 
 
-def training_flops_per_step(disc: ConvBertConfig, gen: ConvBertConfig, batch_size: int, seq_len: int = 128,
+Networks = Sequence[tuple[ConvBertConfig, str]]  # (config, head) of each network one step trains
+
+
+def training_flops_per_step(disc: ConvBertConfig, gen: ConvBertConfig | None, batch_size: int, seq_len: int = 128,
                             output_frac: float = OUTPUT_FRAC) -> float:
-    """ELECTRA-convention training FLOPs of one step: 2 x forward of generator + discriminator."""
-    per_token = (forward_flops_per_token(disc, seq_len, head="discriminator")
-                 + forward_flops_per_token(gen, seq_len, head="generator", output_frac=output_frac))
+    """ELECTRA-convention training FLOPs of one step: 2 x forward of generator + discriminator (`gen=None`:
+    the discriminator-sized encoder with the MLM head, the MLM objective)."""
+    per_token = sum(forward_flops_per_token(cfg, seq_len, head=head, output_frac=output_frac)
+                    for cfg, head in _networks(disc, gen))
     return 2.0 * batch_size * seq_len * per_token
 
 
-def configs_from(config: Mapping[str, Any]) -> tuple[ConvBertConfig, ConvBertConfig]:
-    """(discriminator, generator) configs of a `configs/pretrain.py` ConfigDict (spec 3.2)."""
+def _networks(disc: ConvBertConfig, gen: ConvBertConfig | None) -> Networks:
+    return [(disc, "generator")] if gen is None else [(disc, "discriminator"), (gen, "generator")]
+
+
+def configs_from(config: Mapping[str, Any]) -> tuple[ConvBertConfig, ConvBertConfig | None]:
+    """(discriminator, generator) configs of a `configs/pretrain.py` ConfigDict (spec 3.2); the generator is
+    None for `objective='mlm'` (one encoder of the discriminator's size with the MLM head)."""
     model = config["model"]
     disc = ConvBertConfig(**(model.to_dict() if hasattr(model, "to_dict") else dict(model)))
+    if config.get("objective", "electra") == "mlm":
+        return disc, None
     return disc, generator_config(disc, config["electra"]["generator_fraction"])
 
 
@@ -149,17 +160,20 @@ def total_training_flops(config: Mapping[str, Any]) -> float:
         "num_train_steps"]
 
 
-def model_flops_per_step(disc: ConvBertConfig, gen: ConvBertConfig, batch_size: int, seq_len: int,
+def model_flops_per_step(disc: ConvBertConfig, gen: ConvBertConfig | None, batch_size: int, seq_len: int,
                          num_predictions: int) -> float:
-    """Matmul FLOPs a training step executes (for MFU): 3 x forward matmuls of both networks, lookups as
-    gathers, the MLM head on `num_predictions` (max_predictions_per_seq) slots per row."""
+    """Matmul FLOPs a training step executes (for MFU): 3 x forward matmuls of both networks (`gen=None`: the
+    MLM objective's one), lookups as gathers, the MLM head on `num_predictions` (max_predictions_per_seq) slots
+    per row."""
     def matmuls(terms):
         return sum(t.flops for t in terms if t.matmul)
 
-    per_row = seq_len * sum(
-        cfg.num_hidden_layers * matmuls(layer_terms(cfg, seq_len)) + matmuls(embedding_terms(cfg, seq_len))
-        for cfg in (disc, gen))
-    per_row += seq_len * matmuls(rtd_head_terms(disc)) + num_predictions * matmuls(mlm_head_terms(gen))
+    per_row = 0.0
+    for cfg, head in _networks(disc, gen):
+        per_row += seq_len * (cfg.num_hidden_layers * matmuls(layer_terms(cfg, seq_len))
+                              + matmuls(embedding_terms(cfg, seq_len)))
+        per_row += (seq_len * matmuls(rtd_head_terms(cfg)) if head == "discriminator"
+                    else num_predictions * matmuls(mlm_head_terms(cfg)))
     return 3.0 * batch_size * per_row
 
 
@@ -168,7 +182,8 @@ def report(config: Mapping[str, Any]) -> list[str]:
     disc, gen = configs_from(config)
     s, b, steps = config["max_seq_length"], config["batch_size"], config["num_train_steps"]
     lines = [f"seq_len {s}, batch {b}, steps {steps:,}; forward FLOPs per token (ELECTRA convention):"]
-    for name, cfg, head in (("discriminator", disc, "discriminator"), ("generator", gen, "generator")):
+    names = ("discriminator", "generator") if gen is not None else ("mlm encoder",)
+    for name, (cfg, head) in zip(names, _networks(disc, gen)):
         parts = forward_breakdown(cfg, s, head=head)
         lines.append(f"  {name:13s} H={cfg.hidden_size} L={cfg.num_hidden_layers} A={cfg.branch_size} "
                      + " ".join(f"{k}={v / 1e6:.2f}M" for k, v in parts.items())

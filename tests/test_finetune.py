@@ -16,30 +16,25 @@ from flax import nnx
 
 from convbert import optim
 from convbert.assets import BERT_UNCASED_VOCAB
-from convbert.config import ConvBertConfig
 from convbert.data.text_tokenizer import WordPieceTokenizer
 from convbert.glue import finetune
 from convbert.glue.submission import SUBMISSION_FILES
 from convbert.glue.tasks import TASKS
 from convbert.modeling import ConvBertForPreTraining, ConvBertForSequenceClassification, ConvBertModel
-from helpers import randomize
+from helpers import TINY_ENCODER, randomize, save_random_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "glue")
 sys.path.insert(0, os.path.join(ROOT, "configs"))
 import finetune_glue as glue_config  # noqa: E402
 
-TINY = ConvBertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                      embedding_size=32, max_position_embeddings=128)
+TINY = TINY_ENCODER
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A random tiny encoder (N(0, 0.02) weights) in Hugging Face format, with the BERT uncased vocab."""
-    path = str(tmp_path_factory.mktemp("ckpt"))
-    randomize(nnx.eval_shape(lambda: ConvBertModel(TINY, rngs=nnx.Rngs(0)))).save_pretrained(path)
-    shutil.copyfile(BERT_UNCASED_VOCAB, os.path.join(path, "vocab.txt"))
-    return path
+    return save_random_encoder(str(tmp_path_factory.mktemp("ckpt")))
 
 
 def tiny_config(task, checkpoint, data_dir=FIXTURES, **overrides):
@@ -220,3 +215,59 @@ def test_ax_needs_the_diagnostic_set_and_missing_files_fail_first(tmp_path, chec
     with pytest.raises(FileNotFoundError, match=r"WNLI/train.tsv"):
         finetune.run(tiny_config("all", checkpoint, data_dir=str(data_dir), batch_size=8), str(tmp_path / "x"))
     assert fake_training.calls == []  # checked before any training
+
+
+# ---- the no-pretraining control and the frozen-encoder probe ----------------------------------------
+
+
+def _sst2_trainer(source, **overrides):
+    config = tiny_config("sst2", source, data_dir=os.path.join(ROOT, "data", "glue_sample"), **overrides)
+    src = finetune.resolve_source(config.init_checkpoint)
+    task = TASKS["sst2"]
+    task_data = finetune.prepare_task(task, config, finetune.load_tokenizer(src.tokenizer_dir), [])
+    mesh = finetune.sharding.create_mesh(config.mesh.to_dict())
+    return finetune.TaskTrainer(task, finetune.load_encoder(src, config), config, mesh, task_data), task_data, src
+
+
+def _encoder_arrays(params):
+    return {p: np.asarray(v) for p, v in nnx.to_flat_state(params["convbert"])}
+
+
+def test_random_init_starts_from_fresh_weights_with_the_same_config_and_tokenizer(checkpoint):
+    pretrained, _, src = _sst2_trainer(checkpoint)
+    control, _, random_src = _sst2_trainer(finetune.RANDOM_INIT + checkpoint)
+    assert random_src.random_init and not src.random_init
+    assert (random_src.model_dir, random_src.tokenizer_dir) == (src.model_dir, src.tokenizer_dir)
+    assert control.encoder.params is None and control.encoder.config == pretrained.encoder.config
+    ours, fresh, fresh_again = (_encoder_arrays(t.init_state(seed)[0]) for t, seed in
+                                ((pretrained, 0), (control, 0), (control, 1)))
+    assert ours.keys() == fresh.keys() and all(ours[k].shape == fresh[k].shape for k in ours)
+    kernels = [k for k in ours if k[-1] == "kernel"]
+    assert kernels and not any(np.array_equal(ours[k], fresh[k]) for k in kernels)  # not the checkpoint's weights
+    assert not any(np.array_equal(fresh[k], fresh_again[k]) for k in kernels)  # every seed draws its own encoder
+    expected = ConvBertModel.from_pretrained(checkpoint)
+    np.testing.assert_array_equal(ours[("encoder", "layer", 0, "attention", "self", "query", "kernel")],
+                                  np.asarray(expected.encoder.layer[0].attention.self.query.kernel[...]))
+
+
+def test_random_init_results_say_so(tmp_path, checkpoint, fake_training):
+    summary = finetune.run(tiny_config("sst2", finetune.RANDOM_INIT + checkpoint,
+                                       data_dir=os.path.join(ROOT, "data", "glue_sample")), str(tmp_path / "r"))
+    assert (summary["init"], summary["freeze_encoder"]) == ("random", False)
+    assert "random initialisation" in open(tmp_path / "r" / "results.md").read()
+
+
+def test_frozen_encoder_stays_bit_for_bit_and_the_head_trains(checkpoint):
+    trainer, task_data, _ = _sst2_trainer(checkpoint, freeze_encoder=True, batch_size=8)
+    state = trainer.init_state(0)
+    before = _encoder_arrays(state[0])
+    head_before = {p: np.asarray(v) for p, v in nnx.to_flat_state(state[0]["classifier"])}
+    key = jax.random.key(0)
+    for step in range(3):
+        rows = np.arange(step * 8, (step + 1) * 8)
+        batch = finetune._batch(task_data.train, rows, (*finetune.data.FEATURES, "labels"), trainer.mesh)
+        state, _ = trainer.train_step(state, batch, key, np.int32(step + 1))
+    after = _encoder_arrays(state[0])
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    head_after = {p: np.asarray(v) for p, v in nnx.to_flat_state(state[0]["classifier"])}
+    assert any(not np.array_equal(head_before[k], head_after[k]) for k in head_before)

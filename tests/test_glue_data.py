@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from convbert.glue import data
-from convbert.glue.tasks import TASK_CHOICES, TASKS, get_task, task_names
+from convbert.glue.tasks import TASK_CHOICES, TASKS, TRANSFER_TASKS, get_task, task_names
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "glue")
 
@@ -209,4 +209,6 @@ def test_unknown_task_lists_the_valid_ones():
     with pytest.raises(ValueError, match="unknown GLUE task 'sts'; valid tasks: cola, sst2, .*, ax, all"):
         get_task("sts")
     assert task_names("all") == list(TASKS) and task_names("ax") == ["mnli"] and task_names("rte") == ["rte"]
-    assert set(TASK_CHOICES) == set(TASKS) | {"ax", "all"}
+    assert set(TASK_CHOICES) == set(TASKS) | set(TRANSFER_TASKS) | {"ax", "all", "transfer"}
+    assert task_names("transfer") == ["replaced_word", "word_order", "fill_blank"]
+    assert not set(TASKS) & set(TRANSFER_TASKS)  # `all` (GLUE) never runs the transfer suite

@@ -123,3 +123,23 @@ def test_to_global_arrays(data_dir):
     arrays = to_global_arrays(batch, sharding)
     assert arrays["input_ids"].sharding == sharding
     np.testing.assert_array_equal(np.asarray(arrays["input_mask"]), batch["input_mask"])
+
+
+def test_merged_parts_resume(tmp_path):
+    """A data set merged from two parts loads as one; the iterator position restores on it."""
+    from convbert.data.prepare import merge_parts
+    kwargs = dict(max_seq_length=32, eval_fraction=0.5, num_shards=2, unit_mb=0.05, num_workers=1)
+    for part in (0, 1):
+        prepare_corpus(None, str(tmp_path / "data"), part=part, num_parts=2, **kwargs)
+    merge_parts(str(tmp_path / "data"))
+    src = PretrainingData(str(tmp_path / "data"))
+    train = src.manifest["splits"]["train"]
+    parts = [s["file"].split("/")[0] for s in train["shards"]]
+    assert len(src) == train["examples"] and parts == ["part-00000-of-00002"] * 2 + ["part-00001-of-00002"] * 2
+    make = lambda: make_iterator(str(tmp_path / "data"), global_batch_size=4, seed=0, process_index=0, process_count=1)
+    it = make()
+    _take(it, 2)
+    state, expected = it.get_state(), next(it)
+    resumed = make()
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["input_ids"], expected["input_ids"])

@@ -1,15 +1,19 @@
-"""Tokenizers (special ids) and `prepare_corpus`: skipped files, shards + manifest, crash safety, HF datasets path."""
+"""Tokenizers (special ids) and `prepare_corpus`: skipped files, shards + manifest, crash safety, HF datasets path;
+the same bytes for any number of workers, parts merged, resume after a kill, corrupt units rebuilt."""
 
 import glob
 import json
+import multiprocessing
 import os
+import signal
 
 import numpy as np
 import pytest
 
 from convbert.assets import BERT_UNCASED_VOCAB
-from convbert.data import example_builder
-from convbert.data.prepare import DEMO_CORPUS_DIR, prepare_corpus
+from convbert.data import example_builder, prepare
+from convbert.data.loader import PretrainingData, make_iterator
+from convbert.data.prepare import DEMO_CORPUS_DIR, merge_parts, prepare_corpus
 from convbert.data.text_tokenizer import WordPieceTokenizer, load_text_tokenizer, train_sentencepiece
 
 SPECIALS_TEXT = "[CLS] To be, or not to be [MASK] [SEP] [PAD] [UNK] that is the question"
@@ -148,3 +152,161 @@ def test_demo_corpus_is_default(tmp_path):
     m = prepare_corpus(None, str(tmp_path / "demo"), max_documents=2, eval_fraction=0)
     assert m["sources"]["inputs"] == [DEMO_CORPUS_DIR] and m["sources"]["files"] == 12
     assert m["splits"]["train"]["documents"] == 2
+
+
+# Parallel, multi-part and resumable preparation.
+
+PLAYS = ("hamlet", "lear", "macbeth", "othello", "tempest", "twelfth_night")
+FAST = dict(max_seq_length=64, eval_fraction=0.25, num_shards=3, unit_mb=1e-3)  # unit_mb: one unit per file
+
+
+@pytest.fixture
+def plays(tmp_path):
+    """Six short plays, one file each (six units with FAST)."""
+    root = tmp_path / "plays"
+    root.mkdir()
+    for name in PLAYS:
+        (root / f"{name}.txt").write_text(_play(name, 150))
+    return root
+
+
+@pytest.fixture
+def jsonl_files(tmp_path):
+    """The six plays as rows of two JSON-lines files (a streamed dataset of two shards)."""
+    import datasets
+    paths = []
+    for i, names in enumerate((PLAYS[:4], PLAYS[4:])):
+        paths.append(str(tmp_path / f"docs-{i}.jsonl"))
+        datasets.Dataset.from_dict({"text": [_play(n, 150) for n in names]}).to_json(paths[-1])
+    return paths
+
+
+def _files(root):
+    """{relative path: bytes} of a prepared folder; the manifest without its creation time."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            if path.name == "manifest.json":
+                data = json.dumps({k: v for k, v in json.loads(data).items() if k != "created"}).encode()
+            out[str(path.relative_to(root))] = data
+    return out
+
+
+def _dataset(data_dir):
+    """Every split's examples in the loader's order, and the first batches of a shuffled loader."""
+    rows = {s: np.stack([np.stack(list(src[i].values())) for i in range(len(src))])
+            for s in ("train", "eval") for src in [PretrainingData(str(data_dir), s)]}
+    it = make_iterator(str(data_dir), global_batch_size=4, seed=1, process_index=0, process_count=1)
+    return rows, [next(it)["input_ids"] for _ in range(3)]
+
+
+def test_workers_do_not_change_the_bytes(plays, tmp_path, monkeypatch):
+    """1 and 2 workers write identical folders, from files (six units) and from a saved dataset (three)."""
+    import datasets
+    one = prepare_corpus(str(plays), str(tmp_path / "one"), num_workers=1, **FAST)
+    prepare_corpus(str(plays), str(tmp_path / "two"), num_workers=2, **FAST)
+    assert one["units"] == 6 and one["splits"]["eval"]["documents"] == 2
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")
+
+    monkeypatch.setattr(prepare, "HF_ROWS_PER_UNIT", 2)
+    datasets.Dataset.from_dict({"text": [_play(n, 150) for n in PLAYS]}).save_to_disk(str(tmp_path / "saved"))
+    for n in (1, 2):
+        m = prepare_corpus(None, str(tmp_path / f"hf{n}"), hf_dataset=str(tmp_path / "saved"), num_workers=n, **FAST)
+    assert m["units"] == 3 and _files(tmp_path / "hf1") == _files(tmp_path / "hf2")
+
+
+@pytest.mark.parametrize("source", ["files", "streamed"])
+def test_parts_merged_equal_one_run(plays, jsonl_files, tmp_path, source):
+    """Two parts (files: three units each; streamed: one shard each) + merge = one run, as the loader reads it."""
+    args = (str(plays),) if source == "files" else (None,)
+    kwargs = dict(FAST, **({} if source == "files" else dict(hf_dataset="json", hf_data_files=jsonl_files)))
+    whole = prepare_corpus(*args, str(tmp_path / "whole"), num_workers=2, **kwargs)
+    with pytest.raises(FileNotFoundError, match="no part"):
+        merge_parts(str(tmp_path / "parts"))
+    first = prepare_corpus(*args, str(tmp_path / "parts"), part=0, num_parts=2, num_workers=1, **kwargs)
+    assert first["units"] == whole["units"] // 2
+    assert (tmp_path / "parts" / "part-00000-of-00002" / "manifest.json").exists()
+    with pytest.raises(FileNotFoundError, match="part-00001-of-00002"):
+        merge_parts(str(tmp_path / "parts"))
+    prepare_corpus(*args, str(tmp_path / "parts"), part=1, num_parts=2, num_workers=1, **kwargs)
+    merged = merge_parts(str(tmp_path / "parts"))
+    assert merged["parts"] == ["part-00000-of-00002", "part-00001-of-00002"]
+    for split in ("train", "eval"):
+        counts = lambda m: {k: v for k, v in m["splits"][split].items() if k != "shards"}
+        assert counts(merged) == counts(whole)
+    rows_whole, batches_whole = _dataset(tmp_path / "whole")
+    rows_merged, batches_merged = _dataset(tmp_path / "parts")
+    for split in rows_whole:
+        np.testing.assert_array_equal(rows_merged[split], rows_whole[split])
+    np.testing.assert_array_equal(np.stack(batches_merged), np.stack(batches_whole))
+    assert load_text_tokenizer(str(tmp_path / "parts")).vocab_size == 30522
+
+
+def _prepare_then_die(num_units, args, kwargs):
+    """prepare_corpus(*args, **kwargs), SIGKILLing this process once `num_units` units are committed."""
+    build, built = prepare._build_unit, []
+
+    def build_then_die(ctx, unit):
+        built.append(build(ctx, unit))
+        if len(built) == num_units:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return built[-1]
+
+    prepare._build_unit = build_then_die
+    prepare_corpus(*args, **kwargs)
+
+
+def _killed_after(num_units, *args, **kwargs):
+    """Runs `_prepare_then_die` in a fresh process (forkserver: this one may run JAX threads) and waits for it."""
+    proc = multiprocessing.get_context("forkserver").Process(target=_prepare_then_die, args=(num_units, args, kwargs))
+    proc.start()
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+
+
+def test_killed_preparation_resumes(plays, tmp_path, monkeypatch):
+    """A run killed after 3 of 6 units resumes: it builds only the other 3 and equals an uninterrupted run."""
+    prepare_corpus(str(plays), str(tmp_path / "whole"), num_workers=1, **FAST)
+    _killed_after(3, str(plays), str(tmp_path / "data"), num_workers=1, **FAST)
+    partial = tmp_path / ".data.partial"
+    assert not (tmp_path / "data").exists() and len(list((partial / "units").glob("unit-*.npz"))) == 3
+    with pytest.raises(FileExistsError, match="other options"):
+        prepare_corpus(str(plays), str(tmp_path / "data"), **dict(FAST, seed=1))
+
+    built = []
+    build = prepare._build_unit
+    monkeypatch.setattr(prepare, "_build_unit", lambda ctx, unit: built.append(unit.index) or build(ctx, unit))
+    prepare_corpus(str(plays), str(tmp_path / "data"), num_workers=1, **FAST)
+    assert len(built) == 3 and not partial.exists()
+    assert _files(tmp_path / "data") == _files(tmp_path / "whole")
+
+
+def test_corrupt_or_empty_units_are_rebuilt(plays, tmp_path, monkeypatch):
+    """Truncated, empty, bit-flipped and half-written (.tmp) units are detected and rebuilt; an exception after
+    units were committed keeps them for the next run."""
+    prepare_corpus(str(plays), str(tmp_path / "whole"), num_workers=1, **FAST)
+    build = prepare._build_unit
+
+    def fail_on_unit_4(ctx, unit):
+        if unit.index == 4:
+            raise RuntimeError("boom")
+        return build(ctx, unit)
+
+    monkeypatch.setattr(prepare, "_build_unit", fail_on_unit_4)
+    with pytest.raises(RuntimeError, match="boom"):
+        prepare_corpus(str(plays), str(tmp_path / "data"), num_workers=1, **FAST)
+    units = sorted((tmp_path / ".data.partial" / "units").glob("unit-*.npz"))
+    assert [u.name for u in units] == [f"unit-{i:06d}.npz" for i in range(4)]
+    units[0].write_bytes(units[0].read_bytes()[:-100])  # truncated
+    units[1].write_bytes(b"")  # empty
+    data = bytearray(units[2].read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside an array: its CRC no longer matches
+    units[2].write_bytes(bytes(data))
+    (units[3].parent / "unit-000005.npz.tmp").write_bytes(units[3].read_bytes())  # half-written, never renamed
+
+    built = []
+    monkeypatch.setattr(prepare, "_build_unit", lambda ctx, unit: built.append(unit.index) or build(ctx, unit))
+    prepare_corpus(str(plays), str(tmp_path / "data"), num_workers=1, **FAST)
+    assert sorted(built) == [0, 1, 2, 4, 5]
+    assert _files(tmp_path / "data") == _files(tmp_path / "whole")

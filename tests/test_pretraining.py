@@ -236,3 +236,28 @@ def test_throughput_and_mfu(monkeypatch):
     assert out["perf/tokens_per_sec"] == 2000 and out["perf/tokens_per_sec_per_device"] == 250
     assert out["perf/eta_seconds"] == pytest.approx(39.5)
     assert out["perf/mfu"] == pytest.approx(2e12 / 185e9)
+
+
+def test_mlm_objective_learns_and_exports_an_encoder_fine_tuning_finds(tmp_path):
+    """objective='mlm': one encoder of the discriminator's size, masked-LM loss only; its export is what a
+    fine-tuning run of this workdir loads."""
+    from convbert import flops
+    from convbert.glue import finetune
+    from convbert.modeling import ConvBertForMaskedLM
+
+    config = setup.tiny_config(objective="mlm", export_hf=True, num_train_steps=12, eval_every_steps=12,
+                               num_eval_steps=1, **{"optimizer__learning_rate": 1e-3})
+    result = train(config, tmp_path)
+    losses = setup.losses(tmp_path)
+    assert np.mean([losses[11], losses[12]]) < np.mean([losses[1], losses[2]]) - 0.5, losses
+    assert "eval/gen_accuracy" in result and not any(k.startswith("eval/disc") for k in result)
+    assert sorted(os.listdir(tmp_path / "export")) == ["mlm"]
+    model = ConvBertForMaskedLM.from_pretrained(str(tmp_path / "export" / "mlm"))
+    assert model.config.hidden_size == config.model.hidden_size
+    assert finetune.resolve_source(str(tmp_path)).model_dir == str(tmp_path / "export" / "mlm")
+    disc, gen = flops.configs_from(config)
+    electra_config = setup.tiny_config()
+    assert gen is None and flops.training_flops_per_step(disc, None, 8, 64) < flops.training_flops_per_step(
+        *flops.configs_from(electra_config), 8, 64)
+    with pytest.raises(ValueError, match="config.objective='bert'"):
+        pretraining.check_config(setup.tiny_config(objective="bert"))

@@ -1,48 +1,91 @@
-"""Builds sharded pretraining examples from raw text (spec 4.1, 5.1).
+"""Builds sharded pretraining examples from raw text, in parallel, resumably, on one host or many.
 
-  python -m convbert.data.prepare --output_dir=/tmp/demo_data          # the bundled data/demo_corpus
-  python -m convbert.data.prepare --input=corpus/,more.txt --output_dir=DIR --tokenizer=sentencepiece
-  python -m convbert.data.prepare --hf_dataset=Skylion007/openwebtext --output_dir=DIR   # needs internet
+  python -m convbert.data.prepare --output_dir=/tmp/demo_data          # the bundled data/demo_corpus, all cores
+  python -m convbert.data.prepare --input=corpus/,more.txt --output_dir=DIR --num_workers=8 --tokenizer=sentencepiece
+  python -m convbert.data.prepare --hf_dataset=Skylion007/openwebtext --output_dir=DIR   # streamed from the Hub
+  python -m convbert.data.prepare ... --output_dir=DIR --part=I --num_parts=N   # host I of N; then, once:
+  python -m convbert.data.prepare --output_dir=DIR --merge
 
 Documents: one per input file (folders are searched recursively for *.txt; input files are shuffled with the
-seed), or separated by blank lines with --blanks_separate_docs, or one per row of a Hugging Face dataset. Lines
-are the builder's sentences. Empty, binary and non-UTF-8 files are skipped and counted. Every
-round(1 / eval_fraction)-th document (starting with the second) goes to the `eval` split.
+seed), or separated by blank lines with --blanks_separate_docs, or one per row of a Hugging Face dataset (streamed
+with `datasets.load_dataset(streaming=True)`, so the raw corpus is never stored locally, or a `save_to_disk`
+folder). Lines are the builder's sentences. Empty, binary and non-UTF-8 files are skipped and counted. A document's
+split follows its position (the index of its file plus its index in the file; its row; or its shard's index plus
+its row in the shard): every round(1 / eval_fraction)-th position, starting with the second, goes to `eval`.
 
-Output directory (written to a temporary sibling and renamed at the end, so it never looks complete early):
+Units of work (as the worker pool of google-research/electra `build_pretraining_dataset.py`, which gives every job
+a slice of the input files): before anything is tokenised the corpus is cut into an ordered list of units:
+consecutive input files until they hold `unit_mb` MB (or 1 / MIN_UNITS of the corpus, if less, but at least
+MIN_UNIT_BYTES), `HF_ROWS_PER_UNIT` rows of a saved dataset, or one shard of a streamed one (a parquet row group,
+`IterableDataset.reshard`). A worker process builds a whole unit with its own `ExampleBuilder` per split, seeded
+by (seed, split, unit index). The builder's only state across documents is its random stream and the next target
+length (lines never join across documents), and both restart at every unit, so a unit's examples depend on that
+unit alone and the output on neither the number of workers nor their schedule.
+
+Resume: every unit is committed as one `units/unit-XXXXXX.npz` (its train and eval arrays and its counts), written
+under a temporary name and renamed, inside `.NAME.partial` next to the output folder, with `plan.json` (the
+options and the unit list). Running the same command again validates the committed units (a truncated, corrupt,
+empty or foreign file is rebuilt) and builds only the others. At the end the units are cut into shards, the
+manifest is written and the folder is renamed into place: a folder with a manifest is always complete. An
+exception before any unit is committed removes the partial folder; once units are committed it is kept.
+
+Parts (many hosts): `part=i, num_parts=n` builds units [i U / n, (i + 1) U / n) of the U units into
+`DIR/part-0000i-of-0000n` (a prepared folder of its own). `merge_parts(DIR)` (--merge) writes `DIR/manifest.json`
+listing the parts' shards in part order: the loader reads the same examples in the same order as from one run
+over all units.
+
+Output folder:
   manifest.json                      see `prepare_corpus`
   text_tokenizer.json, vocab/model   the tokenizer (`load_text_tokenizer(output_dir)`)
-  {train,eval}/shard-XXXXX-of-YYYYY.npy   [n, 3, T] arrays (input_ids, input_mask, segment_ids), uint16 when
-                                     the vocab fits, else int32; read with np.load(mmap_mode='r')
+  {train,eval}/shard-XXXXX-of-YYYYY.npy   [n, 3, T] arrays (input_ids, input_mask, segment_ids), contiguous
+                                     slices of the split's examples in unit order; uint16 when the vocab fits,
+                                     else int32; read with np.load(mmap_mode='r')
 """
 
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import datetime
+import filecmp
+import hashlib
 import itertools
 import json
+import multiprocessing
 import os
+import re
 import shutil
-import tempfile
-from collections import Counter
+import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, NamedTuple
+from unittest import mock
 
 import numpy as np
+import tqdm
 from absl import app, flags, logging
 
 from convbert.assets import BERT_UNCASED_VOCAB
 from convbert.data.example_builder import FIELDS, VARIANTS, ExampleBuilder
-from convbert.data.text_tokenizer import (SentencePieceTokenizer, TextTokenizer, WordPieceTokenizer,
-                                          train_sentencepiece)
+from convbert.data.text_tokenizer import (CONFIG_FILE, SentencePieceTokenizer, TextTokenizer, WordPieceTokenizer,
+                                          load_text_tokenizer, train_sentencepiece)
 
 DEMO_CORPUS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                "data", "demo_corpus")
 FORMAT = "convbert-pretraining-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+PLAN = "plan.json"
+UNITS = "units"
 SPLITS = ("train", "eval")
 SKIP_REASONS = ("empty", "binary", "non_utf8")
+STAT_KEYS = ("documents", "lines", "text_tokens", "examples", "tokens", "two_segment_examples")
+UNIT_MB = 1.0
+MIN_UNITS = 64  # a smaller corpus gets smaller units (down to MIN_UNIT_BYTES), so it still spreads over the cores
+MIN_UNIT_BYTES = 100_000
+HF_ROWS_PER_UNIT = 10_000
+PART_NAME = re.compile(r"part-(\d{5})-of-(\d{5})")
 
 
 def find_text_files(inputs: Sequence[str]) -> list[str]:
@@ -77,35 +120,83 @@ def classify_file(path: str) -> str | None:
     return None if has_text else "empty"
 
 
-def _file_documents(files: Iterable[str], blanks_separate_docs: bool) -> Iterator[list[str]]:
-    for path in files:
-        doc = []
-        with open(path, encoding="utf-8-sig") as f:
-            for line in f:
-                if line := line.strip():
-                    doc.append(line)
-                elif blanks_separate_docs and doc:
-                    yield doc
-                    doc = []
-        if doc:
-            yield doc
+def part_name(part: int, num_parts: int) -> str:
+    """The folder of part `part` of `num_parts` inside the output folder."""
+    return f"part-{part:05d}-of-{num_parts:05d}"
 
 
-def _hf_documents(name: str, config: str | None, split: str, text_column: str,
-                  data_files: str | Sequence[str] | None) -> Iterator[list[str]]:
-    """Rows of a Hub dataset (`datasets.load_dataset`) or of a folder written by `Dataset.save_to_disk`."""
-    import datasets
-    if any(os.path.isfile(os.path.join(name, f)) for f in ("state.json", "dataset_dict.json")):
-        ds = datasets.load_from_disk(name)
-        ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
-    else:
-        ds = datasets.load_dataset(name, config, split=split, data_files=data_files)
-    if text_column not in ds.column_names:
-        raise ValueError(f"dataset {name} has no column {text_column!r}; columns: {ds.column_names}")
-    for batch in ds.select_columns([text_column]).iter(batch_size=1000):
-        for text in batch[text_column]:
-            if lines := [s for line in (text or "").splitlines() if (s := line.strip())]:
-                yield lines
+def default_num_workers() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class _Unit(NamedTuple):
+    """One unit of work: `files` ((position, path) pairs), `rows` ([start, stop) of a saved dataset) or `shard` (of
+    a streamed dataset); `limit` caps its documents (set by max_documents)."""
+    index: int
+    files: tuple[tuple[int, str], ...] = ()
+    rows: tuple[int, int] | None = None
+    shard: int | None = None
+    limit: int | None = None
+
+
+@dataclasses.dataclass
+class _Context:
+    """What building a unit needs; every worker receives it once."""
+    max_seq_length: int
+    builder_variant: str
+    seed: int
+    eval_every: int
+    blanks_separate_docs: bool
+    units_dir: str
+    hf: Any = None  # datasets.Dataset (saved folder) or datasets.IterableDataset (streamed)
+    hf_text_column: str = "text"
+    tokenizer: TextTokenizer | None = None
+    dtype: np.dtype | None = None
+
+
+def _lines(text: str) -> list[str]:
+    return [s for line in text.splitlines() if (s := line.strip())]
+
+
+def _file_documents(path: str, blanks_separate_docs: bool) -> Iterator[list[str]]:
+    doc = []
+    with open(path, encoding="utf-8-sig") as f:
+        for line in f:
+            if line := line.strip():
+                doc.append(line)
+            elif blanks_separate_docs and doc:
+                yield doc
+                doc = []
+    if doc:
+        yield doc
+
+
+def _hf_texts(rows, column: str) -> Iterator[str]:
+    for batch in rows.iter(batch_size=1000):
+        if column not in batch:
+            raise ValueError(f"dataset has no column {column!r}; columns: {list(batch)}")
+        yield from (text or "" for text in batch[column])
+
+
+def _unit_documents(ctx: _Context, unit: _Unit) -> Iterator[tuple[str, list[str]]]:
+    """(split, lines) of the unit's documents, in order (the split from the position, see the module docstring)."""
+    def positioned():
+        for position, path in unit.files:
+            for j, doc in enumerate(_file_documents(path, ctx.blanks_separate_docs)):
+                yield position + j, doc
+        if unit.rows:
+            rows, first = ctx.hf.select(range(*unit.rows)), unit.rows[0]
+        elif unit.shard is not None:
+            rows, first = ctx.hf.shard(num_shards=ctx.hf.num_shards, index=unit.shard), unit.shard
+        else:
+            return
+        for j, text in enumerate(_hf_texts(rows, ctx.hf_text_column)):
+            if lines := _lines(text):
+                yield first + j, lines
+
+    for position, doc in itertools.islice(positioned(), unit.limit):
+        yield ("eval" if ctx.eval_every and position % ctx.eval_every == 1 else "train"), doc
 
 
 def _encode_documents(documents: Iterable[tuple[str, list[str]]], tokenizer: TextTokenizer,
@@ -125,40 +216,229 @@ def _encode_documents(documents: Iterable[tuple[str, list[str]]], tokenizer: Tex
     yield from encode(pending)
 
 
-class _ShardWriter:
-    """Writes [3, T] examples round-robin into `num_shards` .npy files; appends raw rows, adds the header at close."""
+def _unit_path(units_dir: str, index: int) -> str:
+    return os.path.join(units_dir, f"unit-{index:06d}.npz")
 
-    def __init__(self, root: str, split: str, num_shards: int, seq_len: int, dtype: np.dtype, chunk: int = 4096):
-        os.makedirs(os.path.join(root, split))
-        self.root, self.seq_len, self.dtype, self.chunk = root, seq_len, dtype, chunk
-        self.files = [f"{split}/shard-{i:05d}-of-{num_shards:05d}.npy" for i in range(num_shards)]
-        self.counts = [0] * num_shards
-        self._written = 0
-        self._buffers: list[list[np.ndarray]] = [[] for _ in range(num_shards)]
 
-    def add(self, example: dict[str, np.ndarray]):
-        i = self._written % len(self.files)
-        self._written += 1
-        self._buffers[i].append(np.stack([example[k] for k in FIELDS]).astype(self.dtype))
-        self.counts[i] += 1
-        if len(self._buffers[i]) >= self.chunk:
-            self._flush(i)
+def _build_unit(ctx: _Context, unit: _Unit) -> dict:
+    """Builds and commits one unit: `unit-XXXXXX.npz` with `info` (JSON: unit, limit, per-split counts) and the
+    `train` / `eval` arrays [n, 3, T]; returns the info."""
+    builders = {s: ExampleBuilder(ctx.max_seq_length, cls_id=ctx.tokenizer.cls_id, sep_id=ctx.tokenizer.sep_id,
+                                  pad_id=ctx.tokenizer.pad_id, variant=ctx.builder_variant,
+                                  seed=(ctx.seed, k, unit.index)) for k, s in enumerate(SPLITS)}
+    stats = {s: dict.fromkeys(STAT_KEYS, 0) for s in SPLITS}
+    rows: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for split, ids in _encode_documents(_unit_documents(ctx, unit), ctx.tokenizer):
+        for key, n in (("documents", 1), ("lines", len(ids)), ("text_tokens", sum(map(len, ids)))):
+            stats[split][key] += n
+        rows[split] += [np.stack([example[k] for k in FIELDS]) for example in builders[split].build([ids])]
+    arrays = {s: np.array(rows[s], ctx.dtype).reshape(-1, len(FIELDS), ctx.max_seq_length) for s in SPLITS}
+    for split, a in arrays.items():
+        stats[split].update(examples=len(a), tokens=int(a[:, 1].sum()), two_segment_examples=int(a[:, 2].any(1).sum()))
+    info = dict(unit=unit.index, limit=unit.limit, splits=stats)
+    path = _unit_path(ctx.units_dir, unit.index)
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, info=np.array(json.dumps(info)), **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    return info
 
-    def _flush(self, i: int):
-        with open(os.path.join(self.root, self.files[i] + ".raw"), "ab") as f:
-            f.writelines(row.tobytes() for row in self._buffers[i])
-        self._buffers[i] = []
 
-    def close(self) -> list[dict]:
-        for i, (file, count) in enumerate(zip(self.files, self.counts)):
-            self._flush(i)
-            path = os.path.join(self.root, file)
-            with open(path, "wb") as out, open(path + ".raw", "rb") as raw:
-                np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                           "fortran_order": False, "shape": (count, 3, self.seq_len)})
-                shutil.copyfileobj(raw, out)
-            os.remove(path + ".raw")
-        return [{"file": f, "examples": c} for f, c in zip(self.files, self.counts)]
+def _read_unit(path: str, unit: _Unit, seq_len: int) -> dict:
+    """The info of a committed unit after reading all of it (zip CRCs, shapes, counts); raises if it is bad."""
+    with np.load(path) as z:
+        info = json.loads(str(z["info"]))
+        shapes = {s: z[s].shape for s in SPLITS}
+    if (info["unit"], info["limit"]) != (unit.index, unit.limit):
+        raise ValueError(f"holds unit {info['unit']} (limit {info['limit']})")
+    for split, shape in shapes.items():
+        if shape != (info["splits"][split]["examples"], len(FIELDS), seq_len):
+            raise ValueError(f"{split} array has shape {shape}, info says {info['splits'][split]['examples']} rows")
+    return info
+
+
+def _unit_split(path: str, split: str) -> np.ndarray:
+    with np.load(path) as z:
+        return z[split]
+
+
+def _committed_units(units_dir: str, units: Sequence[_Unit], seq_len: int) -> dict[int, dict]:
+    """{unit index: info} of the valid committed units; bad ones and temporary files are deleted (rebuilt later)."""
+    for name in os.listdir(units_dir):
+        if name.endswith(".tmp"):
+            os.remove(os.path.join(units_dir, name))
+    infos = {}
+    for unit in units:
+        if os.path.exists(path := _unit_path(units_dir, unit.index)):
+            try:
+                infos[unit.index] = _read_unit(path, unit, seq_len)
+            except Exception as e:  # any unreadable file is rebuilt, whatever the error
+                logging.warning("rebuilding %s: %s: %s", path, type(e).__name__, e)
+                os.remove(path)
+    return infos
+
+
+_WORKER_CONTEXT: _Context | None = None
+
+
+def _init_worker(ctx: _Context):
+    global _WORKER_CONTEXT
+    _WORKER_CONTEXT = ctx
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: N workers use N cores
+
+
+def _build_in_worker(unit: _Unit) -> dict:
+    return _build_unit(_WORKER_CONTEXT, unit)
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """fork, so the workers share this process's imports (a spawned worker would import jax again, about 2 s);
+    forkserver once JAX has started its backends (and threads) in this process, which makes fork unsafe."""
+    xla_bridge = getattr(getattr(sys.modules.get("jax"), "_src", None), "xla_bridge", None)
+    if xla_bridge is not None and xla_bridge.backends_are_initialized():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return multiprocessing.get_context("fork")
+
+
+def _build_units(ctx: _Context, units: Sequence[_Unit], num_workers: int) -> Iterator[dict]:
+    """Builds `units`, yielding their infos as they finish. One worker (or one unit) runs in this process, each
+    tokenising on one thread; more run in a process pool (`_mp_context`)."""
+    if num_workers == 1 or len(units) <= 1:
+        with mock.patch.dict(os.environ, TOKENIZERS_PARALLELISM="false"):
+            for unit in units:
+                yield _build_unit(ctx, unit)
+        return
+    with ProcessPoolExecutor(min(num_workers, len(units)), mp_context=_mp_context(),
+                             initializer=_init_worker, initargs=(ctx,)) as pool:
+        futures = [pool.submit(_build_in_worker, unit) for unit in units]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _write_shards(root: str, split: str, num_shards: int, chunks: Iterable[np.ndarray], total: int,
+                  seq_len: int, dtype: np.dtype) -> list[dict]:
+    """Cuts the split's examples (`chunks`, [n, 3, T] each, in order) into `num_shards` contiguous .npy files."""
+    os.makedirs(os.path.join(root, split), exist_ok=True)
+    files = [f"{split}/shard-{i:05d}-of-{num_shards:05d}.npy" for i in range(num_shards)]
+    sizes = [total // num_shards + (i < total % num_shards) for i in range(num_shards)]
+    chunks, pending = iter(chunks), np.empty((0, len(FIELDS), seq_len), dtype)
+    for file, size in zip(files, sizes):
+        with open(os.path.join(root, file), "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                     "fortran_order": False, "shape": (size, len(FIELDS), seq_len)})
+            while size:
+                if not len(pending):
+                    pending = next(chunks)
+                f.write(pending[:size].tobytes())
+                size, pending = size - len(pending[:size]), pending[size:]
+    return [{"file": f, "examples": n} for f, n in zip(files, sizes)]
+
+
+def _plan_units(inputs: Sequence[str], hf: Any, seed: int, unit_mb: float) -> tuple[list[_Unit], dict[str, list]]:
+    """The corpus's units (see the module docstring) and the skipped files by reason."""
+    skipped: dict[str, list[str]] = {r: [] for r in SKIP_REASONS}
+    if hf is None:
+        files = []
+        for path in find_text_files(inputs):
+            reason = classify_file(path)
+            (skipped[reason] if reason else files).append(path)
+        files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
+        sizes = [os.path.getsize(path) for path in files]
+        unit_bytes = min(unit_mb * 1e6, max(sum(sizes) / MIN_UNITS, MIN_UNIT_BYTES))
+        groups, size = [[]], 0
+        for position, (path, file_size) in enumerate(zip(files, sizes)):
+            groups[-1].append((position, path))
+            size += file_size
+            if size >= unit_bytes:
+                groups, size = groups + [[]], 0
+        units = [_Unit(i, files=tuple(g)) for i, g in enumerate(g for g in groups if g)]
+    elif _is_streamed(hf):
+        units = [_Unit(i, shard=i) for i in range(hf.num_shards)]
+    else:
+        units = [_Unit(i, rows=(a, min(a + HF_ROWS_PER_UNIT, len(hf))))
+                 for i, a in enumerate(range(0, len(hf), HF_ROWS_PER_UNIT))]
+    for reason, paths in skipped.items():
+        if paths:
+            logging.warning("skipped %d %s file(s), e.g. %s", len(paths), reason, paths[0])
+    return units, skipped
+
+
+def _is_streamed(hf) -> bool:
+    import datasets
+    return isinstance(hf, datasets.IterableDataset)
+
+
+def _limit_units(ctx: _Context, units: Sequence[_Unit], max_documents: int) -> list[_Unit]:
+    """The units holding the first `max_documents` documents, the last one with a limit (reads, no tokenising)."""
+    limited, seen = [], 0
+    for unit in units:
+        if seen >= max_documents:
+            break
+        n = sum(1 for _ in itertools.islice(_unit_documents(ctx, unit), max_documents - seen))
+        limited.append(unit._replace(limit=max_documents - seen) if seen + n >= max_documents else unit)
+        seen += n
+    return limited
+
+
+def _open_hf(name: str, config: str | None, split: str, text_column: str, data_files):
+    """A `save_to_disk` folder as a Dataset, anything else streamed as an IterableDataset (`reshard`: one shard per
+    parquet row group)."""
+    import datasets
+    if any(os.path.isfile(os.path.join(name, f)) for f in ("state.json", "dataset_dict.json")):
+        ds = datasets.load_from_disk(name)
+        ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+    else:
+        ds = datasets.load_dataset(name, config, split=split, data_files=data_files, streaming=True).reshard()
+    if ds.column_names is not None and text_column not in ds.column_names:
+        raise ValueError(f"dataset {name} has no column {text_column!r}; columns: {ds.column_names}")
+    return ds.select_columns([text_column])
+
+
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path: str, value):
+    """Writes under a temporary name and renames, so `path` is never half-written."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _make_tokenizer(work: str, ctx: _Context, units: Sequence[_Unit], tokenizer: str, vocab: str | None,
+                    lowercase: bool, sp_vocab_size: int, sp_model_type: str, sp_max_lines: int,
+                    seed: int) -> TextTokenizer:
+    """The tokenizer saved in `work` by an earlier start, else a new one (SentencePiece: trained on the first
+    `sp_max_lines` train lines of the whole corpus, so every part trains on the same text), saved there."""
+    if os.path.isfile(os.path.join(work, CONFIG_FILE)):
+        return load_text_tokenizer(work)
+    if tokenizer == "wordpiece":
+        tok = WordPieceTokenizer(vocab or BERT_UNCASED_VOCAB, lowercase=lowercase)
+    elif vocab:
+        tok = SentencePieceTokenizer(vocab)
+    else:
+        text_file = os.path.join(work, "sentencepiece-train.txt")
+        with open(text_file, "w", encoding="utf-8") as f:
+            lines = (line for unit in units for split, doc in _unit_documents(ctx, unit) if split == "train"
+                     for line in doc)
+            f.writelines(line + "\n" for line in itertools.islice(lines, sp_max_lines))
+        tok = train_sentencepiece([text_file], os.path.join(work, "spm"), sp_vocab_size, sp_model_type,
+                                  lowercase=lowercase, max_sentences=sp_max_lines, seed=seed)
+        os.remove(text_file)
+    tok.save(work)
+    return tok
 
 
 def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, tokenizer: str = "wordpiece",
@@ -168,19 +448,24 @@ def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, token
                    seed: int = 0, blanks_separate_docs: bool = False, hf_dataset: str | None = None,
                    hf_config: str | None = None, hf_split: str = "train", hf_text_column: str = "text",
                    hf_data_files: str | Sequence[str] | None = None, max_documents: int | None = None,
-                   overwrite: bool = False) -> dict:
-    """Tokenises documents, builds ELECTRA examples (spec 5.1) and writes shards + manifest; returns the manifest.
+                   overwrite: bool = False, num_workers: int | None = None, part: int = 0, num_parts: int = 1,
+                   unit_mb: float = UNIT_MB) -> dict:
+    """Tokenises documents, builds ELECTRA examples (`ExampleBuilder`) and writes shards + manifest; returns the
+    manifest. Resumes a partial preparation of the same options (see the module docstring).
 
     `inputs`: files/folders (a comma-separated string or a list); None = the bundled demo corpus. `hf_dataset`
     (a Hub name, a builder such as 'json' with `hf_data_files`, or a `save_to_disk` folder) replaces `inputs`.
     `tokenizer`: 'wordpiece' (`vocab` defaults to the bundled BERT uncased vocab) or 'sentencepiece' (`vocab` =
-    an existing .model, else one of `sp_vocab_size` pieces is trained on the train split). Multi-process
+    an existing .model, else one of `sp_vocab_size` pieces is trained on the train split; pass the same model to
+    every part). `num_workers`: processes (None or 0: all cores); the output does not depend on it. `part` of
+    `num_parts`: write only that slice of the units into `output_dir/part-...` (then `merge_parts(output_dir)`).
+    `overwrite`: replace a finished output folder, or a partial one made with other options. Multi-process
     trainers call this on one process only.
 
     Manifest fields: format, format_version, created, max_seq_length, fields, dtype, tokenizer (kind, file,
     lowercase, vocab_size, special_ids), builder_variant, seed, eval_fraction, blanks_separate_docs, sources,
-    max_documents, skipped_files ({reason: {count, paths}}), splits ({split: {documents, lines, text_tokens,
-    examples, tokens, two_segment_examples, shards: [{file, examples}]}}).
+    max_documents, unit_mb, units (this part's), part, num_parts, skipped_files ({reason: {count, paths}}), splits
+    ({split: {documents, lines, text_tokens, examples, tokens, two_segment_examples, shards: [{file, examples}]}}).
     """
     if isinstance(inputs, str):
         inputs = [p for p in inputs.split(",") if p]
@@ -194,85 +479,156 @@ def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, token
         raise ValueError(f"eval_fraction must be in [0, 0.5], got {eval_fraction}")
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    if not 0 <= part < num_parts:
+        raise ValueError(f"part must be in [0, num_parts={num_parts}), got {part}")
+    if max_documents is not None and num_parts > 1:
+        raise ValueError("max_documents counts documents over the whole corpus; it cannot be used with num_parts > 1")
+    num_workers = num_workers or default_num_workers()
     output_dir = os.path.abspath(output_dir)
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
-        raise FileExistsError(f"output directory is not empty: {output_dir} (pass overwrite=True / --overwrite)")
-    eval_every = round(1 / eval_fraction) if eval_fraction else 0
+    final = output_dir if num_parts == 1 else os.path.join(output_dir, part_name(part, num_parts))
+    if os.path.isdir(final) and os.listdir(final) and not overwrite:
+        raise FileExistsError(f"output directory is not empty: {final} (pass overwrite=True / --overwrite)")
+    work = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.partial")
+    os.makedirs(os.path.dirname(final), exist_ok=True)
 
-    skipped: dict[str, list[str]] = {r: [] for r in SKIP_REASONS}
-    files: list[str] = []
     if hf_dataset:
         sources = dict(hf_dataset=hf_dataset, hf_config=hf_config, hf_split=hf_split, hf_text_column=hf_text_column,
                        hf_data_files=hf_data_files)
+        hf = _open_hf(hf_dataset, hf_config, hf_split, hf_text_column, hf_data_files)
     else:
-        for path in find_text_files(inputs):
-            reason = classify_file(path)
-            (skipped[reason] if reason else files).append(path)
-        files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
-        sources = dict(inputs=[os.path.abspath(p) for p in inputs], files=len(files))
-    for reason, paths in skipped.items():
-        if paths:
-            logging.warning("skipped %d %s file(s), e.g. %s", len(paths), reason, paths[0])
+        hf = None
+    ctx = _Context(max_seq_length, builder_variant, seed, round(1 / eval_fraction) if eval_fraction else 0,
+                   blanks_separate_docs, os.path.join(work, UNITS), hf, hf_text_column)
+    units, skipped = _plan_units(inputs, hf, seed, unit_mb)
+    if not hf_dataset:
+        sources = dict(inputs=[os.path.abspath(p) for p in inputs], files=sum(len(u.files) for u in units))
+    if max_documents is not None:
+        units = _limit_units(ctx, units, max_documents)
+    mine = units[len(units) * part // num_parts:len(units) * (part + 1) // num_parts]
+    plan = dict(format_version=FORMAT_VERSION, sources=sources, tokenizer=tokenizer, vocab=vocab, lowercase=lowercase,
+                sp=[sp_vocab_size, sp_model_type, sp_max_lines], max_seq_length=max_seq_length,
+                eval_fraction=eval_fraction, builder_variant=builder_variant, seed=seed,
+                blanks_separate_docs=blanks_separate_docs, max_documents=max_documents, unit_mb=unit_mb, part=part,
+                num_parts=num_parts, units=hashlib.sha256(repr(units).encode()).hexdigest())
+    if os.path.isdir(work):
+        old = _read_json(os.path.join(work, PLAN)) if os.path.isfile(os.path.join(work, PLAN)) else None
+        if old is not None and old != plan and not overwrite:
+            raise FileExistsError(f"{work} holds a partial preparation with other options (pass overwrite=True / "
+                                  f"--overwrite to discard it)")
+        if old != plan:
+            shutil.rmtree(work)
+    os.makedirs(ctx.units_dir, exist_ok=True)
+    _write_json(os.path.join(work, PLAN), plan)
 
-    def documents() -> Iterator[tuple[str, list[str]]]:
-        docs = (_hf_documents(hf_dataset, hf_config, hf_split, hf_text_column, hf_data_files) if hf_dataset
-                else _file_documents(files, blanks_separate_docs))
-        for i, doc in enumerate(itertools.islice(docs, max_documents)):
-            yield ("eval" if eval_every and i % eval_every == 1 else "train"), doc
-
-    os.makedirs(os.path.dirname(output_dir), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=os.path.dirname(output_dir))
     try:
-        if tokenizer == "wordpiece":
-            tok = WordPieceTokenizer(vocab or BERT_UNCASED_VOCAB, lowercase=lowercase)
-        elif vocab:
-            tok = SentencePieceTokenizer(vocab)
-        else:
-            text_file = os.path.join(tmp, "sentencepiece-train.txt")
-            with open(text_file, "w", encoding="utf-8") as f:
-                lines = (line for split, doc in documents() if split == "train" for line in doc)
-                f.writelines(line + "\n" for line in itertools.islice(lines, sp_max_lines))
-            tok = train_sentencepiece([text_file], os.path.join(tmp, "spm"), sp_vocab_size, sp_model_type,
-                                      lowercase=lowercase, max_sentences=sp_max_lines, seed=seed)
-            os.remove(text_file)
-        tok.save(tmp)
+        ctx.tokenizer = tok = _make_tokenizer(work, ctx, units, tokenizer, vocab, lowercase, sp_vocab_size,
+                                              sp_model_type, sp_max_lines, seed)
+        ctx.dtype = dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.int32)
+        infos = _committed_units(ctx.units_dir, mine, max_seq_length)
+        if infos:
+            logging.info("resuming %s: %d of %d units already built", work, len(infos), len(mine))
+        _build_with_progress(ctx, mine, infos, num_workers, os.path.basename(final),
+                             _expected_documents(hf, hf_split, mine, blanks_separate_docs, max_documents, num_parts))
 
-        dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.int32)
-        writers = {s: _ShardWriter(tmp, s, num_shards if s == "train" else 1, max_seq_length, dtype) for s in SPLITS}
-        builders = {s: ExampleBuilder(max_seq_length, cls_id=tok.cls_id, sep_id=tok.sep_id, pad_id=tok.pad_id,
-                                      variant=builder_variant, seed=(seed, k)) for k, s in enumerate(SPLITS)}
-        stats = {s: Counter() for s in SPLITS}
-        for split, ids in _encode_documents(documents(), tok):
-            stats[split].update(documents=1, lines=len(ids), text_tokens=sum(map(len, ids)))
-            for example in builders[split].build([ids]):
-                writers[split].add(example)
-                stats[split].update(examples=1, tokens=int(example["input_mask"].sum()),
-                                    two_segment_examples=int(example["segment_ids"].any()))
-            logging.log_every_n_seconds(logging.INFO, "prepare: %s", 30, dict(stats["train"]))
-
+        splits = {}
+        for split in SPLITS:
+            counts = {k: sum(infos[u.index]["splits"][split][k] for u in mine) for k in STAT_KEYS}
+            chunks = (_unit_split(_unit_path(ctx.units_dir, u.index), split) for u in mine)
+            splits[split] = dict(counts, shards=_write_shards(work, split, num_shards if split == "train" else 1,
+                                                              chunks, counts["examples"], max_seq_length, dtype))
         manifest = dict(
-            format=FORMAT, format_version=FORMAT_VERSION,
-            created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            max_seq_length=max_seq_length, fields=list(FIELDS), dtype=dtype.name, tokenizer=tok.config(),
-            builder_variant=builder_variant, seed=seed, eval_fraction=eval_fraction,
-            blanks_separate_docs=blanks_separate_docs, sources=sources, max_documents=max_documents,
-            skipped_files={r: dict(count=len(p), paths=p[:20]) for r, p in skipped.items()},
-            splits={s: dict({k: stats[s][k] for k in ("documents", "lines", "text_tokens", "examples", "tokens",
-                                                       "two_segment_examples")}, shards=writers[s].close())
-                    for s in SPLITS})
-        if not manifest["splits"]["train"]["examples"]:
+            format=FORMAT, format_version=FORMAT_VERSION, created=_now(), max_seq_length=max_seq_length,
+            fields=list(FIELDS), dtype=dtype.name, tokenizer=tok.config(), builder_variant=builder_variant, seed=seed,
+            eval_fraction=eval_fraction, blanks_separate_docs=blanks_separate_docs, sources=sources,
+            max_documents=max_documents, unit_mb=unit_mb, units=len(mine), part=part, num_parts=num_parts,
+            skipped_files={r: dict(count=len(p), paths=p[:20]) for r, p in skipped.items()}, splits=splits)
+        if not splits["train"]["examples"] and num_parts == 1:
             raise ValueError(f"no training examples from {sources}")
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=2)
-        os.chmod(tmp, 0o755)
-        if os.path.isdir(output_dir):
-            shutil.rmtree(output_dir)
-        os.rename(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _write_json(os.path.join(work, MANIFEST), manifest)
+        os.chmod(work, 0o755)
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.rename(work, final)
+    except Exception:
+        if built := sum(name.endswith(".npz") for name in os.listdir(ctx.units_dir)):
+            logging.error("kept %s (%d units built): run the same command again to resume", work, built)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
         raise
-    logging.info("prepared %s: %s", output_dir, {s: v["examples"] for s, v in manifest["splits"].items()})
+    shutil.rmtree(os.path.join(final, UNITS))
+    os.remove(os.path.join(final, PLAN))
+    logging.info("prepared %s: %s", final, {s: v["examples"] for s, v in manifest["splits"].items()})
     return manifest
+
+
+def _build_with_progress(ctx: _Context, units: Sequence[_Unit], infos: dict[int, dict], num_workers: int,
+                         name: str, num_documents: int | None):
+    """Builds the units not in `infos` (adding theirs) under a progress bar: documents, ETA, tokens/s, units."""
+    def documents(info):
+        return sum(s["documents"] for s in info["splits"].values())
+
+    bar = tqdm.tqdm(total=num_documents, initial=sum(map(documents, infos.values())), unit="doc",
+                    desc=f"prepare {name}", mininterval=1)
+    tokens, start = 0, time.perf_counter()
+    for info in _build_units(ctx, [u for u in units if u.index not in infos], num_workers):
+        infos[info["unit"]] = info
+        tokens += sum(s["text_tokens"] for s in info["splits"].values())
+        bar.update(documents(info))
+        bar.set_postfix(tokens_per_s=f"{tokens / (time.perf_counter() - start):,.0f}",
+                        units=f"{len(infos)}/{len(units)}", refresh=False)
+    bar.close()
+
+
+def _expected_documents(hf, hf_split: str, units: Sequence[_Unit], blanks_separate_docs: bool,
+                        max_documents: int | None, num_parts: int) -> int | None:
+    """The number of documents the progress bar counts to, where it is known before reading."""
+    if max_documents is not None:
+        return max_documents
+    if units and units[0].files:
+        return None if blanks_separate_docs else sum(len(u.files) for u in units)
+    if units and units[0].rows:
+        return sum(b - a for a, b in (u.rows for u in units))
+    split = (getattr(getattr(hf, "info", None), "splits", None) or {}).get(hf_split)
+    return split.num_examples if split and num_parts == 1 else None
+
+
+def merge_parts(output_dir: str) -> dict:
+    """Writes `output_dir/manifest.json` (and the tokenizer) over its finished `part-XXXXX-of-YYYYY` folders: their
+    shards in part order, counts summed. Raises if a part is missing or unfinished, or the parts disagree."""
+    output_dir = os.path.abspath(output_dir)
+    names = sorted(n for n in os.listdir(output_dir) if PART_NAME.fullmatch(n)) if os.path.isdir(output_dir) else []
+    if not names:
+        raise FileNotFoundError(f"no part-XXXXX-of-YYYYY folders in {output_dir}")
+    num_parts = int(PART_NAME.fullmatch(names[0])[2])
+    expected = [part_name(i, num_parts) for i in range(num_parts)]
+    if names != expected:
+        raise FileNotFoundError(f"{output_dir}: expected parts {expected}, found {names}")
+    unfinished = [n for n in names if not os.path.isfile(os.path.join(output_dir, n, MANIFEST))]
+    if unfinished:
+        raise FileNotFoundError(f"{output_dir}: parts not finished (no {MANIFEST}): {unfinished}")
+    manifests = [_read_json(os.path.join(output_dir, n, MANIFEST)) for n in names]
+    per_part = ("created", "part", "units", "splits")
+    common = {k: v for k, v in manifests[0].items() if k not in per_part}
+    tok_files = [manifests[0]["tokenizer"]["file"], CONFIG_FILE]
+    for name, m in zip(names, manifests):
+        if {k: v for k, v in m.items() if k not in per_part} != common:
+            raise ValueError(f"{name} was prepared with other options than {names[0]}")
+        for f in tok_files:
+            if not filecmp.cmp(os.path.join(output_dir, name, f), os.path.join(output_dir, names[0], f), False):
+                raise ValueError(f"{name}/{f} differs from {names[0]}/{f}: every part needs the same tokenizer "
+                                 "(pass one --vocab to all parts)")
+    for f in tok_files:
+        shutil.copyfile(os.path.join(output_dir, names[0], f), os.path.join(output_dir, f))
+    splits = {s: dict({k: sum(m["splits"][s][k] for m in manifests) for k in STAT_KEYS},
+                      shards=[dict(sh, file=f"{n}/{sh['file']}") for n, m in zip(names, manifests)
+                              for sh in m["splits"][s]["shards"]]) for s in SPLITS}
+    if not splits["train"]["examples"]:
+        raise ValueError(f"no training examples in the parts of {output_dir}")
+    merged = dict(common, created=_now(), part=None, parts=names, units=sum(m["units"] for m in manifests),
+                  splits=splits)
+    _write_json(os.path.join(output_dir, MANIFEST), merged)
+    logging.info("merged %d parts into %s: %s", len(names), output_dir, {s: v["examples"] for s, v in splits.items()})
+    return merged
 
 
 FLAGS = flags.FLAGS
@@ -300,15 +656,24 @@ def _define_flags():
     flags.DEFINE_list("hf_data_files", None, "data_files for builders such as json/text/parquet.")
     flags.DEFINE_integer("max_documents", None, "Use at most this many documents.")
     flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
+    flags.DEFINE_integer("num_workers", 0, "Worker processes (0: all cores); the output does not depend on it.")
+    flags.DEFINE_integer("part", 0, "With --num_parts: the slice of the units this host prepares (0-based).")
+    flags.DEFINE_integer("num_parts", 1, "Split the corpus into this many parts (one per host), merged by --merge.")
+    flags.DEFINE_float("unit_mb", UNIT_MB, "MB of input files per unit of work (the resume granularity).")
+    flags.DEFINE_bool("merge", False, "Only write the manifest over the finished parts in --output_dir.")
 
 
 def main(argv):
     del argv
     if not FLAGS.output_dir:
         raise app.UsageError("--output_dir is required")
+    if FLAGS.merge:
+        merge_parts(FLAGS.output_dir)
+        return
     options = ("tokenizer", "vocab", "lowercase", "sp_vocab_size", "sp_model_type", "max_seq_length", "eval_fraction",
                "num_shards", "builder_variant", "seed", "blanks_separate_docs", "hf_dataset", "hf_config", "hf_split",
-               "hf_text_column", "hf_data_files", "max_documents", "overwrite")
+               "hf_text_column", "hf_data_files", "max_documents", "overwrite", "num_workers", "part", "num_parts",
+               "unit_mb")
     prepare_corpus(FLAGS.input, FLAGS.output_dir, **{name: FLAGS[name].value for name in options})
 
 

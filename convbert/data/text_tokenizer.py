@@ -35,6 +35,10 @@ class TextTokenizer(abc.ABC):
     def encode_batch(self, lines: Sequence[str]) -> list[list[int]]:
         """Token ids of each line, no special tokens added."""
 
+    def encode_offsets(self, lines: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """(ids, [(start, end) character span of each token]) per line (SQuAD featurisation); WordPiece only."""
+        raise ValueError(f"{self.file}: {self.kind} tokenizers give no character offsets; SQuAD needs WordPiece")
+
     @property
     @abc.abstractmethod
     def vocab_size(self) -> int:
@@ -91,6 +95,9 @@ class WordPieceTokenizer(TextTokenizer):
 
     def encode_batch(self, lines):
         return [e.ids for e in self._tok.encode_batch(list(lines), add_special_tokens=False)]
+
+    def encode_offsets(self, lines):
+        return [(e.ids, e.offsets) for e in self._tok.encode_batch(list(lines), add_special_tokens=False)]
 
     @property
     def vocab_size(self):

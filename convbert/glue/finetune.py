@@ -1,9 +1,9 @@
 """GLUE fine-tuning (spec 6): `run(config, workdir)` fine-tunes every requested task for `num_seeds` seeds.
 
 Each seed draws a new head initialisation, data order and dropout stream; the encoder starts from
-`config.init_checkpoint` every time. Training is data parallel over the mesh (functional jit: the model is split
-once, merged inside the step, the state donated). Dev sets are evaluated after every epoch; the reported
-numbers are those of the final epoch (no model selection, spec 6.1). Workdir layout:
+`config.init_checkpoint` every time. Training is data parallel over the mesh (`convbert.finetuning`, shared with
+SQuAD: the model is split once, merged inside the jitted step, the state donated). Dev sets are evaluated after
+every epoch; the reported numbers are those of the final epoch (no model selection, spec 6.1). Workdir layout:
 
     config.json                          the run's configuration
     <task>/seed_<k>/result.json          one finished seed (+ submission/*.tsv, metrics.jsonl, TensorBoard events)
@@ -26,22 +26,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from flax import nnx
-from tqdm import tqdm
 
-from convbert import hf_io, optim, sharding
+from convbert import finetuning, hf_io, sharding
 from convbert.config import ConvBertConfig
 from convbert.data import text_tokenizer
+from convbert.finetuning import ENCODER, make_optimizer  # noqa: F401 (re-exported: this module's API)
 from convbert.glue import data, metrics, report
 from convbert.glue.submission import write_atomic, write_submission, zip_submission
-from convbert.glue.tasks import TASK_CHOICES, Task, get_task, task_names
+from convbert.glue.tasks import TASK_CHOICES, TRANSFER_TASKS, Task, get_task, task_names
 from convbert.metrics import MetricWriter
 from convbert.modeling import ConvBertForSequenceClassification, ConvBertModel
 from convbert.tokenization import ConvBertTokenizer
 
-PRETRAIN_EXPORT = os.path.join("export", "discriminator")  # inside a pretraining workdir of ours
+# The encoder inside a pretraining workdir of ours: the ELECTRA discriminator, or the model of objective 'mlm'.
+PRETRAIN_EXPORTS = (os.path.join("export", "discriminator"), os.path.join("export", "mlm"))
 PRETRAIN_TOKENIZER = "tokenizer"
 
 
@@ -49,26 +49,39 @@ PRETRAIN_TOKENIZER = "tokenizer"
 # checkpoint and tokenizer
 
 
+RANDOM_INIT = "random:"  # `random:SRC`: SRC's config and tokenizer, freshly initialised weights (the control)
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
     model_dir: str  # Hugging Face-format ConvBERT directory
     tokenizer_dir: str
+    random_init: bool = False  # the no-pretraining control: only the config of `model_dir` is used
 
 
 def resolve_source(init_checkpoint: str, tokenizer: str = "") -> Source:
-    """A pretraining workdir of ours (`export/discriminator` + `tokenizer/`), a Hugging Face ConvBERT
-    directory, or a hub id (downloaded by `hf_io.resolve_pretrained`); `tokenizer` overrides the tokenizer."""
+    """A pretraining workdir of ours (`export/discriminator` or `export/mlm`, + `tokenizer/`), a Hugging Face ConvBERT
+    directory, or a hub id (downloaded by `hf_io.resolve_pretrained`); `tokenizer` overrides the tokenizer.
+    `random:SRC` is SRC with `random_init` set."""
+    random_init = init_checkpoint.startswith(RANDOM_INIT)
+    init_checkpoint = init_checkpoint.removeprefix(RANDOM_INIT)
     if not init_checkpoint:
         raise ValueError("config.init_checkpoint is empty: pass a pretraining workdir, a Hugging Face ConvBERT "
-                         "directory or a hub id such as YituTech/conv-bert-base")
-    export = os.path.join(init_checkpoint, PRETRAIN_EXPORT)
-    if os.path.isdir(export):
+                         "directory or a hub id such as YituTech/conv-bert-base (random:SRC for a freshly "
+                         "initialised encoder of SRC's config)")
+    source = _resolve_pretrained_source(init_checkpoint)
+    return dataclasses.replace(source, tokenizer_dir=tokenizer or source.tokenizer_dir, random_init=random_init)
+
+
+def _resolve_pretrained_source(init_checkpoint: str) -> Source:
+    export = next((e for e in (os.path.join(init_checkpoint, x) for x in PRETRAIN_EXPORTS) if os.path.isdir(e)), None)
+    if export:
         own_tokenizer = os.path.join(init_checkpoint, PRETRAIN_TOKENIZER)
         source = Source(export, own_tokenizer if os.path.isdir(own_tokenizer) else export)
     else:
         model_dir = hf_io.resolve_pretrained(init_checkpoint)
         source = Source(model_dir, model_dir)
-    return dataclasses.replace(source, tokenizer_dir=tokenizer) if tokenizer else source
+    return source
 
 
 class PretrainingTokenizer:
@@ -83,6 +96,10 @@ class PretrainingTokenizer:
         if add_special_tokens:
             raise ValueError("PretrainingTokenizer only encodes without special tokens (featurize adds them)")
         return {"input_ids": self.tokenizer.encode_batch(texts)}
+
+    def encode_offsets(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """(ids, character spans) per text, no special tokens (SQuAD featurisation)."""
+        return self.tokenizer.encode_offsets(texts)
 
 
 def load_tokenizer(path: str):
@@ -101,16 +118,22 @@ def has_hf_head(model_dir: str) -> bool:
 
 @dataclasses.dataclass
 class Encoder:
-    """The pretrained encoder every seed starts from."""
+    """The encoder every seed starts from."""
 
     config: ConvBertConfig
-    params: nnx.State  # host (NumPy) copies: every seed places fresh device arrays, which its steps donate
+    params: nnx.State | None  # host (NumPy) copies, placed afresh for every seed (its steps donate them);
+    #                           None: the control, every seed initialises its own encoder from its seed
     head: str  # classifier head form: 'original' or 'hf'
 
 
 def load_encoder(source: Source, config: ml_collections.ConfigDict) -> Encoder:
+    head = "hf" if has_hf_head(source.model_dir) else config.get("classifier_head", "original")
+    if source.random_init:
+        model_config = ConvBertConfig.load(os.path.join(source.model_dir, hf_io.CONFIG_NAME), dtype=config.dtype)
+        logging.info("encoder: RANDOM initialisation with the config of %s (%d layers, hidden %d), classifier "
+                     "head %r", source.model_dir, model_config.num_hidden_layers, model_config.hidden_size, head)
+        return Encoder(model_config, None, head)
     body = ConvBertModel.from_pretrained(source.model_dir, dtype=config.dtype)
-    head = "hf" if has_hf_head(source.model_dir) else config.classifier_head
     logging.info("encoder from %s (%d layers, hidden %d), classifier head %r", source.model_dir,
                  body.config.num_hidden_layers, body.config.hidden_size, head)
     return Encoder(body.config, jax.tree.map(np.asarray, nnx.state(body, nnx.Param)), head)
@@ -159,17 +182,6 @@ def example_losses(logits: jax.Array, labels: jax.Array, regression: bool) -> ja
     return -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels[:, None].astype(jnp.int32), -1)[:, 0]
 
 
-def make_optimizer(config, params, num_layers: int, total_steps: int):
-    """(tx, schedule): the original AdamW (no bias correction), warmup then linear decay, layer-wise lr decay
-    (spec 6.1)."""
-    schedule = optim.warmup_linear_decay(config.learning_rate, total_steps,
-                                         int(total_steps * config.warmup_proportion))
-    tx = optim.electra_adamw(
-        schedule, weight_decay=config.weight_decay, clip_norm=config.clip_norm, params=params,
-        lr_multipliers=optim.layerwise_lr_multipliers(params, num_layers, config.layerwise_lr_decay))
-    return tx, schedule
-
-
 def task_epochs(task: Task, config) -> int:
     return config.num_train_epochs if config.num_train_epochs > 0 else task.epochs
 
@@ -182,64 +194,25 @@ def train_steps(task: Task, config, task_data: TaskData) -> int:
     return n // config.batch_size * task_epochs(task, config)
 
 
-def _local_rows(rows: np.ndarray) -> np.ndarray:
-    """This process's part of a global batch of row indices."""
-    n = len(rows) // jax.process_count()
-    return rows[jax.process_index() * n:(jax.process_index() + 1) * n]
+_batch = finetuning.shard_rows  # (features, rows, keys, mesh) -> a global batch split over the mesh
 
 
-def _batch(features: dict[str, np.ndarray], rows: np.ndarray, keys, mesh) -> dict[str, jax.Array]:
-    rows = _local_rows(rows)
-    return sharding.shard_batch({k: features[k][rows] for k in keys}, mesh)
-
-
-class TaskTrainer:
-    """Model, optimizer and jitted steps for one task on `mesh`, built once and reused by every seed (same
-    shapes and shardings, so the steps compile once per task). The train state is donated to each step."""
+class TaskTrainer(finetuning.Trainer):
+    """`finetuning.Trainer` for one GLUE task: ConvBertForSequenceClassification, the task's loss; built once
+    and reused by every seed (the steps compile once per task)."""
 
     def __init__(self, task: Task, encoder: Encoder, config, mesh, task_data: TaskData):
-        self.task, self.encoder, self.config, self.mesh = task, encoder, config, mesh
-        self.total_steps = total_steps = train_steps(task, config, task_data)
-        self.model_config = encoder.config.replace(num_labels=task.num_labels, classifier_head=encoder.head,
-                                                   dtype=config.dtype)
-        graphdef, params, rest = nnx.split(
-            nnx.eval_shape(lambda: ConvBertForSequenceClassification(self.model_config, rngs=nnx.Rngs(0))),
-            nnx.Param, ...)
-        tx, self.schedule = make_optimizer(config, params, self.model_config.num_hidden_layers, total_steps)
-        rules = tuple(tuple(r) for r in config.sharding_rules)
-        self.param_sharding = p_sh = sharding.param_shardings(params, mesh, rules)
-        o_sh = sharding.optimizer_shardings(tx, jax.eval_shape(tx.init, params), params, mesh, rules)
-        self.init_opt = jax.jit(tx.init, out_shardings=o_sh)
-        b_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-        regression, reduction = task.labels is None, config.loss_reduction
+        self.task, self.encoder = task, encoder
+        self.model_config = model_config = encoder.config.replace(num_labels=task.num_labels,
+                                                                  classifier_head=encoder.head, dtype=config.dtype)
+        regression = task.labels is None
 
-        def logits_fn(params, batch, **kw):
-            model = nnx.merge(graphdef, params, rest)
+        def forward(model, batch, **kw):
             return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], **kw).logits
 
-        def loss_fn(params, batch, key):
-            logits = logits_fn(params, batch, deterministic=False, dropout_rng=key)
-            per_example = example_losses(logits, batch["labels"], regression)
-            return (per_example.sum() if reduction == "sum" else per_example.mean()), per_example.mean()
-
-        def train_step(state, batch, key, step):
-            params, opt_state = state
-            (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, jax.random.fold_in(key, step))
-            updates, opt_state = tx.update(grads, opt_state, params)
-            metrics_ = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-            return (optax.apply_updates(params, updates), opt_state), metrics_
-
-        self.train_step = jax.jit(train_step, in_shardings=((p_sh, o_sh), b_sh, repl, repl),
-                                  out_shardings=((p_sh, o_sh), repl), donate_argnums=0)
-        self.eval_step = jax.jit(lambda params, batch: logits_fn(params, batch, deterministic=True),
-                                 in_shardings=(p_sh, b_sh), out_shardings=repl)
-
-    def init_state(self, seed: int):
-        """(params, optimizer state): the pretrained encoder and a head initialised from `seed`."""
-        model = ConvBertForSequenceClassification(self.model_config, rngs=nnx.Rngs(seed))
-        nnx.update(model.convbert, self.encoder.params)
-        params = jax.device_put(nnx.state(model, nnx.Param), self.param_sharding)
-        return params, self.init_opt(params)
+        super().__init__(lambda rngs: ConvBertForSequenceClassification(model_config, rngs=rngs), forward,
+                         lambda logits, batch: example_losses(logits, batch["labels"], regression), config, mesh,
+                         train_steps(task, config, task_data), model_config.num_hidden_layers, encoder.params)
 
     def predict(self, params, features: dict[str, np.ndarray]) -> np.ndarray:
         """Label ids (or normalised STS-B scores) for every row; the eval set is padded with ignored dummy rows
@@ -247,7 +220,7 @@ class TaskTrainer:
         n, bs = len(features["input_ids"]), self.config.eval_batch_size
         padded = data.pad_to_multiple(features, bs)
         logits = np.concatenate([
-            np.asarray(self.eval_step(params, _batch(padded, np.arange(i, i + bs), data.FEATURES, self.mesh)))
+            np.asarray(self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES)))
             for i in range(0, len(padded["input_ids"]), bs)])[:n]
         return logits[:, 0] if self.task.labels is None else logits.argmax(-1)
 
@@ -260,40 +233,24 @@ class TaskTrainer:
 
 def train_seed(trainer: TaskTrainer, task_data: TaskData, seed: int, logdir: str
                ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Fine-tunes one seed; returns (result, {submission file: test predictions})."""
-    task, config, train = trainer.task, trainer.config, task_data.train
-    n, bs, epochs, total = len(train["labels"]), config.batch_size, task_epochs(task, config), trainer.total_steps
-    steps_per_epoch = n // bs
-    state, key = trainer.init_state(seed), jax.random.key(seed)
-    writer = MetricWriter(logdir)
-    rng = np.random.default_rng(seed)
-    keys = (*data.FEATURES, "labels")
-    step, history, start, train_time = 0, [], time.time(), 0.0
-    for epoch in range(1, epochs + 1):
-        order, epoch_start = rng.permutation(n), time.time()
-        bar = tqdm(range(steps_per_epoch), desc=f"{task.name} seed {seed} epoch {epoch}/{epochs}",
-                   disable=jax.process_index() != 0, dynamic_ncols=True)
-        for i in bar:
-            batch = _batch(train, order[i * bs:(i + 1) * bs], keys, trainer.mesh)
-            state, out = trainer.train_step(state, batch, key, np.int32(step))
-            step += 1
-            if step == 1:  # the throughput leaves out the compilation
-                jax.block_until_ready(out)
-                epoch_start = time.time()
-            if step % config.log_every_steps == 0 or step == total:
-                scalars = {f"train/{k}": float(v) for k, v in out.items()}
-                scalars["train/learning_rate"] = float(trainer.schedule(step - 1))  # of this step
-                bar.set_postfix(loss=f"{scalars['train/loss']:.4f}")
-                writer.write_scalars(step, scalars)
-        jax.block_until_ready(state)
-        train_time += time.time() - epoch_start
-        dev = trainer.evaluate(state[0], task_data.dev)
+    """Fine-tunes one seed, scoring the dev sets after every epoch; returns (result, {submission file: test
+    predictions})."""
+    task, config = trainer.task, trainer.config
+    bs, total, start = config.batch_size, trainer.total_steps, time.time()
+    writer, history, dev = MetricWriter(logdir), [], {}
+
+    def on_epoch_end(epoch, step, state):
+        dev.clear()
+        dev.update(trainer.evaluate(state[0], task_data.dev))
         history.append({"epoch": epoch, "step": step, **dev})
         writer.write_scalars(step, {f"dev/{k}": v for k, v in dev.items()})
         logging.info("%s seed %d epoch %d: %s", task.name, seed, epoch, report.format_metrics(dev))
+
+    state, train_time = finetuning.train_epochs(trainer, task_data.train, (*data.FEATURES, "labels"), seed,
+                                                task_epochs(task, config), writer, task.name, on_epoch_end)
     predictions = {name: trainer.predict(state[0], features) for name, (features, _) in task_data.test.items()}
     writer.close()
-    result = {"seed": seed, "dev": dev, "epochs": history, "train_steps": total,
+    result = {"seed": seed, "dev": dict(dev), "epochs": history, "train_steps": total,
               "train_examples_per_sec": (total - 1) * bs / train_time if total > 1 else None,  # after step 1
               "wall_time_s": time.time() - start}
     return result, predictions
@@ -318,6 +275,10 @@ def write_json(path: str, obj) -> None:
 def check_files(names: list[str], config, require_ax: bool) -> None:
     """Fails before any training when a split file of the run is missing from `config.data_dir`."""
     if not config.data_dir:
+        local = [name for name in names if name in TRANSFER_TASKS]
+        if local:
+            raise ValueError(f"{', '.join(local)}: transfer-suite tasks are read from config.data_dir only; set "
+                             "--config.data_dir=data/transfer (built by python -m convbert.data.transfer)")
         return
     missing = []
     for name in names:
@@ -352,8 +313,7 @@ def run_task(task: Task, config, workdir: str, encoder_fn, tokenizer_fn, mesh, t
             write_json(os.path.join(seed_dir, "result.json"), result)
         seeds.append(result)
     median = {k: float(np.median([s["dev"][k] for s in seeds])) for k in task.metric_keys()}
-    order = np.argsort([s["dev"][task.paper_metric] for s in seeds], kind="stable")
-    chosen = seeds[int(order[(len(order) - 1) // 2])]
+    chosen = finetuning.median_seed(seeds, lambda s: s["dev"][task.paper_metric])
     if jax.process_index() == 0:
         for name in test_files:
             with open(os.path.join(task_dir, f"seed_{chosen['seed']}", "submission", name)) as f:
@@ -391,4 +351,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         run_task(task, config, workdir, encoder_fn, tokenizer_fn, mesh, test_files)
     if jax.process_index() == 0:
         zip_submission(os.path.join(workdir, "submission"))
-    return report.write_summary(workdir, config)
+    return report.write_summary(workdir, config, source.random_init)

@@ -15,7 +15,7 @@ import jax
 from convbert.glue import metrics
 from convbert.glue.reference import REFERENCES
 from convbert.glue.submission import write_atomic
-from convbert.glue.tasks import DISPLAY_NAMES, PAPER_TASKS, TASKS
+from convbert.glue.tasks import ALL_TASKS, DISPLAY_NAMES, PAPER_TASKS
 
 METRIC_NAMES = {"accuracy": "acc", "accuracy_m": "acc matched", "accuracy_mm": "acc mismatched", "f1": "F1",
                 "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
@@ -30,7 +30,7 @@ def format_metrics(values: dict[str, float]) -> str:
 def collect(workdir: str) -> dict[str, dict]:
     """{task: its result.json} for every finished task in `workdir`, in GLUE order."""
     out = {}
-    for name in TASKS:
+    for name in ALL_TASKS:
         path = os.path.join(workdir, name, "result.json")
         if os.path.isfile(path):
             with open(path) as f:
@@ -38,12 +38,15 @@ def collect(workdir: str) -> dict[str, dict]:
     return out
 
 
-def summarize(task_results: dict[str, dict], size: str, init_checkpoint: str = "") -> dict:
+def summarize(task_results: dict[str, dict], size: str, init_checkpoint: str = "", random_init: bool = False,
+              freeze_encoder: bool = False) -> dict:
     medians = {t: r["median"] for t, r in task_results.items()}
     num_seeds = max((len(r["seeds"]) for r in task_results.values()), default=0)
     per_seed = [{t: r["seeds"][i]["dev"] for t, r in task_results.items() if i < len(r["seeds"])}
                 for i in range(num_seeds)]
-    summary = {"size": size, "init_checkpoint": init_checkpoint, "split": "dev",
+    summary = {"size": size, "init_checkpoint": init_checkpoint, "init": "random" if random_init else "pretrained",
+               "freeze_encoder": freeze_encoder,
+               "split": "dev",
                "missing_for_glue_score": metrics.missing_tasks(medians, PAPER_TASKS)}
     for key, fn, _ in SCORES:
         summary[key] = fn(medians)
@@ -67,7 +70,10 @@ def markdown(summary: dict) -> str:
                *(r["title"] for r in refs)]
     lines = [
         "# GLUE results", "",
-        f"Fine-tuned from `{summary['init_checkpoint']}` (size `{summary['size']}`). Our numbers are **dev**-set "
+        f"Fine-tuned from `{summary['init_checkpoint']}` (size `{summary['size']}`"
+        + ("; **random initialisation**, the no-pretraining control" if summary.get("init") == "random" else "")
+        + ("; **encoder frozen**, only the head trained" if summary.get("freeze_encoder") else "")
+        + "). Our numbers are **dev**-set "
         "metrics of the final epoch (no checkpoint selection), one column per seed (each a new head "
         "initialisation, data order and dropout stream) and their median. Reported numbers: the paper's table and "
         "the GLUE leaderboard are **test**-set numbers (spec 7.1); the third-party numbers are dev numbers with "
@@ -76,7 +82,7 @@ def markdown(summary: dict) -> str:
         "|" + "---|" * 2 + "---:|" * (len(columns) - 2),
     ]
     for name, result in summary["tasks"].items():
-        task = TASKS[name]
+        task = ALL_TASKS[name]
         for key in task.metric_keys():
             star = "*" if key == task.paper_metric else ""
             row = [DISPLAY_NAMES[name], METRIC_NAMES[key] + star, *(_cell(s[key]) for s in result["seeds"]),
@@ -93,9 +99,9 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(workdir: str, config) -> dict:
+def write_summary(workdir: str, config, random_init: bool = False) -> dict:
     """Writes `results.json` and `results.md` for every finished task in `workdir`; returns the summary."""
-    summary = summarize(collect(workdir), config.size, config.init_checkpoint)
+    summary = summarize(collect(workdir), config.size, config.init_checkpoint, random_init, config.freeze_encoder)
     if jax.process_index() == 0:
         write_atomic(os.path.join(workdir, "results.json"), json.dumps(summary, indent=2) + "\n")
         write_atomic(os.path.join(workdir, "results.md"), markdown(summary))

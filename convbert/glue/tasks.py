@@ -119,26 +119,44 @@ TASKS: dict[str, Task] = {t.name: t for t in [
           Columns("sentence1", "sentence2", "label"), unlabelled("sentence1", "sentence2"), "WNLI.tsv"),
 ]}
 
+# The transfer suite (`python -m convbert.data.transfer`, docs/transfer.md): tasks built from held-out English text
+# in the GLUE layout, read from `data_dir` only (there is no hub copy). Label 1 = as written (single sentences);
+# FillBlank: 0 = the first candidate fills the blank, 1 = the second.
+TRANSFER_TASKS: dict[str, Task] = {t.name: t for t in [
+    _task("replaced_word", "ReplacedWord", None, BINARY, ("accuracy",), "accuracy", ("accuracy",), ("sentence", None),
+          Columns("sentence", None, "label"), unlabelled("sentence"), "ReplacedWord.tsv"),
+    _task("word_order", "WordOrder", None, BINARY, ("accuracy",), "accuracy", ("accuracy",), ("sentence", None),
+          Columns("sentence", None, "label"), unlabelled("sentence"), "WordOrder.tsv"),
+    _task("fill_blank", "FillBlank", None, BINARY, ("accuracy",), "accuracy", ("accuracy",),
+          ("sentence1", "sentence2"), Columns("sentence1", "sentence2", "label"),
+          unlabelled("sentence1", "sentence2"), "FillBlank.tsv"),
+]}
+
 # Tasks of the paper's GLUE score (WNLI excluded) and of the leaderboard score (spec 6.4).
 PAPER_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
 LEADERBOARD_TASKS = PAPER_TASKS + ("wnli",)
 # `TASK` values of configs/finetune_glue.py: every task, `ax` (= MNLI, whose model also predicts the
-# diagnostic set, which must then exist) and `all`.
-TASK_CHOICES = (*TASKS, "ax", "all")
+# diagnostic set, which must then exist), `all` (GLUE) and `transfer` (the transfer suite).
+ALL_TASKS: dict[str, Task] = {**TASKS, **TRANSFER_TASKS}
+TASK_CHOICES = (*ALL_TASKS, "ax", "all", "transfer")
 DISPLAY_NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI",
-                 "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+                 "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI", "replaced_word": "ReplacedWord",
+                 "word_order": "WordOrder", "fill_blank": "FillBlank"}
 
 
 def get_task(name: str) -> Task:
-    if name not in TASKS:
+    if name not in ALL_TASKS:
         raise ValueError(f"unknown GLUE task {name!r}; valid tasks: {', '.join(TASK_CHOICES)}")
-    return TASKS[name]
+    return ALL_TASKS[name]
 
 
 def task_names(choice: str) -> list[str]:
-    """The tasks a `TASK` value runs: all nine for 'all', MNLI for 'ax'."""
+    """The tasks a `TASK` value runs: all nine GLUE tasks for 'all', the transfer suite for 'transfer', MNLI
+    for 'ax'."""
     if choice == "all":
         return list(TASKS)
+    if choice == "transfer":
+        return list(TRANSFER_TASKS)
     if choice == "ax":
         return ["mnli"]
     return [get_task(choice).name]

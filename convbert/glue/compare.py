@@ -1,0 +1,140 @@
+"""Does pretraining help? Fine-tunes (and probes, encoder frozen) each checkpoint and the no-pretraining control
+on the transfer suite and the SST-2 sample, then prints one table of medians and gaps (docs/transfer.md).
+
+  python -m convbert.glue.compare --checkpoint=workdirs/pretrain_tiny --workdir=workdirs/transfer_tiny
+  python -m convbert.glue.compare --checkpoint=electra=workdirs/pretrain_tiny \
+      --checkpoint=mlm=workdirs/pretrain_tiny_mlm --workdir=workdirs/transfer_tiny
+
+Every (checkpoint, mode) pair is one `finetune.run` in `WORKDIR/<name>/<mode>/<suite>` (so reruns skip finished
+seeds); the control is `random:` + the first checkpoint (its config and tokenizer, fresh weights). Gaps are taken
+against the control: the difference of the means over seeds, with its standard error
+sqrt(s_a^2 / n_a + s_b^2 / n_b); `z` = gap / standard error ("more than two standard errors" = z > 2).
+`WORKDIR/comparison.json` and `comparison.md` hold the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from convbert.glue import finetune
+from convbert.glue.submission import write_atomic
+from convbert.glue.tasks import DISPLAY_NAMES, get_task
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONTROL = "random"
+MODES = {"finetune": False, "probe": True}  # mode -> freeze_encoder
+# suite -> (configs/finetune_glue.py task argument, data_dir relative to the repository)
+SUITES = {"transfer": ("transfer", "data/transfer"), "sst2_sample": ("sst2", "data/glue_sample")}
+
+
+def glue_config(task: str, size: str):
+    sys.path.insert(0, os.path.join(ROOT, "configs"))
+    import finetune_glue
+
+    return finetune_glue.get_config(f"{task},{size}")
+
+
+def parse_checkpoints(values: list[str]) -> dict[str, str]:
+    """['name=path' or 'path', ...] -> {name: path}; an unnamed first checkpoint is 'pretrained'."""
+    out = {}
+    for i, value in enumerate(values):
+        name, sep, path = value.partition("=")
+        name, path = (name, path) if sep else ("pretrained" if i == 0 else f"checkpoint{i}", value)
+        if name == CONTROL or name in out:
+            raise ValueError(f"--checkpoint={value}: the name {name!r} is {'reserved' if name == CONTROL else 'taken'}")
+        out[name] = path
+    return out
+
+
+def run_all(checkpoints: dict[str, str], workdir: str, *, size: str = "tiny", num_seeds: int = 5,
+            suites: tuple[str, ...] = tuple(SUITES), modes: tuple[str, ...] = tuple(MODES),
+            overrides: dict | None = None) -> dict:
+    """{init: {mode: {task: [dev accuracy (%) per seed]}}} for every checkpoint and the control."""
+    inits = {**checkpoints, CONTROL: finetune.RANDOM_INIT + next(iter(checkpoints.values()))}
+    scores = {}
+    for init, source in inits.items():
+        for mode in modes:
+            for suite in suites:
+                task, data_dir = SUITES[suite]
+                c = glue_config(task, size)
+                c.update(init_checkpoint=source, data_dir=os.path.join(ROOT, data_dir), num_seeds=num_seeds,
+                         freeze_encoder=MODES[mode], **(overrides or {}))
+                logging.info("compare: %s / %s / %s", init, mode, suite)
+                summary = finetune.run(c, os.path.join(workdir, init, mode, suite))
+                for name, result in summary["tasks"].items():
+                    metric = get_task(name).paper_metric
+                    scores.setdefault(init, {}).setdefault(mode, {})[name] = [s[metric] for s in result["seeds"]]
+    return scores
+
+
+def gap(a: list[float], b: list[float]) -> dict[str, float]:
+    """Mean difference a - b, its standard error and z = difference / standard error."""
+    diff = float(np.mean(a) - np.mean(b))
+    se = float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))) if min(len(a), len(b)) > 1 else 0.0
+    return {"gap": diff, "se": se, "z": diff / se if se > 0 else float("inf") * np.sign(diff)}
+
+
+def table(scores: dict) -> tuple[dict, str]:
+    """(rows for comparison.json, the Markdown table): one row per (mode, task), a median per init, and each
+    checkpoint's gap to the control."""
+    names = [n for n in scores if n != CONTROL]
+    rows, lines = [], []
+    header = ["Task", "Mode", *(f"{n} median" for n in names), f"{CONTROL} median",
+              *(f"{n} gap (mean ± s.e.)" for n in names), *(f"{n} z" for n in names)]
+    lines += ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    for mode in scores[CONTROL]:
+        for task, control in scores[CONTROL][mode].items():
+            row = {"task": task, "mode": mode, "seeds": len(control),
+                   "median": {n: float(np.median(scores[n][mode][task])) for n in (*names, CONTROL)},
+                   "scores": {n: scores[n][mode][task] for n in (*names, CONTROL)},
+                   "gap": {n: gap(scores[n][mode][task], control) for n in names}}
+            rows.append(row)
+            cells = [DISPLAY_NAMES[task] + (" (sample)" if task == "sst2" else ""), mode,
+                     *(f"{row['median'][n]:.1f}" for n in (*names, CONTROL)),
+                     *(f"{row['gap'][n]['gap']:+.1f} ± {row['gap'][n]['se']:.1f}" for n in names),
+                     *(f"{row['gap'][n]['z']:.1f}" for n in names)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return {"rows": rows}, "\n".join(lines) + "\n"
+
+
+def compare(checkpoints: dict[str, str], workdir: str, **kw) -> dict:
+    scores = run_all(checkpoints, workdir, **kw)
+    result, md = table(scores)
+    result["checkpoints"] = checkpoints
+    write_atomic(os.path.join(workdir, "comparison.json"), json.dumps(result, indent=2) + "\n")
+    intro = (f"Dev accuracy (%) over {result['rows'][0]['seeds']} seeds; `{CONTROL}` = the same config and tokenizer "
+             "with freshly initialised weights; probe = encoder frozen, only the head trained.\n\n")
+    write_atomic(os.path.join(workdir, "comparison.md"), intro + md)
+    print("\n" + intro + md, flush=True)
+    return result
+
+
+def _define_flags():
+    flags.DEFINE_multi_string("checkpoint", None, "name=SRC or SRC (a pretraining workdir, Hugging Face directory "
+                              "or hub id); repeat to compare several.", required=True)
+    flags.DEFINE_string("workdir", None, "Where the fine-tuning runs and comparison.{json,md} go.", required=True)
+    flags.DEFINE_string("size", "tiny", "The fine-tuning recipe of configs/finetune_glue.py.")
+    flags.DEFINE_integer("num_seeds", 5, "Fine-tuning seeds per task, mode and checkpoint.")
+    flags.DEFINE_list("suites", list(SUITES), f"Which of {', '.join(SUITES)}.")
+    flags.DEFINE_list("modes", list(MODES), f"Which of {', '.join(MODES)}.")
+
+
+def main(argv):
+    del argv
+    f = flags.FLAGS
+    for name, choices in (("suites", SUITES), ("modes", MODES)):
+        bad = [v for v in getattr(f, name) if v not in choices]
+        if bad:
+            raise app.UsageError(f"--{name}: unknown {', '.join(bad)}; choose from {', '.join(choices)}")
+    compare(parse_checkpoints(f.checkpoint), f.workdir, size=f.size, num_seeds=f.num_seeds,
+            suites=tuple(f.suites), modes=tuple(f.modes))
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,294 @@
+"""SQuAD v1.1 / v2.0 fine-tuning: `run(config, workdir)` fine-tunes `num_seeds` seeds and scores the dev set with
+the official metrics, ELECTRA's recipe (google-research/electra `finetune/qa/qa_tasks.py`, `configure_finetuning.py`:
+max length 512, doc stride 128, question up to 64 tokens, 2 epochs, layer-wise lr decay 0.8, the answerability
+classifier for v2.0, weight 0.5).
+
+Training runs on `convbert.finetuning` (the core GLUE uses too); the encoder comes from `config.init_checkpoint`
+as for GLUE (`convbert.glue.finetune.resolve_source`, including `random:SRC` and `freeze_encoder`). Dev is scored
+after every epoch; the final epoch's numbers are reported. Workdir layout:
+
+    config.json                      the run's configuration
+    seed_<k>/result.json             one finished seed (+ predictions.json, null_odds.json, metrics.jsonl, events)
+    predictions.json                 {question id: answer text} of the median seed ('' = no answer)
+    null_odds.json                   v2.0: {question id: no-answer odds} of the median seed
+    results.json, results.md         the median over seeds (top level), every seed, the reported numbers
+
+Every file is written atomically when its seed finishes; a rerun skips finished seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from convbert import finetuning, sharding
+from convbert.config import ConvBertConfig
+from convbert.glue.data import pad_to_multiple
+from convbert.glue.finetune import load_encoder, load_tokenizer, read_json, resolve_source
+from convbert.glue.submission import write_atomic
+from convbert.metrics import MetricWriter
+from convbert.modeling import ConvBertForQuestionAnswering, dense
+from convbert.squad import data, metrics, postprocess
+from convbert.squad.reference import REFERENCES
+
+VERSIONS = ("v1", "v2")
+NO_ANSWER_MASK = -1000.0  # added to the start / end logits outside [CLS] and the context (qa_tasks.py)
+
+
+class SquadModel(ConvBertForQuestionAnswering):
+    """ConvBertForQuestionAnswering (dense H -> 2 per token: start and end logits, masked to [CLS] and the context)
+    plus, for v2.0, ELECTRA's answerability classifier (qa_tasks.py `answerable_uses_start_logits`): the [CLS]
+    state and the start-probability-weighted state -> dense 512, gelu -> dense 1, the logit that the question
+    is unanswerable."""
+
+    def __init__(self, config: ConvBertConfig, *, answerable: bool, rngs):
+        super().__init__(config.replace(num_labels=2), rngs=rngs)
+        self.answerable = answerable
+        if answerable:
+            self.answerable_hidden = dense(config, 2 * config.hidden_size, 512, ("embed", "mlp"), rngs=rngs)
+            self.answerable_output = dense(config, 512, 1, ("mlp", None), rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids, *, deterministic=True, dropout_rng=None
+                 ) -> dict[str, jax.Array]:
+        """{'start_logits', 'end_logits'} [B, T] float32 and, with the classifier, 'null_logits' [B]."""
+        out, _ = self.body(input_ids, attention_mask, token_type_ids, None, deterministic, dropout_rng, False)
+        hidden = out.last_hidden_state
+        answer_mask = (attention_mask * token_type_ids).at[:, 0].set(1)
+        logits = self.qa_outputs(hidden).astype(jnp.float32) + NO_ANSWER_MASK * (1 - answer_mask)[..., None]
+        result = {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+        if self.answerable:
+            start_p = jax.nn.softmax(result["start_logits"], -1).astype(hidden.dtype)
+            features = jnp.concatenate([hidden[:, 0], jnp.einsum("bt,bth->bh", start_p, hidden)], -1)
+            hidden_null = jax.nn.gelu(self.answerable_hidden(features), approximate=True)
+            result["null_logits"] = self.answerable_output(hidden_null)[:, 0].astype(jnp.float32)
+        return result
+
+
+def example_losses(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], answerable_weight: float
+                   ) -> jax.Array:
+    """[B]: mean of the start and end cross-entropies, + weight x the answerability sigmoid cross-entropy."""
+    def nll(logits, positions):
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), positions[:, None], -1)[:, 0]
+
+    loss = (nll(outputs["start_logits"], batch["start_positions"])
+            + nll(outputs["end_logits"], batch["end_positions"])) / 2
+    if "null_logits" in outputs:
+        x, y = outputs["null_logits"], batch["is_impossible"].astype(jnp.float32)
+        loss += answerable_weight * (jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
+    return loss
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+
+@dataclasses.dataclass
+class SquadData:
+    train: dict[str, np.ndarray]  # training windows with labels
+    dev_examples: list[data.Example]
+    dev: dict[str, np.ndarray]  # dev windows with offsets
+    answer_mismatches: dict[str, int]  # split -> answers whose text is not the context at their offset
+
+
+def check_files(config) -> None:
+    """Fails before any training when a file of the run is missing from `config.data_dir`."""
+    if config.data_dir:
+        missing = [p for p in (os.path.join(config.data_dir, f) for f in data.FILES[config.version].values())
+                   if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError("SQuAD files not found (expected the official JSON files in config.data_dir): "
+                                    + ", ".join(missing))
+
+
+def prepare_data(config, tokenizer) -> SquadData:
+    feats = functools.partial(data.featurize, tokenizer=tokenizer, max_seq_length=config.max_seq_length,
+                              doc_stride=config.doc_stride, max_query_length=config.max_query_length)
+    train_examples = data.load_split(config.version, "train", config.data_dir)
+    dev_examples = data.load_split(config.version, "dev", config.data_dir)
+    data.check_answers(train_examples, f"SQuAD {config.version} train")
+    dev_mismatches = len(data.check_answers(dev_examples, f"SQuAD {config.version} dev"))
+    train, counts = feats(train_examples, training=True)
+    dev, _ = feats(dev_examples, training=False)
+    logging.info("SQuAD %s: %d training questions -> %d windows (%d dropped: answer not at its offset; %d windows "
+                 "without the answer), %d dev questions -> %d windows", config.version, len(train_examples),
+                 len(train["input_ids"]), counts["answer_mismatch"], counts["windows_without_answer"],
+                 len(dev_examples), len(dev["input_ids"]))
+    return SquadData(train, dev_examples, dev, {"train": counts["answer_mismatch"], "dev": dev_mismatches})
+
+
+def gold_answers(examples: list[data.Example]) -> dict[str, list[str]]:
+    return {ex.qid: [text for text, _ in ex.answers] for ex in examples}
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+
+
+class SquadTrainer(finetuning.Trainer):
+    """`finetuning.Trainer` for SQuAD: `SquadModel`, the span (+ answerability) loss, dev decoding and scoring."""
+
+    def __init__(self, encoder, config, mesh, num_train_windows: int):
+        if num_train_windows < config.batch_size:
+            raise ValueError(f"SQuAD: {num_train_windows} training windows are fewer than config.batch_size="
+                             f"{config.batch_size}")
+        if config.max_seq_length > encoder.config.max_position_embeddings:
+            raise ValueError(f"config.max_seq_length={config.max_seq_length} exceeds the checkpoint's "
+                             f"max_position_embeddings={encoder.config.max_position_embeddings}")
+        self.v2 = v2 = config.version == "v2"
+        model_config = encoder.config.replace(dtype=config.dtype)
+
+        def forward(model, batch, **kw):
+            return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], **kw)
+
+        super().__init__(lambda rngs: SquadModel(model_config, answerable=v2, rngs=rngs), forward,
+                         functools.partial(example_losses, answerable_weight=config.answerable_weight), config,
+                         mesh, num_train_windows // config.batch_size * config.num_train_epochs,
+                         model_config.num_hidden_layers, encoder.params)
+
+    def logits(self, params, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Model outputs for every window; padded with ignored all-zero windows to a multiple of the eval batch."""
+        n, bs = len(features["input_ids"]), self.config.eval_batch_size
+        padded = pad_to_multiple({k: features[k] for k in data.FEATURES}, bs)
+        outs = [jax.tree.map(np.asarray,
+                             self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES)))
+                for i in range(0, len(padded["input_ids"]), bs)]
+        return {k: np.concatenate([o[k] for o in outs])[:n] for k in outs[0]}
+
+    def evaluate(self, params, squad: SquadData) -> tuple[dict[str, float], dict[str, str], dict[str, float] | None]:
+        """(metrics, predictions with '' above the no-answer threshold, null odds or None) on the dev set."""
+        out = self.logits(params, squad.dev)
+        preds, odds = postprocess.decode(squad.dev_examples, squad.dev, out["start_logits"], out["end_logits"],
+                                         out.get("null_logits"), self.config.n_best_size,
+                                         self.config.max_answer_length)
+        gold = gold_answers(squad.dev_examples)
+        if not self.v2:
+            return metrics.evaluate_v1(gold, preds), preds, None
+        scores = metrics.evaluate_v2(gold, preds, odds, self.config.null_threshold)
+        return scores, postprocess.apply_threshold(preds, odds, self.config.null_threshold), odds
+
+
+def train_seed(trainer: SquadTrainer, squad: SquadData, seed: int, logdir: str
+               ) -> tuple[dict, dict[str, str], dict[str, float] | None]:
+    """Fine-tunes one seed, scoring dev after every epoch; returns (result, predictions, null odds)."""
+    config, start = trainer.config, time.time()
+    writer, history, last = MetricWriter(logdir), [], {}
+
+    def on_epoch_end(epoch, step, state):
+        scores, last["predictions"], last["null_odds"] = trainer.evaluate(state[0], squad)
+        last["dev"] = scores
+        history.append({"epoch": epoch, "step": step, **scores})
+        writer.write_scalars(step, {f"dev/{k}": v for k, v in scores.items()})
+        logging.info("SQuAD %s seed %d epoch %d: %s", config.version, seed, epoch, _format(scores))
+
+    _, train_time = finetuning.train_epochs(trainer, squad.train, (*data.FEATURES, *data.LABELS), seed,
+                                            config.num_train_epochs, writer, f"SQuAD {config.version}", on_epoch_end)
+    writer.close()
+    total = trainer.total_steps
+    result = {"seed": seed, "dev": last["dev"], "epochs": history, "train_steps": total,
+              "train_windows_per_sec": (total - 1) * config.batch_size / train_time if total > 1 else None,
+              "wall_time_s": time.time() - start}
+    return result, last["predictions"], last["null_odds"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the run and its summary
+
+
+def _format(scores: dict[str, float]) -> str:
+    return "  ".join(f"{k}={v:.2f}" for k, v in scores.items() if not k.endswith("total"))
+
+
+def _write_json(path: str, obj) -> None:
+    """UTF-8 JSON, atomically, on process 0."""
+    if jax.process_index() == 0:
+        write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+TABLE_METRICS = {"v1": (("exact_match", "EM"), ("f1", "F1")),
+                 "v2": (("exact_match", "EM"), ("f1", "F1"), ("best_exact", "best EM"), ("best_f1", "best F1"),
+                        ("HasAns_f1", "HasAns F1"), ("NoAns_f1", "NoAns F1"))}
+
+
+def markdown(summary: dict) -> str:
+    """Ours (every seed and the median) beside the reported numbers of the size, one row each."""
+    version = summary["version"]
+    keys = TABLE_METRICS[version]
+    name = {"v1": "SQuAD v1.1", "v2": "SQuAD v2.0"}[version]
+    lines = [f"# {name} dev results", "",
+             f"Fine-tuned from `{summary['init_checkpoint']}` (size `{summary['size']}`): the official evaluation "
+             "script's numbers on the dev set after the final epoch"
+             + (f"; EM / F1 answer '' when the no-answer odds exceed {summary['null_threshold']:g}, best EM / F1 "
+                "with the threshold chosen on dev" if version == "v2" else "") + ".", "",
+             "| run | " + " | ".join(title for _, title in keys) + " |", "|---|" + "---:|" * len(keys)]
+
+    def row(title, values):
+        return f"| {title} | " + " | ".join("" if values.get(k) is None else f"{values[k]:.1f}" for k, _ in keys) + " |"
+
+    lines += [row(f"ours, seed {s['seed']}", s["dev"]) for s in summary["seeds"]]
+    lines.append(row(f"ours, median of {len(summary['seeds'])}", summary["median"]))
+    lines += [row(r["title"], r["results"]) for r in summary["references"]]
+    if any(summary["answer_mismatches"].values()):
+        lines += ["", "Answers whose text is not the context at their offset: "
+                  + ", ".join(f"{k} {v}" for k, v in summary["answer_mismatches"].items())
+                  + " (training drops those questions)."]
+    return "\n".join(lines) + "\n"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Fine-tunes SQuAD `config.version` for `config.num_seeds` seeds; writes the seeds, the median seed's
+    predictions and the summary to `workdir`; returns the summary."""
+    if config.version not in VERSIONS:
+        raise ValueError(f"config.version must be one of {', '.join(VERSIONS)}, got {config.version!r}")
+    if config.loss_reduction not in ("sum", "mean"):
+        raise ValueError(f"config.loss_reduction must be 'sum' or 'mean', got {config.loss_reduction!r}")
+    check_files(config)
+    mesh = sharding.create_mesh(config.mesh.to_dict())
+    sharding.check_batch_size(config.batch_size, mesh, "batch_size")
+    sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    source = resolve_source(config.init_checkpoint, config.tokenizer)
+    squad, trainer, seeds, mismatches = None, None, [], {}
+    for seed in range(config.seed, config.seed + config.num_seeds):
+        seed_dir = os.path.join(workdir, f"seed_{seed}")
+        result = read_json(os.path.join(seed_dir, "result.json"))
+        if result:
+            logging.info("SQuAD seed %d: finished before, read from %s", seed, seed_dir)
+        else:
+            if trainer is None:
+                squad = prepare_data(config, load_tokenizer(source.tokenizer_dir))
+                trainer = SquadTrainer(load_encoder(source, config), config, mesh, len(squad.train["input_ids"]))
+            result, predictions, null_odds = train_seed(trainer, squad, seed, seed_dir)
+            result["answer_mismatches"] = squad.answer_mismatches
+            files = {"predictions.json": predictions, "null_odds.json": null_odds, "result.json": result}
+            for name, obj in files.items():  # result.json last: it marks the seed finished
+                if obj is not None:
+                    _write_json(os.path.join(seed_dir, name), obj)
+        mismatches = result["answer_mismatches"]
+        seeds.append(result)
+    chosen = finetuning.median_seed(seeds, lambda s: s["dev"]["f1"])
+    for name in ("predictions.json", "null_odds.json"):
+        path = os.path.join(workdir, f"seed_{chosen['seed']}", name)
+        if jax.process_index() == 0 and os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                write_atomic(os.path.join(workdir, name), f.read())
+    median = {k: float(np.median([s["dev"][k] for s in seeds])) for k in seeds[0]["dev"]}
+    summary = {**median, "version": config.version, "size": config.size, "init_checkpoint": config.init_checkpoint,
+               "split": "dev", "null_threshold": config.null_threshold if config.version == "v2" else None,
+               "median": median, "prediction_seed": chosen["seed"], "answer_mismatches": mismatches,
+               "seeds": [{"seed": s["seed"], "dev": s["dev"]} for s in seeds],
+               "references": [{"title": r.title, "results": r.results[config.version]}
+                              for r in REFERENCES.get(config.size, [])]}
+    _write_json(os.path.join(workdir, "results.json"), summary)
+    if jax.process_index() == 0:
+        write_atomic(os.path.join(workdir, "results.md"), markdown(summary))
+    logging.info("SQuAD %s: median over %d seeds %s", config.version, len(seeds), _format(median))
+    return summary

