@@ -33,7 +33,9 @@ SUITES = {"transfer": ("transfer", "data/transfer"), "sst2_sample": ("sst2", "da
 
 
 def glue_config(task: str, size: str):
-    sys.path.insert(0, os.path.join(ROOT, "configs"))
+    """configs/finetune_glue.py's `get_config("TASK,SIZE")`, the config users run."""
+    if os.path.join(ROOT, "configs") not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, "configs"))
     import finetune_glue
 
     return finetune_glue.get_config(f"{task},{size}")
