@@ -3,8 +3,8 @@
 # SIZE in tiny small medium_small base (sets the recipe, the default checkpoint and the paper numbers shown).
 #
 #   python finetune_glue.py --config=configs/finetune_glue.py:sst2,tiny \
-#       --config.init_checkpoint=workdirs/pretrain_tiny --config.data_dir=data/glue_sample --workdir=workdirs/glue_tiny \
-#       --config.num_seeds=5
+#       --config.init_checkpoint=workdirs/pretrain_tiny --config.data_dir=data/glue_sample \
+#       --workdir=workdirs/glue_tiny --config.num_seeds=5
 #     CPU demo on the bundled SST-2 sample after `python pretrain.py`: about 20 s a seed on 2 cores, dev accuracy
 #     80.0% (median of 5 seeds; chance 50%; the no-pretraining control random:workdirs/pretrain_tiny: 83.8%).
 #   python finetune_glue.py --config=configs/finetune_glue.py:transfer,tiny \

@@ -144,8 +144,9 @@ def _networks(disc: ConvBertConfig, gen: ConvBertConfig | None) -> Networks:
 
 
 def configs_from(config: Mapping[str, Any]) -> tuple[ConvBertConfig, ConvBertConfig | None]:
-    """(discriminator, generator) configs of a `configs/pretrain.py` ConfigDict (spec 3.2); the generator is
-    None for `objective='mlm'` (one encoder of the discriminator's size with the MLM head)."""
+    """(discriminator, generator) configs of a `configs/pretrain.py` ConfigDict (the generator as ELECTRA, paper
+    section 3.2); the generator is None for `objective='mlm'` (one encoder of the discriminator's size with the MLM
+    head)."""
     model = config["model"]
     disc = ConvBertConfig(**(model.to_dict() if hasattr(model, "to_dict") else dict(model)))
     if config.get("objective", "electra") == "mlm":

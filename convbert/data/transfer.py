@@ -41,7 +41,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 from absl import app, flags, logging
 
-HELD_OUT = ("winters_tale", "coriolanus", "cymbeline", "troilus_and_cressida", "timon_of_athens")  # file-name prefixes of both editions
+# File-name prefixes of the held-out plays (both editions).
+HELD_OUT = ("winters_tale", "coriolanus", "cymbeline", "troilus_and_cressida", "timon_of_athens")
 SIZES = {"train": 2400, "dev": 1000, "test": 200}  # sentences per split and task
 TASK_FOLDERS = {"replaced_word": "ReplacedWord", "word_order": "WordOrder", "fill_blank": "FillBlank"}
 MIN_WORDS, MAX_WORDS = 6, 24

@@ -3,7 +3,8 @@
 Each seed draws a new head initialisation, data order and dropout stream; the encoder starts from
 `config.init_checkpoint` every time. Training is data parallel over the mesh (`convbert.finetuning`, shared with
 SQuAD: the model is split once, merged inside the jitted step, the state donated). Dev sets are evaluated after
-every epoch; the reported numbers are those of the final epoch (no model selection, spec 6.1). Workdir layout:
+every epoch; the reported numbers are those of the final epoch (no model selection, as google-research/electra
+`run_finetuning.py`). Workdir layout:
 
     config.json                          the run's configuration
     <task>/seed_<k>/result.json          one finished seed (+ submission/*.tsv, metrics.jsonl, TensorBoard events)
