@@ -2,7 +2,6 @@
 stand-in fine-tuning results."""
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 sentence's shape, no sentence shared between splits or tasks, nothing from the pretraining corpus."""
 
 import hashlib
-import json
 import os
 
 import numpy as np
