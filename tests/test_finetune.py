@@ -265,7 +265,7 @@ def test_frozen_encoder_stays_bit_for_bit_and_the_head_trains(checkpoint):
     key = jax.random.key(0)
     for step in range(3):
         rows = np.arange(step * 8, (step + 1) * 8)
-        batch = finetune._batch(task_data.train, rows, (*finetune.data.FEATURES, "labels"), trainer.mesh)
+        batch = trainer.batch(task_data.train, rows, (*finetune.data.FEATURES, "labels"))
         state, _ = trainer.train_step(state, batch, key, np.int32(step + 1))
     after = _encoder_arrays(state[0])
     assert all(np.array_equal(before[k], after[k]) for k in before)

@@ -70,19 +70,13 @@ def resolve_source(init_checkpoint: str, tokenizer: str = "") -> Source:
         raise ValueError("config.init_checkpoint is empty: pass a pretraining workdir, a Hugging Face ConvBERT "
                          "directory or a hub id such as YituTech/conv-bert-base (random:SRC for a freshly "
                          "initialised encoder of SRC's config)")
-    source = _resolve_pretrained_source(init_checkpoint)
-    return dataclasses.replace(source, tokenizer_dir=tokenizer or source.tokenizer_dir, random_init=random_init)
-
-
-def _resolve_pretrained_source(init_checkpoint: str) -> Source:
     export = next((e for e in (os.path.join(init_checkpoint, x) for x in PRETRAIN_EXPORTS) if os.path.isdir(e)), None)
     if export:
         own_tokenizer = os.path.join(init_checkpoint, PRETRAIN_TOKENIZER)
-        source = Source(export, own_tokenizer if os.path.isdir(own_tokenizer) else export)
+        model_dir, tokenizer_dir = export, own_tokenizer if os.path.isdir(own_tokenizer) else export
     else:
-        model_dir = hf_io.resolve_pretrained(init_checkpoint)
-        source = Source(model_dir, model_dir)
-    return source
+        model_dir = tokenizer_dir = hf_io.resolve_pretrained(init_checkpoint)
+    return Source(model_dir, tokenizer or tokenizer_dir, random_init)
 
 
 class PretrainingTokenizer:
@@ -195,7 +189,6 @@ def train_steps(task: Task, config, task_data: TaskData) -> int:
     return n // config.batch_size * task_epochs(task, config)
 
 
-_batch = finetuning.shard_rows  # (features, rows, keys, mesh) -> a global batch split over the mesh
 
 
 class TaskTrainer(finetuning.Trainer):
