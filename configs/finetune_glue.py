@@ -32,6 +32,9 @@ def get_config(arg: str = "sst2,tiny") -> ml_collections.ConfigDict:
     c.task = task
     c.data_dir = ""  # original GLUE layout (CoLA/, SST-2/, ..., diagnostic/); empty: `hf_dataset` from the hub
     c.hf_dataset = "nyu-mll/glue"
+    # False: skip malformed TSV rows with a warning (an error above 1% of a file; convbert.glue.data); True: any
+    # malformed row is an error
+    c.strict_tsv = False
 
     # The transfer suite (2,400 training sentences per task) keeps ELECTRA's 3 epochs of batch 32 at every size.
     transfer = task == "transfer" or task in TRANSFER_TASKS

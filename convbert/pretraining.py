@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -39,8 +38,9 @@ from convbert import distributed, electra, flops, optim, sharding
 from convbert.checkpoint import Checkpointer
 from convbert.config import ConvBertConfig
 from convbert.modeling import ConvBertForMaskedLM
-from convbert.data import loader, prepare, text_tokenizer
+from convbert.data import loader, prepare
 from convbert.metrics import MetricWriter, Throughput, quiet_orbax_logs
+from convbert.tokenization import TextTokenizer, load_tokenizer
 
 OBJECTIVES = ("electra", "mlm")  # replaced-token detection (+ generator MLM), or BERT-style MLM alone
 
@@ -222,6 +222,10 @@ def check_config(config: ml_collections.ConfigDict, manifest: Mapping[str, Any] 
     if config.max_seq_length > m.max_position_embeddings:
         raise ValueError(f"config.max_seq_length={config.max_seq_length} exceeds config.model."
                          f"max_position_embeddings={m.max_position_embeddings}")
+    if not 1 <= config.electra.max_predictions_per_seq <= config.max_seq_length:
+        raise ValueError(f"config.electra.max_predictions_per_seq={config.electra.max_predictions_per_seq} must be in "
+                         f"[1, config.max_seq_length={config.max_seq_length}] (default: int((mask_prob + 0.005) * "
+                         "max_seq_length), as google-research/electra configure_pretraining.py)")
     if config.num_train_steps < 1 or config.checkpoint_every_steps < 1 or config.log_every_steps < 1:
         raise ValueError("config.num_train_steps, config.checkpoint_every_steps and config.log_every_steps "
                          "must be >= 1")
@@ -256,19 +260,7 @@ def evaluate(trainer: Pretrainer, params: nnx.State, data_dir: str, config: ml_c
     return {f"eval/{k}": summary[k] for k in ("loss", *electra.METRIC_COUNTS) if k in summary}
 
 
-def export_tokenizer(tokenizer: text_tokenizer.TextTokenizer, directory: str) -> None:
-    """Our tokenizer files, plus `vocab.txt` + `tokenizer_config.json` for transformers' ConvBertTokenizer
-    (into a local `directory`)."""
-    tokenizer.save(directory)
-    if tokenizer.kind == "wordpiece":
-        shutil.copyfile(tokenizer.file, os.path.join(directory, "vocab.txt"))
-        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-            json.dump({"tokenizer_class": "ConvBertTokenizer", "do_lower_case": tokenizer.lowercase,
-                       "model_max_length": 512}, f, indent=2)
-
-
-def export(trainer: Pretrainer, params: nnx.State, tokenizer: text_tokenizer.TextTokenizer, directory: str
-           ) -> None:
+def export(trainer: Pretrainer, params: nnx.State, tokenizer: TextTokenizer, directory: str) -> None:
     """`directory/discriminator` (transformers loads it as ConvBertModel) and `directory/generator`
     (ConvBertForMaskedLM where transformers can compute it, else our safetensors + README.txt); for the MLM
     objective `directory/mlm` (ConvBertForMaskedLM)."""
@@ -283,7 +275,7 @@ def export(trainer: Pretrainer, params: nnx.State, tokenizer: text_tokenizer.Tex
 
         def write(local: str, part=part, name=name, path=path):
             part.save_pretrained(local)
-            export_tokenizer(tokenizer, local)
+            tokenizer.save(local)  # WordPiece: also vocab.txt + tokenizer_config.json for transformers
             if not part.config.hf_compatible:
                 with open(os.path.join(local, "README.txt"), "w") as f:
                     f.write(f"This {name} is saved in convbert-jax's own format (convbert_jax.safetensors): "
@@ -328,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     data_dir = prepare_data(config, workdir)
     manifest = loader.load_manifest(data_dir)
     check_config(config, manifest)
-    tokenizer = text_tokenizer.load_text_tokenizer(data_dir)
+    tokenizer = load_tokenizer(data_dir)
     if jax.process_index() == 0:
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
         epath.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))

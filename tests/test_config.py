@@ -1,10 +1,21 @@
-"""ConvBertConfig: validation messages, HF config.json round trips, transformers compatibility (spec 1.1, 3, 9.3)."""
+"""ConvBertConfig: validation messages, HF config.json round trips, transformers compatibility (spec 1.1, 3, 9.3);
+configs/pretrain.py: sections built from the dataclasses, the derived masking budget and its check."""
 
+import dataclasses
 import json
+import os
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
+from configs import finetune_glue, pretrain
 from convbert import ConvBertConfig, generator_config, size_config
+from convbert.electra import SPECIAL_ID_FIELDS, ElectraConfig
+from convbert.pretraining import check_config
+from convbert.sharding import DEFAULT_RULES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("changes, field", [
@@ -81,3 +92,59 @@ def test_transformers_compatibility_reasons():
     generator = generator_config(size_config("small"), 0.25)  # 1 head: concat width 2H (spec 3.2)
     assert generator.num_attention_heads == 1 and generator.attention_output_size == 2 * generator.hidden_size
     assert any("concatenated branch width" in r for r in generator.hf_incompatibilities)
+
+
+# ---- configs/pretrain.py ----------------------------------------------------------------------------------------
+
+
+def field_names(cls):
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "medium_small", "base"])
+def test_pretrain_sections_are_the_dataclasses_fields(size):
+    c = pretrain.get_config(size)
+    assert set(c.model) == field_names(ConvBertConfig) - set(pretrain.HEAD_FIELDS)
+    model = ConvBertConfig(**c.model)
+    if size == "tiny":
+        assert (model.hidden_size, model.num_hidden_layers, model.dtype) == (128, 2, "float32")
+    else:
+        assert model == size_config(size, dtype="bfloat16")
+    assert set(c.electra) == field_names(ElectraConfig) - set(SPECIAL_ID_FIELDS)
+    assert ElectraConfig.from_config(c.electra).mask_prob == ElectraConfig().mask_prob
+    assert tuple(map(tuple, c.sharding_rules)) == DEFAULT_RULES
+    assert tuple(map(tuple, finetune_glue.get_config(f"sst2,{size}").sharding_rules)) == DEFAULT_RULES
+
+
+def test_masking_budget_follows_sequence_length_and_mask_prob():
+    c = pretrain.get_config("small")
+    assert c.electra.max_predictions_per_seq == 19  # int((0.15 + 0.005) * 128), google-research/electra
+    c.max_seq_length = 512
+    assert c.electra.max_predictions_per_seq == 79
+    c.electra.mask_prob = 0.25
+    assert c.electra.max_predictions_per_seq == 130
+    c.electra.max_predictions_per_seq = 40  # an explicit value wins, also over later changes
+    c.max_seq_length = 256
+    assert c.electra.max_predictions_per_seq == 40 and c.to_dict()["electra"]["max_predictions_per_seq"] == 40
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--config.max_seq_length=512"], 79),
+    (["--config.electra.max_predictions_per_seq=30", "--config.max_seq_length=512"], 30),
+    (["--config.max_seq_length=512", "--config.electra.max_predictions_per_seq=30"], 30),
+])
+def test_masking_budget_from_the_command_line(argv, expected):
+    values, argv = flags.FlagValues(), ["pretrain.py", *argv]
+    config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "pretrain.py") + ":small",
+                                    flag_values=values, sys_argv=argv)
+    values(argv)
+    assert values.config.electra.max_predictions_per_seq == expected
+
+
+def test_masking_budget_above_the_sequence_length_names_the_key():
+    c = pretrain.get_config("tiny")
+    check_config(c)
+    c.electra.max_predictions_per_seq = 129
+    with pytest.raises(ValueError, match=r"config\.electra\.max_predictions_per_seq=129 must be in \[1, "
+                                         r"config\.max_seq_length=128\]"):
+        check_config(c)

@@ -15,12 +15,11 @@ import pytest
 from flax import nnx
 
 from convbert import optim
-from convbert.assets import BERT_UNCASED_VOCAB
-from convbert.data.text_tokenizer import WordPieceTokenizer
 from convbert.glue import finetune
 from convbert.glue.submission import SUBMISSION_FILES
 from convbert.glue.tasks import TASKS
 from convbert.modeling import ConvBertForPreTraining, ConvBertForSequenceClassification, ConvBertModel
+from convbert.tokenization import ConvBertTokenizer
 from helpers import TINY_ENCODER, randomize, save_random_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,11 +106,11 @@ def test_pretraining_workdir_and_hf_head_detection(tmp_path, checkpoint):
     pretrained = randomize(nnx.eval_shape(lambda: ConvBertForPreTraining(TINY, rngs=nnx.Rngs(0))))
     with pytest.warns(UserWarning, match="transformers has no ConvBertForPreTraining"):
         pretrained.save_pretrained(str(workdir / "export" / "discriminator"))
-    WordPieceTokenizer(BERT_UNCASED_VOCAB).save(str(workdir / "tokenizer"))
+    ConvBertTokenizer().save(str(workdir / "tokenizer"))
     source = finetune.resolve_source(str(workdir))
     assert source == finetune.Source(str(workdir / "export" / "discriminator"), str(workdir / "tokenizer"))
     tokenizer = finetune.load_tokenizer(source.tokenizer_dir)
-    assert tokenizer(["hello world"])["input_ids"] == [[7592, 2088]] and tokenizer.cls_token_id == 101
+    assert tokenizer.encode_batch(["hello world"]) == [[7592, 2088]] and tokenizer.cls_token_id == 101
     config = tiny_config("sst2", str(workdir))
     encoder = finetune.load_encoder(source, config)
     assert encoder.head == "original" and encoder.config.hidden_size == 64

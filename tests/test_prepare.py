@@ -1,23 +1,24 @@
-"""Tokenizers (special ids) and `prepare_corpus`: skipped files, shards + manifest, crash safety, HF datasets path;
-the same bytes for any number of workers, parts merged, resume after a kill, corrupt units rebuilt."""
+"""`prepare_corpus` and its command line: defaults shared with configs/pretrain.py, skipped files, shards + manifest,
+crash safety, HF datasets path; the same bytes for any number of workers, parts merged, resume after a kill, corrupt
+units rebuilt."""
 
 import glob
 import json
 import multiprocessing
 import os
+import re
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from convbert.assets import BERT_UNCASED_VOCAB
+from configs.pretrain import get_config
 from convbert.data import example_builder, prepare
 from convbert.data.loader import PretrainingData, make_iterator
 from convbert.data.prepare import DEMO_CORPUS_DIR, merge_parts, prepare_corpus
-from convbert.data.text_tokenizer import WordPieceTokenizer, load_text_tokenizer, train_sentencepiece
-
-SPECIALS_TEXT = "[CLS] To be, or not to be [MASK] [SEP] [PAD] [UNK] that is the question"
-
+from convbert.tokenization import load_tokenizer
 
 def _play(name, num_lines=400):
     with open(os.path.join(DEMO_CORPUS_DIR, name + ".txt")) as f:
@@ -37,32 +38,6 @@ def corpus(tmp_path):
     (root / "latin1.txt").write_bytes("Caf\u00e9 cr\u00e8me, na\u00efve.\n".encode("latin-1"))
     (root / "notes.md").write_text("ignored")
     return root
-
-
-def test_wordpiece_special_ids():
-    tok = WordPieceTokenizer(BERT_UNCASED_VOCAB)
-    assert tok.kind == "wordpiece" and tok.vocab_size == 30522
-    assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == (0, 100, 101, 102, 103)
-    ids = tok.encode_batch([SPECIALS_TEXT, "Hello WORLD", ""])
-    assert not set(ids[0]) & {0, 100, 101, 102, 103}
-    assert ids[1] == [7592, 2088] and ids[2] == []
-
-
-def test_sentencepiece_reserved_ids(tmp_path):
-    tok = train_sentencepiece([os.path.join(DEMO_CORPUS_DIR, "hamlet.txt")], str(tmp_path / "sp"), vocab_size=400)
-    assert tok.kind == "sentencepiece" and tok.lowercase and tok.vocab_size <= 400
-    assert tok.special_ids == dict(pad=0, unk=1, cls=2, sep=3, mask=4)
-    ids = tok.encode_batch([SPECIALS_TEXT, "HAMLET hamlet"])
-    assert not set(ids[0]) & {0, 1, 2, 3, 4}
-    assert ids[1][: len(ids[1]) // 2] == ids[1][len(ids[1]) // 2:]  # lowercased
-    files = tok.save(str(tmp_path / "saved"))
-    assert sorted(map(os.path.basename, files)) == ["sp.model", "text_tokenizer.json"]
-    assert load_text_tokenizer(str(tmp_path / "saved")).encode_batch([SPECIALS_TEXT]) == ids[:1]
-
-
-def test_missing_tokenizer_file():
-    with pytest.raises(FileNotFoundError, match="/no/such/vocab.txt"):
-        WordPieceTokenizer("/no/such/vocab.txt")
 
 
 def _check_shards(out, manifest):
@@ -87,7 +62,7 @@ def test_prepare_corpus(corpus, tmp_path):
     assert (m["splits"]["train"]["documents"], m["splits"]["eval"]["documents"]) == (3, 1)
     assert len(m["splits"]["train"]["shards"]) == 3 and m["splits"]["eval"]["examples"] > 0
     assert _check_shards(out, m) == m["splits"]["train"]["examples"] + m["splits"]["eval"]["examples"]
-    assert (out / "bert-base-uncased-vocab.txt").exists() and load_text_tokenizer(str(out)).vocab_size == 30522
+    assert (out / "vocab.txt").exists() and load_tokenizer(str(out)).vocab_size == 30522
     assert not glob.glob(str(tmp_path / ".data.tmp-*"))
 
     again = tmp_path / "again"
@@ -109,7 +84,21 @@ def test_prepare_sentencepiece_and_blank_separated_docs(tmp_path):
                        eval_fraction=0)
     assert m["tokenizer"]["kind"] == "sentencepiece" and m["tokenizer"]["special_ids"]["cls"] == 2
     assert m["splits"]["train"]["documents"] > 3 and m["splits"]["eval"]["examples"] == 0
-    assert (out / "spm.model").exists() and load_text_tokenizer(str(out)).kind == "sentencepiece"
+    assert (out / "spm.model").exists() and load_tokenizer(str(out)).kind == "sentencepiece"
+
+
+def test_command_line_defaults_are_the_pretraining_configs():
+    """`python -m convbert.data.prepare` and pretrain.py's own preparation (config.data) hold out, tokenize and cut
+    the same way unless told otherwise."""
+    out = subprocess.run([sys.executable, "-m", "convbert.data.prepare", "--help"], capture_output=True,
+                         text=True).stdout  # absl exits with 1 after --help
+    blocks = re.findall(r"^ +--(?:\[no\])?(\w+):(.*?)(?=^ +--|\Z)", out, re.M | re.S)
+    cli = {name: m[1] for name, text in blocks if (m := re.search(r"\(default: '([^']*)'\)", text))}
+    config = get_config("small")
+    shared = dict(config.data.to_dict(), max_seq_length=config.max_seq_length)
+    for key in ("tokenizer", "sp_vocab_size", "builder_variant", "eval_fraction", "max_seq_length"):
+        assert cli[key] == str(shared[key]) == str(prepare.DEFAULTS[key]), key
+    assert shared["eval_fraction"] == 0.02
 
 
 def test_missing_input_path(tmp_path):
@@ -240,7 +229,7 @@ def test_parts_merged_equal_one_run(plays, jsonl_files, tmp_path, source):
     for split in rows_whole:
         np.testing.assert_array_equal(rows_merged[split], rows_whole[split])
     np.testing.assert_array_equal(np.stack(batches_merged), np.stack(batches_whole))
-    assert load_text_tokenizer(str(tmp_path / "parts")).vocab_size == 30522
+    assert load_tokenizer(str(tmp_path / "parts")).vocab_size == 30522
 
 
 def _prepare_then_die(num_units, args, kwargs):

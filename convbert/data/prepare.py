@@ -36,7 +36,8 @@ over all units.
 
 Output folder:
   manifest.json                      see `prepare_corpus`
-  text_tokenizer.json, vocab/model   the tokenizer (`load_text_tokenizer(output_dir)`)
+  text_tokenizer.json, vocab/model   the tokenizer (`convbert.tokenization.load_tokenizer(output_dir)`; WordPiece:
+                                     vocab.txt + tokenizer_config.json)
   {train,eval}/shard-XXXXX-of-YYYYY.npy   [n, 3, T] arrays (input_ids, input_mask, segment_ids), contiguous
                                      slices of the split's examples in unit order; uint16 when the vocab fits,
                                      else int32; read with np.load(mmap_mode='r')
@@ -49,6 +50,7 @@ import dataclasses
 import datetime
 import filecmp
 import hashlib
+import inspect
 import itertools
 import json
 import multiprocessing
@@ -68,8 +70,8 @@ from absl import app, flags, logging
 
 from convbert.assets import BERT_UNCASED_VOCAB
 from convbert.data.example_builder import FIELDS, VARIANTS, ExampleBuilder
-from convbert.data.text_tokenizer import (CONFIG_FILE, SentencePieceTokenizer, TextTokenizer, WordPieceTokenizer,
-                                          load_text_tokenizer, train_sentencepiece)
+from convbert.tokenization import (CONFIG_FILE, KINDS, ConvBertTokenizer, SentencePieceTokenizer, TextTokenizer,
+                                   load_tokenizer, train_sentencepiece)
 
 DEMO_CORPUS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                "data", "demo_corpus")
@@ -223,8 +225,9 @@ def _unit_path(units_dir: str, index: int) -> str:
 def _build_unit(ctx: _Context, unit: _Unit) -> dict:
     """Builds and commits one unit: `unit-XXXXXX.npz` with `info` (JSON: unit, limit, per-split counts) and the
     `train` / `eval` arrays [n, 3, T]; returns the info."""
-    builders = {s: ExampleBuilder(ctx.max_seq_length, cls_id=ctx.tokenizer.cls_id, sep_id=ctx.tokenizer.sep_id,
-                                  pad_id=ctx.tokenizer.pad_id, variant=ctx.builder_variant,
+    tok = ctx.tokenizer
+    builders = {s: ExampleBuilder(ctx.max_seq_length, cls_id=tok.cls_token_id, sep_id=tok.sep_token_id,
+                                  pad_id=tok.pad_token_id, variant=ctx.builder_variant,
                                   seed=(ctx.seed, k, unit.index)) for k, s in enumerate(SPLITS)}
     stats = {s: dict.fromkeys(STAT_KEYS, 0) for s in SPLITS}
     rows: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
@@ -423,9 +426,9 @@ def _make_tokenizer(work: str, ctx: _Context, units: Sequence[_Unit], tokenizer:
     """The tokenizer saved in `work` by an earlier start, else a new one (SentencePiece: trained on the first
     `sp_max_lines` train lines of the whole corpus, so every part trains on the same text), saved there."""
     if os.path.isfile(os.path.join(work, CONFIG_FILE)):
-        return load_text_tokenizer(work)
+        return load_tokenizer(work)
     if tokenizer == "wordpiece":
-        tok = WordPieceTokenizer(vocab or BERT_UNCASED_VOCAB, lowercase=lowercase)
+        tok = ConvBertTokenizer(vocab or BERT_UNCASED_VOCAB, do_lower_case=lowercase)
     elif vocab:
         tok = SentencePieceTokenizer(vocab)
     else:
@@ -444,7 +447,7 @@ def _make_tokenizer(work: str, ctx: _Context, units: Sequence[_Unit], tokenizer:
 def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, tokenizer: str = "wordpiece",
                    vocab: str | None = None, lowercase: bool = True, sp_vocab_size: int = 8000,
                    sp_model_type: str = "unigram", sp_max_lines: int = 2_000_000, max_seq_length: int = 128,
-                   eval_fraction: float = 0.05, num_shards: int = 8, builder_variant: str = "electra",
+                   eval_fraction: float = 0.02, num_shards: int = 8, builder_variant: str = "electra",
                    seed: int = 0, blanks_separate_docs: bool = False, hf_dataset: str | None = None,
                    hf_config: str | None = None, hf_split: str = "train", hf_text_column: str = "text",
                    hf_data_files: str | Sequence[str] | None = None, max_documents: int | None = None,
@@ -471,8 +474,8 @@ def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, token
         inputs = [p for p in inputs.split(",") if p]
     if not inputs and not hf_dataset:
         inputs = [DEMO_CORPUS_DIR]
-    if tokenizer not in ("wordpiece", "sentencepiece"):
-        raise ValueError(f"unknown tokenizer {tokenizer!r}; expected 'wordpiece' or 'sentencepiece'")
+    if tokenizer not in KINDS:
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; expected one of {KINDS}")
     if builder_variant not in VARIANTS:
         raise ValueError(f"builder_variant must be one of {VARIANTS}, got {builder_variant!r}")
     if not 0 <= eval_fraction <= 0.5:
@@ -561,6 +564,12 @@ def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, token
     return manifest
 
 
+# `prepare_corpus`'s keyword defaults: also those of the command line and of configs/pretrain.py's `config.data` and
+# `config.max_seq_length`, so data prepared either way is the same.
+DEFAULTS: dict[str, Any] = {name: p.default for name, p in inspect.signature(prepare_corpus).parameters.items()
+                            if p.default is not inspect.Parameter.empty}
+
+
 def _build_with_progress(ctx: _Context, units: Sequence[_Unit], infos: dict[int, dict], num_workers: int,
                          name: str, num_documents: int | None):
     """Builds the units not in `infos` (adding theirs) under a progress bar: documents, ETA, tokens/s, units."""
@@ -617,8 +626,7 @@ def merge_parts(output_dir: str) -> dict:
             if not filecmp.cmp(os.path.join(output_dir, name, f), os.path.join(output_dir, names[0], f), False):
                 raise ValueError(f"{name}/{f} differs from {names[0]}/{f}: every part needs the same tokenizer "
                                  "(pass one --vocab to all parts)")
-    for f in tok_files:
-        shutil.copyfile(os.path.join(output_dir, names[0], f), os.path.join(output_dir, f))
+    load_tokenizer(os.path.join(output_dir, names[0])).save(output_dir)
     splits = {s: dict({k: sum(m["splits"][s][k] for m in manifests) for k in STAT_KEYS},
                       shards=[dict(sh, file=f"{n}/{sh['file']}") for n, m in zip(names, manifests)
                               for sh in m["splits"][s]["shards"]]) for s in SPLITS}
@@ -635,31 +643,39 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    """Command-line flags (defined only when run as a program, so importing this module adds none)."""
+    """Command-line flags (defined only when run as a program, so importing this module adds none); their defaults
+    are `DEFAULTS`."""
+    d = DEFAULTS
     flags.DEFINE_list("input", None, "Text files or folders (*.txt, recursive); default: the bundled demo corpus.")
     flags.DEFINE_string("output_dir", None, "Where to write shards and manifest.json.")
-    flags.DEFINE_enum("tokenizer", "wordpiece", ["wordpiece", "sentencepiece"], "Tokenizer kind.")
-    flags.DEFINE_string("vocab", None, "WordPiece vocab or SentencePiece .model (default: BERT uncased / train one).")
-    flags.DEFINE_bool("lowercase", True, "Lowercase (and strip accents for WordPiece).")
-    flags.DEFINE_integer("sp_vocab_size", 8000, "SentencePiece vocabulary size when training one.")
-    flags.DEFINE_enum("sp_model_type", "unigram", ["unigram", "bpe"], "SentencePiece model type.")
-    flags.DEFINE_integer("max_seq_length", 128, "Example length T.")
-    flags.DEFINE_float("eval_fraction", 0.05, "Fraction of documents held out as the eval split (0 to 0.5).")
-    flags.DEFINE_integer("num_shards", 8, "Train shards (eval has one).")
-    flags.DEFINE_enum("builder_variant", "electra", ["electra", "convbert_repo"], "Segment logic (spec 5.1).")
-    flags.DEFINE_integer("seed", 0, "Seed for file order, builder randomness and tokenizer training.")
-    flags.DEFINE_bool("blanks_separate_docs", False, "Blank lines separate documents inside a file.")
-    flags.DEFINE_string("hf_dataset", None, "Hugging Face dataset name or a save_to_disk folder (replaces --input).")
-    flags.DEFINE_string("hf_config", None, "Dataset config, e.g. 20231101.en for wikimedia/wikipedia.")
-    flags.DEFINE_string("hf_split", "train", "Dataset split.")
-    flags.DEFINE_string("hf_text_column", "text", "Column holding the document text.")
-    flags.DEFINE_list("hf_data_files", None, "data_files for builders such as json/text/parquet.")
-    flags.DEFINE_integer("max_documents", None, "Use at most this many documents.")
-    flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
-    flags.DEFINE_integer("num_workers", 0, "Worker processes (0: all cores); the output does not depend on it.")
-    flags.DEFINE_integer("part", 0, "With --num_parts: the slice of the units this host prepares (0-based).")
-    flags.DEFINE_integer("num_parts", 1, "Split the corpus into this many parts (one per host), merged by --merge.")
-    flags.DEFINE_float("unit_mb", UNIT_MB, "MB of input files per unit of work (the resume granularity).")
+    flags.DEFINE_enum("tokenizer", d["tokenizer"], list(KINDS), "Tokenizer kind.")
+    flags.DEFINE_string("vocab", d["vocab"], "WordPiece vocab or SentencePiece .model (default: BERT uncased / train "
+                        "one).")
+    flags.DEFINE_bool("lowercase", d["lowercase"], "Lowercase (and strip accents for WordPiece).")
+    flags.DEFINE_integer("sp_vocab_size", d["sp_vocab_size"], "SentencePiece vocabulary size when training one.")
+    flags.DEFINE_enum("sp_model_type", d["sp_model_type"], ["unigram", "bpe"], "SentencePiece model type.")
+    flags.DEFINE_integer("max_seq_length", d["max_seq_length"], "Example length T.")
+    flags.DEFINE_float("eval_fraction", d["eval_fraction"],
+                       "Fraction of documents held out as the eval split (0 to 0.5).")
+    flags.DEFINE_integer("num_shards", d["num_shards"], "Train shards (eval has one).")
+    flags.DEFINE_enum("builder_variant", d["builder_variant"], list(VARIANTS), "Segment logic (spec 5.1).")
+    flags.DEFINE_integer("seed", d["seed"], "Seed for file order, builder randomness and tokenizer training.")
+    flags.DEFINE_bool("blanks_separate_docs", d["blanks_separate_docs"], "Blank lines separate documents inside a "
+                      "file.")
+    flags.DEFINE_string("hf_dataset", d["hf_dataset"], "Hugging Face dataset name or a save_to_disk folder (replaces "
+                        "--input).")
+    flags.DEFINE_string("hf_config", d["hf_config"], "Dataset config, e.g. 20231101.en for wikimedia/wikipedia.")
+    flags.DEFINE_string("hf_split", d["hf_split"], "Dataset split.")
+    flags.DEFINE_string("hf_text_column", d["hf_text_column"], "Column holding the document text.")
+    flags.DEFINE_list("hf_data_files", d["hf_data_files"], "data_files for builders such as json/text/parquet.")
+    flags.DEFINE_integer("max_documents", d["max_documents"], "Use at most this many documents.")
+    flags.DEFINE_bool("overwrite", d["overwrite"], "Replace an existing output directory.")
+    flags.DEFINE_integer("num_workers", d["num_workers"], "Worker processes (unset or 0: all cores); the output does "
+                         "not depend on it.")
+    flags.DEFINE_integer("part", d["part"], "With --num_parts: the slice of the units this host prepares (0-based).")
+    flags.DEFINE_integer("num_parts", d["num_parts"], "Split the corpus into this many parts (one per host), merged "
+                         "by --merge.")
+    flags.DEFINE_float("unit_mb", d["unit_mb"], "MB of input files per unit of work (the resume granularity).")
     flags.DEFINE_bool("merge", False, "Only write the manifest over the finished parts in --output_dir.")
 
 

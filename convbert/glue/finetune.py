@@ -32,14 +32,13 @@ from flax import nnx
 
 from convbert import finetuning, hf_io, sharding
 from convbert.config import ConvBertConfig
-from convbert.data import text_tokenizer
 from convbert.finetuning import ENCODER, make_optimizer  # noqa: F401 (re-exported: this module's API)
 from convbert.glue import data, metrics, report
 from convbert.glue.submission import write_atomic, write_submission, zip_submission
 from convbert.glue.tasks import TASK_CHOICES, TRANSFER_TASKS, Task, get_task, task_names
 from convbert.metrics import MetricWriter
 from convbert.modeling import ConvBertForSequenceClassification, ConvBertModel
-from convbert.tokenization import ConvBertTokenizer
+from convbert.tokenization import load_tokenizer
 
 # The encoder inside a pretraining workdir of ours: the ELECTRA discriminator, or the model of objective 'mlm'.
 PRETRAIN_EXPORTS = (os.path.join("export", "discriminator"), os.path.join("export", "mlm"))
@@ -77,32 +76,6 @@ def resolve_source(init_checkpoint: str, tokenizer: str = "") -> Source:
     else:
         model_dir = tokenizer_dir = hf_io.resolve_pretrained(init_checkpoint)
     return Source(model_dir, tokenizer or tokenizer_dir, random_init)
-
-
-class PretrainingTokenizer:
-    """A pretraining `TextTokenizer` (WordPiece or SentencePiece, our `tokenizer/` folder) behind the
-    Hugging Face-style calls `data.featurize` makes."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.cls_token_id, self.sep_token_id, self.pad_token_id = tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
-
-    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict[str, list[list[int]]]:
-        if add_special_tokens:
-            raise ValueError("PretrainingTokenizer only encodes without special tokens (featurize adds them)")
-        return {"input_ids": self.tokenizer.encode_batch(texts)}
-
-    def encode_offsets(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-        """(ids, character spans) per text, no special tokens (SQuAD featurisation)."""
-        return self.tokenizer.encode_offsets(texts)
-
-
-def load_tokenizer(path: str):
-    """Our pretraining `tokenizer/` folder (`text_tokenizer.json`), else `ConvBertTokenizer` from a directory
-    with vocab.txt, a hub id or a vocab file."""
-    if os.path.isfile(os.path.join(path, text_tokenizer.CONFIG_FILE)):
-        return PretrainingTokenizer(text_tokenizer.load_text_tokenizer(path))
-    return ConvBertTokenizer(path) if os.path.isfile(path) else ConvBertTokenizer.from_pretrained(path)
 
 
 def has_hf_head(model_dir: str) -> bool:
@@ -152,7 +125,8 @@ def needed_test_files(task: Task, config, require_ax: bool) -> list[str]:
 
 
 def prepare_task(task: Task, config, tokenizer, test_files: list[str]) -> TaskData:
-    load = functools.partial(data.load_split, task, data_dir=config.data_dir, hf_dataset=config.hf_dataset)
+    load = functools.partial(data.load_split, task, data_dir=config.data_dir, hf_dataset=config.hf_dataset,
+                             strict=config.strict_tsv)
     feats = functools.partial(data.featurize, tokenizer=tokenizer, max_seq_length=config.max_seq_length, task=task)
     train = load(task.train)
     if task.double_unordered:
