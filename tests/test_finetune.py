@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from convbert import optim
+from convbert import ConvBertForPreTraining, ConvBertForSequenceClassification, ConvBertModel, optim
 from convbert.assets import BERT_UNCASED_VOCAB
 from convbert.data.text_tokenizer import WordPieceTokenizer
 from convbert.glue import finetune
 from convbert.glue.submission import SUBMISSION_FILES
 from convbert.glue.tasks import TASKS
-from convbert.modeling import ConvBertForPreTraining, ConvBertForSequenceClassification, ConvBertModel
 from helpers import TINY_ENCODER, randomize, save_random_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
