@@ -51,16 +51,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from convbert import losses
 from convbert.config import ConvBertConfig, generator_config
-from convbert.modeling import (
+from convbert.heads import (
     ConvBertDiscriminatorPredictions,
-    ConvBertEmbeddings,
     ConvBertForMaskedLM,
     ConvBertForPreTraining,
     ConvBertGeneratorPredictions,
-    ConvBertModel,
     TiedLMHead,
 )
+from convbert.modeling import ConvBertEmbeddings, ConvBertModel
 
 Array = jax.Array
 SPECIAL_ID_FIELDS = ("mask_id", "cls_id", "sep_id", "pad_id")
@@ -338,9 +338,8 @@ def mlm_metrics(logits: Array, masked: MaskedInputs) -> dict[str, Array]:
     """gen_loss (mean cross-entropy over the weighted slots), gen_accuracy (argmax) and num_masked, from MLM
     logits [B, N, V] at the slots of `masked`."""
     w = masked.weights
-    num_masked = jnp.sum(w)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), masked.labels[..., None], axis=-1)[..., 0]
-    return dict(gen_loss=jnp.sum(nll * w) / (num_masked + 1e-6),
+    nll_sum, num_masked = losses.weighted_sum(losses.softmax_cross_entropy(logits, masked.labels), w)
+    return dict(gen_loss=losses.ratio(nll_sum, num_masked, epsilon=1e-6),
                 gen_accuracy=_ratio(jnp.sum((jnp.argmax(logits, -1) == masked.labels) * w), num_masked),
                 num_masked=num_masked)
 
@@ -373,8 +372,8 @@ def electra_losses(out: ElectraOutputs, input_mask: Array, cfg: ElectraConfig) -
     m = input_mask.astype(jnp.float32)
     num_tokens = jnp.sum(m)
     labels = out.is_fake.astype(jnp.float32)
-    bce = jnp.logaddexp(0.0, out.disc_logits) - labels * out.disc_logits
-    disc_loss = jnp.sum(bce * m) / (num_tokens + 1e-6)
+    bce_sum, _ = losses.weighted_sum(losses.sigmoid_binary_cross_entropy(out.disc_logits, labels), m)
+    disc_loss = losses.ratio(bce_sum, num_tokens, epsilon=1e-6)
 
     predicted = (out.disc_logits > 0).astype(jnp.float32) * m
     num_replaced, num_predicted = jnp.sum(labels * m), jnp.sum(predicted)

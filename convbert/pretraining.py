@@ -37,8 +37,8 @@ from jax.experimental import multihost_utils
 from convbert import distributed, electra, flops, optim, sharding
 from convbert.checkpoint import Checkpointer
 from convbert.config import ConvBertConfig
-from convbert.modeling import ConvBertForMaskedLM
 from convbert.data import loader, prepare
+from convbert.heads import ConvBertForMaskedLM
 from convbert.metrics import MetricWriter, Throughput, quiet_orbax_logs
 from convbert.tokenization import TextTokenizer, load_tokenizer
 

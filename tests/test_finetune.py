@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from convbert import optim
+from convbert import ConvBertForPreTraining, ConvBertForSequenceClassification, ConvBertModel, optim
 from convbert.glue import finetune
 from convbert.glue.submission import SUBMISSION_FILES
 from convbert.glue.tasks import TASKS
-from convbert.modeling import ConvBertForPreTraining, ConvBertForSequenceClassification, ConvBertModel
 from convbert.tokenization import ConvBertTokenizer
 from helpers import TINY_ENCODER, randomize, save_random_encoder
 

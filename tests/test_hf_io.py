@@ -114,6 +114,34 @@ def test_parity_regression_head(tmp_path):
     check_both_directions(tmp_path, "ConvBertForSequenceClassification", {**TINY, "num_labels": 1})
 
 
+def loss_labels(name, num_labels):
+    """Labels for `name`'s loss, with ignored entries: -100 tokens, a span position past the end (clamped to T)."""
+    rng = np.random.default_rng(3)
+    mask = make_inputs()["attention_mask"]
+    if name in ("ConvBertForMaskedLM", "ConvBertForTokenClassification"):
+        high = TINY["vocab_size"] if name == "ConvBertForMaskedLM" else num_labels
+        return {"labels": np.where((mask > 0) & (rng.random((B, T)) < 0.6), rng.integers(0, high, (B, T)), -100)}
+    if name == "ConvBertForQuestionAnswering":
+        return {"start_positions": np.array([2, T + 5, 0]), "end_positions": np.array([5, 7, T])}
+    if num_labels == 1:
+        return {"labels": rng.standard_normal(B).astype(np.float32)}
+    return {"labels": rng.integers(0, 3 if name == "ConvBertForMultipleChoice" else num_labels, B)}
+
+
+@pytest.mark.parametrize("name, num_labels", [(n, HEADS[n][0].get("num_labels", 2)) for n in list(HEADS)[1:]]
+                         + [("ConvBertForSequenceClassification", 1)])
+def test_loss_parity(tmp_path, name, num_labels):
+    """The heads' losses (cross-entropy with transformers' ignore rules, MSE for regression) equal transformers'."""
+    hf = hf_model(name, **TINY, num_labels=num_labels)
+    hf.save_pretrained(tmp_path)
+    ours = getattr(convbert, name).from_pretrained(str(tmp_path))
+    inputs, labels = make_inputs(name == "ConvBertForMultipleChoice"), loss_labels(name, num_labels)
+    loss = ours(**{k: jnp.asarray(v) for k, v in {**inputs, **labels}.items()}).loss
+    with torch.no_grad():
+        ref = hf(**{k: torch.as_tensor(v) for k, v in {**inputs, **labels}.items()}).loss
+    assert abs(float(loss) - float(ref)) <= TOL * max(1.0, abs(float(ref))), (float(loss), float(ref))
+
+
 def test_pytorch_bin_with_buffers(tmp_path):
     hf = hf_model("ConvBertForMaskedLM", **TINY)
     hf.config.save_pretrained(tmp_path)

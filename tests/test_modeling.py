@@ -1,5 +1,5 @@
-"""The Flax model: sizes, every architecture knob, a NumPy reference of mixed attention, dropout, bfloat16 and
-the padding semantics (spec 1, 2, 3, 9.1)."""
+"""The Flax model: sizes, every architecture knob, a NumPy reference of mixed attention, dropout, bfloat16, the
+padding semantics and the initialisers (yitu-opensource/ConvBert `model/modeling.py`)."""
 
 import itertools
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from convbert import ConvBertConfig, ConvBertForMaskedLM, ConvBertModel, size_config
-from convbert.modeling import (ConvBertSelfAttention, Dropout, attention_mask_bias, count_params, dropout_keep_mask,
-                              gelu, shifted_window_sum)
+from convbert import (ConvBertConfig, ConvBertForMaskedLM, ConvBertForPreTraining, ConvBertForSequenceClassification,
+                      ConvBertModel, size_config)
+from convbert.modeling import ConvBertSelfAttention, attention_mask_bias, count_params
 from helpers import randomize
 
 TINY = dict(vocab_size=100, embedding_size=16, hidden_size=16, num_attention_heads=4, intermediate_size=32,
@@ -107,18 +107,6 @@ def np_mixed_attention(attn, x, mask):
     return np.concatenate([context, conv], axis=2).reshape(b, t, 2 * nr * d)
 
 
-def test_shifted_window_sum_matches_loop():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 11, 3, 4))
-    w = rng.standard_normal((2, 11, 3, 1, 5))  # per-token kernels, as the dynamic conv uses it
-    ref = np.zeros_like(x)
-    for i, j in itertools.product(range(11), range(5)):
-        if 0 <= i + j - 2 < 11:
-            ref[:, i] += w[:, i, :, :, j] * x[:, i + j - 2]
-    np.testing.assert_allclose(shifted_window_sum(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), 5),
-                               ref, atol=1e-5)
-
-
 @pytest.mark.parametrize("conv_type", ["sdconv", "dconv", "lconv", "none"])
 def test_mixed_attention_matches_numpy_reference(conv_type):
     config = ConvBertConfig(**{**TINY, "hidden_size": 24, "num_attention_heads": 6}, conv_type=conv_type,
@@ -154,36 +142,6 @@ def test_dropout_keys():
         model(ids, deterministic=False)
 
 
-def test_gelu_paths_agree():
-    """The custom-VJP gelu: evaluation value, training value and gradient equal jax.nn.gelu's (exact form)."""
-    x = jnp.linspace(-12.0, 12.0, 4001)
-    exact = lambda v: jax.nn.gelu(v, approximate=False)
-    np.testing.assert_allclose(gelu(x), exact(x), atol=1e-6)
-    value, vjp = jax.vjp(gelu, x)
-    np.testing.assert_allclose(value, exact(x), atol=1e-6)
-    np.testing.assert_allclose(vjp(jnp.ones_like(x))[0], jax.grad(lambda v: exact(v).sum())(x), atol=1e-6)
-
-
-@pytest.mark.parametrize("rate", [0.1, 0.5])
-def test_dropout_mask_statistics(rate):
-    """The hash mask keeps 1 - rate of the elements, evenly over rows and columns, independently of its
-    neighbours and of the mask drawn from another key (bounds are 5 standard deviations)."""
-    shape = (16, 64, 512)
-    mask = np.asarray(dropout_keep_mask(jax.random.key(0), shape, 1.0 - rate), np.float64)
-    other = np.asarray(dropout_keep_mask(jax.random.key(1), shape, 1.0 - rate), np.float64)
-    var = rate * (1.0 - rate)
-    assert abs(mask.mean() - (1 - rate)) < 5 * np.sqrt(var / mask.size)
-    assert np.abs(mask.reshape(-1, 512).mean(0) - (1 - rate)).max() < 5 * np.sqrt(var / (16 * 64))
-    assert np.abs(mask.reshape(-1, 512).mean(1) - (1 - rate)).max() < 5 * np.sqrt(var / 512)
-    flat, sigma = mask.ravel(), 1 / np.sqrt(mask.size)
-    for lag in (1, 2, 511, 512, 513, 64 * 512):
-        assert abs(np.corrcoef(flat[:-lag], flat[lag:])[0, 1]) < 5 * sigma, lag
-    assert abs(np.corrcoef(flat, other.ravel())[0, 1]) < 5 * sigma
-    x = jnp.ones(shape)
-    dropped = Dropout(rate)(x, jax.random.key(0))
-    np.testing.assert_allclose(np.asarray(dropped), mask / (1 - rate), rtol=1e-6)
-
-
 def test_bfloat16_compute_keeps_float32_params():
     config = ConvBertConfig(**{**TINY, "num_hidden_layers": 2})
     f32 = ConvBertModel(config, rngs=nnx.Rngs(0))
@@ -214,3 +172,45 @@ def test_padding_semantics(conv_type):
         assert diff.max() == 0.0
     else:
         assert diff[:length - 4].max() == 0.0 and diff[length - 4:].min() > 1e-4, diff
+
+
+# ------------------------------------------------------------------------------------------------
+# initialisation
+
+TRUNC_STD = 0.8796256610342398  # std of a unit normal truncated to [-2, 2] (TF's and jax's truncated_normal)
+
+
+def assert_init(kernel, kind, stddev=0.02):
+    """`kind` 'glorot': uniform on +-sqrt(6 / (fan_in + fan_out)), std sqrt(2 / (fan_in + fan_out)) (TF1's
+    `tf.layers.dense` default); 'normal': truncated normal sigma = `stddev`, within 2 sigma. The std must be
+    within 5 standard errors of the sample std (relative standard error <= sqrt(2 / n) / 2 for these shapes)."""
+    w = np.asarray(kernel[...], np.float64)
+    fan_in, fan_out = w.shape
+    if kind == "glorot":
+        bound, std = np.sqrt(6.0 / (fan_in + fan_out)), np.sqrt(2.0 / (fan_in + fan_out))
+    else:
+        bound, std = 2 * stddev, stddev * TRUNC_STD
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound, (kind, np.abs(w).max(), bound)
+    assert abs(w.std() / std - 1) < 5 * np.sqrt(2.0 / w.size) / 2, (kind, w.std(), std)
+
+
+def test_initialisers_follow_the_official_code():
+    """embeddings_project (E -> H), the discriminator's H -> 1 and the 'original' classifier's H -> labels are
+    `tf.layers.dense` without an initialiser upstream (Glorot-uniform); the other kernels truncated normal 0.02,
+    as is the 'hf' classifier (transformers' form)."""
+    config = ConvBertConfig(**{**TINY, "embedding_size": 128, "hidden_size": 256, "intermediate_size": 256,
+                               "num_labels": 3})
+    disc = ConvBertForPreTraining(config, rngs=nnx.Rngs(0))
+    assert_init(disc.convbert.embeddings_project.kernel, "glorot")  # std 0.072 for 128 -> 256
+    assert_init(disc.discriminator_predictions.dense_prediction.kernel, "glorot")
+    assert_init(disc.discriminator_predictions.dense.kernel, "normal")
+    assert_init(disc.convbert.encoder.layer[0].attention.self.query.kernel, "normal")
+    assert_init(disc.convbert.encoder.layer[0].intermediate.dense.kernel, "normal")
+    original = ConvBertForSequenceClassification(config.replace(classifier_head="original"), rngs=nnx.Rngs(1))
+    assert_init(original.classifier.out_proj.kernel, "glorot")
+    hf = ConvBertForSequenceClassification(config, rngs=nnx.Rngs(2))
+    assert_init(hf.classifier.out_proj.kernel, "normal")
+    assert_init(hf.classifier.dense.kernel, "normal")
+    for linear in (disc.convbert.embeddings_project, disc.discriminator_predictions.dense_prediction,
+                   original.classifier.out_proj):
+        assert not np.any(np.asarray(linear.bias[...]))

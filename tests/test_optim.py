@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from convbert import optim
+from convbert import ConvBertForSequenceClassification, optim
 from convbert.config import size_config
-from convbert.modeling import ConvBertForSequenceClassification
 
 
 def _flat(tree):

@@ -243,7 +243,7 @@ def test_mlm_objective_learns_and_exports_an_encoder_fine_tuning_finds(tmp_path)
     fine-tuning run of this workdir loads."""
     from convbert import flops
     from convbert.glue import finetune
-    from convbert.modeling import ConvBertForMaskedLM
+    from convbert import ConvBertForMaskedLM
 
     config = setup.tiny_config(objective="mlm", export_hf=True, num_train_steps=12, eval_every_steps=12,
                                num_eval_steps=1, **{"optimizer__learning_rate": 1e-3})

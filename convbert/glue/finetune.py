@@ -24,20 +24,20 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
 
-from convbert import finetuning, hf_io, sharding
+from convbert import finetuning, hf_io, losses, sharding
 from convbert.config import ConvBertConfig
 from convbert.finetuning import ENCODER, make_optimizer  # noqa: F401 (re-exported: this module's API)
 from convbert.glue import data, metrics, report
 from convbert.glue.submission import write_atomic, write_submission, zip_submission
 from convbert.glue.tasks import TASK_CHOICES, TRANSFER_TASKS, Task, get_task, task_names
+from convbert.heads import ConvBertForSequenceClassification
 from convbert.metrics import MetricWriter
-from convbert.modeling import ConvBertForSequenceClassification, ConvBertModel
+from convbert.modeling import ConvBertModel
 from convbert.tokenization import load_tokenizer
 
 # The encoder inside a pretraining workdir of ours: the ELECTRA discriminator, or the model of objective 'mlm'.
@@ -147,8 +147,8 @@ def prepare_task(task: Task, config, tokenizer, test_files: list[str]) -> TaskDa
 def example_losses(logits: jax.Array, labels: jax.Array, regression: bool) -> jax.Array:
     """Per-example loss: squared error on the normalised STS-B score, else softmax cross-entropy (spec 6.3)."""
     if regression:
-        return jnp.square(logits[:, 0] - labels.astype(jnp.float32))
-    return -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels[:, None].astype(jnp.int32), -1)[:, 0]
+        return losses.squared_error(logits[:, 0], labels)
+    return losses.softmax_cross_entropy(logits, labels)
 
 
 def task_epochs(task: Task, config) -> int:

@@ -30,13 +30,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from convbert import finetuning, sharding
+from convbert import finetuning, losses, sharding
 from convbert.config import ConvBertConfig
 from convbert.glue.data import pad_to_multiple
 from convbert.glue.finetune import load_encoder, load_tokenizer, read_json, resolve_source
 from convbert.glue.submission import write_atomic
+from convbert.heads import ConvBertForQuestionAnswering
 from convbert.metrics import MetricWriter
-from convbert.modeling import ConvBertForQuestionAnswering, dense
+from convbert.modeling import dense
 from convbert.squad import data, metrics, postprocess
 from convbert.squad.reference import REFERENCES
 
@@ -76,14 +77,10 @@ class SquadModel(ConvBertForQuestionAnswering):
 def example_losses(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], answerable_weight: float
                    ) -> jax.Array:
     """[B]: mean of the start and end cross-entropies, + weight x the answerability sigmoid cross-entropy."""
-    def nll(logits, positions):
-        return -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), positions[:, None], -1)[:, 0]
-
-    loss = (nll(outputs["start_logits"], batch["start_positions"])
-            + nll(outputs["end_logits"], batch["end_positions"])) / 2
+    loss = (losses.softmax_cross_entropy(outputs["start_logits"], batch["start_positions"])
+            + losses.softmax_cross_entropy(outputs["end_logits"], batch["end_positions"])) / 2
     if "null_logits" in outputs:
-        x, y = outputs["null_logits"], batch["is_impossible"].astype(jnp.float32)
-        loss += answerable_weight * (jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
+        loss += answerable_weight * losses.sigmoid_binary_cross_entropy(outputs["null_logits"], batch["is_impossible"])
     return loss
 
 
