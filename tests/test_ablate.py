@@ -52,7 +52,6 @@ def get_config(arg="tiny"):
     c.variants = variants(**{{k: c.variants[k].to_dict() for k in ("gamma_1", "gamma_2", "no_pretraining")}})
     c.finetune.config = "configs/finetune_glue.py:sst2,tiny"
     c.finetune.tasks = ("sst2",)
-    c.headline_tasks = ("sst2",)
     c.finetune.data_dir = "data/glue_sample"
     c.finetune.overrides = {{"num_train_epochs": 1, "batch_size": 32, "eval_batch_size": 32}}
     c.num_seeds = 2

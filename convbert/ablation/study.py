@@ -72,7 +72,6 @@ def base_study(scale: str, where: str) -> ml_collections.ConfigDict:
             export_every_steps=0)))
         c.finetune = ml_collections.ConfigDict(dict(config="configs/finetune_glue.py:transfer,tiny", tasks=TINY_TASKS,
                                                     data_dir="data/transfer", overrides={}, task_data_dirs={}))
-        c.headline_tasks = TINY_TASKS
     else:
         # data.data_dir: a corpus prepared by `python -m convbert.data.prepare` (set it on the command line).
         c.pretrain = ml_collections.ConfigDict(dict(config="configs/pretrain.py:small", overrides=dict(
