@@ -7,8 +7,8 @@
 # Each variant sets all three knobs, so the study does not depend on the base config's values.
 #
 #   python ablate.py --config=configs/ablations/components.py:tiny --workdir=workdirs/ablate_components
-#     CPU demo: the tiny model (2 heads), the four steps and the no-pretraining control; 800 pretraining steps
-#     each, word_order and replaced_word, 3 seeds: about 35 min on 2 quiet cores (estimated from the step counts,
+#     CPU demo: the tiny model (2 heads), the four steps and the no-pretraining control; 600 pretraining steps
+#     each, word_order and replaced_word, 3 seeds: about 31 min on 2 quiet cores (estimated from the step counts,
 #     as configs/ablations/head_ratio.py). Not measured yet.
 #   python ablate.py --config=configs/ablations/components.py:small --workdir=/shared/ablate_components \
 #       --config.pretrain.overrides.data.data_dir=/data/owt [--dry_run]

@@ -4,7 +4,7 @@
 #
 #   python ablate.py --config=configs/ablations/conv_type.py:tiny --workdir=workdirs/ablate_conv_type
 #     CPU demo: the tiny model (2 heads, γ = 2, kernel 9) with each conv type, and the no-pretraining control;
-#     800 pretraining steps each, word_order and replaced_word, 3 seeds: about 35 min on 2 quiet cores
+#     600 pretraining steps each, word_order and replaced_word, 3 seeds: about 31 min on 2 quiet cores
 #     (estimated from the step counts, as configs/ablations/head_ratio.py). Not measured yet.
 #   python ablate.py --config=configs/ablations/conv_type.py:small --workdir=/shared/ablate_conv_type \
 #       --config.pretrain.overrides.data.data_dir=/data/owt [--dry_run]

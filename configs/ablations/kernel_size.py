@@ -2,8 +2,8 @@
 # k = 1 reduces the convolution branch to a per-token gate of the value.
 #
 #   python ablate.py --config=configs/ablations/kernel_size.py:tiny --workdir=workdirs/ablate_kernel_size
-#     CPU demo: the tiny model with k = 1, 3, 5, 9 (reference), 15 and the no-pretraining control; 800 pretraining
-#     steps each, word_order and replaced_word, 3 seeds: about 45 min on 2 quiet cores (estimated from the step
+#     CPU demo: the tiny model with k = 1, 3, 5, 9 (reference), 15 and the no-pretraining control; 600 pretraining
+#     steps each, word_order and replaced_word, 3 seeds: about 38 min on 2 quiet cores (estimated from the step
 #     counts, as configs/ablations/head_ratio.py). Not measured yet.
 #   python ablate.py --config=configs/ablations/kernel_size.py:small --workdir=/shared/ablate_kernel_size \
 #       --config.pretrain.overrides.data.data_dir=/data/owt [--dry_run]

@@ -46,11 +46,11 @@ PRETRAIN_SCRIPT, FINETUNE_SCRIPT = "pretrain.py", "finetune_glue.py"
 FINETUNE_KEYS = ("task", "init_checkpoint", "data_dir", "num_seeds")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # variant names become folders and --config.variants.NAME flags
 
-# tiny: the CPU demo (configs/pretrain.py:tiny for 800 steps, evaluated every 200; the two transfer tasks on which
+# tiny: the CPU demo (configs/pretrain.py:tiny for 600 steps, evaluated every 150; the two transfer tasks on which
 # the main job's pretrained model beats its no-pretraining control, docs/transfer.md); small: the paper's
 # ConvBERT-small recipe (1M steps on a prepared corpus) scored on GLUE dev (the headline: the 8 tasks of the GLUE
 # score, from the hub) and the transfer suite.
-TINY_PRETRAIN_STEPS = 800
+TINY_PRETRAIN_STEPS = 600
 TINY_TASKS = ("word_order", "replaced_word")
 NUM_SEEDS = 3
 
@@ -68,7 +68,7 @@ def base_study(scale: str, where: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     if scale == "tiny":
         c.pretrain = ml_collections.ConfigDict(dict(config="configs/pretrain.py:tiny", overrides=dict(
-            num_train_steps=TINY_PRETRAIN_STEPS, checkpoint_every_steps=200, eval_every_steps=200,
+            num_train_steps=TINY_PRETRAIN_STEPS, checkpoint_every_steps=150, eval_every_steps=150,
             export_every_steps=0)))
         c.finetune = ml_collections.ConfigDict(dict(config="configs/finetune_glue.py:transfer,tiny", tasks=TINY_TASKS,
                                                     data_dir="data/transfer", overrides={}, task_data_dirs={}))
