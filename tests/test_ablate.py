@@ -30,6 +30,15 @@ def repo_root(monkeypatch):
     monkeypatch.chdir(REPO)  # study files name their configs and data relative to the repository
 
 
+def assert_png(path):
+    """A PNG file that decodes to an image of a readable size."""
+    from matplotlib import image
+
+    assert open(path, "rb").read(8) == PNG
+    height, width, _ = image.imread(path).shape
+    assert height >= 400 and width >= 600
+
+
 def load_study(name: str, scale: str = "tiny") -> ml_collections.ConfigDict:
     return study_lib.load_config_file(f"configs/ablations/{name}.py:{scale}")
 
@@ -141,6 +150,16 @@ def test_bad_variants_are_reported_by_name_before_anything_runs(tmp_path):
         study_lib.select(study_lib.resolve(load_study("head_ratio"), str(workdir)), ["gamma_3"])
 
 
+def test_a_failing_stage_stops_the_run_with_its_log_and_is_not_finished(tmp_path, capfd):
+    stage = study_lib.Stage("gamma_2", "pretrain", str(tmp_path / "gamma_2" / "pretrain"),
+                            ("python", "-c", "import sys; print('boom'); sys.exit(3)"), ml_collections.ConfigDict())
+    with pytest.raises(runner.StageFailed, match=r"gamma_2/pretrain failed \(exit code 3\); its output is in"):
+        runner.run_stage(str(tmp_path), stage)
+    assert "boom" in capfd.readouterr().out and "boom" in open(study_lib.log_path(str(tmp_path), stage, ".log")).read()
+    assert study_lib.read_json(study_lib.log_path(str(tmp_path), stage, ".json"))["returncode"] == 3
+    assert not study_lib.is_done(str(tmp_path), stage)
+
+
 # ---- results from finished runs ---------------------------------------------------------------------
 
 
@@ -200,7 +219,7 @@ def test_results_table_json_and_plots_from_finished_runs(tmp_path):
     assert "| no_pretraining | – |" in md and "0 (not pretrained)" in md
     assert os.path.join(workdir, "gamma_2", "sst2", "sst2", "result.json") in md  # traceable
     for path in out["plots"]:
-        assert open(path, "rb").read(8) == PNG and os.path.getsize(path) > 10_000
+        assert_png(path)
 
 
 # ---- end to end -------------------------------------------------------------------------------------
@@ -237,7 +256,7 @@ def test_study_end_to_end_table_and_plots(finished):
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(rows) == 4 and all(r.count(" | ") == rows[0].count(" | ") for r in rows)
     for path in saved["plots"]:
-        assert open(path, "rb").read(8) == PNG
+        assert_png(path)
     assert md in output  # printed at the end
     assert os.path.isfile(os.path.join(workdir, "gamma_1", "logs", "pretrain.log"))
 

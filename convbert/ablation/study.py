@@ -264,9 +264,10 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
     errors = _check_study_keys(study)
     if errors:
         raise StudyError("\n".join(errors))
-    base = load_config_file(study.pretrain.config)
     overrides = flatten(study.pretrain.get("overrides"))
-    errors += apply_overrides(base, overrides, "pretrain.overrides")
+    errors += apply_overrides(load_config_file(study.pretrain.config), overrides, "pretrain.overrides")
+    if errors:
+        raise StudyError("\n".join(errors))
     flats, configs = {}, {}
     for name, partial in study.variants.items():
         where = f"variant {name!r}"
@@ -278,7 +279,8 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
                 errors.append(f"{where}: 'init' only takes {RANDOM!r} and stands alone ({CONTROL}), got {flat}")
             flats[name] = flat
             continue
-        config = ml_collections.ConfigDict(base.to_dict())
+        config = load_config_file(study.pretrain.config)  # as the driver builds it: the file, then the flags in order
+        apply_overrides(config, overrides, "pretrain.overrides")  # checked above
         problems = apply_overrides(config, flat, where)
         if not problems:
             try:
@@ -295,7 +297,6 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
     if errors:
         raise StudyError("\n".join(dict.fromkeys(errors)))
 
-    ft_base = load_config_file(study.finetune.config)
     ft_overrides, task_dirs = flatten(study.finetune.get("overrides")), dict(study.finetune.get("task_data_dirs") or {})
     reference_dir = os.path.join(workdir, study.reference, PRETRAIN)
     plan = {}
@@ -313,7 +314,7 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
             data_dir = task_dirs.get(task, study.finetune.data_dir)
             flat_ft = {"task": task, "init_checkpoint": source, "data_dir": data_dir, "num_seeds": study.num_seeds,
                        **ft_overrides}
-            config = ml_collections.ConfigDict(ft_base.to_dict())
+            config = load_config_file(study.finetune.config)
             problems = apply_overrides(config, flat_ft, "finetune")
             if not problems:
                 try:
