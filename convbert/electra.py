@@ -49,6 +49,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
 
 from convbert import losses
@@ -402,11 +403,50 @@ def pretraining_loss(model: ElectraModel, batch: Mapping[str, Array], rng: Array
     return electra_losses(out, batch["input_mask"], cfg)
 
 
+# The eval AUC of the replaced-token detector: per-batch counts of the logit in fixed bins, summed over batches.
+AUC_BINS = 8192
+AUC_LOGIT_RANGE = (-16.0, 16.0)  # bin width 1/256; logits outside fall into the end bins
+
+
+def rtd_score_histograms(disc_logits: Array, is_fake: Array, input_mask: Array) -> dict[str, Array]:
+    """Counts of the discriminator logits [B, T] of real tokens in `AUC_BINS` bins over `AUC_LOGIT_RANGE`, for
+    original and replaced tokens apart: disc_hist_original, disc_hist_replaced, float32 [AUC_BINS]."""
+    lo, hi = AUC_LOGIT_RANGE
+    bins = jnp.clip(jnp.floor((disc_logits - lo) * (AUC_BINS / (hi - lo))), 0, AUC_BINS - 1).astype(jnp.int32)
+    real, fake = input_mask.astype(jnp.float32), is_fake.astype(jnp.float32)
+
+    def count(weights):
+        return jnp.zeros(AUC_BINS, jnp.float32).at[bins.ravel()].add(weights.ravel())
+
+    return {"disc_hist_original": count(real * (1.0 - fake)), "disc_hist_replaced": count(real * fake)}
+
+
+def histogram_auc(original: np.ndarray, replaced: np.ndarray) -> float:
+    """ROC AUC of the "replaced" class from binned logits: the probability that a replaced token scores above an
+    original one, pairs within one bin counted half (Mann-Whitney U). NaN unless both classes occur."""
+    original, replaced = np.asarray(original, np.float64), np.asarray(replaced, np.float64)
+    pairs = original.sum() * replaced.sum()
+    below = np.cumsum(original) - original  # originals in lower bins
+    return float(np.sum(replaced * (below + 0.5 * original)) / pairs) if pairs else float("nan")
+
+
+def pretraining_eval_loss(model: ElectraModel, batch: Mapping[str, Array], rng: Array, cfg: ElectraConfig, *,
+                          deterministic: bool) -> tuple[Array, dict[str, Array]]:
+    """`pretraining_loss` whose metrics also hold `rtd_score_histograms` (the eval step's, for the AUC)."""
+    out = electra_forward(model, batch, rng, cfg, deterministic=deterministic)
+    loss, metrics = electra_losses(out, batch["input_mask"], cfg)
+    return loss, {**metrics, **rtd_score_histograms(out.disc_logits, out.is_fake, batch["input_mask"])}
+
+
 def aggregate_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Combines per-batch metrics on the host: counts are summed, ratios averaged weighted by their count
-    (`METRIC_COUNTS`), `loss` is the plain mean over batches."""
+    (`METRIC_COUNTS`), `loss` is the plain mean over batches; `disc_auc` from the summed histograms of
+    `pretraining_eval_loss` when present."""
     present = {k: c for k, c in METRIC_COUNTS.items() if k in metrics[0]}  # the MLM objective has no disc_*
     counts = {c: sum(float(m[c]) for m in metrics) for c in set(present.values())}
     out = {k: sum(float(m[k]) * float(m[c]) for m in metrics) / max(counts[c], 1.0) for k, c in present.items()}
     out["loss"] = sum(float(m["loss"]) for m in metrics) / max(len(metrics), 1)
+    if "disc_hist_replaced" in metrics[0]:
+        out["disc_auc"] = histogram_auc(sum(np.asarray(m["disc_hist_original"]) for m in metrics),
+                                        sum(np.asarray(m["disc_hist_replaced"]) for m in metrics))
     return {**out, **counts}

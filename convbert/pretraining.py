@@ -63,7 +63,8 @@ class Pretrainer:
 
     `init(seed_key)` -> sharded `TrainState`; `train_step(state, batch)` -> (state, metrics) with metrics
     stacked over micro-batches ([grad_accum_steps] per `electra.pretraining_loss` metric, plus scalars
-    grad_norm, param_norm, learning_rate); `eval_step(params, batch, rng)` -> metrics with dropout off.
+    grad_norm, param_norm, learning_rate); `eval_step(params, batch, rng)` -> metrics with dropout off
+    (ELECTRA: plus the histograms of `electra.pretraining_eval_loss`).
     Batches: dicts of int32 [global_batch, T] arrays `input_ids`, `input_mask`, `segment_ids`.
     """
 
@@ -74,6 +75,7 @@ class Pretrainer:
         self.electra_config = electra.ElectraConfig.from_config(config.electra, special_ids)
         self.objective = config.objective
         self.loss_fn = electra.pretraining_loss if self.objective == "electra" else electra.mlm_loss
+        self.eval_loss_fn = electra.pretraining_eval_loss if self.objective == "electra" else electra.mlm_loss
         self.grad_accum_steps = config.grad_accum_steps
         abstract_model = nnx.eval_shape(lambda: self._build(jax.random.PRNGKey(0)))
         self.graphdef, abstract_params, self.rest = nnx.split(abstract_model, nnx.Param, ...)
@@ -145,7 +147,7 @@ class Pretrainer:
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def _eval_step(self, params, batch, rng):
-        _, metrics = self.loss_fn(self.model(params), batch, rng, self.electra_config, deterministic=True)
+        _, metrics = self.eval_loss_fn(self.model(params), batch, rng, self.electra_config, deterministic=True)
         return metrics
 
 
@@ -250,14 +252,15 @@ def check_config(config: ml_collections.ConfigDict, manifest: Mapping[str, Any] 
 
 def evaluate(trainer: Pretrainer, params: nnx.State, data_dir: str, config: ml_collections.ConfigDict,
              rng: jax.Array) -> dict[str, float]:
-    """Metrics over the first `num_eval_steps` global batches of the `eval` split (fixed masks, no dropout)."""
+    """Metrics over the first `num_eval_steps` global batches of the `eval` split (fixed masks, no dropout);
+    ELECTRA also `disc_auc`, the discriminator's ROC AUC over all real tokens of those batches."""
     it = loader.make_iterator(data_dir, "eval", global_batch_size=config.batch_size, seed=config.seed,
                               shuffle=False)
     metrics = [jax.device_get(trainer.eval_step(params, sharding.shard_batch(next(it), trainer.mesh),
                                                 jax.random.fold_in(rng, i)))
                for i in range(config.num_eval_steps)]
     summary = electra.aggregate_metrics(metrics)
-    return {f"eval/{k}": summary[k] for k in ("loss", *electra.METRIC_COUNTS) if k in summary}
+    return {f"eval/{k}": summary[k] for k in ("loss", *electra.METRIC_COUNTS, "disc_auc") if k in summary}
 
 
 def export(trainer: Pretrainer, params: nnx.State, tokenizer: TextTokenizer, directory: str) -> None:

@@ -12,8 +12,8 @@ from flax import nnx
 from configs.pretrain import get_config
 from convbert.config import ConvBertConfig
 from convbert.electra import (
-    SAMPLERS, SPECIAL_ID_FIELDS, ElectraConfig, aggregate_metrics, build_electra, electra_forward, mask_tokens,
-    pretraining_loss, scatter_slots)
+    SAMPLERS, SPECIAL_ID_FIELDS, ElectraConfig, aggregate_metrics, build_electra, electra_forward, histogram_auc,
+    mask_tokens, pretraining_eval_loss, pretraining_loss, rtd_score_histograms, scatter_slots)
 
 CLS, SEP, MASK, PAD = 101, 102, 103, 0
 DISC = ConvBertConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -273,3 +273,41 @@ def test_aggregate_metrics():
     agg = aggregate_metrics([a, b])
     assert agg["gen_accuracy"] == pytest.approx((0.5 * 10 + 30) / 40)
     assert agg["disc_precision"] == 1.0 and agg["loss"] == 3.0 and agg["num_masked"] == 40
+
+
+def test_histogram_auc_is_the_roc_auc_up_to_the_bin_width():
+    """Binned AUC (pairs within a bin count half) against scikit-learn's exact ROC AUC of the same logits."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for spread in (0.05, 2.0):  # an untrained discriminator's logits barely spread; a trained one's do
+        labels = rng.random((16, 64)) < 0.15
+        logits = -2.0 + spread * (rng.standard_normal((16, 64)) + 0.8 * labels)
+        mask = (np.arange(64) < rng.integers(20, 65, (16, 1))).astype(np.int32)
+        hist = rtd_score_histograms(jnp.asarray(logits, jnp.float32), jnp.asarray(labels), jnp.asarray(mask))
+        real = mask > 0
+        assert float(hist["disc_hist_original"].sum()) == np.sum(real & ~labels)
+        assert float(hist["disc_hist_replaced"].sum()) == np.sum(real & labels)
+        expected = roc_auc_score(labels[real], logits[real])
+        assert histogram_auc(hist["disc_hist_original"], hist["disc_hist_replaced"]) == pytest.approx(
+            expected, abs=2e-3)
+    assert np.isnan(histogram_auc(np.ones(4), np.zeros(4)))
+
+
+def test_eval_loss_adds_the_histograms_aggregated_into_the_auc(model):
+    cfg = ElectraConfig()
+    metrics, labels = [], []
+    for i in range(3):
+        b, rng = make_batch([48, 30, 40, 48], 48, seed=i), jax.random.key(20 + i)
+        _, m = pretraining_eval_loss(model, b, rng, cfg, deterministic=True)
+        _, plain = pretraining_loss(model, b, rng, cfg, deterministic=True)
+        assert {k: float(v) for k, v in plain.items()} == {k: float(m[k]) for k in plain}
+        out = electra_forward(model, b, rng, cfg, deterministic=True)
+        labels.append(np.asarray(out.is_fake)[np.asarray(b["input_mask"]) > 0])
+        metrics.append(m)
+    original = sum(np.asarray(m["disc_hist_original"]) for m in metrics)
+    replaced = sum(np.asarray(m["disc_hist_replaced"]) for m in metrics)
+    assert original.sum() + replaced.sum() == sum(len(x) for x in labels)
+    assert replaced.sum() == sum(x.sum() for x in labels) > 0
+    assert aggregate_metrics(metrics)["disc_auc"] == histogram_auc(original, replaced)
+    assert "disc_auc" not in aggregate_metrics([{k: m[k] for k in plain} for m in metrics])
