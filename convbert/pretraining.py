@@ -1,12 +1,12 @@
 """ELECTRA-style ConvBERT pretraining (spec 4): `train_and_evaluate(config, workdir)`.
 
-The train state (`TrainState`: params, optax state, step, rng) is one pytree, created by a jitted init whose
-`out_shardings` come from the parameters' logical axes (`convbert.sharding`), so it is born sharded on the
-('data', 'fsdp', 'model') mesh. The train step is a plain `jax.jit` of a pure function of (state, batch):
-the model is `nnx.merge`d inside, gradients are taken w.r.t. the `nnx.Param` state only, the step key is
-`fold_in(state.rng, state.step)` (so a resumed run draws the same masks and dropout), and
-`grad_accum_steps > 1` scans over micro-batches before one optimizer update. Parameters and optimizer state
-are float32; `model.dtype` sets the compute dtype (bfloat16 for the paper sizes).
+The train state, its sharded init and the jitted steps are `convbert.train_state`'s (`Pretrainer` configures
+them): the state is born sharded on the ('data', 'fsdp', 'model') mesh, the train step is a plain `jax.jit`
+of (state, batch) with the state donated, the step key is `fold_in(state.rng, state.step)` (so a resumed run
+draws the same masks and dropout), and `grad_accum_steps = k` scans over k micro-batches whose losses are
+divided by the whole batch's denominators (the gradient of one batch k times the size) before one optimizer
+update. Parameters and optimizer state are float32; `model.dtype` sets the compute dtype (bfloat16 for the
+paper sizes).
 
 Workdir layout (everything a run writes):
   config.json            the resolved config          checkpoints/<step>/   Orbax (state, data position, meta)
@@ -25,22 +25,22 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from etils import epath
-from flax import nnx, struct
+from flax import nnx
 from jax.experimental import multihost_utils
 
 from convbert import distributed, electra, flops, optim, sharding
 from convbert.checkpoint import Checkpointer
 from convbert.config import ConvBertConfig
 from convbert.data import loader, prepare
+from convbert.data.example_builder import FIELDS
 from convbert.heads import ConvBertForMaskedLM
 from convbert.metrics import MetricWriter, Throughput, quiet_orbax_logs
 from convbert.tokenization import TextTokenizer, load_tokenizer
+from convbert.train_state import TrainSteps
 
 OBJECTIVES = ("electra", "mlm")  # replaced-token detection (+ generator MLM), or BERT-style MLM alone
 
@@ -48,107 +48,45 @@ OBJECTIVES = ("electra", "mlm")  # replaced-token detection (+ generator MLM), o
 # Train state and steps
 
 
-@struct.dataclass
-class TrainState:
-    """step: int32 []; params: `nnx.State` of float32 `nnx.Param`s; opt_state: optax state; rng: uint32 [2]."""
-
-    step: jax.Array
-    params: nnx.State
-    opt_state: Any
-    rng: jax.Array
-
-
-class Pretrainer:
-    """The jitted init / train / eval functions of one config on one mesh.
+class Pretrainer(TrainSteps):
+    """`train_state.TrainSteps` of one pretraining config on one mesh: ELECTRA's generator + discriminator (or the
+    MLM control), the original optimizer, `electra.pretraining_loss` (`electra.mlm_loss`) with the whole batch's
+    `electra.loss_normalizers`, `config.grad_accum_steps` micro-batches.
 
     `init(seed_key)` -> sharded `TrainState`; `train_step(state, batch)` -> (state, metrics) with metrics
     stacked over micro-batches ([grad_accum_steps] per `electra.pretraining_loss` metric, plus scalars
     grad_norm, param_norm, learning_rate); `eval_step(params, batch, rng)` -> metrics with dropout off
-    (ELECTRA: plus the histograms of `electra.pretraining_eval_loss`).
-    Batches: dicts of int32 [global_batch, T] arrays `input_ids`, `input_mask`, `segment_ids`.
+    (ELECTRA: plus the histograms of `electra.pretraining_eval_loss`, for the AUC).
+    Batches: dicts of int32 [global_batch, T] arrays `input_ids`, `input_mask`, `segment_ids` (`batch_shapes`).
     """
 
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, special_ids: Mapping[str, int]):
-        self.mesh = mesh
-        self.rules = tuple(tuple(r) for r in config.sharding_rules)
         self.model_config = ConvBertConfig(**config.model.to_dict())
-        self.electra_config = electra.ElectraConfig.from_config(config.electra, special_ids)
+        self.electra_config = cfg = electra.ElectraConfig.from_config(config.electra, special_ids)
         self.objective = config.objective
-        self.loss_fn = electra.pretraining_loss if self.objective == "electra" else electra.mlm_loss
-        self.eval_loss_fn = electra.pretraining_eval_loss if self.objective == "electra" else electra.mlm_loss
-        self.grad_accum_steps = config.grad_accum_steps
-        abstract_model = nnx.eval_shape(lambda: self._build(jax.random.PRNGKey(0)))
-        self.graphdef, abstract_params, self.rest = nnx.split(abstract_model, nnx.Param, ...)
+        self.batch_shapes = {k: ((config.batch_size, config.max_seq_length), np.int32) for k in FIELDS}
+        objective = electra.pretraining_loss if self.objective == "electra" else electra.mlm_loss
+        eval_objective = electra.pretraining_eval_loss if self.objective == "electra" else electra.mlm_loss
         o = config.optimizer
-        self.schedule = optim.warmup_linear_decay(o.learning_rate, config.num_train_steps, o.warmup_steps,
-                                                  o.lr_decay_power)
-        self.tx = optim.electra_adamw(self.schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
-                                      clip_norm=o.clip_norm, params=abstract_params)
 
-        self.param_shardings = sharding.param_shardings(abstract_params, mesh, self.rules)
-        repl = sharding.replicated(mesh)
-        self.state_shardings = TrainState(
-            step=repl, params=self.param_shardings, rng=repl,
-            opt_state=sharding.optimizer_shardings(self.tx, jax.eval_shape(self.tx.init, abstract_params),
-                                                   abstract_params, mesh, self.rules))
-        batch = sharding.batch_sharding(mesh)
-        self.init = jax.jit(self._init, out_shardings=self.state_shardings)
-        self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, batch),
-                                  out_shardings=(self.state_shardings, repl), donate_argnums=0)
-        self.eval_step = jax.jit(self._eval_step, in_shardings=(self.param_shardings, batch, repl),
-                                 out_shardings=repl)
+        def optimizer(params):
+            schedule = optim.warmup_linear_decay(o.learning_rate, config.num_train_steps, o.warmup_steps,
+                                                 o.lr_decay_power)
+            return optim.electra_adamw(schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
+                                       clip_norm=o.clip_norm, params=params), schedule
 
-    def _build(self, key: jax.Array) -> electra.ElectraModel | ConvBertForMaskedLM:
+        super().__init__(
+            self._build, optimizer,
+            lambda model, batch, rng, norms: objective(model, batch, rng, cfg, deterministic=False, normalizers=norms),
+            lambda model, batch, rng: eval_objective(model, batch, rng, cfg, deterministic=True)[1],
+            mesh, config.sharding_rules, normalizers_fn=lambda batch: electra.loss_normalizers(batch, cfg),
+            grad_accum_steps=config.grad_accum_steps)
+
+    def _build(self, rngs: nnx.Rngs) -> electra.ElectraModel | ConvBertForMaskedLM:
         """ELECTRA's generator + discriminator, or (objective 'mlm') one MLM model of the discriminator's size."""
         if self.objective == "mlm":
-            return ConvBertForMaskedLM(self.model_config, rngs=nnx.Rngs(key))
-        return electra.build_electra(self.model_config, self.electra_config, rngs=nnx.Rngs(key))
-
-    def abstract_state(self) -> TrainState:
-        """ShapeDtypeStructs carrying this mesh's shardings (the checkpoint restore target)."""
-        return self.init.eval_shape(jax.random.PRNGKey(0))
-
-    def model(self, params: nnx.State) -> electra.ElectraModel:
-        return nnx.merge(self.graphdef, params, self.rest)
-
-    def _init(self, key: jax.Array) -> TrainState:
-        k_params, k_train = jax.random.split(key)
-        params = nnx.state(self._build(k_params), nnx.Param)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), rng=k_train)
-
-    def _loss(self, params, batch, rng):
-        return self.loss_fn(self.model(params), batch, rng, self.electra_config, deterministic=False)
-
-    def _train_step(self, state: TrainState, batch: Mapping[str, jax.Array]):
-        rng = jax.random.fold_in(state.rng, state.step)
-        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
-        k = self.grad_accum_steps
-        if k == 1:
-            (_, metrics), grads = grad_fn(state.params, batch, rng)
-            metrics = jax.tree.map(lambda x: x[None], metrics)
-        else:
-            # Micro-batch j takes rows j, j + k, ...: each device keeps its own rows (no resharding).
-            micro = jax.tree.map(lambda x: x.reshape(-1, k, *x.shape[1:]).swapaxes(0, 1), batch)
-            micro = jax.lax.with_sharding_constraint(micro, sharding.micro_batch_sharding(self.mesh))
-
-            def accumulate(total, xs):
-                i, micro_batch = xs
-                (_, m), g = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, total, g), m
-
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
-            grads, metrics = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro))
-            grads = jax.tree.map(lambda g: g / k, grads)
-        grads = sharding.constrain_params(grads, self.mesh, self.rules)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics.update(grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params),
-                       learning_rate=self.schedule(state.step))
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-    def _eval_step(self, params, batch, rng):
-        _, metrics = self.eval_loss_fn(self.model(params), batch, rng, self.electra_config, deterministic=True)
-        return metrics
+            return ConvBertForMaskedLM(self.model_config, rngs=rngs)
+        return electra.build_electra(self.model_config, self.electra_config, rngs=rngs)
 
 
 def summarize(step_metrics: Sequence[Mapping[str, np.ndarray]]) -> dict[str, float]:

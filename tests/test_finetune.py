@@ -237,7 +237,7 @@ def test_random_init_starts_from_fresh_weights_with_the_same_config_and_tokenize
     assert random_src.random_init and not src.random_init
     assert (random_src.model_dir, random_src.tokenizer_dir) == (src.model_dir, src.tokenizer_dir)
     assert control.encoder.params is None and control.encoder.config == pretrained.encoder.config
-    ours, fresh, fresh_again = (_encoder_arrays(t.init_state(seed)[0]) for t, seed in
+    ours, fresh, fresh_again = (_encoder_arrays(t.init_state(seed).params) for t, seed in
                                 ((pretrained, 0), (control, 0), (control, 1)))
     assert ours.keys() == fresh.keys() and all(ours[k].shape == fresh[k].shape for k in ours)
     kernels = [k for k in ours if k[-1] == "kernel"]
@@ -258,14 +258,12 @@ def test_random_init_results_say_so(tmp_path, checkpoint, fake_training):
 def test_frozen_encoder_stays_bit_for_bit_and_the_head_trains(checkpoint):
     trainer, task_data, _ = _sst2_trainer(checkpoint, freeze_encoder=True, batch_size=8)
     state = trainer.init_state(0)
-    before = _encoder_arrays(state[0])
-    head_before = {p: np.asarray(v) for p, v in nnx.to_flat_state(state[0]["classifier"])}
-    key = jax.random.key(0)
+    before = _encoder_arrays(state.params)
+    head_before = {p: np.asarray(v) for p, v in nnx.to_flat_state(state.params["classifier"])}
     for step in range(3):
         rows = np.arange(step * 8, (step + 1) * 8)
-        batch = trainer.batch(task_data.train, rows, (*finetune.data.FEATURES, "labels"))
-        state, _ = trainer.train_step(state, batch, key, np.int32(step + 1))
-    after = _encoder_arrays(state[0])
+        state, _ = trainer.train_step(state, trainer.batch(task_data.train, rows, (*finetune.data.FEATURES, "labels")))
+    after = _encoder_arrays(state.params)
     assert all(np.array_equal(before[k], after[k]) for k in before)
-    head_after = {p: np.asarray(v) for p, v in nnx.to_flat_state(state[0]["classifier"])}
+    head_after = {p: np.asarray(v) for p, v in nnx.to_flat_state(state.params["classifier"])}
     assert any(not np.array_equal(head_before[k], head_after[k]) for k in head_before)

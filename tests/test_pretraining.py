@@ -222,8 +222,7 @@ def test_bfloat16_compute_with_float32_state():
     state = trainer.abstract_state()
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
     assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.ndim} == {jnp.dtype("float32")}
-    batch = {k: jax.ShapeDtypeStruct((8, 64), jnp.int32) for k in ("input_ids", "input_mask", "segment_ids")}
-    jaxpr = str(jax.make_jaxpr(trainer._train_step)(state, batch))
+    jaxpr = str(jax.make_jaxpr(trainer.train_step)(state, trainer.abstract_batch(trainer.batch_shapes)))
     assert "dot_general" in jaxpr and "bf16[8,64,128]" in jaxpr
 
 

@@ -188,7 +188,7 @@ class TaskTrainer(finetuning.Trainer):
         n, bs = len(features["input_ids"]), self.config.eval_batch_size
         padded = data.pad_to_multiple(features, bs)
         logits = np.concatenate([
-            np.asarray(self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES)))
+            np.asarray(self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES), None))
             for i in range(0, len(padded["input_ids"]), bs)])[:n]
         return logits[:, 0] if self.task.labels is None else logits.argmax(-1)
 
@@ -209,14 +209,14 @@ def train_seed(trainer: TaskTrainer, task_data: TaskData, seed: int, logdir: str
 
     def on_epoch_end(epoch, step, state):
         dev.clear()
-        dev.update(trainer.evaluate(state[0], task_data.dev))
+        dev.update(trainer.evaluate(state.params, task_data.dev))
         history.append({"epoch": epoch, "step": step, **dev})
         writer.write_scalars(step, {f"dev/{k}": v for k, v in dev.items()})
         logging.info("%s seed %d epoch %d: %s", task.name, seed, epoch, report.format_metrics(dev))
 
     state, train_time = finetuning.train_epochs(trainer, task_data.train, (*data.FEATURES, "labels"), seed,
                                                 task_epochs(task, config), writer, task.name, on_epoch_end)
-    predictions = {name: trainer.predict(state[0], features) for name, (features, _) in task_data.test.items()}
+    predictions = {name: trainer.predict(state.params, features) for name, (features, _) in task_data.test.items()}
     writer.close()
     result = {"seed": seed, "dev": dict(dev), "epochs": history, "train_steps": total,
               "train_examples_per_sec": (total - 1) * bs / train_time if total > 1 else None,  # after step 1
@@ -302,7 +302,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     names, require_ax = task_names(config.task), config.task == "ax"
     check_files(names, config, require_ax)
     mesh = sharding.create_mesh(config.mesh.to_dict())
-    sharding.check_batch_size(config.batch_size, mesh, "batch_size")
+    sharding.check_batch_size(config.batch_size, mesh, "batch_size", grad_accum_steps=config.grad_accum_steps)
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     write_json(os.path.join(workdir, "config.json"), config.to_dict())
     source = resolve_source(config.init_checkpoint, config.tokenizer)

@@ -156,7 +156,7 @@ class SquadTrainer(finetuning.Trainer):
         n, bs = len(features["input_ids"]), self.config.eval_batch_size
         padded = pad_to_multiple({k: features[k] for k in data.FEATURES}, bs)
         outs = [jax.tree.map(np.asarray,
-                             self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES)))
+                             self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES), None))
                 for i in range(0, len(padded["input_ids"]), bs)]
         return {k: np.concatenate([o[k] for o in outs])[:n] for k in outs[0]}
 
@@ -180,7 +180,7 @@ def train_seed(trainer: SquadTrainer, squad: SquadData, seed: int, logdir: str
     writer, history, last = MetricWriter(logdir), [], {}
 
     def on_epoch_end(epoch, step, state):
-        scores, last["predictions"], last["null_odds"] = trainer.evaluate(state[0], squad)
+        scores, last["predictions"], last["null_odds"] = trainer.evaluate(state.params, squad)
         last["dev"] = scores
         history.append({"epoch": epoch, "step": step, **scores})
         writer.write_scalars(step, {f"dev/{k}": v for k, v in scores.items()})
@@ -249,7 +249,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"config.loss_reduction must be 'sum' or 'mean', got {config.loss_reduction!r}")
     check_files(config)
     mesh = sharding.create_mesh(config.mesh.to_dict())
-    sharding.check_batch_size(config.batch_size, mesh, "batch_size")
+    sharding.check_batch_size(config.batch_size, mesh, "batch_size", grad_accum_steps=config.grad_accum_steps)
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     _write_json(os.path.join(workdir, "config.json"), config.to_dict())
     source = resolve_source(config.init_checkpoint, config.tokenizer)
