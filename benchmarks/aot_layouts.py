@@ -66,13 +66,12 @@ def compile_one(job: dict, timeout: float) -> dict:
     flags += [f"--config.mesh.{k}={v}" for k, v in layout_mesh(job["layout"]).items()]
     flags += [f"--config.batch_size={job['batch_size']}"] if job["batch_size"] else []
     flags += [f"--config.model.remat={job['remat']}"] if job["remat"] != "n/a" else []
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TPU_SKIP_MDS_QUERY": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "report.json")
         start = time.time()
         try:
             proc = subprocess.run([sys.executable, "-m", "convbert.aot", *flags, f"--json_out={out}"], cwd=ROOT,
-                                  env=env, capture_output=True, text=True, timeout=timeout)
+                                  capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return {**job, "rc": None, "error": f"timed out after {timeout:.0f} s", "wall_seconds": time.time() - start}
         result = {**job, "rc": proc.returncode, "wall_seconds": time.time() - start, "flags": flags}

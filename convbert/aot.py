@@ -150,7 +150,10 @@ def topology_devices(topology: Topology) -> list:
     if importlib.util.find_spec("libtpu") is None:
         raise ValueError(f"--topology={topology.name} needs the TPU compiler: pip install -r requirements-tpu.txt "
                          "(jax[tpu] at the installed jax version)")
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server to ask on a machine without TPUs
+    # Compile only: no metadata server to ask, no TPU workers to find, and other processes may hold libtpu too.
+    for name, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
+                        ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
+        os.environ.setdefault(name, value)
     from jax.experimental import topologies
 
     extra = {"chip_config_name": "megacore"} if topology.generation == "v4" else {}

@@ -109,6 +109,12 @@ def test_bad_input_errors_before_compiling():
         aot.compile_report(get_config("tiny"), aot.parse_topology("cpu:8"), step="eval")
 
 
+def test_tpu_topology_without_libtpu_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(aot.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=r"--topology=v5e-16 needs the TPU compiler: pip install -r requirements-tpu"):
+        aot.topology_devices(aot.parse_topology("v5e-16"))
+
+
 def check_report(r: dict, num_chips: int) -> None:
     """The fields scripts read, and that the donated train state is updated in place."""
     assert set(JSON_KEYS) <= set(r)
