@@ -170,18 +170,6 @@ def topology_devices(topology: Topology) -> list:
 # The steps
 
 
-def special_ids(config: ml_collections.ConfigDict) -> dict[str, int]:
-    """The tokenizer's special ids without a prepared corpus: from `config.data.vocab` (a WordPiece vocab or a
-    SentencePiece model), else from the bundled BERT uncased vocab that WordPiece corpora use by default. They
-    enter the step only as constants; no shape or cost depends on them."""
-    from convbert.assets import BERT_UNCASED_VOCAB
-    from convbert.data import text_tokenizer
-
-    d = config.data
-    kind = d.tokenizer if d.vocab else "wordpiece"
-    return text_tokenizer.make_text_tokenizer(kind, d.vocab or BERT_UNCASED_VOCAB).special_ids
-
-
 @dataclasses.dataclass
 class Step:
     """A jitted step and the abstract arguments to lower it with."""
@@ -204,7 +192,9 @@ def pretrain_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
     batch axes (the arrays `convbert.data.loader` feeds)."""
     from convbert.data.example_builder import FIELDS
 
-    trainer = pretraining.Pretrainer(config, mesh, special_ids(config))
+    # Special ids None: ElectraConfig's, those of the BERT uncased vocab. They enter the step only as constants (no
+    # shape or cost depends on them), so no tokenizer or prepared corpus is needed.
+    trainer = pretraining.Pretrainer(config, mesh, None)
     b, t = config.batch_size, config.max_seq_length
     batch = {k: _sds((b, t), jnp.int32, sharding.batch_sharding(mesh)) for k in FIELDS}
     state = trainer.abstract_state()
