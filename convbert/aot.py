@@ -376,6 +376,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology, step: 
     built = STEP_BUILDERS[step](config, mesh)
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     chip = topology.chip
+    peak_flops = metrics.peak_flops_per_device(devices[0]) if chip else None
     report = {
         "step": step, "description": built.description, "topology": topology.name,
         "platform": devices[0].platform, "chip": devices[0].device_kind, "num_chips": len(devices), "num_hosts": hosts,
@@ -397,7 +398,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology, step: 
         report.update(compile_seconds=time.perf_counter() - start, fits=False, compile_error=str(e).strip(),
                       per_device_bytes=_refused_bytes(str(e), per_device_bytes(built.args)),
                       flops_per_device=None, bytes_accessed_per_device=None, collectives=None)
-        report.update(estimate(report, None, None, built.model_flops), hints=hints(config, report))
+        report.update(estimate(report, chip, peak_flops, built.model_flops), hints=hints(config, report))
         return report
     report["compile_seconds"] = time.perf_counter() - start
 
@@ -412,8 +413,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology, step: 
     report.update(per_device_bytes=nbytes, fits=nbytes["total"] <= chip.hbm_bytes if chip else None,
                   flops_per_device=cost.get("flops"), bytes_accessed_per_device=cost.get("bytes accessed"),
                   collectives=collectives(compiled.as_text()))
-    report.update(estimate(report, chip, metrics.peak_flops_per_device(devices[0]) if chip else None,
-                           built.model_flops))
+    report.update(estimate(report, chip, peak_flops, built.model_flops))
     report["hints"] = hints(config, report) if report["fits"] is False else []
     return report
 

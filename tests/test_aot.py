@@ -115,6 +115,16 @@ def test_tpu_topology_without_libtpu_says_what_to_install(monkeypatch):
         aot.topology_devices(aot.parse_topology("v5e-16"))
 
 
+def test_refused_bytes_reads_both_out_of_memory_messages():
+    temporaries = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+                   "(57.08G) exceeds available HBM (15.75G).")
+    b = aot._refused_bytes(temporaries, 2**20)
+    assert b["arguments"] == 2**20 and b["temporaries"] == int(57.08 * 2**30)
+    assert b["total"] == 2**20 + b["temporaries"] and b["outputs"] is None
+    used = "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 20.25G of 15.75G hbm. Exceeded by 4.5G."
+    assert aot._refused_bytes(used, 2**20)["total"] == int(20.25 * 2**30)
+
+
 def check_report(r: dict, num_chips: int) -> None:
     """The fields scripts read, and that the donated train state is updated in place."""
     assert set(JSON_KEYS) <= set(r)
@@ -197,3 +207,17 @@ def test_finetune_step_compiles(tmp_path):
     assert r["description"] == "GLUE fine-tuning step (sst2)" and r["global_batch"] == 8 and r["seq_len"] == 64
     assert r["state_bytes_per_device"] == r["per_device_bytes"]["aliased"]
     assert r["model_flops_per_step"] is None and r["estimated_mfu"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -r requirements-tpu.txt)")
+def test_tpu_out_of_memory_exits_1_with_the_numbers_and_knobs(tmp_path):
+    """8192 sequences per chip: the TPU compiler refuses the program; the report says why and what would help."""
+    proc, r = run_cli("--config=configs/pretrain.py:tiny", "--topology=v5e:2x2", "--config.batch_size=32768",
+                      json_out=tmp_path / "r.json")
+    assert proc.returncode == 1 and r["fits"] is False
+    assert r["compile_error"].startswith("RESOURCE_EXHAUSTED")
+    assert r["per_device_bytes"]["total"] > r["hbm_bytes"] == 16 * 2**30
+    assert r["flops_per_device"] is None and r["estimated_step_seconds"] is None
+    assert any("grad_accum_steps=2" in h for h in r["hints"]) and any("fsdp=-1" in h for h in r["hints"])
+    assert "DOES NOT FIT" in proc.stdout and "what would help" in proc.stdout
