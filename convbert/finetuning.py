@@ -7,8 +7,8 @@ google-research/electra `model/optimization.py`). `train_epochs` is the epoch lo
 data order per epoch from the seed, progress bar, metrics every `config.log_every_steps`, a callback after
 each epoch.
 
-Config keys read: learning_rate, warmup_proportion, layerwise_lr_decay, weight_decay, clip_norm, freeze_encoder,
-loss_reduction, grad_accum_steps, sharding_rules, batch_size, log_every_steps.
+Config keys read: learning_rate, probe_learning_rate, warmup_proportion, layerwise_lr_decay, weight_decay, clip_norm,
+freeze_encoder, loss_reduction, grad_accum_steps, sharding_rules, batch_size, log_every_steps.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ def default_config(size: str, where: str) -> ml_collections.ConfigDict:
     c.freeze_encoder = False  # True: train only the task head (a probe of the encoder's representation)
     c.tokenizer = ""  # empty: the checkpoint's (our workdir's tokenizer/, or the directory's vocab.txt)
     c.learning_rate = RECIPES[size]["learning_rate"]
+    # Peak lr of the head alone when `freeze_encoder` (a linear probe): at `learning_rate` the head of the tiny
+    # recipe stays near its initialisation over 3 epochs (docs/transfer.md, "The probe").
+    c.probe_learning_rate = 1e-2
     c.layerwise_lr_decay = 0.8  # embeddings decay^(L+2), layer i decay^(L+1-i), heads 1.0
     c.warmup_proportion = 0.1
     c.weight_decay = 0.01  # decoupled, not on LayerNorm / bias
@@ -69,8 +72,10 @@ def default_config(size: str, where: str) -> ml_collections.ConfigDict:
 def make_optimizer(config, params, num_layers: int, total_steps: int):
     """(tx, schedule): the original AdamW (no bias correction), warmup then linear decay, layer-wise lr decay
     (google-research/electra `model/optimization.py`). With `config.freeze_encoder` every parameter under
-    `convbert` gets multiplier 0 (its update, weight decay included, is exactly zero), so only the head trains."""
-    schedule = optim.warmup_linear_decay(config.learning_rate, total_steps,
+    `convbert` gets multiplier 0 (its update, weight decay included, is exactly zero), so only the head trains, with
+    peak lr `config.probe_learning_rate`."""
+    peak = config.probe_learning_rate if config.freeze_encoder else config.learning_rate
+    schedule = optim.warmup_linear_decay(peak, total_steps,
                                          int(total_steps * config.warmup_proportion))
     multipliers = optim.layerwise_lr_multipliers(params, num_layers, config.layerwise_lr_decay)
     if config.freeze_encoder:

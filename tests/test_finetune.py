@@ -88,6 +88,18 @@ def test_layerwise_lr_per_parameter_of_the_classification_model():
         assert ratio == pytest.approx(expected, rel=1e-4), path
 
 
+def test_a_probe_trains_the_head_at_the_probe_learning_rate():
+    model = nnx.eval_shape(lambda: ConvBertForSequenceClassification(TINY, rngs=nnx.Rngs(0)))
+    params = jax.tree.map(lambda x: jnp.zeros(x.shape), nnx.state(model, nnx.Param))
+    c = glue_config.get_config("sst2,tiny")
+    c.warmup_proportion = 0.0
+    assert c.probe_learning_rate != c.learning_rate
+    for freeze, peak in ((False, c.learning_rate), (True, c.probe_learning_rate)):
+        c.freeze_encoder = freeze
+        _, schedule = finetune.make_optimizer(c, params, num_layers=2, total_steps=100)
+        assert float(schedule(0)) == pytest.approx(peak)
+
+
 def test_loss_is_summed_over_the_batch_by_default():
     logits = jnp.log(jnp.array([[0.5, 0.5], [0.25, 0.75]]))
     losses = finetune.example_losses(logits, jnp.array([0, 1]), regression=False)
