@@ -81,7 +81,7 @@ def test_2x2x2_mesh_matches_one_device(grad_accum_steps):
     """data=2 x fsdp=2 x model=2 gives the one-device losses to 1e-5 relative over 3 steps (GSPMD changes only
     the order of the sums); with gradient accumulation over 2 micro-batches too. Sampler: Gumbel-max (see
     `SAMPLER_FOR_EQUALITY`)."""
-    config = setup.tiny_config(grad_accum_steps=grad_accum_steps, electra__sampler=setup.SAMPLER_FOR_EQUALITY)
+    config = setup.tiny_config(grad_accum_steps=grad_accum_steps)
     it = loader.make_iterator(setup.demo_data_dir(), "train", global_batch_size=8, seed=0, process_index=0,
                               process_count=1)
     batches = [next(it) for _ in range(3)]
