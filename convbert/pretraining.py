@@ -70,7 +70,7 @@ class Pretrainer:
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, special_ids: Mapping[str, int]):
         self.mesh = mesh
         self.rules = tuple(tuple(r) for r in config.sharding_rules)
-        self.model_config = ConvBertConfig(**config.model.to_dict())
+        self.model_config = ConvBertConfig(**config.model.to_dict()).resolve_kernels(mesh)  # the mesh's platform
         self.electra_config = electra.ElectraConfig.from_config(config.electra, special_ids)
         self.objective = config.objective
         self.loss_fn = electra.pretraining_loss if self.objective == "electra" else electra.mlm_loss
