@@ -17,9 +17,18 @@
 #     1.3e18 training FLOPs (`python -m convbert.flops --config=configs/pretrain.py:small`).
 #   medium_small: GLUE test 79.7, 1.5e18 FLOPs in the paper (we compute 1.567e18, see convbert/flops.py).
 #   base: GLUE test 84.9, 1.9e19 FLOPs (batch 256, lr 2e-4).
+#   large: no ConvBERT-large exists upstream; ELECTRA-large's shape and recipe (google-research/electra
+#     configure_pretraining.py, Clark et al. 2020 appendix table 6: seq 512, batch 2048, lr 2e-4, mask_prob 0.25,
+#     generator 1/4, 1.75M steps as the released ELECTRA-large; ELECTRA-400K: --config.num_train_steps=400000)
+#     with ConvBERT's mixed attention (head ratio 2, kernel 9). Prepare the data with
+#     `python -m convbert.data.prepare --max_seq_length=512`. 2.9e21 training FLOPs, 6.6e20 for 400K steps
+#     (`python -m convbert.flops --config=configs/pretrain.py:large`; ELECTRA-large: 3.1e21 and 7.1e20).
 #
 # Ablations: --config.model.conv_type=lconv|dconv|sdconv|none --config.model.head_ratio=4
 #   --config.model.conv_kernel_size=5 --config.model.num_groups=2 --config.electra.generator_fraction=0.5
+# Compute knobs (same function): --config.model.kernels=auto|cpu|tpu|gpu|reference|cpu_tuned (auto: the choice
+#   for the mesh's platform, see convbert/kernels.py) --config.model.remat=none|dots|full
+#   --config.model.scan_layers=True (the layers under jax.lax.scan: one layer to compile).
 import dataclasses
 
 import ml_collections
@@ -29,11 +38,14 @@ from convbert.data.prepare import DEFAULTS as PREPARE
 from convbert.electra import SPECIAL_ID_FIELDS, ElectraConfig
 from convbert.sharding import DEFAULT_RULES
 
-# Paper recipe per size (spec 4.3): peak lr, global batch, generator fraction.
+# Paper recipe per size (spec 4.3): peak lr, global batch, generator fraction; large: ELECTRA-large's, which also
+# sets the steps, sequence length and masking probability (the others: 1M steps, 128 tokens, 15%).
 RECIPES = {
     "small": dict(learning_rate=3e-4, batch_size=128, generator_fraction=0.25),
     "medium_small": dict(learning_rate=5e-4, batch_size=128, generator_fraction=0.25),
     "base": dict(learning_rate=2e-4, batch_size=256, generator_fraction=1.0 / 3.0),
+    "large": dict(learning_rate=2e-4, batch_size=2048, generator_fraction=0.25, num_train_steps=1_750_000,
+                  max_seq_length=512, mask_prob=0.25),
 }
 # tiny: a CPU demo; float32, as bfloat16 is not faster on CPUs. The paper sizes compute in bfloat16.
 TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512, embedding_size=64,
@@ -56,7 +68,7 @@ def model_config(size: str) -> ml_collections.ConfigDict:
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     size = arg or "tiny"
     if size not in ("tiny", *RECIPES):
-        raise ValueError(f"configs/pretrain.py: unknown size {size!r}; choose tiny, small, medium_small or base")
+        raise ValueError(f"configs/pretrain.py: unknown size {size!r}; choose from tiny, {', '.join(RECIPES)}")
     recipe = RECIPES.get(size, dict(learning_rate=3e-4, batch_size=16, generator_fraction=0.5))
     tiny = size == "tiny"
 
@@ -64,8 +76,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.size = size
     c.seed = 0
     c.batch_size = recipe["batch_size"]  # global, over all devices and processes
-    c.max_seq_length = PREPARE["max_seq_length"]  # python -m convbert.data.prepare's default, so its output fits
-    c.num_train_steps = 4500 if tiny else 1_000_000
+    # python -m convbert.data.prepare's default (so its output fits) but for large
+    c.max_seq_length = recipe.get("max_seq_length", PREPARE["max_seq_length"])
+    c.num_train_steps = 4500 if tiny else recipe.get("num_train_steps", 1_000_000)
     c.log_every_steps = 50 if tiny else 100
     c.checkpoint_every_steps = 500 if tiny else 5_000
     c.eval_every_steps = 1500 if tiny else 10_000
@@ -78,6 +91,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # `ElectraConfig`'s knobs with its defaults (the paper's; the module doc of convbert.electra explains each).
     c.electra = ml_collections.ConfigDict(defaults(ElectraConfig, SPECIAL_ID_FIELDS))
     c.electra.generator_fraction = recipe["generator_fraction"]  # generator hidden / discriminator hidden
+    c.electra.mask_prob = recipe.get("mask_prob", c.electra.mask_prob)
     # Derived after overrides, as google-research/electra configure_pretraining.py: int((mask_prob + 0.005) * T),
     # 19 at T = 128, 79 at 512; an explicit --config.electra.max_predictions_per_seq wins.
     c.electra.max_predictions_per_seq = (

@@ -221,7 +221,7 @@ def finetune_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
     else:
         raise ValueError(f"config.init_checkpoint={config.init_checkpoint!r} is not a local directory; the "
                          f"finetune step needs its config.json (size {config.size!r} has no released model)")
-    encoder = finetune.Encoder(model_config, None, config.classifier_head)
+    encoder = finetune.Encoder(model_config.resolve_kernels(mesh), None, config.classifier_head)
     b, t = config.batch_size, config.max_seq_length
     # One epoch of one batch: the row count only sets the learning-rate schedule's length.
     trainer = finetune.TaskTrainer(task, encoder, config, mesh, finetune.TaskData({"labels": np.zeros(b)}, {}, {}))

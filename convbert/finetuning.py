@@ -29,12 +29,14 @@ from convbert.metrics import MetricWriter
 ENCODER = "convbert"  # the attribute of every task model (`_HeadModel`) that holds the encoder
 
 # Per size: the peak learning rate of ELECTRA's fine-tuning recipe (paper appendix; google-research/electra
-# `configure_finetuning.py`) and the checkpoint fine-tuned by default (ours for tiny, else the released weights).
+# `configure_finetuning.py`) and the checkpoint fine-tuned by default (ours for tiny and large, else the released
+# weights).
 RECIPES = {
     "tiny": dict(learning_rate=5e-4, init_checkpoint="workdirs/pretrain_tiny"),
     "small": dict(learning_rate=3e-4, init_checkpoint="YituTech/conv-bert-small"),
     "medium_small": dict(learning_rate=3e-4, init_checkpoint="YituTech/conv-bert-medium-small"),
     "base": dict(learning_rate=1e-4, init_checkpoint="YituTech/conv-bert-base"),
+    "large": dict(learning_rate=5e-5, layerwise_lr_decay=0.9, init_checkpoint="workdirs/pretrain_large"),  # ELECTRA's
 }
 
 
@@ -54,7 +56,7 @@ def default_config(size: str, where: str) -> ml_collections.ConfigDict:
     # Peak lr of the head alone when `freeze_encoder` (a linear probe): at `learning_rate` the head of the tiny
     # recipe stays near its initialisation over 3 epochs (docs/transfer.md, "The probe").
     c.probe_learning_rate = 1e-2
-    c.layerwise_lr_decay = 0.8  # embeddings decay^(L+2), layer i decay^(L+1-i), heads 1.0
+    c.layerwise_lr_decay = RECIPES[size].get("layerwise_lr_decay", 0.8)  # embeddings decay^(L+2), layer i ^(L+1-i)
     c.warmup_proportion = 0.1
     c.weight_decay = 0.01  # decoupled, not on LayerNorm / bias
     c.clip_norm = 1.0

@@ -87,9 +87,10 @@ class ConvBertGeneratorPredictions(nnx.Module):
     def __init__(self, config: ConvBertConfig, *, rngs: nnx.Rngs):
         self.dense = dense(config, config.hidden_size, config.embedding_size, ("embed", "embed"), rngs=rngs)
         self.LayerNorm = layer_norm(config, config.embedding_size, rngs=rngs)
+        self.impl = config.kernels
 
     def __call__(self, x: Array) -> Array:
-        return self.LayerNorm(gelu(self.dense(x)))
+        return self.LayerNorm(gelu(self.dense(x), self.impl))
 
 
 class TiedLMHead(nnx.Module):
@@ -132,8 +133,9 @@ class ConvBertClassificationHead(nnx.Module):
         h = config.hidden_size
         self.form = config.classifier_head
         self.act = config.hidden_act
+        self.impl = config.kernels
         rate = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = Dropout(rate)
+        self.dropout = Dropout(rate, config.kernels)
         if self.form == "hf":
             self.dense = dense(config, h, h, ("embed", None), rngs=rngs)
         self.out_proj = dense(config, h, config.num_labels, ("embed", None), rngs=rngs,
@@ -142,7 +144,7 @@ class ConvBertClassificationHead(nnx.Module):
     def __call__(self, hidden: Array, keys: KeyChain) -> Array:
         x = self.dropout(hidden[:, 0], keys.next())
         if self.form == "hf":
-            x = self.dropout(activation(self.act)(self.dense(x)), keys.next())
+            x = self.dropout(activation(self.act, self.impl)(self.dense(x)), keys.next())
         return self.out_proj(x).astype(jnp.float32)
 
 
@@ -196,7 +198,7 @@ class ConvBertForTokenClassification(_HeadModel):
     def __init__(self, config: ConvBertConfig, *, rngs: nnx.Rngs):
         super().__init__(config, rngs=rngs)
         rate = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = Dropout(rate)
+        self.dropout = Dropout(rate, config.kernels)
         self.classifier = dense(config, config.hidden_size, config.num_labels, ("embed", None), rngs=rngs)
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, *,
@@ -241,9 +243,10 @@ class ConvBertDiscriminatorPredictions(nnx.Module):
         self.dense_prediction = dense(config, config.hidden_size, 1, ("embed", None), rngs=rngs,
                                       kernel_init=GLOROT_UNIFORM)
         self.act = config.hidden_act
+        self.impl = config.kernels
 
     def __call__(self, x: Array) -> Array:
-        return self.dense_prediction(activation(self.act)(self.dense(x)))[..., 0].astype(jnp.float32)
+        return self.dense_prediction(activation(self.act, self.impl)(self.dense(x)))[..., 0].astype(jnp.float32)
 
 
 class ConvBertForPreTraining(_HeadModel):

@@ -2,12 +2,13 @@
 over time that both convolutions of mixed attention use (arXiv 2008.02496 section 3; yitu-opensource/ConvBert
 `model/modeling.py` `attention_layer`).
 
-A kernel with more than one implementation has a plain `reference` (jax autodiff of the textbook formula) and a
-`cpu_tuned` form with a custom gradient that XLA CPU runs faster (BENCHMARKS.md, "Model forward/backward"); both
-compute the same function and `tests/test_kernels.py` checks their values and gradients against each other.
-`KERNELS` lists them and `kernel(name, impl)` is the one place that picks: `impl` is 'reference', 'cpu_tuned' or
-'auto', which `resolve_impl` maps from the backend (`AUTO_IMPL`). The dropout mask has one implementation, a
-counter hash; its test is its statistics.
+Every kernel has a plain `reference` (jax autodiff of the textbook formula; `jax.random.bernoulli` for the dropout
+mask) and a `cpu_tuned` form, written for XLA CPU (BENCHMARKS.md, "Model forward/backward"): custom gradients for
+gelu and the convolution, a counter-hash dropout mask. Both forms compute the same function (the dropout masks the
+same distribution, from another random stream); `tests/test_kernels.py` checks values and gradients against each
+other. `KERNELS` lists them and `kernel(name, impl)` is the one place that picks: `impl` ('auto', a platform or an
+implementation, `CHOICES`) is mapped per kernel by `resolve_impl`; 'auto' takes the choice of the platform the
+code is compiled for (`AUTO_IMPL`, `target_platform`).
 
 Shapes: B batch, T length, C channels (any trailing dims), k kernel size.
 """
@@ -15,7 +16,7 @@ Shapes: B batch, T length, C channels (any trailing dims), k kernel size.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -24,19 +25,65 @@ from jax import lax
 
 Array = jax.Array
 IMPLS = ("reference", "cpu_tuned")
-# What 'auto' picks on each backend (`jax.default_backend()`). The tuned kernels were measured on CPU only; a
-# backend not listed gets AUTO_DEFAULT, the kernels every backend ran before the selection existed.
-AUTO_IMPL: dict[str, str] = {"cpu": "cpu_tuned"}
-AUTO_DEFAULT = "cpu_tuned"
+# The implementation each platform runs, per kernel, chosen by measurement. CPU: the tuned forms, faster there
+# (BENCHMARKS.md). TPU, by the TPU compiler's cost model (bytes accessed; forward + backward of
+# ConvBertForPreTraining base, bfloat16, 16 x 128 per chip on v5e:2x2, dropout on): the tuned gelu and dropout
+# mask fuse and save bytes there too, the tuned convolution's banded weight gradient moves more than autodiff of
+# the slices. All plain: 1.92e10 bytes, 0.74 GiB temporaries; this choice: 1.50e10, 0.46 GiB; all tuned: 2.06e10,
+# 0.60 GiB (BENCHMARKS.md, "Kernel choice per platform"). GPU: the plain forms until a GPU measurement decides
+# (none has been made).
+# A platform not listed gets AUTO_DEFAULT for every kernel.
+AUTO_IMPL: dict[str, dict[str, str]] = {
+    "cpu": dict(gelu="cpu_tuned", dropout_keep_mask="cpu_tuned", shifted_window_sum="cpu_tuned"),
+    "tpu": dict(gelu="cpu_tuned", dropout_keep_mask="cpu_tuned", shifted_window_sum="reference"),
+    "gpu": dict(gelu="reference", dropout_keep_mask="reference", shifted_window_sum="reference"),
+}
+AUTO_DEFAULT = "reference"
+# The values of `ConvBertConfig.kernels`: 'auto' (the platform compiled for), a platform of `AUTO_IMPL` (its
+# choice, on any platform), or one implementation for every kernel.
+CHOICES = ("auto", *AUTO_IMPL, *IMPLS)
 
 
-def resolve_impl(impl: str = "auto", backend: str | None = None) -> str:
-    """'reference' or 'cpu_tuned' as given; 'auto' -> `AUTO_IMPL` of `backend` (default: jax's default backend)."""
+def target_platform() -> str:
+    """The platform being compiled for: that of the mesh set with `jax.set_mesh` when there is one (so code traced
+    on a CPU host for TPU devices, as ahead-of-time compilation does, gets the TPU's kernels), else jax's default
+    backend."""
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    return device.platform if device is not None else jax.default_backend()
+
+
+Devices = Iterable[jax.Device] | jax.sharding.Mesh
+
+
+def platform_of(devices: Devices) -> str:
+    """The platform of `devices` (or of a mesh's devices), e.g. 'cpu' or 'tpu'; an error if they mix platforms."""
+    if isinstance(devices, jax.sharding.Mesh):
+        devices = devices.devices.flat
+    platforms = {d.platform for d in devices}
+    if len(platforms) != 1:
+        raise ValueError(f"expected devices of one platform, got platforms {sorted(platforms)}")
+    return platforms.pop()
+
+
+def resolve_impl(impl: str, name: str, platform: str | None = None) -> str:
+    """The implementation of kernel `name` that `impl` selects: 'reference' or 'cpu_tuned' as given; a platform
+    ('cpu', 'tpu', 'gpu') its `AUTO_IMPL` entry; 'auto' that of `platform` (default: `target_platform()`)."""
+    if impl in IMPLS:
+        return impl
     if impl == "auto":
-        return AUTO_IMPL.get(backend or jax.default_backend(), AUTO_DEFAULT)
-    if impl not in IMPLS:
-        raise ValueError(f"kernel implementation must be one of {('auto',) + IMPLS}, got {impl!r}")
-    return impl
+        impl = platform or target_platform()
+    elif impl not in AUTO_IMPL:
+        raise ValueError(f"kernel implementation must be one of {CHOICES}, got {impl!r}")
+    return AUTO_IMPL.get(impl, {}).get(name, AUTO_DEFAULT)
+
+
+def resolve_platform(impl: str, devices: Devices) -> str:
+    """`impl` with 'auto' replaced by the platform of `devices` (`AUTO_DEFAULT` for a platform `AUTO_IMPL` does not
+    list), so the choice no longer depends on where the code is traced."""
+    if impl != "auto":
+        return impl
+    platform = platform_of(devices)
+    return platform if platform in AUTO_IMPL else AUTO_DEFAULT
 
 
 # ------------------------------------------------------------------------------------------------
@@ -102,7 +149,12 @@ def _fmix32(h: Array) -> Array:
     return h ^ (h >> 16)
 
 
-def dropout_keep_mask(rng: Array, shape: tuple[int, ...], keep_prob: float) -> Array:
+def dropout_keep_mask_reference(rng: Array, shape: tuple[int, ...], keep_prob: float) -> Array:
+    """Bernoulli(keep_prob) mask of `shape` from `jax.random.bernoulli`."""
+    return jax.random.bernoulli(rng, keep_prob, shape)
+
+
+def dropout_keep_mask_cpu_tuned(rng: Array, shape: tuple[int, ...], keep_prob: float) -> Array:
     """Bernoulli(keep_prob) mask of `shape`, a counter-based hash of each element's position and two 32-bit seeds
     drawn from `rng`: h = fmix32(fmix32(row ^ s0) + col * 0x9E3779B1 + s1) over row = index of the leading dims,
     col = index in the last one. Unlike `jax.random.bernoulli` (threefry, which XLA CPU runs as a loop over the
@@ -118,16 +170,22 @@ def dropout_keep_mask(rng: Array, shape: tuple[int, ...], keep_prob: float) -> A
     return (h < jnp.uint32(threshold)).reshape(shape)
 
 
-class Dropout(nnx.Module):
-    """Dropout fed an explicit key; the identity when `rng` is None (evaluation)."""
+def dropout_keep_mask(rng: Array, shape: tuple[int, ...], keep_prob: float, impl: str = "auto") -> Array:
+    """Boolean Bernoulli(keep_prob) mask of `shape` drawn from `rng`, in the implementation `impl` selects."""
+    return kernel("dropout_keep_mask", impl)(rng, shape, keep_prob)
 
-    def __init__(self, rate: float):
+
+class Dropout(nnx.Module):
+    """Dropout fed an explicit key; the identity when `rng` is None (evaluation). `impl` picks the mask's kernel."""
+
+    def __init__(self, rate: float, impl: str = "auto"):
         self.rate = rate
+        self.impl = impl
 
     def __call__(self, x: Array, rng: Array | None) -> Array:
         if rng is None or self.rate == 0.0:
             return x
-        keep = dropout_keep_mask(rng, x.shape, 1.0 - self.rate)
+        keep = dropout_keep_mask(rng, x.shape, 1.0 - self.rate, self.impl)
         return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
 
 
@@ -239,10 +297,11 @@ def shifted_window_sum(x: Array, weights: Array, kernel_size: int, impl: str = "
 
 KERNELS: dict[str, dict[str, Callable]] = {
     "gelu": {"reference": gelu_reference, "cpu_tuned": gelu_cpu_tuned},
+    "dropout_keep_mask": {"reference": dropout_keep_mask_reference, "cpu_tuned": dropout_keep_mask_cpu_tuned},
     "shifted_window_sum": {"reference": shifted_window_sum_reference, "cpu_tuned": shifted_window_sum_cpu_tuned},
 }
 
 
 def kernel(name: str, impl: str = "auto") -> Callable:
     """The implementation of kernel `name` (a key of `KERNELS`) that `impl` selects (see `resolve_impl`)."""
-    return KERNELS[name][resolve_impl(impl)]
+    return KERNELS[name][resolve_impl(impl, name)]

@@ -12,6 +12,8 @@ branch, d = H / N, A = Nr * d, k kernel size, I intermediate, G groups, V vocab.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
@@ -21,6 +23,10 @@ from convbert.kernels import Dropout, KeyChain, activation, shifted_window_sum
 
 Array = jax.Array
 MASK_BIAS = -10000.0  # additive bias on padded keys, as the TF original (spec 1.2 step 2)
+LAYERS_AXIS = "layers"  # logical name of the leading axis of stacked layers (`scan_layers`); no rule shards it
+# `ConvBertConfig.remat` (but 'none') -> what `jax.checkpoint` keeps of a layer for its backward pass.
+CHECKPOINT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "full": jax.checkpoint_policies.nothing_saveable}
 # TF1's `tf.layers.dense` default kernel initialiser, for the layers the official code builds without one.
 GLOROT_UNIFORM = nnx.initializers.glorot_uniform()
 
@@ -65,7 +71,7 @@ class ConvBertEmbeddings(nnx.Module):
         self.position_embeddings = embed(config.max_position_embeddings, (None, "embed"))
         self.token_type_embeddings = embed(config.type_vocab_size, (None, "embed"))
         self.LayerNorm = layer_norm(config, e, rngs=rngs)
-        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob, config.kernels)
 
     def __call__(self, input_ids: Array, token_type_ids: Array | None = None, position_ids: Array | None = None,
                  rng: Array | None = None) -> Array:
@@ -88,6 +94,7 @@ class SeparableConv1D(nnx.Module):
     def __init__(self, config: ConvBertConfig, in_features: int, out_features: int, *, rngs: nnx.Rngs):
         k = config.conv_kernel_size
         self.kernel_size = k
+        self.impl = config.kernels
         self.dtype = compute_dtype(config)
         self.depthwise = nnx.Param(_init(config, 1.0 / k)(rngs.params(), (k, in_features), jnp.float32),
                                    logical_axes=(None, "embed"))
@@ -96,7 +103,7 @@ class SeparableConv1D(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32), logical_axes=("heads",))
 
     def __call__(self, x: Array) -> Array:
-        x = shifted_window_sum(x, self.depthwise[...].T.astype(self.dtype), self.kernel_size)
+        x = shifted_window_sum(x, self.depthwise[...].T.astype(self.dtype), self.kernel_size, self.impl)
         return x @ self.pointwise[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
 
 
@@ -123,7 +130,7 @@ class ConvBertSelfAttention(nnx.Module):
                                          logical_axes=(None, None))
         if config.conv_type != "none":
             self.conv_out_layer = dense(config, h, a, ("embed", "heads"), rngs=rngs)
-        self.dropout = Dropout(config.attention_probs_dropout_prob)
+        self.dropout = Dropout(config.attention_probs_dropout_prob, config.kernels)
 
     def conv_kernels(self, x: Array, q: Array) -> Array:
         """Softmax-normalised kernels [B, T, Nr, k] (or [Nr, k] for lconv), computed in float32."""
@@ -149,7 +156,7 @@ class ConvBertSelfAttention(nnx.Module):
             return context.reshape(b, t, nr * d)
         kernels = self.conv_kernels(x, q).astype(q.dtype)
         conv_value = self.conv_out_layer(x).reshape(b, t, nr, d)
-        conv = shifted_window_sum(conv_value, kernels[..., None, :], c.conv_kernel_size)
+        conv = shifted_window_sum(conv_value, kernels[..., None, :], c.conv_kernel_size, c.kernels)
         return jnp.concatenate([context, conv], axis=2).reshape(b, t, 2 * nr * d)
 
 
@@ -159,7 +166,7 @@ class ConvBertSelfOutput(nnx.Module):
     def __init__(self, config: ConvBertConfig, *, rngs: nnx.Rngs):
         self.dense = dense(config, config.attention_output_size, config.hidden_size, ("heads", "embed"), rngs=rngs)
         self.LayerNorm = layer_norm(config, config.hidden_size, rngs=rngs)
-        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob, config.kernels)
 
     def __call__(self, x: Array, residual: Array, rng: Array | None) -> Array:
         y = self.dropout(self.dense(x), rng)
@@ -202,16 +209,17 @@ class ConvBertIntermediate(nnx.Module):
     def __init__(self, config: ConvBertConfig, *, rngs: nnx.Rngs):
         self.dense = ffn_dense(config, config.hidden_size, config.intermediate_size, ("embed", "mlp"), rngs=rngs)
         self.act = config.hidden_act
+        self.impl = config.kernels
 
     def __call__(self, x: Array) -> Array:
-        return activation(self.act)(self.dense(x))
+        return activation(self.act, self.impl)(self.dense(x))
 
 
 class ConvBertOutput(nnx.Module):
     def __init__(self, config: ConvBertConfig, *, rngs: nnx.Rngs):
         self.dense = ffn_dense(config, config.intermediate_size, config.hidden_size, ("mlp", "embed"), rngs=rngs)
         self.LayerNorm = layer_norm(config, config.hidden_size, rngs=rngs)
-        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob, config.kernels)
 
     def __call__(self, x: Array, residual: Array, rng: Array | None) -> Array:
         y = self.dropout(self.dense(x), rng)
@@ -231,14 +239,61 @@ class ConvBertLayer(nnx.Module):
         return self.output(self.intermediate(x), x, keys.next())
 
 
-class ConvBertEncoder(nnx.Module):
-    def __init__(self, config: ConvBertConfig, *, rngs: nnx.Rngs):
-        self.layer = nnx.List([ConvBertLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+def stack_layers(layers: Sequence[nnx.Module]) -> nnx.Module:
+    """One module of `layers[0]`'s structure whose every Variable holds the values of all `layers` stacked on a new
+    leading axis ([L, ...], logical axis `LAYERS_AXIS` prepended to its `logical_axes`)."""
+    graphdef, _ = nnx.split(layers[0])
 
-    def __call__(self, x: Array, mask_bias: Array, keys: KeyChain, output_hidden_states: bool = False):
+    def stack(*variables: nnx.Variable) -> nnx.Variable:
+        axes = variables[0].get_metadata().get("logical_axes")
+        return variables[0].replace(jnp.stack([v.get_value() for v in variables]),
+                                    logical_axes=None if axes is None else (LAYERS_AXIS, *axes))
+
+    states = [nnx.state(layer) for layer in layers]
+    return nnx.merge(graphdef, jax.tree.map(stack, *states, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+class ConvBertEncoder(nnx.Module):
+    """L layers, input and output [B, T, H]. `layer` is an `nnx.List` of L `ConvBertLayer`s (transformers' names,
+    `encoder.layer.<i>`) or, with `config.scan_layers`, one `ConvBertLayer` whose parameters are stacked [L, ...]
+    (`stack_layers` of the same L layers, so the same initialisation) and run by `jax.lax.scan`, which compiles one
+    layer instead of L. Layer i draws its dropout keys from fold_in(rng, i) in both forms, so they compute the same
+    function. `config.remat` rematerialises each layer in the backward pass (`jax.checkpoint` with
+    `CHECKPOINT_POLICIES`)."""
+
+    def __init__(self, config: ConvBertConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        layers = [ConvBertLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)]
+        self.layer = stack_layers(layers) if config.scan_layers else nnx.List(layers)
+
+    def __call__(self, x: Array, mask_bias: Array, rng: Array | None, output_hidden_states: bool = False):
+        """x [B, T, H], mask_bias [B, 1, 1, T], rng: dropout key (None: no dropout). Returns (output, the L + 1
+        hidden states (input first) when `output_hidden_states`, else None)."""
+        c = self.config
+        if c.scan_layers:
+            graphdef, params = nnx.split(self.layer)
+        else:
+            graphdef, params = nnx.split(self.layer[0])[0], [nnx.state(layer) for layer in self.layer]
+
+        def run(params, x, mask_bias, key):
+            return nnx.merge(graphdef, params)(x, mask_bias, KeyChain(key))
+
+        def key(index):
+            return None if rng is None else jax.random.fold_in(rng, index)
+
+        if c.remat != "none":
+            run = jax.checkpoint(run, policy=CHECKPOINT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+        if c.scan_layers:
+            def body(h, xs):
+                layer_params, index = xs
+                h = run(layer_params, h, mask_bias, key(index))
+                return h, h if output_hidden_states else None
+
+            out, ys = jax.lax.scan(body, x, (params, jnp.arange(c.num_hidden_layers)))
+            return out, ((x, *ys) if output_hidden_states else None)
         states = [x]
-        for layer in self.layer:
-            x = layer(x, mask_bias, keys)
+        for index, layer_params in enumerate(params):
+            x = run(layer_params, x, mask_bias, key(index))
             states.append(x)
         return x, (tuple(states) if output_hidden_states else None)
 
@@ -309,7 +364,7 @@ class ConvBertModel(ConvBertPreTrainedModel):
         if hasattr(self, "embeddings_project"):
             x = self.embeddings_project(x)
         mask_bias = attention_mask_bias(attention_mask, x.shape[:2])
-        x, states = self.encoder(x, mask_bias, keys, output_hidden_states)
+        x, states = self.encoder(x, mask_bias, keys.next(), output_hidden_states)
         return BaseModelOutput(last_hidden_state=x, hidden_states=states)
 
 

@@ -61,7 +61,7 @@ class Pretrainer(TrainSteps):
     """
 
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, special_ids: Mapping[str, int]):
-        self.model_config = ConvBertConfig(**config.model.to_dict())
+        self.model_config = ConvBertConfig(**config.model.to_dict()).resolve_kernels(mesh)  # the mesh's platform
         self.electra_config = cfg = electra.ElectraConfig.from_config(config.electra, special_ids)
         self.objective = config.objective
         self.batch_shapes = {k: ((config.batch_size, config.max_seq_length), np.int32) for k in FIELDS}

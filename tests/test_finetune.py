@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from convbert import ConvBertForPreTraining, ConvBertForSequenceClassification, ConvBertModel, optim
+from convbert import ConvBertForPreTraining, ConvBertForSequenceClassification, ConvBertModel, hf_io
 from convbert.glue import finetune
 from convbert.glue.submission import SUBMISSION_FILES
 from convbert.glue.tasks import TASKS
@@ -60,23 +60,29 @@ def test_config_recipe_per_size_and_task():
     assert glue_config.get_config("all,base").init_checkpoint == "YituTech/conv-bert-base"
     with pytest.raises(ValueError, match="unknown task 'glue'; valid tasks: cola, sst2"):
         glue_config.get_config("glue,base")
-    with pytest.raises(ValueError, match="unknown size 'large'"):
-        glue_config.get_config("rte,large")
+    large = glue_config.get_config("rte,large")  # ELECTRA-large's fine-tuning recipe
+    assert (large.learning_rate, large.layerwise_lr_decay) == (5e-5, 0.9)
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        glue_config.get_config("rte,huge")
 
 
-def test_layerwise_lr_per_parameter_of_the_classification_model():
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_layerwise_lr_per_parameter_of_the_classification_model(scan_layers):
     """With Adam's first step (no bias correction) every update is the same size, so update / head update is
-    each parameter's multiplier: embeddings 0.8^4, layer 0 0.8^3, layer 1 0.8^2, head 1 (L = 2, spec 6.1)."""
-    model = nnx.eval_shape(lambda: ConvBertForSequenceClassification(TINY.replace(classifier_head="hf"),
-                                                                     rngs=nnx.Rngs(0)))
+    each parameter's multiplier: embeddings 0.8^4, layer 0 0.8^3, layer 1 0.8^2, head 1 (L = 2, spec 6.1); the
+    same per layer for stacked layers (scan_layers)."""
+    config = TINY.replace(classifier_head="hf", scan_layers=scan_layers)
+    model = nnx.eval_shape(lambda: ConvBertForSequenceClassification(config, rngs=nnx.Rngs(0)))
     params = jax.tree.map(lambda x: jnp.zeros(x.shape), nnx.state(model, nnx.Param))
     c = glue_config.get_config("sst2,base")
     c.update(weight_decay=0.0, warmup_proportion=0.0)
     tx, _ = finetune.make_optimizer(c, params, num_layers=2, total_steps=10 ** 9)
     updates = jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[0])(jax.tree.map(jnp.ones_like, params), params)
-    first = {optim.path_names(p)[:-1]: float(u.reshape(-1)[0]) for p, u in jax.tree_util.tree_leaves_with_path(updates)}
+    updates = hf_io.split_stacked({p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(updates)})
+    first = {tuple(map(str, p)): float(u.reshape(-1)[0]) for p, u in updates.items()}
     ratios = {path: u / first["classifier", "out_proj", "kernel"] for path, u in first.items()}
-    assert len(ratios) == len(jax.tree.leaves(params))
+    assert len(ratios) == len(hf_io.split_stacked({p: np.asarray(v.get_value()) for p, v in
+                                                  nnx.to_flat_state(params)}))
     for path, ratio in ratios.items():
         if path[:2] == ("convbert", "embeddings") or path[:2] == ("convbert", "embeddings_project"):
             expected = 0.8 ** 4

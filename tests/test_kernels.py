@@ -1,19 +1,27 @@
 """The numerical kernels: every custom gradient against jax autodiff of its reference (values and gradients, float32
-and bfloat16), the convolution against a loop, the dropout mask's statistics, and the implementation selection."""
+and bfloat16), the convolution against a loop, both dropout masks' statistics and gradients, and the implementation
+selection, which follows the devices compiled for."""
 
+import importlib.util
 import itertools
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convbert import kernels
+from jax.sharding import AxisType
+
+from configs import pretrain
+from convbert import ConvBertConfig, kernels, sharding
 from convbert.kernels import Dropout, dropout_keep_mask, shifted_window_sum
+from convbert.pretraining import Pretrainer
 
 # Largest error allowed, relative to the largest reference entry: a few units in the last place of float32, and
 # 5 units of bfloat16's 8-bit mantissa (inputs, products and sums are rounded to bfloat16 on both paths).
 REL_TOL = {jnp.float32: 1e-6, jnp.bfloat16: 5 * 2.0 ** -8}
+SPECIAL = {"pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask": 103}
 
 
 def _f32(a) -> np.ndarray:
@@ -138,33 +146,17 @@ def test_gelu_cpu_tuned_matches_autodiff_of_jax_gelu_bfloat16():
 
 
 # ------------------------------------------------------------------------------------------------
-# selection
-
-
-def test_auto_resolves_per_backend_and_names_are_checked():
-    assert kernels.resolve_impl("auto", backend="cpu") == "cpu_tuned"
-    assert kernels.resolve_impl("auto") == kernels.AUTO_IMPL.get(jax.default_backend(), kernels.AUTO_DEFAULT)
-    assert [kernels.resolve_impl(i) for i in kernels.IMPLS] == list(kernels.IMPLS)
-    assert kernels.kernel("shifted_window_sum", "reference") is kernels.shifted_window_sum_reference
-    assert kernels.kernel("gelu", "cpu_tuned") is kernels.gelu_cpu_tuned
-    assert kernels.activation("gelu", "reference") is kernels.gelu_reference
-    assert set(kernels.KERNELS) == {"gelu", "shifted_window_sum"}
-    assert all(set(impls) == set(kernels.IMPLS) for impls in kernels.KERNELS.values())
-    with pytest.raises(ValueError, match="must be one of"):
-        kernels.resolve_impl("fast")
-
-
-# ------------------------------------------------------------------------------------------------
 # dropout
 
 
+@pytest.mark.parametrize("impl", kernels.IMPLS)
 @pytest.mark.parametrize("rate", [0.1, 0.5])
-def test_dropout_mask_statistics(rate):
-    """The hash mask keeps 1 - rate of the elements, evenly over rows and columns, independently of its
-    neighbours and of the mask drawn from another key (bounds are 5 standard deviations)."""
+def test_dropout_mask_statistics(rate, impl):
+    """Both masks keep 1 - rate of the elements, evenly over rows and columns, independently of their neighbours
+    and of the mask drawn from another key (bounds are 5 standard deviations)."""
     shape = (16, 64, 512)
-    mask = np.asarray(dropout_keep_mask(jax.random.key(0), shape, 1.0 - rate), np.float64)
-    other = np.asarray(dropout_keep_mask(jax.random.key(1), shape, 1.0 - rate), np.float64)
+    mask = np.asarray(dropout_keep_mask(jax.random.key(0), shape, 1.0 - rate, impl), np.float64)
+    other = np.asarray(dropout_keep_mask(jax.random.key(1), shape, 1.0 - rate, impl), np.float64)
     var = rate * (1.0 - rate)
     assert abs(mask.mean() - (1 - rate)) < 5 * np.sqrt(var / mask.size)
     assert np.abs(mask.reshape(-1, 512).mean(0) - (1 - rate)).max() < 5 * np.sqrt(var / (16 * 64))
@@ -173,6 +165,89 @@ def test_dropout_mask_statistics(rate):
     for lag in (1, 2, 511, 512, 513, 64 * 512):
         assert abs(np.corrcoef(flat[:-lag], flat[lag:])[0, 1]) < 5 * sigma, lag
     assert abs(np.corrcoef(flat, other.ravel())[0, 1]) < 5 * sigma
-    x = jnp.ones(shape)
-    dropped = Dropout(rate)(x, jax.random.key(0))
-    np.testing.assert_allclose(np.asarray(dropped), mask / (1 - rate), rtol=1e-6)
+
+
+@pytest.mark.parametrize("impl", kernels.IMPLS)
+def test_dropout_value_and_gradient_follow_the_mask(impl):
+    """Dropout(x) = mask * x / (1 - rate) and its gradient mask * g / (1 - rate), with the mask of `impl`; the
+    reference mask is `jax.random.bernoulli`'s."""
+    rate, key = 0.3, jax.random.key(0)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 8, 32)), jnp.float32)
+    g = jnp.asarray(np.random.default_rng(1).standard_normal((4, 8, 32)), jnp.float32)
+    mask = np.asarray(dropout_keep_mask(key, x.shape, 1.0 - rate, impl), np.float32)
+    if impl == "reference":
+        np.testing.assert_array_equal(mask, np.asarray(jax.random.bernoulli(key, 1.0 - rate, x.shape)))
+    value, vjp = jax.vjp(lambda a: Dropout(rate, impl)(a, key), x)
+    np.testing.assert_allclose(value, mask * np.asarray(x) / (1 - rate), rtol=1e-6)
+    np.testing.assert_allclose(vjp(g)[0], mask * np.asarray(g) / (1 - rate), rtol=1e-6)
+    np.testing.assert_array_equal(Dropout(rate, impl)(x, None), x)
+
+
+# ------------------------------------------------------------------------------------------------
+# selection
+
+
+def test_choices_resolve_per_kernel_and_names_are_checked():
+    assert {name: kernels.resolve_impl("tpu", name) for name in kernels.KERNELS} == {
+        "gelu": "cpu_tuned", "dropout_keep_mask": "cpu_tuned", "shifted_window_sum": "reference"}
+    for name in kernels.KERNELS:
+        assert kernels.resolve_impl("cpu", name) == "cpu_tuned" and kernels.resolve_impl("gpu", name) == "reference"
+        assert kernels.resolve_impl("auto", name, "other") == kernels.AUTO_DEFAULT == "reference"
+        assert kernels.resolve_impl("auto", name, "tpu") == kernels.resolve_impl("tpu", name)
+        assert kernels.resolve_impl("auto", name) == kernels.resolve_impl("cpu", name)  # no mesh set: the backend
+        assert [kernels.resolve_impl(i, name, "tpu") for i in kernels.IMPLS] == list(kernels.IMPLS)  # as given
+    assert kernels.kernel("shifted_window_sum", "reference") is kernels.shifted_window_sum_reference
+    assert kernels.kernel("gelu", "cpu_tuned") is kernels.gelu_cpu_tuned
+    assert kernels.kernel("dropout_keep_mask", "tpu") is kernels.dropout_keep_mask_cpu_tuned
+    assert kernels.activation("gelu", "reference") is kernels.gelu_reference
+    assert set(kernels.KERNELS) == {"gelu", "dropout_keep_mask", "shifted_window_sum"}
+    assert all(set(impls) == set(kernels.IMPLS) for impls in kernels.KERNELS.values())
+    assert all(set(choice) == set(kernels.KERNELS) for choice in kernels.AUTO_IMPL.values())
+    with pytest.raises(ValueError, match="must be one of"):
+        kernels.resolve_impl("fast", "gelu")
+
+
+def _custom_gradients_traced() -> int:
+    """How many custom-gradient (cpu_tuned) kernels gelu -> convolution traces with impl 'auto': 2 with CPU's
+    choice, 1 (gelu) with TPU's."""
+    def loss(x, w):
+        return jnp.sum(shifted_window_sum(kernels.gelu(x), w, 3))
+
+    args = jax.ShapeDtypeStruct((2, 5, 4), jnp.float32), jax.ShapeDtypeStruct((4, 3), jnp.float32)
+    return str(jax.make_jaxpr(loss)(*args)).count("custom_vjp_call[")
+
+
+def test_auto_follows_the_target_devices_not_the_host():
+    """Compiling for TPU devices on this CPU host (ahead of time) must pick the TPU's kernels: from the devices
+    (`ConvBertConfig.resolve_kernels`, what `Pretrainer` does with its mesh) and at trace time from the mesh in
+    context. Stand-in TPU devices here; `test_auto_on_a_real_tpu_topology` uses libtpu's."""
+    tpu = [types.SimpleNamespace(platform="tpu")] * 4
+    assert kernels.platform_of(tpu) == "tpu"
+    assert ConvBertConfig().resolve_kernels(tpu).kernels == "tpu"
+    assert ConvBertConfig(kernels="cpu_tuned").resolve_kernels(tpu).kernels == "cpu_tuned"  # explicit choices stay
+    assert ConvBertConfig().resolve_kernels([types.SimpleNamespace(platform="metal")]).kernels == "reference"
+    assert ConvBertConfig().resolve_kernels(sharding.create_mesh({"data": -1})).kernels == "cpu"
+    assert Pretrainer(pretrain.get_config("tiny"), sharding.create_mesh({"data": -1}), SPECIAL).model_config.kernels \
+        == "cpu"
+    with pytest.raises(ValueError, match=r"one platform, got platforms \['cpu', 'tpu'\]"):
+        kernels.platform_of(tpu + jax.devices())
+
+    assert kernels.target_platform() == "cpu" and _custom_gradients_traced() == 2
+    device = jax.sharding.AbstractDevice(device_kind="TPU v5 lite", num_cores=None, platform="tpu")
+    tpu_mesh = jax.sharding.AbstractMesh((4,), ("data",), axis_types=(AxisType.Auto,), abstract_device=device)
+    with jax.sharding.use_abstract_mesh(tpu_mesh):
+        assert kernels.target_platform() == "tpu" and _custom_gradients_traced() == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs libtpu (pip install jax[tpu])")
+def test_auto_on_a_real_tpu_topology(monkeypatch):
+    from jax.experimental import topologies
+
+    monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")
+    mesh = sharding.create_mesh({"data": -1}, topologies.get_topology_desc(platform="tpu",
+                                                                           topology_name="v5e:2x2").devices)
+    assert kernels.platform_of(mesh) == "tpu"
+    assert ConvBertConfig().resolve_kernels(mesh).kernels == "tpu"
+    assert Pretrainer(pretrain.get_config("tiny"), mesh, SPECIAL).model_config.kernels == "tpu"
+    with jax.set_mesh(mesh):
+        assert kernels.target_platform() == "tpu" and _custom_gradients_traced() == 1

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import pretraining_setup as setup
 from convbert import metrics, pretraining, sharding
@@ -132,6 +133,35 @@ def test_resume_onto_another_mesh(straight, tmp_path):
     np.testing.assert_allclose([got[7], got[8]], [straight[1][7], straight[1][8]], rtol=1e-5)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6),
                  setup.load_state(workdir, 8, config).params, straight[2].params)
+
+
+def test_scanned_layers_with_remat_train_resume_and_export(straight, tmp_path, monkeypatch):
+    """model.scan_layers=True with remat 'dots' (the same initial parameters, stacked, and the same dropout keys):
+    the straight run's losses and parameters; the stacked state checkpoints, resumes after a SIGTERM at step 3
+    and restores; the exported discriminator holds the same weights as per-layer tensors."""
+    from convbert.hf_io import split_stacked
+    from convbert.modeling import ConvBertModel
+
+    config, workdir = setup.tiny_config(model__scan_layers=True, model__remat="dots", export_hf=True), str(tmp_path)
+    original = Checkpointer.reached_preemption
+    monkeypatch.setattr(Checkpointer, "reached_preemption",
+                        lambda self, step: step == 3 or original(self, step))
+    train(config, workdir)
+    assert steps(workdir) == [2, 3]
+    monkeypatch.undo()
+    train(config, workdir)
+    got = setup.losses(workdir)
+    np.testing.assert_allclose([got[s] for s in range(1, 9)], [straight[1][s] for s in range(1, 9)], rtol=1e-5)
+    state = setup.load_state(workdir, 8, config)
+    assert state.params["discriminator"]["encoder"]["layer"]["output"]["dense"]["kernel"].shape == (1, 512, 128)
+    flat = lambda params: split_stacked({p: np.asarray(v) for p, v in nnx.to_flat_state(params)})  # noqa: E731
+    ours, plain = flat(state.params), flat(straight[2].params)
+    assert ours.keys() == plain.keys()
+    for p in plain:
+        np.testing.assert_allclose(ours[p], plain[p], rtol=1e-4, atol=1e-6)
+    exported = ConvBertModel.from_pretrained(os.path.join(workdir, "export", "discriminator"))
+    np.testing.assert_array_equal(exported.encoder.layer[0].output.dense.kernel[...],
+                                  ours[("discriminator", "encoder", "layer", 0, "output", "dense", "kernel")])
 
 
 def _tree_hash(path):
