@@ -12,11 +12,11 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from convbert import validation
 from convbert.ablation import runner
 from convbert.ablation.study import StudyError, flag_value
 
-config_flags.DEFINE_config_file("config", None, "Study config (configs/ablations/NAME.py:SCALE, SCALE tiny or small).",
-                                lock_config=True)
+validation.define_config_file(None, "Study config (configs/ablations/NAME.py:SCALE, SCALE tiny or small).")
 flags.DEFINE_string("workdir", None, "The study's runs, results.md / results.json and plots; rerun to resume.")
 flags.DEFINE_list("only", [], "Run only these variants (comma-separated names).")
 flags.DEFINE_bool("dry_run", False, "Print the commands, one per line, and write WORKDIR/commands.sh and "

@@ -114,12 +114,17 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         vocab="",  # WordPiece vocab file; empty: the bundled BERT uncased vocab
         # How `corpus` / `hf_dataset` is prepared, with python -m convbert.data.prepare's defaults: tokenizer
         # wordpiece (BERT uncased vocab) | sentencepiece (trained on the corpus), sp_vocab_size, builder_variant
-        # electra (fixed upstream logic) | convbert_repo (spec 5.1), eval_fraction (documents held out).
-        **{k: PREPARE[k] for k in ("tokenizer", "sp_vocab_size", "builder_variant", "eval_fraction")},
+        # electra (fixed upstream logic) | convbert_repo (spec 5.1), eval_fraction (documents held out), strict_utf8
+        # (skip a file with any invalid UTF-8 byte; default: read them as U+FFFD, counted).
+        **{k: PREPARE[k] for k in ("tokenizer", "sp_vocab_size", "builder_variant", "eval_fraction", "strict_utf8")},
         num_workers=0,  # grain workers of the loader
     ))
 
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
+    # A restart may change the run length, logging, evaluation, export, checkpointing, mesh and loader workers; other
+    # changes stop it (convbert/resume.py) unless named here, comma-separated: e.g. "batch_size" (the data position
+    # is converted: no example skipped or repeated) or "optimizer.learning_rate", or "data" (other prepared data).
+    c.resume = ml_collections.ConfigDict(dict(allow_changes=""))
     c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=5))  # start_step >= 0 writes a trace
     c.export_hf = True
     c.export_every_steps = 1500 if tiny else 0  # > 0: also export to WORKDIR/export/step_<N> (a learning curve)

@@ -39,9 +39,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-from convbert import flops, metrics, pretraining, sharding
+
+from convbert import flops, metrics, pretraining, sharding, validation
 
 STEPS = ("pretrain", "finetune")
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -515,9 +515,8 @@ def format_report(r: Mapping[str, Any]) -> str:
 
 
 def _define_flags() -> None:
-    config_flags.DEFINE_config_file("config", "configs/pretrain.py:tiny", "Config file (file:arg), e.g. "
-                                    "configs/pretrain.py:base or configs/finetune_glue.py:mnli,base.",
-                                    lock_config=True)
+    validation.define_config_file("configs/pretrain.py:tiny", "Config file (file:arg), e.g. "
+                                  "configs/pretrain.py:base or configs/finetune_glue.py:mnli,base.")
     flags.DEFINE_string("topology", "v5e:2x2", "v5e:4x4, v5e-256, v4-32, v5p:4x4x4, v6e:16x16, ... or cpu:N.")
     flags.DEFINE_enum("step", "pretrain", STEPS, "The train step to compile.")
     flags.DEFINE_string("json_out", "", "Also write the report as JSON here.")

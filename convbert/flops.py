@@ -205,8 +205,8 @@ def main(argv):
 
 if __name__ == "__main__":
     from absl import app, flags
-    from ml_collections import config_flags
+    from convbert import validation
 
     FLAGS = flags.FLAGS
-    config_flags.DEFINE_config_file("config", "configs/pretrain.py:small", "pretraining config file")
+    validation.define_config_file("configs/pretrain.py:small", "pretraining config file")
     app.run(main)

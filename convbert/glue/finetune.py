@@ -6,7 +6,7 @@ SQuAD: the model is split once, merged inside the jitted step, the state donated
 every epoch; the reported numbers are those of the final epoch (no model selection, as google-research/electra
 `run_finetuning.py`). Workdir layout:
 
-    config.json                          the run's configuration
+    config.json                          every start's configuration (`convbert.resume.record_start`)
     <task>/seed_<k>/result.json          one finished seed (+ submission/*.tsv, metrics.jsonl, TensorBoard events)
     <task>/result.json                   the finished task: every seed, the median, the submission seed
     submission/CoLA.tsv ... AX.tsv       test predictions of the median seed, `submission.zip` once complete
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import json
 import os
 import time
@@ -29,7 +30,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from convbert import finetuning, hf_io, losses, sharding
+from convbert import finetuning, hf_io, losses, resume, sharding, validation
 from convbert.config import ConvBertConfig
 from convbert.finetuning import ENCODER, make_optimizer  # noqa: F401 (re-exported: this module's API)
 from convbert.glue import data, metrics, report
@@ -70,6 +71,14 @@ def resolve_source(init_checkpoint: str, tokenizer: str = "") -> Source:
                          "directory or a hub id such as YituTech/conv-bert-base (random:SRC for a freshly "
                          "initialised encoder of SRC's config)")
     export = next((e for e in (os.path.join(init_checkpoint, x) for x in PRETRAIN_EXPORTS) if os.path.isdir(e)), None)
+    if not export and os.path.isdir(os.path.join(init_checkpoint, "checkpoints")):
+        steps = glob.glob(os.path.join(init_checkpoint, "export", "step_*", "discriminator"))
+        latest = max(steps, key=lambda p: int(p.split("step_")[-1].split(os.sep)[0]), default=None)
+        raise FileNotFoundError(
+            f"config.init_checkpoint={init_checkpoint} is a pretraining workdir without "
+            f"{' or '.join(os.path.join(init_checkpoint, x) for x in PRETRAIN_EXPORTS)} (deleted, or the run has not "
+            "finished: it exports at its last step). Rerun its `python pretrain.py --workdir=...` to finish and export"
+            + (f", or pass an intermediate export such as {latest}" if latest else ""))
     if export:
         own_tokenizer = os.path.join(init_checkpoint, PRETRAIN_TOKENIZER)
         model_dir, tokenizer_dir = export, own_tokenizer if os.path.isdir(own_tokenizer) else export
@@ -205,6 +214,7 @@ def train_seed(trainer: TaskTrainer, task_data: TaskData, seed: int, logdir: str
     predictions})."""
     task, config = trainer.task, trainer.config
     bs, total, start = config.batch_size, trainer.total_steps, time.time()
+    resume.clear_interrupted_logs(logdir)  # a seed without result.json starts over
     writer, history, dev = MetricWriter(logdir), [], {}
 
     def on_epoch_end(epoch, step, state):
@@ -299,12 +309,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"unknown GLUE task {config.task!r}; valid tasks: {', '.join(TASK_CHOICES)}")
     if config.loss_reduction not in ("sum", "mean"):
         raise ValueError(f"config.loss_reduction must be 'sum' or 'mean', got {config.loss_reduction!r}")
+    validation.check_finetuning(config)
     names, require_ax = task_names(config.task), config.task == "ax"
     check_files(names, config, require_ax)
     mesh = sharding.create_mesh(config.mesh.to_dict())
     sharding.check_batch_size(config.batch_size, mesh, "batch_size", grad_accum_steps=config.grad_accum_steps)
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-    write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    if jax.process_index() == 0:
+        resume.record_finetuning_start(workdir, config)
     source = resolve_source(config.init_checkpoint, config.tokenizer)
     encoder_fn = functools.cache(lambda: load_encoder(source, config))  # loaded once, when a seed needs it
     tokenizer_fn = functools.cache(lambda: load_tokenizer(source.tokenizer_dir))

@@ -7,7 +7,7 @@ Training runs on `convbert.finetuning` (the core GLUE uses too); the encoder com
 as for GLUE (`convbert.glue.finetune.resolve_source`, including `random:SRC` and `freeze_encoder`). Dev is scored
 after every epoch; the final epoch's numbers are reported. Workdir layout:
 
-    config.json                      the run's configuration
+    config.json                      every start's configuration (`convbert.resume.record_start`)
     seed_<k>/result.json             one finished seed (+ predictions.json, null_odds.json, metrics.jsonl, events)
     predictions.json                 {question id: answer text} of the median seed ('' = no answer)
     null_odds.json                   v2.0: {question id: no-answer odds} of the median seed
@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from convbert import finetuning, losses, sharding
+from convbert import finetuning, losses, resume, sharding, validation
 from convbert.config import ConvBertConfig
 from convbert.glue.data import pad_to_multiple
 from convbert.glue.finetune import load_encoder, load_tokenizer, read_json, resolve_source
@@ -177,6 +177,7 @@ def train_seed(trainer: SquadTrainer, squad: SquadData, seed: int, logdir: str
                ) -> tuple[dict, dict[str, str], dict[str, float] | None]:
     """Fine-tunes one seed, scoring dev after every epoch; returns (result, predictions, null odds)."""
     config, start = trainer.config, time.time()
+    resume.clear_interrupted_logs(logdir)  # a seed without result.json starts over
     writer, history, last = MetricWriter(logdir), [], {}
 
     def on_epoch_end(epoch, step, state):
@@ -247,11 +248,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"config.version must be one of {', '.join(VERSIONS)}, got {config.version!r}")
     if config.loss_reduction not in ("sum", "mean"):
         raise ValueError(f"config.loss_reduction must be 'sum' or 'mean', got {config.loss_reduction!r}")
+    validation.check_finetuning(config, validation.SQUAD)
     check_files(config)
     mesh = sharding.create_mesh(config.mesh.to_dict())
     sharding.check_batch_size(config.batch_size, mesh, "batch_size", grad_accum_steps=config.grad_accum_steps)
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    if jax.process_index() == 0:
+        resume.record_finetuning_start(workdir, config)
     source = resolve_source(config.init_checkpoint, config.tokenizer)
     squad, trainer, seeds, mismatches = None, None, [], {}
     for seed in range(config.seed, config.seed + config.num_seeds):
