@@ -40,7 +40,6 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-
 from convbert import flops, metrics, pretraining, sharding, validation
 
 STEPS = ("pretrain", "finetune")
