@@ -119,6 +119,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         **{k: PREPARE[k] for k in ("tokenizer", "sp_vocab_size", "builder_variant", "eval_fraction", "strict_utf8")},
         num_workers=0,  # grain workers of the loader
     ))
+    if tiny:  # a SentencePiece vocabulary of the corpus: 8k entries, a smaller output layer, 1.8x the steps/s of 30k
+        c.data.tokenizer = "sentencepiece"
+        c.model.vocab_size = c.data.get_ref("sp_vocab_size")
 
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
     # A restart may change the run length, logging, evaluation, export, checkpointing, mesh and loader workers; other

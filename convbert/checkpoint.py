@@ -139,6 +139,9 @@ class Checkpointer:
         raised (nothing renamed).
         """
         failed: list[tuple[int, Exception]] = []
+        # Before the first read: a damaged checkpoint's pending reads may hit the closed loop while the restore is
+        # still raising.
+        _drop_event_loop_noise()
         for step in [step] if step is not None else reversed(self.all_steps()):
             self._check_fits(step, abstract_state)
             try:
@@ -146,7 +149,6 @@ class Checkpointer:
                     state=ocp.args.StandardRestore(abstract_state)))
                 ok = True
             except Exception as e:  # noqa: BLE001 - any failure to read means "try the previous checkpoint"
-                _drop_event_loop_noise()
                 failed.append((step, e))
                 ok = False
             if _all_processes(ok):

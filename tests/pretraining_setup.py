@@ -38,8 +38,10 @@ SAMPLER_FOR_EQUALITY = "gumbel"
 
 # Shrinks the tiny config: one layer per network (halves compile time), batch 8 x 64 tokens, 8 steps
 # (checkpoints at 2, 4, 6, 8), no eval or export; draws with `SAMPLER_FOR_EQUALITY`, since the runs resumed from
-# these checkpoints include one on another mesh.
+# these checkpoints include one on another mesh. WordPiece (the bundled BERT vocabulary) in place of the tiny
+# config's SentencePiece, so the two plays are prepared without training a tokenizer.
 SMALL = {
+    "data.tokenizer": "wordpiece", "model.vocab_size": 30522,
     "model.num_hidden_layers": 1, "batch_size": 8, "max_seq_length": 64, "num_train_steps": 8, "log_every_steps": 1,
     "checkpoint_every_steps": 2, "eval_every_steps": 0, "num_eval_steps": 0, "export_hf": False,
     "optimizer.warmup_steps": 2, "checkpoint.max_to_keep": 3, "electra.sampler": SAMPLER_FOR_EQUALITY,

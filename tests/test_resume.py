@@ -190,7 +190,7 @@ def test_prepared_data_is_rebuilt_or_refused_when_its_inputs_change(tmp_path, ca
         pretraining.prepare_data(other, workdir)
     assert built == [plays[0]] and f"input {plays[0]} added" in caplog.text
     assert loader.load_manifest(data_dir)["fingerprint"] == prepare.fingerprint(
-        plays[0], max_seq_length=64, eval_fraction=0.5, seed=0)
+        plays[0], max_seq_length=64, eval_fraction=0.5, seed=0, sp_vocab_size=other.data.sp_vocab_size)
     pretraining.prepare_data(config, workdir, resume.Resume(2, {}, (), ("data",)))
     assert built == [plays[0], str(corpus)]
     with pytest.raises(ValueError, match=rf"{data_dir} holds other prepared data than checkpoint step 2 was trained "
