@@ -6,13 +6,11 @@
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from convbert import distributed
+from convbert import distributed, validation
 from convbert.glue import finetune
 
-config_flags.DEFINE_config_file("config", "configs/finetune_glue.py:sst2,tiny", "Fine-tuning config (file:task,size).",
-                                lock_config=True)
+validation.define_config_file("configs/finetune_glue.py:sst2,tiny", "Fine-tuning config (file:task,size).")
 flags.DEFINE_string("workdir", None, "Results, submission files and logs; rerun to skip finished tasks.",
                     required=True)
 distributed.define_flags()

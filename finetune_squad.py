@@ -7,13 +7,11 @@
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from convbert import distributed
+from convbert import distributed, validation
 from convbert.squad import finetune
 
-config_flags.DEFINE_config_file("config", "configs/finetune_squad.py:v1,tiny",
-                                "Fine-tuning config (file:version,size).", lock_config=True)
+validation.define_config_file("configs/finetune_squad.py:v1,tiny", "Fine-tuning config (file:version,size).")
 flags.DEFINE_string("workdir", None, "Results, predictions and logs; rerun to skip finished seeds.", required=True)
 distributed.define_flags()
 FLAGS = flags.FLAGS

@@ -5,12 +5,10 @@
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from convbert import distributed, pretraining
+from convbert import distributed, pretraining, validation
 
-config_flags.DEFINE_config_file("config", "configs/pretrain.py:tiny", "Pretraining config (file:size).",
-                                lock_config=True)
+validation.define_config_file("configs/pretrain.py:tiny", "Pretraining config (file:size).")
 flags.DEFINE_string("workdir", "workdirs/pretrain_tiny", "Checkpoints, logs and exports; rerun to resume.")
 distributed.define_flags()
 FLAGS = flags.FLAGS

@@ -1,5 +1,6 @@
-"""Pieces both benchmarks share: the CPU peak, the worker protocol (one fresh subprocess per measurement,
-result on a tagged stdout line) with the machine load around it, and the common command-line flags."""
+"""Pieces both benchmarks share: the worker protocol (one fresh subprocess per measurement, result on a tagged
+stdout line) with the machine load around it, and the common command-line flags (`--peak_gflops` defaults to
+`convbert.metrics.CPU_PEAK_FLOPS_PER_PROCESS`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import os
 import subprocess
 import sys
 
-PEAK_GFLOPS = 185.0  # 2-thread fp32 matmul throughput of the project's CPU (environment notes)
 RESULT_TAG = "BENCH_RESULT "
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,12 +40,14 @@ def run_worker(module: str, job: dict, timeout: float, env: dict | None = None) 
 
 
 def add_common_args(p: argparse.ArgumentParser, *, warmup: int) -> None:
+    from convbert.metrics import CPU_PEAK_FLOPS_PER_PROCESS  # here: bench_prepare imports this module without jax
+
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--steps", type=int, default=15, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=warmup, help="untimed steps first (the first compiles)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--peak_gflops", type=float, default=PEAK_GFLOPS)
+    p.add_argument("--peak_gflops", type=float, default=CPU_PEAK_FLOPS_PER_PROCESS / 1e9)
     p.add_argument("--timeout", type=float, default=3600.0, help="per worker, seconds")
     p.add_argument("--json_out", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)

@@ -1,6 +1,6 @@
 # GLUE fine-tuning (spec 6). `get_config("TASK,SIZE")`: TASK in cola sst2 mrpc stsb qqp mnli qnli rte wnli ax all,
 # or the transfer suite (transfer, replaced_word, word_order, fill_blank),
-# SIZE in tiny small medium_small base (sets the recipe, the default checkpoint and the paper numbers shown).
+# SIZE in tiny small medium_small base large (sets the recipe, the default checkpoint and the paper numbers shown).
 #
 #   python finetune_glue.py --config=configs/finetune_glue.py:sst2,tiny \
 #       --config.init_checkpoint=workdirs/pretrain_tiny --config.data_dir=data/glue_sample \
@@ -32,6 +32,9 @@ def get_config(arg: str = "sst2,tiny") -> ml_collections.ConfigDict:
     c.task = task
     c.data_dir = ""  # original GLUE layout (CoLA/, SST-2/, ..., diagnostic/); empty: `hf_dataset` from the hub
     c.hf_dataset = "nyu-mll/glue"
+    # False: skip malformed TSV rows with a warning (an error above 1% of a file; convbert.glue.data); True: any
+    # malformed row is an error
+    c.strict_tsv = False
 
     # The transfer suite (2,400 training sentences per task) keeps ELECTRA's 3 epochs of batch 32 at every size.
     transfer = task == "transfer" or task in TRANSFER_TASKS

@@ -1,6 +1,6 @@
 # SQuAD fine-tuning (ELECTRA's recipe, as the official ConvBERT code). `get_config("VERSION,SIZE")`: VERSION v1
-# (SQuAD v1.1) or v2 (v2.0), SIZE in tiny small medium_small base (sets the recipe, the default checkpoint and the
-# paper numbers shown).
+# (SQuAD v1.1) or v2 (v2.0), SIZE in tiny small medium_small base large (sets the recipe, the default checkpoint
+# and the paper numbers shown).
 #
 #   python finetune_squad.py --config=configs/finetune_squad.py:v1,tiny \
 #       --config.init_checkpoint=workdirs/pretrain_tiny --workdir=workdirs/squad_tiny

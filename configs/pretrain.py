@@ -15,42 +15,60 @@
 #       --config.data.data_dir=/data/owt
 #     The paper's ConvBERT-small recipe (1M steps, batch 128, lr 3e-4): GLUE test 78.9 (spec 7.1);
 #     1.3e18 training FLOPs (`python -m convbert.flops --config=configs/pretrain.py:small`).
-#   medium_small: GLUE test 79.7, 1.5e18 FLOPs.  base: GLUE test 84.9, 1.9e19 FLOPs (batch 256, lr 2e-4).
+#   medium_small: GLUE test 79.7, 1.5e18 FLOPs in the paper (we compute 1.567e18, see convbert/flops.py).
+#   base: GLUE test 84.9, 1.9e19 FLOPs (batch 256, lr 2e-4).
+#   large: no ConvBERT-large exists upstream; ELECTRA-large's shape and recipe (google-research/electra
+#     configure_pretraining.py, Clark et al. 2020 appendix table 6: seq 512, batch 2048, lr 2e-4, mask_prob 0.25,
+#     generator 1/4, 1.75M steps as the released ELECTRA-large; ELECTRA-400K: --config.num_train_steps=400000)
+#     with ConvBERT's mixed attention (head ratio 2, kernel 9). Prepare the data with
+#     `python -m convbert.data.prepare --max_seq_length=512`. 2.9e21 training FLOPs, 6.6e20 for 400K steps
+#     (`python -m convbert.flops --config=configs/pretrain.py:large`; ELECTRA-large: 3.1e21 and 7.1e20).
 #
 # Ablations: --config.model.conv_type=lconv|dconv|sdconv|none --config.model.head_ratio=4
 #   --config.model.conv_kernel_size=5 --config.model.num_groups=2 --config.electra.generator_fraction=0.5
+# Compute knobs (same function): --config.model.kernels=auto|cpu|tpu|gpu|reference|cpu_tuned (auto: the choice
+#   for the mesh's platform, see convbert/kernels.py) --config.model.remat=none|dots|full
+#   --config.model.scan_layers=True (the layers under jax.lax.scan: one layer to compile).
+import dataclasses
+
 import ml_collections
 
-from convbert.config import SIZES
+from convbert.config import SIZES, ConvBertConfig
+from convbert.data.prepare import DEFAULTS as PREPARE
+from convbert.electra import SPECIAL_ID_FIELDS, ElectraConfig
+from convbert.sharding import DEFAULT_RULES
 
-# Paper recipe per size (spec 4.3): peak lr, global batch, generator fraction.
+# Paper recipe per size (spec 4.3): peak lr, global batch, generator fraction; large: ELECTRA-large's, which also
+# sets the steps, sequence length and masking probability (the others: 1M steps, 128 tokens, 15%).
 RECIPES = {
     "small": dict(learning_rate=3e-4, batch_size=128, generator_fraction=0.25),
     "medium_small": dict(learning_rate=5e-4, batch_size=128, generator_fraction=0.25),
     "base": dict(learning_rate=2e-4, batch_size=256, generator_fraction=1.0 / 3.0),
+    "large": dict(learning_rate=2e-4, batch_size=2048, generator_fraction=0.25, num_train_steps=1_750_000,
+                  max_seq_length=512, mask_prob=0.25),
 }
+# tiny: a CPU demo; float32, as bfloat16 is not faster on CPUs. The paper sizes compute in bfloat16.
+TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512, embedding_size=64,
+            max_position_embeddings=128, dtype="float32")
+HEAD_FIELDS = ("classifier_dropout", "num_labels", "classifier_head", "summary_type")  # fine-tuning only
+
+
+def defaults(cls, leave_out=()) -> dict:
+    """A dataclass's field defaults by name (the one source of every key of a config section built from it)."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in leave_out}
 
 
 def model_config(size: str) -> ml_collections.ConfigDict:
-    """Discriminator fields with `ConvBertConfig` names. `dtype` is the compute dtype (bfloat16 for the paper
-    sizes); parameters and optimizer state are always float32."""
-    m = ml_collections.ConfigDict(dict(
-        vocab_size=30522, hidden_size=256, num_hidden_layers=12, num_attention_heads=4, intermediate_size=1024,
-        hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=512,
-        type_vocab_size=2, initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=0, embedding_size=128,
-        head_ratio=2, conv_kernel_size=9, num_groups=1, conv_type="sdconv", dtype="bfloat16"))
-    if size == "tiny":  # float32: bfloat16 is not faster on CPUs
-        m.update(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512,
-                 embedding_size=64, max_position_embeddings=128, dtype="float32")
-    else:
-        m.update(SIZES[size])
-    return m
+    """`ConvBertConfig`'s fields but the fine-tuning heads', with its defaults and `size`'s discriminator (`SIZES`).
+    `dtype` is the compute dtype; parameters and optimizer state are always float32."""
+    changes = TINY if size == "tiny" else dict(SIZES[size], dtype="bfloat16")
+    return ml_collections.ConfigDict({**defaults(ConvBertConfig, HEAD_FIELDS), **changes})
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     size = arg or "tiny"
     if size not in ("tiny", *RECIPES):
-        raise ValueError(f"configs/pretrain.py: unknown size {size!r}; choose tiny, small, medium_small or base")
+        raise ValueError(f"configs/pretrain.py: unknown size {size!r}; choose from tiny, {', '.join(RECIPES)}")
     recipe = RECIPES.get(size, dict(learning_rate=3e-4, batch_size=16, generator_fraction=0.5))
     tiny = size == "tiny"
 
@@ -58,8 +76,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.size = size
     c.seed = 0
     c.batch_size = recipe["batch_size"]  # global, over all devices and processes
-    c.max_seq_length = 128
-    c.num_train_steps = 4500 if tiny else 1_000_000
+    # python -m convbert.data.prepare's default (so its output fits) but for large
+    c.max_seq_length = recipe.get("max_seq_length", PREPARE["max_seq_length"])
+    c.num_train_steps = 4500 if tiny else recipe.get("num_train_steps", 1_000_000)
     c.log_every_steps = 50 if tiny else 100
     c.checkpoint_every_steps = 500 if tiny else 5_000
     c.eval_every_steps = 1500 if tiny else 10_000
@@ -69,17 +88,14 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     c.model = model_config(size)
 
-    c.electra = ml_collections.ConfigDict(dict(
-        generator_fraction=recipe["generator_fraction"],  # generator hidden / discriminator hidden (spec 3.2)
-        mask_prob=0.15,
-        max_predictions_per_seq=int((0.15 + 0.005) * 128),  # 19 (spec 4.2)
-        mask_token_prob=0.85,  # drawn positions replaced by [MASK]; the rest keep their token
-        gen_weight=1.0,
-        disc_weight=50.0,
-        temperature=1.0,
-        upstream_quirks=True,  # sampling with replacement + averaged duplicate ids, as upstream ELECTRA (spec 4.2)
-        sampler="inverse_cdf",  # one uniform per slot; "gumbel": upstream's Gumbel-max (same distribution)
-    ))
+    # `ElectraConfig`'s knobs with its defaults (the paper's; the module doc of convbert.electra explains each).
+    c.electra = ml_collections.ConfigDict(defaults(ElectraConfig, SPECIAL_ID_FIELDS))
+    c.electra.generator_fraction = recipe["generator_fraction"]  # generator hidden / discriminator hidden
+    c.electra.mask_prob = recipe.get("mask_prob", c.electra.mask_prob)
+    # Derived after overrides, as google-research/electra configure_pretraining.py: int((mask_prob + 0.005) * T),
+    # 19 at T = 128, 79 at 512; an explicit --config.electra.max_predictions_per_seq wins.
+    c.electra.max_predictions_per_seq = (
+        (c.electra.get_ref("mask_prob") + 0.005) * c.get_ref("max_seq_length")).to_int()
 
     c.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=recipe["learning_rate"], warmup_steps=100 if tiny else 10_000, weight_decay=0.01,
@@ -87,8 +103,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
     # Mesh ('data', 'fsdp', 'model'); one -1 fills the remaining devices. Rules map logical axes to mesh axes.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
-    c.sharding_rules = (("batch", ("data", "fsdp")), ("vocab", "model"), ("embed", "fsdp"), ("heads", "model"),
-                        ("mlp", "model"))
+    c.sharding_rules = DEFAULT_RULES
 
     c.data = ml_collections.ConfigDict(dict(
         data_dir="",  # prepared data (python -m convbert.data.prepare); empty: prepare `corpus` into workdir/data
@@ -96,15 +111,20 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         # without the transfer suite's held-out plays (python -m convbert.data.transfer --corpus_dir=...).
         corpus="data/pretrain_corpus" if tiny else "data/demo_corpus",
         hf_dataset="",  # e.g. Skylion007/openwebtext (needs internet), used when data_dir is empty
-        tokenizer="wordpiece",  # wordpiece (BERT uncased vocab) | sentencepiece (trained on the corpus)
         vocab="",  # WordPiece vocab file; empty: the bundled BERT uncased vocab
-        sp_vocab_size=8000,
-        builder_variant="electra",  # electra (fixed upstream logic) | convbert_repo (spec 5.1)
-        eval_fraction=0.02,
-        num_workers=0,
+        # How `corpus` / `hf_dataset` is prepared, with python -m convbert.data.prepare's defaults: tokenizer
+        # wordpiece (BERT uncased vocab) | sentencepiece (trained on the corpus), sp_vocab_size, builder_variant
+        # electra (fixed upstream logic) | convbert_repo (spec 5.1), eval_fraction (documents held out), strict_utf8
+        # (skip a file with any invalid UTF-8 byte; default: read them as U+FFFD, counted).
+        **{k: PREPARE[k] for k in ("tokenizer", "sp_vocab_size", "builder_variant", "eval_fraction", "strict_utf8")},
+        num_workers=0,  # grain workers of the loader
     ))
 
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=3, async_save=True))
+    # A restart may change the run length, logging, evaluation, export, checkpointing, mesh and loader workers; other
+    # changes stop it (convbert/resume.py) unless named here, comma-separated: e.g. "batch_size" (the data position
+    # is converted: no example skipped or repeated) or "optimizer.learning_rate", or "data" (other prepared data).
+    c.resume = ml_collections.ConfigDict(dict(allow_changes=""))
     c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=5))  # start_step >= 0 writes a trace
     c.export_hf = True
     c.export_every_steps = 1500 if tiny else 0  # > 0: also export to WORKDIR/export/step_<N> (a learning curve)

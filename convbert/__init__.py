@@ -1,15 +1,15 @@
 """convbert-jax: ConvBERT (arXiv 2008.02496) in JAX / Flax NNX."""
 
 from convbert.config import ConvBertConfig, generator_config, size_config
-from convbert.modeling import (
+from convbert.heads import (
     ConvBertForMaskedLM,
     ConvBertForMultipleChoice,
     ConvBertForPreTraining,
     ConvBertForQuestionAnswering,
     ConvBertForSequenceClassification,
     ConvBertForTokenClassification,
-    ConvBertModel,
 )
+from convbert.modeling import ConvBertModel
 from convbert.tokenization import ConvBertTokenizer
 
 __all__ = [

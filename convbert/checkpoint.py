@@ -1,22 +1,26 @@
 """Checkpoints: an Orbax V0 `CheckpointManager` over `Composite(state, data, meta)` (jax-patterns 2.4).
 
 Layout: `directory/<step>/{state, data, meta}`: `state` is the train-state pytree (`StandardSave`, every process
-writes its shards), `data` the grain iterator position (`process_<i>-of-<n>.json`), `meta` a JSON dict (step,
-config, mesh, process count). Saves are asynchronous (the call returns once arrays are copied to host memory);
-the last `max_to_keep` steps are kept. Restores take an abstract target (`jax.ShapeDtypeStruct`s carrying the
-*current* shardings), so a checkpoint written on one mesh loads onto another.
+writes its shards), `data` each process's grain iterator state (`process_<i>-of-<n>.json`), `meta` a JSON dict
+(step, config, mesh, process count, and the data position that a resume continues from: `convbert.resume`).
+Saves are asynchronous (the call returns once arrays are copied to host memory); the last `max_to_keep` steps
+are kept. Restores take an abstract target (`jax.ShapeDtypeStruct`s carrying the *current* shardings), so a
+checkpoint written on one mesh loads onto another.
 
-An unreadable newest checkpoint is skipped with a warning and the next older one is used; the unreadable step
-directories are then renamed `<step>.unreadable-<time>` (kept for inspection, ignored by Orbax). Preemption:
+Before a step is restored, its array metadata is compared with the target: a checkpoint of another model (other
+names or shapes) is an error that says so, never "unreadable". An unreadable newest checkpoint is skipped with
+one warning naming it and why, and the next older one is used; the unreadable step directories are then renamed
+`<step>.unreadable-<time>` (kept for inspection, ignored by Orbax). The "Event loop is closed" tracebacks that the
+failed read's pending I/O raises afterwards (hundreds, through `sys.unraisablehook`) are dropped. Preemption:
 `reached_preemption(step)` is True once SIGTERM arrived (single process: our handler sets a flag) or, in
 multi-process runs, at the step all processes agreed on through JAX's preemption sync service.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -35,6 +39,51 @@ def _all_processes(ok: bool) -> bool:
     if jax.process_count() == 1:
         return ok
     return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
+
+
+def _read_meta(manager: ocp.CheckpointManager, step: int) -> dict | None:
+    try:
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    except Exception:  # noqa: BLE001 - an unreadable meta item is reported by `Checkpointer.restore`
+        return None
+
+
+def latest_meta(directory: str) -> tuple[int, dict] | None:
+    """(step, meta) of the newest checkpoint in `directory` whose meta reads, or None; creates nothing."""
+    path = epath.Path(directory if "://" in directory else os.path.abspath(directory))
+    if not path.is_dir():
+        return None
+    manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        for step in sorted(manager.all_steps(), reverse=True):
+            if (meta := _read_meta(manager, step)) is not None:
+                return step, meta
+        return None
+    finally:
+        manager.close()
+
+
+def _reason(error: Exception, limit: int = 300) -> str:
+    """The first line of an error, shortened: why a checkpoint could not be read."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def _drop_event_loop_noise() -> None:
+    """Installs (unless it is the current one) a `sys.unraisablehook` that drops the RuntimeError('Event loop is
+    closed') raised by the pending reads of a failed Orbax restore when they complete after its event loop closed
+    (hundreds of tracebacks for one damaged checkpoint); every other unraisable exception goes to the previous
+    hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_event_loop_noise", False):
+        return
+
+    def hook(args):
+        if not (isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == "Event loop is closed"):
+            previous(args)
+
+    hook.drops_event_loop_noise = True
+    sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -80,66 +129,67 @@ class Checkpointer:
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def read_meta(self, step: int) -> dict | None:
-        try:
-            return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        except Exception:  # noqa: BLE001 - an unreadable meta item is reported by `restore`
-            return None
+        return _read_meta(self._manager, step)
 
-    def restore(self, abstract_state: Any, *, data: grain.DatasetIterator | None = None, step: int | None = None
-                ) -> tuple[int, Any, dict | None] | None:
+    def restore(self, abstract_state: Any, *, step: int | None = None) -> tuple[int, Any, dict | None] | None:
         """(step, state, meta) of the newest readable checkpoint (or of `step`), or None when there is none.
 
-        `abstract_state`: pytree of `jax.ShapeDtypeStruct` with the target shardings. `data` is set in place
-        to the saved position, also when the checkpoint was written by another number of processes.
-        If no checkpoint is readable, the newest one's error is raised (nothing renamed).
+        `abstract_state`: pytree of `jax.ShapeDtypeStruct` with the target shardings. A checkpoint whose arrays
+        do not fit it raises ValueError (nothing renamed). If no checkpoint is readable, the newest one's error is
+        raised (nothing renamed).
         """
         failed: list[tuple[int, Exception]] = []
         for step in [step] if step is not None else reversed(self.all_steps()):
-            meta = self.read_meta(step)
-            saved_count = (meta or {}).get("process_count", jax.process_count())
-            items = dict(state=ocp.args.StandardRestore(abstract_state))
-            if data is not None and saved_count == jax.process_count():
-                items["data"] = grain.checkpoint.CheckpointRestore(data)
+            self._check_fits(step, abstract_state)
             try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+                restored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state)))
                 ok = True
             except Exception as e:  # noqa: BLE001 - any failure to read means "try the previous checkpoint"
-                logging.warning("checkpoint step %d in %s is unreadable (%s: %s); trying the previous one",
-                                step, self.directory, type(e).__name__, str(e)[:500])
+                _drop_event_loop_noise()
                 failed.append((step, e))
                 ok = False
             if _all_processes(ok):
-                self._quarantine([s for s, _ in failed])
-                if data is not None and saved_count != jax.process_count():
-                    self._restore_position_from(step, saved_count, data)
-                return step, restored.state, meta
+                self._quarantine(failed, step)
+                return step, restored.state, self.read_meta(step)
         if failed:
             raise failed[0][1]
         return None
 
-    def _restore_position_from(self, step: int, saved_count: int, data: grain.DatasetIterator) -> None:
-        """The data position of a checkpoint written by another number of processes: every process saved the
-        same position (the number of global batches read, `convbert.data.loader`), so process 0's file serves."""
-        path = self.directory / str(step) / "data" / f"process_0-of-{saved_count}.json"
-        state = json.loads(path.read_text())
+    def _check_fits(self, step: int, abstract_state: Any) -> None:
+        """ValueError when checkpoint `step`'s arrays (names, shapes) are not those of `abstract_state`; nothing
+        when they are, or when its metadata cannot be read (the restore then reports the damage)."""
         try:
-            data.set_state(state)
-        except Exception as e:  # noqa: BLE001 - e.g. a position saved with grain worker processes
-            raise ValueError(f"{path}: the data position {state} written by {saved_count} processes cannot be "
-                             f"resumed by {jax.process_count()} ({type(e).__name__}: {e})") from e
-        logging.info("resuming the data position of %s (written by %d processes) on %d processes",
-                     path, saved_count, jax.process_count())
+            saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state").tree
+        except Exception:  # noqa: BLE001 - unreadable metadata: an unreadable checkpoint, handled by `restore`
+            return
+        saved = {k: tuple(v.shape) for k, v in ocp.tree.to_flat_dict(saved, sep=".").items()}
+        target = {k: tuple(v.shape) for k, v in ocp.tree.to_flat_dict(
+            ocp.tree.serialize_tree(abstract_state, keep_empty_nodes=True), sep=".").items()}
+        missing, extra = sorted(target.keys() - saved.keys()), sorted(saved.keys() - target.keys())
+        shapes = sorted(k for k in target.keys() & saved.keys() if target[k] != saved[k])
+        if not (missing or extra or shapes):
+            return
+        parts = [f"{len(missing)} arrays of the model are not in it (e.g. {missing[0]})" if missing else "",
+                 f"{len(extra)} of its arrays are not in the model (e.g. {extra[0]})" if extra else "",
+                 f"{len(shapes)} have other shapes (e.g. {shapes[0]}: saved {saved[shapes[0]]}, model "
+                 f"{target[shapes[0]]})" if shapes else ""]
+        raise ValueError(f"checkpoint {self.directory / str(step)} holds another model than this config builds: "
+                         f"{'; '.join(p for p in parts if p)}. Resume with the config it was written with, or "
+                         "start a new --workdir")
 
-    def _quarantine(self, steps: list[int]) -> None:
-        """Renames unreadable step directories out of Orbax's view, so their step numbers can be saved again."""
-        if not steps:
+    def _quarantine(self, failed: list[tuple[int, Exception]], restored_step: int) -> None:
+        """One warning per unreadable step directory, which is renamed out of Orbax's view (so its step number
+        can be saved again)."""
+        if not failed:
             return
         if jax.process_index() == 0:
-            for step in steps:
+            for step, error in failed:
                 path = self.directory / str(step)
                 target = self.directory / f"{step}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
-                logging.warning("moving unreadable checkpoint %s to %s", path, target)
                 path.rename(target)
+                logging.warning("checkpoint %s is unreadable (%s); resuming from step %d instead; moved it to %s",
+                                path, _reason(error), restored_step, target)
         multihost_utils.sync_global_devices("convbert_checkpoint_quarantine")
         self._manager.reload()
 

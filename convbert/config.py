@@ -1,7 +1,7 @@
 """`ConvBertConfig`: the frozen model configuration (spec sections 1.1, 3.1, 3.2).
 
 Field names follow Hugging Face's `ConvBertConfig` so `config.json` files round-trip; `conv_type`,
-`classifier_head`, `summary_type` and `dtype` are additions of this project.
+`classifier_head`, `summary_type` and the `RUNTIME_FIELDS` are additions of this project.
 """
 
 from __future__ import annotations
@@ -11,11 +11,17 @@ import json
 import os
 from typing import Any
 
+from convbert import kernels
+
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
 CONV_TYPES = ("sdconv", "dconv", "lconv", "none")
 CLASSIFIER_HEADS = ("hf", "original")
 SUMMARY_TYPES = ("last", "first", "mean")
 DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("none", "dots", "full")
+# How the model is computed, not what it computes: left out of config.json and ignored in one (pass them to
+# `load` / `from_pretrained` as overrides).
+RUNTIME_FIELDS = ("dtype", "kernels", "remat", "scan_layers")
 
 CONFIG_NAME = "config.json"
 
@@ -27,6 +33,14 @@ class ConvBertConfig:
     Defaults are ConvBERT-base (spec 3.1) with the BERT uncased vocab ([PAD] = 0).
     `head_ratio` (gamma) reduces the head count of each branch: Nr = N // gamma heads of size
     d = hidden / N, as the official TF code does (spec 1.1).
+
+    Runtime knobs (the same function either way): `dtype` the compute dtype (parameters stay float32);
+    `kernels` the implementations of gelu, the dropout mask and the convolution over time ('auto': the choice of
+    the platform compiled for; 'cpu' / 'tpu' / 'gpu': that platform's choice; 'reference' / 'cpu_tuned': one form
+    for every kernel; see `convbert.kernels` and `resolve_kernels`); `remat` what each encoder
+    layer keeps for the backward pass ('none'; 'dots': the outputs of its weight matmuls, the rest is recomputed;
+    'full': only its input); `scan_layers` the encoder's layers as one stacked module run by `jax.lax.scan`
+    (compiles one layer instead of L; parameters [L, ...]).
     """
 
     vocab_size: int = 30522
@@ -52,6 +66,9 @@ class ConvBertConfig:
     classifier_head: str = "hf"
     summary_type: str = "last"
     dtype: str = "float32"
+    kernels: str = "auto"
+    remat: str = "none"
+    scan_layers: bool = False
 
     def __post_init__(self):
         positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -87,6 +104,12 @@ class ConvBertConfig:
             raise ValueError(f"ConvBertConfig.summary_type {self.summary_type!r} is not one of {SUMMARY_TYPES}")
         if self.dtype not in DTYPES:
             raise ValueError(f"ConvBertConfig.dtype {self.dtype!r} is not one of {DTYPES}")
+        if self.kernels not in kernels.CHOICES:
+            raise ValueError(f"ConvBertConfig.kernels {self.kernels!r} is not one of {kernels.CHOICES}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"ConvBertConfig.remat {self.remat!r} is not one of {REMAT_POLICIES}")
+        if not isinstance(self.scan_layers, bool):
+            raise ValueError(f"ConvBertConfig.scan_layers must be True or False, got {self.scan_layers!r}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
@@ -139,11 +162,16 @@ class ConvBertConfig:
     def replace(self, **changes) -> "ConvBertConfig":
         return dataclasses.replace(self, **changes)
 
+    def resolve_kernels(self, devices: kernels.Devices) -> "ConvBertConfig":
+        """This config with `kernels='auto'` replaced by the platform of `devices` (a `Mesh` or devices: those the
+        model will run on, which ahead-of-time compilation for TPU on a CPU host makes different from the host's
+        backend), whose kernel choice then holds wherever the model is traced."""
+        return self.replace(kernels=kernels.resolve_platform(self.kernels, devices))
+
     # ---- Hugging Face config.json ----
     def to_hf_dict(self, architecture: str = "ConvBertModel") -> dict[str, Any]:
-        """The `config.json` content; `dtype` (our compute dtype) is left out, our extra fields stay."""
-        d = dataclasses.asdict(self)
-        d.pop("dtype")
+        """The `config.json` content; the `RUNTIME_FIELDS` are left out, our other extra fields stay."""
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
         d.update(model_type="convbert", architectures=[architecture])
         if self.num_labels != 2:
             d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
@@ -152,10 +180,11 @@ class ConvBertConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], **overrides) -> "ConvBertConfig":
-        """From a `config.json` dict; HF's `dtype` (a storage dtype) is ignored, pass `dtype=` to override."""
+        """From a `config.json` dict; the `RUNTIME_FIELDS` in it are ignored (HF's `dtype` is a storage dtype), pass
+        them as `overrides`."""
         if d.get("model_type", "convbert") not in ("convbert", "conv_bert"):
             raise ValueError(f"ConvBertConfig: config.json has model_type {d['model_type']!r}, not 'convbert'")
-        fields = {f.name for f in dataclasses.fields(cls)} - {"dtype"}
+        fields = {f.name for f in dataclasses.fields(cls)} - set(RUNTIME_FIELDS)
         kwargs = {k: v for k, v in d.items() if k in fields}
         if "num_labels" not in kwargs and isinstance(d.get("id2label"), dict):
             kwargs["num_labels"] = len(d["id2label"])
@@ -188,7 +217,9 @@ class ConvBertConfig:
             raise ValueError(f"{path}: {e}") from e
 
 
-# The released discriminators (spec 3.1), keyed by the names used in configs/.
+# The released discriminators (spec 3.1), keyed by the names used in configs/, and `large`: ELECTRA-large's shape
+# (24 layers, hidden 1024, 16 heads, FFN 4096, embeddings 1024; Clark et al. 2020, appendix table 6) with ConvBERT's
+# mixed attention at its defaults (head ratio 2, kernel 9). No ConvBERT-large exists upstream.
 SIZES: dict[str, dict[str, int]] = {
     "small": dict(embedding_size=128, hidden_size=256, num_attention_heads=4, intermediate_size=1024,
                   num_groups=1),
@@ -196,11 +227,13 @@ SIZES: dict[str, dict[str, int]] = {
                          num_groups=2),
     "base": dict(embedding_size=768, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
                  num_groups=1),
+    "large": dict(embedding_size=1024, hidden_size=1024, num_attention_heads=16, intermediate_size=4096,
+                  num_groups=1, num_hidden_layers=24),
 }
 
 
 def size_config(size: str, **overrides) -> ConvBertConfig:
-    """The released ConvBERT discriminator of `size` ('small', 'medium_small' or 'base')."""
+    """The ConvBERT discriminator of `size` ('small', 'medium_small', 'base' or 'large', see `SIZES`)."""
     if size not in SIZES:
         raise ValueError(f"unknown ConvBERT size {size!r}; choose from {sorted(SIZES)}")
     return ConvBertConfig(**{**SIZES[size], **overrides})

@@ -16,7 +16,8 @@ split/merge pattern; everything has static shapes (B batch, T length, N = max_pr
    (no random-token replacement); a position drawn twice is masked if any of its draws is.
 2. The generator runs on the masked ids; MLM logits only at the N gathered positions ([B, N, V]); loss =
    cross-entropy summed over slot weights / (sum of weights + 1e-6) over the batch (a duplicated position
-   counts twice, as upstream).
+   counts twice, as upstream). Under gradient accumulation both denominators are the whole batch's
+   (`loss_normalizers`, known before masking), so k micro-batches give the gradient of one batch k times the size.
 3. Replacement (spec 4.2 steps 6-7): one id per slot sampled from softmax(stop_gradient(logits) / temperature)
    (see `sampler` below); the sampled ids overwrite every drawn position of the ORIGINAL ids
    (also the ones left unmasked). Several draws of one position are merged as upstream's `scatter_update`
@@ -49,18 +50,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
 
+from convbert import losses
 from convbert.config import ConvBertConfig, generator_config
-from convbert.modeling import (
+from convbert.heads import (
     ConvBertDiscriminatorPredictions,
-    ConvBertEmbeddings,
     ConvBertForMaskedLM,
     ConvBertForPreTraining,
     ConvBertGeneratorPredictions,
-    ConvBertModel,
     TiedLMHead,
 )
+from convbert.modeling import ConvBertEmbeddings, ConvBertModel
 
 Array = jax.Array
 SPECIAL_ID_FIELDS = ("mask_id", "cls_id", "sep_id", "pad_id")
@@ -145,12 +147,28 @@ def scatter_slots(values: Array, positions: Array, selected: Array, updates: Arr
     return jnp.where(updated, total // jnp.maximum(count, 1), values), updated
 
 
+def mask_candidates(input_ids: Array, input_mask: Array, cfg: ElectraConfig) -> Array:
+    """[B, T] bool: the positions a prediction slot may draw, real tokens other than [CLS], [SEP], [MASK]."""
+    return (input_mask > 0) & ~jnp.isin(input_ids, jnp.array([cfg.cls_id, cfg.sep_id, cfg.mask_id]))
+
+
+def num_prediction_slots(input_ids: Array, input_mask: Array, cfg: ElectraConfig) -> Array:
+    """[B] int32: the slots `mask_tokens` fills per row (the sum of its `weights`), known before any draw. With
+    `upstream_quirks` every one of the `mask_budget` draws lands on a candidate (none without a candidate);
+    distinct draws stop at the number of candidates."""
+    num_candidates = jnp.sum(mask_candidates(input_ids, input_mask, cfg), axis=-1, dtype=jnp.int32)
+    budget = mask_budget(input_mask, cfg)
+    if cfg.upstream_quirks:
+        return jnp.where(num_candidates > 0, budget, 0)
+    return jnp.minimum(budget, num_candidates)
+
+
 def mask_tokens(rng: Array, input_ids: Array, input_mask: Array, cfg: ElectraConfig) -> MaskedInputs:
     """Draws the prediction slots and builds the generator input (spec 4.2 steps 1-4; see the module doc)."""
     b, t = input_ids.shape
     n_max = cfg.max_predictions_per_seq
     k_pos, k_mask = jax.random.split(rng)
-    candidates = (input_mask > 0) & ~jnp.isin(input_ids, jnp.array([cfg.cls_id, cfg.sep_id, cfg.mask_id]))
+    candidates = mask_candidates(input_ids, input_mask, cfg)
     if cfg.upstream_quirks:
         logits = jnp.where(candidates, 0.0, -jnp.inf)[:, None, :]
         positions = jax.random.categorical(k_pos, logits, axis=-1, shape=(b, n_max))
@@ -330,26 +348,33 @@ METRIC_COUNTS = {
 }
 
 
-def _ratio(num: Array, den: Array) -> Array:
-    return num / jnp.maximum(den, 1.0)
+def loss_normalizers(batch: Mapping[str, Array], cfg: ElectraConfig) -> dict[str, Array]:
+    """The denominators of both losses over a whole batch, float32 scalars fixed before any random draw:
+    num_masked = sum of `num_prediction_slots`, num_tokens = sum of input_mask. A micro-batch's loss divided by
+    the whole batch's denominators is its share of the batch's loss (a ratio of sums), so gradients summed over
+    micro-batches equal the gradient of the whole batch."""
+    slots = num_prediction_slots(batch["input_ids"], batch["input_mask"], cfg)
+    return dict(num_masked=jnp.sum(slots).astype(jnp.float32),
+                num_tokens=jnp.sum(batch["input_mask"]).astype(jnp.float32))
 
 
-def mlm_metrics(logits: Array, masked: MaskedInputs) -> dict[str, Array]:
-    """gen_loss (mean cross-entropy over the weighted slots), gen_accuracy (argmax) and num_masked, from MLM
-    logits [B, N, V] at the slots of `masked`."""
+def mlm_metrics(logits: Array, masked: MaskedInputs) -> tuple[Array, dict[str, Array]]:
+    """(cross-entropy summed over the weighted slots, metrics: gen_loss = that sum's mean over the slots,
+    gen_accuracy (argmax), num_masked), from MLM logits [B, N, V] at the slots of `masked`."""
     w = masked.weights
-    num_masked = jnp.sum(w)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), masked.labels[..., None], axis=-1)[..., 0]
-    return dict(gen_loss=jnp.sum(nll * w) / (num_masked + 1e-6),
-                gen_accuracy=_ratio(jnp.sum((jnp.argmax(logits, -1) == masked.labels) * w), num_masked),
-                num_masked=num_masked)
+    nll_sum, num_masked = losses.weighted_sum(losses.softmax_cross_entropy(logits, masked.labels), w)
+    return nll_sum, dict(gen_loss=losses.ratio(nll_sum, num_masked, epsilon=1e-6),
+                         gen_accuracy=losses.ratio(jnp.sum((jnp.argmax(logits, -1) == masked.labels) * w),
+                                                   num_masked),
+                         num_masked=num_masked)
 
 
 def mlm_loss(model: ConvBertForMaskedLM, batch: Mapping[str, Array], rng: Array, cfg: ElectraConfig, *,
-             deterministic: bool) -> tuple[Array, dict[str, Array]]:
+             deterministic: bool, normalizers: Mapping[str, Array] | None = None) -> tuple[Array, dict[str, Array]]:
     """BERT-style masked language modelling of the discriminator-sized encoder, the control objective of
     ELECTRA's comparison (Clark et al. 2020, section 3.2): the same masking as the generator's input, logits at
-    the masked slots only. Returns (gen_loss, `mlm_metrics` + loss)."""
+    the masked slots only. Returns (MLM loss, `mlm_metrics` + loss); the loss divides by
+    `normalizers["num_masked"]` (`loss_normalizers` of the whole batch) when given, else by this batch's."""
     k_mask, k_drop = jax.random.split(rng)
     masked = mask_tokens(k_mask, batch["input_ids"], batch["input_mask"], cfg)
     out, _ = model.body(masked.input_ids, batch["input_mask"], batch["segment_ids"], None, deterministic,
@@ -357,24 +382,28 @@ def mlm_loss(model: ConvBertForMaskedLM, batch: Mapping[str, Array], rng: Array,
     hidden = jnp.take_along_axis(out.last_hidden_state, masked.positions[..., None], axis=1)
     logits = model.generator_lm_head(model.generator_predictions(hidden),
                                      model.convbert.embeddings.word_embeddings.embedding[...])
-    metrics = mlm_metrics(logits, masked)
-    return metrics["gen_loss"], {"loss": metrics["gen_loss"], **metrics}
+    nll_sum, metrics = mlm_metrics(logits, masked)
+    num_masked = metrics["num_masked"] if normalizers is None else normalizers["num_masked"]
+    return losses.ratio(nll_sum, num_masked, epsilon=1e-6), {"loss": metrics["gen_loss"], **metrics}
 
 
-def electra_losses(out: ElectraOutputs, input_mask: Array, cfg: ElectraConfig) -> tuple[Array, dict[str, Array]]:
+def electra_losses(out: ElectraOutputs, input_mask: Array, cfg: ElectraConfig,
+                   normalizers: Mapping[str, Array] | None = None) -> tuple[Array, dict[str, Array]]:
     """(total loss, metrics) from `electra_forward`'s outputs (spec 4.2 steps 5, 8, 9).
 
-    metrics (float32 scalars): loss; gen_loss, gen_accuracy (argmax) and gen_sampled_accuracy over the
-    weighted slots; disc_loss and disc_accuracy over real tokens; disc_precision / disc_recall of the
+    total = gen_weight * MLM sum / num_masked + disc_weight * RTD sum / num_tokens, the denominators those of
+    `normalizers` (`loss_normalizers` of the whole batch, for a micro-batch) or else of this batch.
+    metrics (float32 scalars, over this batch): loss; gen_loss, gen_accuracy (argmax) and gen_sampled_accuracy
+    over the weighted slots; disc_loss and disc_accuracy over real tokens; disc_precision / disc_recall of the
     "replaced" class on real tokens; replaced_fraction of real tokens; and the counts num_masked,
     num_tokens, num_replaced, num_predicted_replaced (see `METRIC_COUNTS`, `aggregate_metrics`).
     """
-    mlm = mlm_metrics(out.gen_logits, out.masked)
+    nll_sum, mlm = mlm_metrics(out.gen_logits, out.masked)
     m = input_mask.astype(jnp.float32)
     num_tokens = jnp.sum(m)
     labels = out.is_fake.astype(jnp.float32)
-    bce = jnp.logaddexp(0.0, out.disc_logits) - labels * out.disc_logits
-    disc_loss = jnp.sum(bce * m) / (num_tokens + 1e-6)
+    bce_sum, _ = losses.weighted_sum(losses.sigmoid_binary_cross_entropy(out.disc_logits, labels), m)
+    disc_loss = losses.ratio(bce_sum, num_tokens, epsilon=1e-6)
 
     predicted = (out.disc_logits > 0).astype(jnp.float32) * m
     num_replaced, num_predicted = jnp.sum(labels * m), jnp.sum(predicted)
@@ -382,32 +411,76 @@ def electra_losses(out: ElectraOutputs, input_mask: Array, cfg: ElectraConfig) -
     metrics = dict(
         loss=cfg.gen_weight * mlm["gen_loss"] + cfg.disc_weight * disc_loss,
         **mlm,
-        gen_sampled_accuracy=_ratio(jnp.sum((out.sampled == out.masked.labels) * out.masked.weights),
+        gen_sampled_accuracy=losses.ratio(jnp.sum((out.sampled == out.masked.labels) * out.masked.weights),
                                     mlm["num_masked"]),
         disc_loss=disc_loss,
-        disc_accuracy=_ratio(jnp.sum((predicted == labels) * m), num_tokens),
-        disc_precision=_ratio(true_positives, num_predicted),
-        disc_recall=_ratio(true_positives, num_replaced),
-        replaced_fraction=_ratio(num_replaced, num_tokens),
+        disc_accuracy=losses.ratio(jnp.sum((predicted == labels) * m), num_tokens),
+        disc_precision=losses.ratio(true_positives, num_predicted),
+        disc_recall=losses.ratio(true_positives, num_replaced),
+        replaced_fraction=losses.ratio(num_replaced, num_tokens),
         num_tokens=num_tokens, num_replaced=num_replaced,
         num_predicted_replaced=num_predicted,
     )
-    return metrics["loss"], metrics
+    n = dict(num_masked=mlm["num_masked"], num_tokens=num_tokens) if normalizers is None else normalizers
+    loss = (cfg.gen_weight * losses.ratio(nll_sum, n["num_masked"], epsilon=1e-6)
+            + cfg.disc_weight * losses.ratio(bce_sum, n["num_tokens"], epsilon=1e-6))
+    return loss, metrics
 
 
 def pretraining_loss(model: ElectraModel, batch: Mapping[str, Array], rng: Array, cfg: ElectraConfig, *,
-                     deterministic: bool) -> tuple[Array, dict[str, Array]]:
-    """total = gen_weight * MLM + disc_weight * RTD and the metrics of `electra_losses`. Pure: use it inside
-    `jax.jit` on a model rebuilt with `nnx.merge` (differentiate w.r.t. the `nnx.Param` state)."""
+                     deterministic: bool, normalizers: Mapping[str, Array] | None = None
+                     ) -> tuple[Array, dict[str, Array]]:
+    """total = gen_weight * MLM + disc_weight * RTD and the metrics of `electra_losses` (`normalizers`: the whole
+    batch's `loss_normalizers` when `batch` is one of its micro-batches). Pure: use it inside `jax.jit` on a model
+    rebuilt with `nnx.merge` (differentiate w.r.t. the `nnx.Param` state)."""
     out = electra_forward(model, batch, rng, cfg, deterministic=deterministic)
-    return electra_losses(out, batch["input_mask"], cfg)
+    return electra_losses(out, batch["input_mask"], cfg, normalizers)
+
+
+# The eval AUC of the replaced-token detector: per-batch counts of the logit in fixed bins, summed over batches.
+AUC_BINS = 8192
+AUC_LOGIT_RANGE = (-16.0, 16.0)  # bin width 1/256; logits outside fall into the end bins
+
+
+def rtd_score_histograms(disc_logits: Array, is_fake: Array, input_mask: Array) -> dict[str, Array]:
+    """Counts of the discriminator logits [B, T] of real tokens in `AUC_BINS` bins over `AUC_LOGIT_RANGE`, for
+    original and replaced tokens apart: disc_hist_original, disc_hist_replaced, float32 [AUC_BINS]."""
+    lo, hi = AUC_LOGIT_RANGE
+    bins = jnp.clip(jnp.floor((disc_logits - lo) * (AUC_BINS / (hi - lo))), 0, AUC_BINS - 1).astype(jnp.int32)
+    real, fake = input_mask.astype(jnp.float32), is_fake.astype(jnp.float32)
+
+    def count(weights):
+        return jnp.zeros(AUC_BINS, jnp.float32).at[bins.ravel()].add(weights.ravel())
+
+    return {"disc_hist_original": count(real * (1.0 - fake)), "disc_hist_replaced": count(real * fake)}
+
+
+def histogram_auc(original: np.ndarray, replaced: np.ndarray) -> float:
+    """ROC AUC of the "replaced" class from binned logits: the probability that a replaced token scores above an
+    original one, pairs within one bin counted half (Mann-Whitney U). NaN unless both classes occur."""
+    original, replaced = np.asarray(original, np.float64), np.asarray(replaced, np.float64)
+    pairs = original.sum() * replaced.sum()
+    below = np.cumsum(original) - original  # originals in lower bins
+    return float(np.sum(replaced * (below + 0.5 * original)) / pairs) if pairs else float("nan")
+
+
+def pretraining_eval_loss(model: ElectraModel, batch: Mapping[str, Array], rng: Array, cfg: ElectraConfig, *,
+                          deterministic: bool) -> tuple[Array, dict[str, Array]]:
+    """`pretraining_loss` whose metrics also hold `rtd_score_histograms` (the eval step's, for the AUC)."""
+    out = electra_forward(model, batch, rng, cfg, deterministic=deterministic)
+    loss, metrics = electra_losses(out, batch["input_mask"], cfg)
+    return loss, {**metrics, **rtd_score_histograms(out.disc_logits, out.is_fake, batch["input_mask"])}
 
 
 def aggregate_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Combines per-batch metrics on the host: counts are summed, ratios averaged weighted by their count
-    (`METRIC_COUNTS`), `loss` is the plain mean over batches."""
+    (`METRIC_COUNTS`), `loss` is the plain mean over batches; `disc_auc` from the summed histograms of
+    `pretraining_eval_loss` when present."""
     present = {k: c for k, c in METRIC_COUNTS.items() if k in metrics[0]}  # the MLM objective has no disc_*
     counts = {c: sum(float(m[c]) for m in metrics) for c in set(present.values())}
     out = {k: sum(float(m[k]) * float(m[c]) for m in metrics) / max(counts[c], 1.0) for k, c in present.items()}
     out["loss"] = sum(float(m["loss"]) for m in metrics) / max(len(metrics), 1)
+    if "disc_hist_replaced" in metrics[0]:
+        out["disc_auc"] = histogram_auc(sum(np.asarray(m["disc_hist_original"]) for m in metrics),
+                                        sum(np.asarray(m["disc_hist_replaced"]) for m in metrics))
     return {**out, **counts}

@@ -17,14 +17,15 @@ Two deliberate differences from ELECTRA's file, both negligible (< 0.1%): LayerN
 charged 5H per token (upstream charges 5, a typo) and the weighted sum of values 2As (upstream 2Hs; equal
 for BERT where A = H).
 
-Reproduction of the paper's table (1M steps, seq 128, batch 128/128/256, generators of spec 3.2 with the
-heads * f head count; `python -m convbert.flops --config=configs/pretrain.py:SIZE`): small 1.258e18 (paper
-1.3e18, -3.3%), medium-small 1.567e18 (1.5e18, +4.5%), base 1.894e19 (1.9e19, -0.3%). The straightforward
-accounting needs no adjustment: counting at seq 128, dense lookups, grouped FFN at 1/G and 2 x forward are
-all required (3 x forward would give +50%; a dense medium-small FFN +31%; seq 512 for base x4.15). The paper
-prints two significant digits, i.e. +-3.3% of rounding alone. The same code with plain BERT layers
-(conv_type 'none', head_ratio 1) reproduces upstream's script to 0.1% (`electra_small` 1.294e18,
-`electra_base` 6.42e19, the 6.4e19 of ELECTRA's paper); see tests/test_flops.py.
+Against the paper's table (1M steps, seq 128, batch 128 / 128 / 256, generators as ELECTRA with the heads * f
+head count; `python -m convbert.flops --config=configs/pretrain.py:SIZE`), which prints two significant digits:
+small 1.258e18 and base 1.894e19 round to the paper's 1.3e18 and 1.9e19, but medium-small gives 1.567e18, which
+rounds to 1.6e18, 4.5% above the paper's 1.5e18. We found no accounting that gives the paper's medium-small
+number: counting the discriminator's grouped FFN (G = 2) dense gives 2.031e18, the generator's 1.596e18. For
+small and base, counting at seq 128, dense lookups and 2 x forward are all needed (3 x forward would give +50%,
+seq 512 for base x4.15). The same code with plain BERT layers (conv_type 'none', head_ratio 1) reproduces
+upstream's script to 0.1% (`electra_small` 1.294e18, `electra_base` 6.42e19, the 6.4e19 of ELECTRA's paper); see
+tests/test_flops.py.
 
 `model_flops_per_step` is the different quantity for MFU: the matmul FLOPs the step actually executes
 (3 x forward: the backward computes both input and weight gradients), the embedding lookups as gathers
@@ -204,8 +205,8 @@ def main(argv):
 
 if __name__ == "__main__":
     from absl import app, flags
-    from ml_collections import config_flags
+    from convbert import validation
 
     FLAGS = flags.FLAGS
-    config_flags.DEFINE_config_file("config", "configs/pretrain.py:small", "pretraining config file")
+    validation.define_config_file("configs/pretrain.py:small", "pretraining config file")
     app.run(main)

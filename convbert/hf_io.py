@@ -4,6 +4,8 @@ One name/layout table (`hf_name`) maps a parameter path of our NNX models to tra
 `flax_to_hf` and `hf_to_flax` both use it. Layouts (ours <-> transformers):
 Linear kernel [in, out] <-> weight [out, in]; grouped kernel [G, in/G, out/G] as-is; embedding/LayerNorm
 scale -> weight; depthwise [k, H] <-> [H, 1, k]; pointwise [H, A] <-> [A, H, 1]; sep-conv bias [A] <-> [A, 1].
+The stacked layers of a `scan_layers` model (`encoder.layer.<name>` [L, ...]) are read and written as L layers
+(`split_stacked`, `join_stacked`), so both forms load and save the same files.
 """
 
 from __future__ import annotations
@@ -70,6 +72,43 @@ def hf_name(path: Path) -> tuple[str, Layout]:
     *module, leaf = (str(p) for p in path)
     hf_leaf, layout = RULES.get((leaf, module[-1])) or RULES.get((leaf, None), (leaf, SAME))
     return ".".join(module + [hf_leaf]), layout
+
+
+def _stacked_at(path: Path) -> int | None:
+    """Where the layer index goes in `path` when it is a parameter of stacked layers ('encoder', 'layer', name, ...
+    without an index, see `convbert.modeling.ConvBertEncoder`); None for any other parameter."""
+    for i in range(len(path) - 2):
+        if path[i] == "encoder" and path[i + 1] == "layer" and not isinstance(path[i + 2], int):
+            return i + 2
+    return None
+
+
+def split_stacked(flat: Mapping[Path, np.ndarray]) -> dict[Path, np.ndarray]:
+    """{path: array} with every stacked layer parameter [L, ...] split into its L per-layer entries
+    ('encoder', 'layer', i, ...), the paths of a model without `scan_layers`; other entries as they are."""
+    out = {}
+    for path, value in flat.items():
+        at = _stacked_at(path)
+        if at is None:
+            out[path] = value
+        else:
+            out.update({path[:at] + (i,) + path[at:]: value[i] for i in range(len(value))})
+    return out
+
+
+def join_stacked(per_layer: Mapping[Path, np.ndarray], shapes: Mapping[Path, tuple[int, ...]]
+                 ) -> dict[Path, np.ndarray]:
+    """The inverse of `split_stacked` for a model whose parameter shapes are `shapes`: the values of its paths
+    that `per_layer` holds (a stacked parameter from its L per-layer entries)."""
+    out = {}
+    for path, shape in shapes.items():
+        at = _stacked_at(path)
+        if at is None:
+            if path in per_layer:
+                out[path] = per_layer[path]
+        else:
+            out[path] = np.stack([per_layer[path[:at] + (i,) + path[at:]] for i in range(shape[0])])
+    return out
 
 
 def flax_to_hf(flat: Mapping[Path, np.ndarray]) -> dict[str, np.ndarray]:
@@ -156,7 +195,9 @@ def from_pretrained(cls, path: str, *, rngs: nnx.Rngs | None = None, **config_ov
     config = ConvBertConfig.load(os.path.join(directory, CONFIG_NAME), **config_overrides)
     file, state = read_weights(directory)
     abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
-    shapes = _param_shapes(abstract)
+    model_shapes = _param_shapes(abstract)
+    shapes = {p: v.shape for p, v in split_stacked(
+        {p: np.broadcast_to(np.float32(0), s) for p, s in model_shapes.items()}).items()}
     model_prefixed = any(p[0] == BODY for p in shapes)  # a task model: body under `convbert.`
     ckpt_prefixed = any(k.startswith(BODY + ".") for k in state)
     if model_prefixed and not ckpt_prefixed:
@@ -183,6 +224,7 @@ def from_pretrained(cls, path: str, *, rngs: nnx.Rngs | None = None, **config_ov
         raise ValueError(f"{file}: missing parameters {', '.join(hf_name(p)[0] for p in missing)}")
     else:
         model = abstract
+    values = join_stacked(values, model_shapes)
     nnx.update(model, nnx.from_flat_state([(p, jnp.asarray(v)) for p, v in values.items()]))
     return model
 
@@ -219,7 +261,7 @@ def save_pretrained(model: nnx.Module, path: str) -> list[str]:
             warnings.warn(f"transformers has no {name}; transformers.ConvBertModel.from_pretrained loads the "
                           "encoder of this checkpoint and drops its head.", UserWarning, stacklevel=3)
     flat = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    tensors = flax_to_hf(flat)
+    tensors = flax_to_hf(split_stacked(flat))
     from safetensors.numpy import save_file
     os.makedirs(path, exist_ok=True)
     weights_file = os.path.join(path, weights_name)

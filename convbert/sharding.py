@@ -1,7 +1,8 @@
 """Device mesh, logical-axis rules and the helpers that place parameters and batches on it.
 
 Parameters carry `logical_axes` metadata (set in `convbert.modeling`); `rules` map each logical name to
-mesh axes (t5x/maxtext style), e.g. `(("embed", "fsdp"), ("heads", "model"), ("mlp", "model"), ...)`.
+mesh axes (t5x/maxtext style), e.g. `(("embed", "fsdp"), ("heads", "model"), ("mlp", "model"), ...)`. A name
+without a rule stays replicated, as the leading 'layers' axis of stacked layers (`scan_layers`) does by default.
 The mesh has axes ('data', 'fsdp', 'model') of `AxisType.Auto` (GSPMD); batches are split over
 ('data', 'fsdp'). Pure data parallel, FSDP and tensor parallel layouts are all choices of mesh sizes.
 """

@@ -29,20 +29,21 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 from configs import pretrain as pretrain_configs  # noqa: E402
 
-# Shrinks the tiny config: one layer per network (halves compile time), batch 8 x 64 tokens, 8 steps
-# (checkpoints at 2, 4, 6, 8), no eval or export.
-SMALL = {
-    "model.num_hidden_layers": 1, "batch_size": 8, "max_seq_length": 64, "num_train_steps": 8, "log_every_steps": 1,
-    "checkpoint_every_steps": 2, "eval_every_steps": 0, "num_eval_steps": 0, "export_hf": False,
-    "optimizer.warmup_steps": 2, "checkpoint.max_to_keep": 3,
-}
-
 # Runs compared across meshes or process counts, which change the order of floating-point sums, draw with
 # Gumbel-max: the tiny generator's distribution is nearly uniform over 30522 ids, so an inverse-CDF draw (the
 # default sampler) moves to the neighbouring id whenever its uniform falls within the last-bit difference of two
 # partial sums, which changes the loss by ~1e-5 relative; Gumbel-max changes its draw only on a near-tie of the
 # maximum.
 SAMPLER_FOR_EQUALITY = "gumbel"
+
+# Shrinks the tiny config: one layer per network (halves compile time), batch 8 x 64 tokens, 8 steps
+# (checkpoints at 2, 4, 6, 8), no eval or export; draws with `SAMPLER_FOR_EQUALITY`, since the runs resumed from
+# these checkpoints include one on another mesh.
+SMALL = {
+    "model.num_hidden_layers": 1, "batch_size": 8, "max_seq_length": 64, "num_train_steps": 8, "log_every_steps": 1,
+    "checkpoint_every_steps": 2, "eval_every_steps": 0, "num_eval_steps": 0, "export_hf": False,
+    "optimizer.warmup_steps": 2, "checkpoint.max_to_keep": 3, "electra.sampler": SAMPLER_FOR_EQUALITY,
+}
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,10 +1,22 @@
-"""ConvBertConfig: validation messages, HF config.json round trips, transformers compatibility (spec 1.1, 3, 9.3)."""
+"""ConvBertConfig: validation messages, HF config.json round trips, transformers compatibility (spec 1.1, 3, 9.3);
+configs/pretrain.py: sections built from the dataclasses, the derived masking budget and its check."""
 
+import dataclasses
 import json
+import os
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
+from configs import finetune_glue, pretrain
 from convbert import ConvBertConfig, generator_config, size_config
+from convbert.config import RUNTIME_FIELDS
+from convbert.electra import SPECIAL_ID_FIELDS, ElectraConfig
+from convbert.pretraining import check_config
+from convbert.sharding import DEFAULT_RULES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("changes, field", [
@@ -20,6 +32,9 @@ from convbert import ConvBertConfig, generator_config, size_config
     (dict(hidden_dropout_prob=1.5), "hidden_dropout_prob"),
     (dict(classifier_head="pooler"), "classifier_head"),
     (dict(pad_token_id=30522), "pad_token_id"),
+    (dict(kernels="fast"), "kernels"),
+    (dict(remat="dots_saveable"), "remat"),
+    (dict(scan_layers="yes"), "scan_layers"),
 ])
 def test_validation_names_the_field(changes, field):
     with pytest.raises(ValueError, match=f"ConvBertConfig.*{field}"):
@@ -35,6 +50,20 @@ def test_round_trip_through_config_json(tmp_path):
     assert "dtype" not in d and len(d["id2label"]) == 3
     assert ConvBertConfig.load(str(tmp_path)) == config
     assert ConvBertConfig.load(str(tmp_path), dtype="bfloat16") == config.replace(dtype="bfloat16")
+
+
+def test_runtime_fields_stay_out_of_config_json(tmp_path):
+    """dtype, kernels, remat and scan_layers say how the model is computed, not what: not written, ignored when
+    read (a config.json that has them loads the defaults), set by overrides."""
+    runtime = dict(dtype="bfloat16", kernels="reference", remat="dots", scan_layers=True)
+    config = size_config("small", **runtime)
+    config.save(str(tmp_path))
+    d = json.loads((tmp_path / "config.json").read_text())
+    assert not set(RUNTIME_FIELDS) & set(d)
+    assert ConvBertConfig.load(str(tmp_path)) == size_config("small")
+    assert ConvBertConfig.load(str(tmp_path), **runtime) == config
+    (tmp_path / "config.json").write_text(json.dumps({**d, **runtime}))
+    assert ConvBertConfig.load(str(tmp_path)) == size_config("small")
 
 
 def test_reads_transformers_config(tmp_path):
@@ -81,3 +110,92 @@ def test_transformers_compatibility_reasons():
     generator = generator_config(size_config("small"), 0.25)  # 1 head: concat width 2H (spec 3.2)
     assert generator.num_attention_heads == 1 and generator.attention_output_size == 2 * generator.hidden_size
     assert any("concatenated branch width" in r for r in generator.hf_incompatibilities)
+
+
+# ---- configs/pretrain.py ----------------------------------------------------------------------------------------
+
+
+def field_names(cls):
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "medium_small", "base", "large"])
+def test_pretrain_sections_are_the_dataclasses_fields(size):
+    c = pretrain.get_config(size)
+    assert set(c.model) == field_names(ConvBertConfig) - set(pretrain.HEAD_FIELDS)
+    model = ConvBertConfig(**c.model)
+    if size == "tiny":
+        assert (model.hidden_size, model.num_hidden_layers, model.dtype) == (128, 2, "float32")
+    else:
+        assert model == size_config(size, dtype="bfloat16")
+    assert set(c.electra) == field_names(ElectraConfig) - set(SPECIAL_ID_FIELDS)
+    assert ElectraConfig.from_config(c.electra).mask_prob == pretrain.RECIPES.get(size, {}).get(
+        "mask_prob", ElectraConfig().mask_prob)  # 0.25 for large, ELECTRA-large's
+    assert tuple(map(tuple, c.sharding_rules)) == DEFAULT_RULES
+    assert tuple(map(tuple, finetune_glue.get_config(f"sst2,{size}").sharding_rules)) == DEFAULT_RULES
+
+
+def test_large_is_electra_large_with_convbert_attention():
+    """ELECTRA-large's shape and pretraining recipe (google-research/electra configure_pretraining.py, paper
+    appendix), ConvBERT's head ratio 2 and kernel 9; ELECTRA's fine-tuning lr 5e-5 and layer decay 0.9."""
+    model = size_config("large")
+    assert (model.num_hidden_layers, model.hidden_size, model.num_attention_heads, model.intermediate_size,
+            model.embedding_size, model.head_ratio, model.conv_kernel_size) == (24, 1024, 16, 4096, 1024, 2, 9)
+    c = pretrain.get_config("large")
+    assert (c.batch_size, c.max_seq_length, c.num_train_steps, c.optimizer.learning_rate, c.optimizer.warmup_steps) == (
+        2048, 512, 1_750_000, 2e-4, 10_000)
+    assert (c.electra.mask_prob, c.electra.generator_fraction, c.electra.max_predictions_per_seq) == (0.25, 0.25, 130)
+    generator = generator_config(ConvBertConfig(**c.model), c.electra.generator_fraction)
+    assert (generator.hidden_size, generator.num_attention_heads, generator.num_hidden_layers) == (256, 4, 24)
+    assert (c.model.dtype, pretrain.get_config("base").max_seq_length) == ("bfloat16", 128)
+    glue = finetune_glue.get_config("sst2,large")
+    assert (glue.learning_rate, glue.layerwise_lr_decay) == (5e-5, 0.9)
+    assert finetune_glue.get_config("sst2,base").layerwise_lr_decay == 0.8
+    with pytest.raises(ValueError, match="unknown size 'huge'; choose from tiny, small, medium_small, base, large"):
+        pretrain.get_config("huge")
+
+
+@pytest.mark.parametrize("argv", [[], ["--config.model.kernels=tpu", "--config.model.remat=dots",
+                                       "--config.model.scan_layers=True"]])
+def test_runtime_knobs_from_the_command_line(argv):
+    values, argv = flags.FlagValues(), ["pretrain.py", *argv]
+    config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "pretrain.py") + ":small",
+                                    flag_values=values, sys_argv=argv)
+    values(argv)
+    model = ConvBertConfig(**values.config.model)
+    expected = ("tpu", "dots", True) if len(argv) > 1 else ("auto", "none", False)
+    assert (model.kernels, model.remat, model.scan_layers) == expected
+
+
+def test_masking_budget_follows_sequence_length_and_mask_prob():
+    c = pretrain.get_config("small")
+    assert c.electra.max_predictions_per_seq == 19  # int((0.15 + 0.005) * 128), google-research/electra
+    c.max_seq_length = 512
+    assert c.electra.max_predictions_per_seq == 79
+    c.electra.mask_prob = 0.25
+    assert c.electra.max_predictions_per_seq == 130
+    c.electra.max_predictions_per_seq = 40  # an explicit value wins, also over later changes
+    c.max_seq_length = 256
+    assert c.electra.max_predictions_per_seq == 40 and c.to_dict()["electra"]["max_predictions_per_seq"] == 40
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--config.max_seq_length=512"], 79),
+    (["--config.electra.max_predictions_per_seq=30", "--config.max_seq_length=512"], 30),
+    (["--config.max_seq_length=512", "--config.electra.max_predictions_per_seq=30"], 30),
+])
+def test_masking_budget_from_the_command_line(argv, expected):
+    values, argv = flags.FlagValues(), ["pretrain.py", *argv]
+    config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "pretrain.py") + ":small",
+                                    flag_values=values, sys_argv=argv)
+    values(argv)
+    assert values.config.electra.max_predictions_per_seq == expected
+
+
+def test_masking_budget_above_the_sequence_length_names_the_key():
+    c = pretrain.get_config("tiny")
+    check_config(c)
+    c.electra.max_predictions_per_seq = 129
+    with pytest.raises(ValueError, match=r"config\.electra\.max_predictions_per_seq=129 must be in \[1, "
+                                         r"config\.max_seq_length=128\]"):
+        check_config(c)

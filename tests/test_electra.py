@@ -12,8 +12,9 @@ from flax import nnx
 from configs.pretrain import get_config
 from convbert.config import ConvBertConfig
 from convbert.electra import (
-    SAMPLERS, SPECIAL_ID_FIELDS, ElectraConfig, aggregate_metrics, build_electra, electra_forward, mask_tokens,
-    pretraining_loss, scatter_slots)
+    SAMPLERS, SPECIAL_ID_FIELDS, ElectraConfig, aggregate_metrics, build_electra, electra_forward, histogram_auc,
+    loss_normalizers, mask_tokens, num_prediction_slots, pretraining_eval_loss, pretraining_loss, rtd_score_histograms,
+    scatter_slots)
 
 CLS, SEP, MASK, PAD = 101, 102, 103, 0
 DISC = ConvBertConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -85,6 +86,9 @@ def test_special_tokens_and_padding_never_masked(quirks):
     m = jit_mask(jax.random.key(2), b["input_ids"], b["input_mask"], ElectraConfig(upstream_quirks=quirks))
     w, p = np.asarray(m.weights), np.asarray(m.positions)
     assert np.all(np.take_along_axis(candidate, p, 1)[w > 0])
+    slots = np.asarray(num_prediction_slots(b["input_ids"], b["input_mask"], ElectraConfig(upstream_quirks=quirks)))
+    np.testing.assert_array_equal(slots, w.sum(1))  # known before the draws
+    assert quirks or np.any(slots < np.minimum(19, np.round(lengths * 0.15)))  # rows short of candidates
     changed = np.asarray(m.input_ids) != ids
     assert not np.any(changed & ~candidate)
     assert np.any(changed & (ids == 100))  # [UNK] may be masked
@@ -104,6 +108,9 @@ def test_budget_for_short_rows(quirks):
     empty["input_mask"] = empty["input_mask"].at[1].set(0)
     assert float(jit_mask(jax.random.key(0), empty["input_ids"], empty["input_mask"],
                           ElectraConfig(upstream_quirks=quirks)).weights.sum()) == 0
+    cfg = ElectraConfig(upstream_quirks=quirks)
+    np.testing.assert_array_equal(num_prediction_slots(b["input_ids"], b["input_mask"], cfg), n)
+    np.testing.assert_array_equal(num_prediction_slots(empty["input_ids"], empty["input_mask"], cfg), [0, 0])
 
 
 def test_scatter_slots_merges_duplicates_like_upstream():
@@ -185,6 +192,28 @@ def test_loss_weights(model):
         assert float(loss) == pytest.approx(gen_w * float(m["gen_loss"]) + disc_w * float(m["disc_loss"]), rel=1e-5)
     assert float(m["num_tokens"]) == 146 and float(m["replaced_fraction"]) == pytest.approx(
         float(m["num_replaced"]) / 146)
+
+
+def test_micro_batch_losses_over_the_whole_batch_denominators_add_up_to_the_batch_loss(model):
+    """With the whole batch's `loss_normalizers`, the losses of the micro-batches sum to the batch's loss (draws made
+    deterministic: every candidate a slot, no [MASK], argmax sampling; no dropout). The gradients:
+    tests/test_train_state.py."""
+    cfg = ElectraConfig(mask_prob=1.0, max_predictions_per_seq=48, upstream_quirks=False, mask_token_prob=0.0,
+                        temperature=1e-7)
+    b = make_batch([48, 10, 40, 7], 48)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def loss(batch, normalizers):
+        return pretraining_loss(nnx.merge(graphdef, state), batch, jax.random.key(8), cfg, deterministic=True,
+                                normalizers=normalizers)
+
+    whole, metrics = loss(b, None)
+    normalizers = loss_normalizers(b, cfg)
+    assert float(normalizers["num_masked"]) == float(metrics["num_masked"]) == 46 + 8 + 38 + 5
+    assert float(normalizers["num_tokens"]) == float(metrics["num_tokens"]) == 105
+    halves = [jax.tree.map(lambda x, rows=rows: x[np.array(rows)], b) for rows in ([0, 2], [1, 3])]
+    assert float(sum(loss(h, normalizers)[0] for h in halves)) == pytest.approx(float(whole), rel=1e-5)
 
 
 def grads_by_part(model, cfg, batch):
@@ -273,3 +302,41 @@ def test_aggregate_metrics():
     agg = aggregate_metrics([a, b])
     assert agg["gen_accuracy"] == pytest.approx((0.5 * 10 + 30) / 40)
     assert agg["disc_precision"] == 1.0 and agg["loss"] == 3.0 and agg["num_masked"] == 40
+
+
+def test_histogram_auc_is_the_roc_auc_up_to_the_bin_width():
+    """Binned AUC (pairs within a bin count half) against scikit-learn's exact ROC AUC of the same logits."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for spread in (0.05, 2.0):  # an untrained discriminator's logits barely spread; a trained one's do
+        labels = rng.random((16, 64)) < 0.15
+        logits = -2.0 + spread * (rng.standard_normal((16, 64)) + 0.8 * labels)
+        mask = (np.arange(64) < rng.integers(20, 65, (16, 1))).astype(np.int32)
+        hist = rtd_score_histograms(jnp.asarray(logits, jnp.float32), jnp.asarray(labels), jnp.asarray(mask))
+        real = mask > 0
+        assert float(hist["disc_hist_original"].sum()) == np.sum(real & ~labels)
+        assert float(hist["disc_hist_replaced"].sum()) == np.sum(real & labels)
+        expected = roc_auc_score(labels[real], logits[real])
+        assert histogram_auc(hist["disc_hist_original"], hist["disc_hist_replaced"]) == pytest.approx(
+            expected, abs=2e-3)
+    assert np.isnan(histogram_auc(np.ones(4), np.zeros(4)))
+
+
+def test_eval_loss_adds_the_histograms_aggregated_into_the_auc(model):
+    cfg = ElectraConfig()
+    metrics, labels = [], []
+    for i in range(3):
+        b, rng = make_batch([48, 30, 40, 48], 48, seed=i), jax.random.key(20 + i)
+        _, m = pretraining_eval_loss(model, b, rng, cfg, deterministic=True)
+        _, plain = pretraining_loss(model, b, rng, cfg, deterministic=True)
+        assert {k: float(v) for k, v in plain.items()} == {k: float(m[k]) for k in plain}
+        out = electra_forward(model, b, rng, cfg, deterministic=True)
+        labels.append(np.asarray(out.is_fake)[np.asarray(b["input_mask"]) > 0])
+        metrics.append(m)
+    original = sum(np.asarray(m["disc_hist_original"]) for m in metrics)
+    replaced = sum(np.asarray(m["disc_hist_replaced"]) for m in metrics)
+    assert original.sum() + replaced.sum() == sum(len(x) for x in labels)
+    assert replaced.sum() == sum(x.sum() for x in labels) > 0
+    assert aggregate_metrics(metrics)["disc_auc"] == histogram_auc(original, replaced)
+    assert "disc_auc" not in aggregate_metrics([{k: m[k] for k in plain} for m in metrics])

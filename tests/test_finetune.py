@@ -14,13 +14,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from convbert import optim
-from convbert.assets import BERT_UNCASED_VOCAB
-from convbert.data.text_tokenizer import WordPieceTokenizer
+from convbert import ConvBertForPreTraining, ConvBertForSequenceClassification, ConvBertModel, hf_io
 from convbert.glue import finetune
 from convbert.glue.submission import SUBMISSION_FILES
 from convbert.glue.tasks import TASKS
-from convbert.modeling import ConvBertForPreTraining, ConvBertForSequenceClassification, ConvBertModel
+from convbert.tokenization import ConvBertTokenizer
 from helpers import TINY_ENCODER, randomize, save_random_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,23 +60,29 @@ def test_config_recipe_per_size_and_task():
     assert glue_config.get_config("all,base").init_checkpoint == "YituTech/conv-bert-base"
     with pytest.raises(ValueError, match="unknown task 'glue'; valid tasks: cola, sst2"):
         glue_config.get_config("glue,base")
-    with pytest.raises(ValueError, match="unknown size 'large'"):
-        glue_config.get_config("rte,large")
+    large = glue_config.get_config("rte,large")  # ELECTRA-large's fine-tuning recipe
+    assert (large.learning_rate, large.layerwise_lr_decay) == (5e-5, 0.9)
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        glue_config.get_config("rte,huge")
 
 
-def test_layerwise_lr_per_parameter_of_the_classification_model():
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_layerwise_lr_per_parameter_of_the_classification_model(scan_layers):
     """With Adam's first step (no bias correction) every update is the same size, so update / head update is
-    each parameter's multiplier: embeddings 0.8^4, layer 0 0.8^3, layer 1 0.8^2, head 1 (L = 2, spec 6.1)."""
-    model = nnx.eval_shape(lambda: ConvBertForSequenceClassification(TINY.replace(classifier_head="hf"),
-                                                                     rngs=nnx.Rngs(0)))
+    each parameter's multiplier: embeddings 0.8^4, layer 0 0.8^3, layer 1 0.8^2, head 1 (L = 2, spec 6.1); the
+    same per layer for stacked layers (scan_layers)."""
+    config = TINY.replace(classifier_head="hf", scan_layers=scan_layers)
+    model = nnx.eval_shape(lambda: ConvBertForSequenceClassification(config, rngs=nnx.Rngs(0)))
     params = jax.tree.map(lambda x: jnp.zeros(x.shape), nnx.state(model, nnx.Param))
     c = glue_config.get_config("sst2,base")
     c.update(weight_decay=0.0, warmup_proportion=0.0)
     tx, _ = finetune.make_optimizer(c, params, num_layers=2, total_steps=10 ** 9)
     updates = jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[0])(jax.tree.map(jnp.ones_like, params), params)
-    first = {optim.path_names(p)[:-1]: float(u.reshape(-1)[0]) for p, u in jax.tree_util.tree_leaves_with_path(updates)}
+    updates = hf_io.split_stacked({p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(updates)})
+    first = {tuple(map(str, p)): float(u.reshape(-1)[0]) for p, u in updates.items()}
     ratios = {path: u / first["classifier", "out_proj", "kernel"] for path, u in first.items()}
-    assert len(ratios) == len(jax.tree.leaves(params))
+    assert len(ratios) == len(hf_io.split_stacked({p: np.asarray(v.get_value()) for p, v in
+                                                  nnx.to_flat_state(params)}))
     for path, ratio in ratios.items():
         if path[:2] == ("convbert", "embeddings") or path[:2] == ("convbert", "embeddings_project"):
             expected = 0.8 ** 4
@@ -88,6 +92,18 @@ def test_layerwise_lr_per_parameter_of_the_classification_model():
             assert path[0] == "classifier"  # dense and out_proj of the HF head
             expected = 1.0
         assert ratio == pytest.approx(expected, rel=1e-4), path
+
+
+def test_a_probe_trains_the_head_at_the_probe_learning_rate():
+    model = nnx.eval_shape(lambda: ConvBertForSequenceClassification(TINY, rngs=nnx.Rngs(0)))
+    params = jax.tree.map(lambda x: jnp.zeros(x.shape), nnx.state(model, nnx.Param))
+    c = glue_config.get_config("sst2,tiny")
+    c.warmup_proportion = 0.0
+    assert c.probe_learning_rate != c.learning_rate
+    for freeze, peak in ((False, c.learning_rate), (True, c.probe_learning_rate)):
+        c.freeze_encoder = freeze
+        _, schedule = finetune.make_optimizer(c, params, num_layers=2, total_steps=100)
+        assert float(schedule(0)) == pytest.approx(peak)
 
 
 def test_loss_is_summed_over_the_batch_by_default():
@@ -107,11 +123,11 @@ def test_pretraining_workdir_and_hf_head_detection(tmp_path, checkpoint):
     pretrained = randomize(nnx.eval_shape(lambda: ConvBertForPreTraining(TINY, rngs=nnx.Rngs(0))))
     with pytest.warns(UserWarning, match="transformers has no ConvBertForPreTraining"):
         pretrained.save_pretrained(str(workdir / "export" / "discriminator"))
-    WordPieceTokenizer(BERT_UNCASED_VOCAB).save(str(workdir / "tokenizer"))
+    ConvBertTokenizer().save(str(workdir / "tokenizer"))
     source = finetune.resolve_source(str(workdir))
     assert source == finetune.Source(str(workdir / "export" / "discriminator"), str(workdir / "tokenizer"))
     tokenizer = finetune.load_tokenizer(source.tokenizer_dir)
-    assert tokenizer(["hello world"])["input_ids"] == [[7592, 2088]] and tokenizer.cls_token_id == 101
+    assert tokenizer.encode_batch(["hello world"]) == [[7592, 2088]] and tokenizer.cls_token_id == 101
     config = tiny_config("sst2", str(workdir))
     encoder = finetune.load_encoder(source, config)
     assert encoder.head == "original" and encoder.config.hidden_size == 64
@@ -239,7 +255,7 @@ def test_random_init_starts_from_fresh_weights_with_the_same_config_and_tokenize
     assert random_src.random_init and not src.random_init
     assert (random_src.model_dir, random_src.tokenizer_dir) == (src.model_dir, src.tokenizer_dir)
     assert control.encoder.params is None and control.encoder.config == pretrained.encoder.config
-    ours, fresh, fresh_again = (_encoder_arrays(t.init_state(seed)[0]) for t, seed in
+    ours, fresh, fresh_again = (_encoder_arrays(t.init_state(seed).params) for t, seed in
                                 ((pretrained, 0), (control, 0), (control, 1)))
     assert ours.keys() == fresh.keys() and all(ours[k].shape == fresh[k].shape for k in ours)
     kernels = [k for k in ours if k[-1] == "kernel"]
@@ -260,14 +276,12 @@ def test_random_init_results_say_so(tmp_path, checkpoint, fake_training):
 def test_frozen_encoder_stays_bit_for_bit_and_the_head_trains(checkpoint):
     trainer, task_data, _ = _sst2_trainer(checkpoint, freeze_encoder=True, batch_size=8)
     state = trainer.init_state(0)
-    before = _encoder_arrays(state[0])
-    head_before = {p: np.asarray(v) for p, v in nnx.to_flat_state(state[0]["classifier"])}
-    key = jax.random.key(0)
+    before = _encoder_arrays(state.params)
+    head_before = {p: np.asarray(v) for p, v in nnx.to_flat_state(state.params["classifier"])}
     for step in range(3):
         rows = np.arange(step * 8, (step + 1) * 8)
-        batch = trainer.batch(task_data.train, rows, (*finetune.data.FEATURES, "labels"))
-        state, _ = trainer.train_step(state, batch, key, np.int32(step + 1))
-    after = _encoder_arrays(state[0])
+        state, _ = trainer.train_step(state, trainer.batch(task_data.train, rows, (*finetune.data.FEATURES, "labels")))
+    after = _encoder_arrays(state.params)
     assert all(np.array_equal(before[k], after[k]) for k in before)
-    head_after = {p: np.asarray(v) for p, v in nnx.to_flat_state(state[0]["classifier"])}
+    head_after = {p: np.asarray(v) for p, v in nnx.to_flat_state(state.params["classifier"])}
     assert any(not np.array_equal(head_before[k], head_after[k]) for k in head_before)

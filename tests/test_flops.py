@@ -17,6 +17,14 @@ def test_paper_train_flops_within_5_percent(size):
     assert total_training_flops(get_config(size)) == pytest.approx(PAPER[size], rel=0.05)
 
 
+def test_paper_train_flops_to_its_two_digits():
+    """Small and base round to the paper's numbers; medium-small does not (convbert/flops.py docstring)."""
+    total = {size: total_training_flops(get_config(size)) for size in PAPER}
+    assert f"{total['small']:.1e}" == "1.3e+18" and f"{total['base']:.1e}" == "1.9e+19"
+    assert f"{total['medium_small']:.1e}" == "1.6e+18"  # the paper: 1.5e18
+    assert total == pytest.approx(dict(small=1.258e18, medium_small=1.567e18, base=1.894e19), rel=1e-3)
+
+
 def bert(h, e):
     """ELECTRA's plain BERT layer: full-width attention, no conv branch, hidden // 64 heads."""
     return ConvBertConfig(hidden_size=h, num_attention_heads=max(1, h // 64), intermediate_size=4 * h,

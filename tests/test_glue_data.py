@@ -12,20 +12,19 @@ from convbert.glue.tasks import TASK_CHOICES, TASKS, TRANSFER_TASKS, get_task, t
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "glue")
 
 
-def load(task_name, split_name="train", data_dir=FIXTURES):
+def load(task_name, split_name="train", data_dir=FIXTURES, strict=False):
     task = TASKS[task_name]
     split = {"train": task.train, **{s.name: s for s in (*task.dev.values(), *task.test.values())}}[split_name]
-    return data.load_tsv_split(data_dir, task, split)
+    return data.load_tsv_split(data_dir, task, split, strict)
 
 
 class WordTokenizer:
-    """Whitespace tokenizer with the Hugging Face-style interface `featurize` uses: word 'wN' -> id N."""
+    """Whitespace tokenizer with the part of the `TextTokenizer` interface `featurize` uses: word 'wN' -> id N."""
 
     cls_token_id, sep_token_id, pad_token_id = 101, 102, 0
 
-    def __call__(self, texts, add_special_tokens=False):
-        assert not add_special_tokens
-        return {"input_ids": [[int(w[1:]) for w in t.split()] for t in texts]}
+    def encode_batch(self, texts):
+        return [[int(w[1:]) for w in t.split()] for t in texts]
 
 
 def words(*ids):
@@ -144,6 +143,16 @@ def test_featurize_pairs_singles_segments_and_padding():
     assert {f[k].dtype for k in data.FEATURES} == {np.dtype(np.int32)}
 
 
+def test_empty_second_text_is_a_single_sentence_as_upstream():
+    ex = data.Examples([words(1, 2), "", words(5)], [" ", words(3), words(6)], np.array([0, 1, 0]), ["0", "1", "2"])
+    f = data.featurize(ex, WordTokenizer(), 6, TASKS["rte"])
+    np.testing.assert_array_equal(f["input_ids"][0], [101, 1, 2, 102, 0, 0])  # b has no tokens: no second [SEP]
+    np.testing.assert_array_equal(f["token_type_ids"][0], 0)
+    np.testing.assert_array_equal(f["input_ids"][1], [101, 102, 3, 102, 0, 0])  # an empty a is still a pair
+    np.testing.assert_array_equal(f["token_type_ids"][1], [0, 0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(f["input_ids"][2], [101, 5, 102, 6, 102, 0])
+
+
 def test_doubling_swaps_pairs_and_stsb_labels_are_scaled():
     ex = load("stsb").doubled_unordered()
     assert len(ex) == 8
@@ -178,13 +187,43 @@ def append(path, line):
 
 def test_wrong_column_count_names_file_and_line(glue_copy):
     path = glue_copy / "RTE" / "train.tsv"
-    append(path, "4\tonly one sentence\tentailment")
-    with pytest.raises(ValueError, match=rf"{path}:6: expected 4 tab-separated columns, found 3"):
+    append(path, "4\tonly one sentence\tentailment")  # 1 of 5 rows: more than the 1% that are skipped
+    with pytest.raises(ValueError, match=rf"{path}: 1 of 5 rows are malformed .*{path}:6: expected 4 tab-separated "
+                                         "columns, found 3"):
         load("rte", data_dir=glue_copy)
+    with pytest.raises(ValueError, match=rf"^{path}:6: expected 4"):
+        load("rte", data_dir=glue_copy, strict=True)
     path = glue_copy / "CoLA" / "train.tsv"
     append(path, "gj04\t1\tno sentence")
     with pytest.raises(ValueError, match=rf"{path}:7: expected 4"):
         load("cola", data_dir=glue_copy)
+
+
+def test_a_few_malformed_rows_are_skipped_with_a_warning(glue_copy, caplog):
+    """As the original QQP train.tsv: a question broken over two lines gives two short rows among many good ones."""
+    path = glue_copy / "QQP" / "train.tsv"
+    header, *rows = path.read_text().splitlines()
+    good = [f"{i}\t{2 * i}\t{2 * i + 1}\tquestion {i}?\tanother {i}?\t{i % 2}" for i in range(100, 300)]
+    broken = ["7\t14\t15\tWhat is the first line", "of a question?\tAnd the second?\t1"]
+    path.write_text("\n".join([header, *rows, *good[:100], *broken, *good[100:]]) + "\n")
+    with caplog.at_level("WARNING"):
+        ex = load("qqp", data_dir=glue_copy)
+    assert len(ex) == len(rows) + 200 and ex.text_a[-1] == "question 299?" and ex.labels[-1] == 1
+    first_bad = 1 + len(rows) + 100 + 1
+    skipped = f"{path}: skipped 2 malformed row(s) of {len(rows) + 202} (lines {first_bad}, {first_bad + 1})"
+    assert skipped in caplog.text
+    with pytest.raises(ValueError, match=rf"{path}:{first_bad}: expected 6 tab-separated columns, found 4"):
+        load("qqp", data_dir=glue_copy, strict=True)
+
+
+def test_empty_files_name_the_file(glue_copy):
+    path = glue_copy / "SST-2" / "train.tsv"
+    path.write_text("")
+    with pytest.raises(ValueError, match=rf"{path} is empty"):
+        load("sst2", data_dir=glue_copy)
+    path.write_text("sentence\tlabel\n")
+    with pytest.raises(ValueError, match=rf"{path} has a header but no rows"):
+        load("sst2", data_dir=glue_copy)
 
 
 def test_label_outside_the_label_set(glue_copy):

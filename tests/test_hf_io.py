@@ -1,7 +1,9 @@
 """Parity with transformers' ConvBERT in both directions, checkpoint forms and loader errors (spec 8)."""
 
+import json
 import logging
 import os
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -70,7 +72,8 @@ def perturb_hf(model, seed=0):
 
 
 def random_ours(name, config, seed=0):
-    """Our model with random weights everywhere (built abstractly, filled from NumPy)."""
+    """Our model with random weights everywhere (built abstractly, filled from NumPy; stacked layers get their
+    own draws)."""
     return randomize(nnx.eval_shape(lambda: getattr(convbert, name)(ConvBertConfig(**config), rngs=nnx.Rngs(0))),
                      seed)
 
@@ -81,15 +84,17 @@ def hf_model(name, seed=0, **config):
     return perturb_hf(getattr(transformers, name)(cfg), seed)
 
 
-def check_both_directions(tmp_path, name, config):
-    """HF random -> save -> ours.from_pretrained; ours random -> save -> transformers.from_pretrained."""
+def check_both_directions(tmp_path, name, config, **runtime):
+    """HF random -> save -> ours.from_pretrained; ours random -> save -> transformers.from_pretrained. `runtime`:
+    our models' `RUNTIME_FIELDS` (e.g. scan_layers=True)."""
     fields = HEADS[name][1]
     hf = hf_model(name, **config)
     hf.save_pretrained(tmp_path / "hf")
-    ours = getattr(convbert, name).from_pretrained(str(tmp_path / "hf"))
+    ours = getattr(convbert, name).from_pretrained(str(tmp_path / "hf"), **runtime)
+    assert all(getattr(ours.config, k) == v for k, v in runtime.items())
     d1 = max_diffs(ours, hf, name, fields)
 
-    ours = random_ours(name, config, seed=1)
+    ours = random_ours(name, {**config, **runtime}, seed=1)
     files = ours.save_pretrained(str(tmp_path / "ours"))
     assert sorted(os.path.basename(f) for f in files) == ["config.json", "model.safetensors"]
     hf, info = getattr(transformers, name).from_pretrained(str(tmp_path / "ours"), output_loading_info=True)
@@ -100,9 +105,32 @@ def check_both_directions(tmp_path, name, config):
         assert max(d.values()) <= TOL, d
 
 
-@pytest.mark.parametrize("shape", ["small", "medium_small", pytest.param("base", marks=pytest.mark.slow)])
-def test_parity_sizes(tmp_path, shape):
-    check_both_directions(tmp_path, "ConvBertModel", SHAPES[shape])
+@pytest.mark.parametrize("shape, scan_layers", [("small", False), ("medium_small", False), ("small", True),
+                                                pytest.param("base", False, marks=pytest.mark.slow)])
+def test_parity_sizes(tmp_path, shape, scan_layers):
+    """Also a scan_layers model: loading stacks transformers' per-layer weights, saving splits them."""
+    check_both_directions(tmp_path, "ConvBertModel", SHAPES[shape], scan_layers=scan_layers)
+
+
+@pytest.mark.parametrize("changes", [{}, dict(conv_type="lconv")])  # model.safetensors; convbert_jax.safetensors
+def test_scanned_and_plain_models_read_each_others_files(tmp_path, changes):
+    """A scan_layers model saves the files a plain one does and loads them back either way: the same parameters,
+    the same outputs."""
+    config = {**TINY, "num_hidden_layers": 3, "num_labels": 3, **changes}
+    inputs = {k: jnp.asarray(v) for k, v in make_inputs().items()}
+    for saved, loaded in ((True, False), (False, True)):
+        model = random_ours("ConvBertForSequenceClassification", {**config, "scan_layers": saved}, seed=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # lconv: the native file (tested above)
+            files = model.save_pretrained(str(tmp_path / str(saved)))
+        assert "scan_layers" not in json.load(open(files[0]))
+        back = convbert.ConvBertForSequenceClassification.from_pretrained(str(tmp_path / str(saved)),
+                                                                         scan_layers=loaded)
+        assert back.config.scan_layers == loaded
+        ours, theirs = (hf_io.split_stacked({p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(
+            nnx.state(m, nnx.Param))}) for m in (model, back))
+        assert ours.keys() == theirs.keys() and all(np.array_equal(ours[p], theirs[p]) for p in ours)
+        np.testing.assert_allclose(back(**inputs).logits, model(**inputs).logits, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", list(HEADS))
@@ -112,6 +140,34 @@ def test_parity_heads(tmp_path, name):
 
 def test_parity_regression_head(tmp_path):
     check_both_directions(tmp_path, "ConvBertForSequenceClassification", {**TINY, "num_labels": 1})
+
+
+def loss_labels(name, num_labels):
+    """Labels for `name`'s loss, with ignored entries: -100 tokens, a span position past the end (clamped to T)."""
+    rng = np.random.default_rng(3)
+    mask = make_inputs()["attention_mask"]
+    if name in ("ConvBertForMaskedLM", "ConvBertForTokenClassification"):
+        high = TINY["vocab_size"] if name == "ConvBertForMaskedLM" else num_labels
+        return {"labels": np.where((mask > 0) & (rng.random((B, T)) < 0.6), rng.integers(0, high, (B, T)), -100)}
+    if name == "ConvBertForQuestionAnswering":
+        return {"start_positions": np.array([2, T + 5, 0]), "end_positions": np.array([5, 7, T])}
+    if num_labels == 1:
+        return {"labels": rng.standard_normal(B).astype(np.float32)}
+    return {"labels": rng.integers(0, 3 if name == "ConvBertForMultipleChoice" else num_labels, B)}
+
+
+@pytest.mark.parametrize("name, num_labels", [(n, HEADS[n][0].get("num_labels", 2)) for n in list(HEADS)[1:]]
+                         + [("ConvBertForSequenceClassification", 1)])
+def test_loss_parity(tmp_path, name, num_labels):
+    """The heads' losses (cross-entropy with transformers' ignore rules, MSE for regression) equal transformers'."""
+    hf = hf_model(name, **TINY, num_labels=num_labels)
+    hf.save_pretrained(tmp_path)
+    ours = getattr(convbert, name).from_pretrained(str(tmp_path))
+    inputs, labels = make_inputs(name == "ConvBertForMultipleChoice"), loss_labels(name, num_labels)
+    loss = ours(**{k: jnp.asarray(v) for k, v in {**inputs, **labels}.items()}).loss
+    with torch.no_grad():
+        ref = hf(**{k: torch.as_tensor(v) for k, v in {**inputs, **labels}.items()}).loss
+    assert abs(float(loss) - float(ref)) <= TOL * max(1.0, abs(float(ref))), (float(loss), float(ref))
 
 
 def test_pytorch_bin_with_buffers(tmp_path):

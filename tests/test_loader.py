@@ -143,3 +143,39 @@ def test_merged_parts_resume(tmp_path):
     resumed = make()
     resumed.set_state(state)
     np.testing.assert_array_equal(next(resumed)["input_ids"], expected["input_ids"])
+
+
+def _concat(batches):
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]} if batches else {}
+
+
+def test_example_offset_continues_the_same_batches(data_dir):
+    """An iterator started at example offset s G reads exactly the batches s, s + 1, ... of one started at 0 (how
+    a run resumes its data position)."""
+    make = lambda offset: make_iterator(data_dir, global_batch_size=4, seed=2, process_index=0, process_count=1,
+                                        example_offset=offset)
+    whole = _take(make(0), 6)
+    for x, y in zip(whole[3:], _take(make(3 * 4), 3)):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    with pytest.raises(ValueError, match="example_offset -1"):
+        make(-1)
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_batch_size_change_reads_every_example_exactly_once(data_dir, process_count):
+    """Three batches of 4, then (example offset 12, as `convbert.resume.DataPosition` converts it) batches of 6
+    to the end of the epoch, on `process_count` processes: the rows read are the epoch's global order, in order,
+    each once, up to a last partial batch of 6."""
+    order = _concat(list(make_iterator(data_dir, global_batch_size=1, seed=4, process_index=0, process_count=1,
+                                       num_epochs=1)))
+    n = len(order["input_ids"])
+    before = _take(make_iterator(data_dir, global_batch_size=4, seed=4, process_index=0, process_count=1,
+                                 num_epochs=1), 3)
+    shares = [list(make_iterator(data_dir, global_batch_size=6, seed=4, process_index=p, process_count=process_count,
+                                 num_epochs=1, example_offset=12)) for p in range(process_count)]
+    after = [_concat([share[step] for share in shares]) for step in range(len(shares[0]))]
+    read = _concat(before + after)
+    assert len(after) == (n - 12) // 6 and n - len(read["input_ids"]) < 6
+    for k in read:
+        np.testing.assert_array_equal(read[k], order[k][:len(read[k])])

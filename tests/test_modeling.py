@@ -1,6 +1,7 @@
-"""The Flax model: sizes, every architecture knob, a NumPy reference of mixed attention, dropout, bfloat16 and
-the padding semantics (spec 1, 2, 3, 9.1)."""
+"""The Flax model: sizes, every architecture knob, a NumPy reference of mixed attention, dropout, bfloat16, the
+padding semantics and the initialisers (yitu-opensource/ConvBert `model/modeling.py`)."""
 
+import functools
 import itertools
 
 import jax
@@ -9,9 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from convbert import ConvBertConfig, ConvBertForMaskedLM, ConvBertModel, size_config
-from convbert.modeling import (ConvBertSelfAttention, Dropout, attention_mask_bias, count_params, dropout_keep_mask,
-                              gelu, shifted_window_sum)
+from convbert import (ConvBertConfig, ConvBertForMaskedLM, ConvBertForPreTraining, ConvBertForSequenceClassification,
+                      ConvBertModel, kernels, size_config)
+from convbert.hf_io import join_stacked, split_stacked
+from convbert.config import REMAT_POLICIES
+from convbert.modeling import CHECKPOINT_POLICIES, LAYERS_AXIS, ConvBertSelfAttention, attention_mask_bias, count_params
 from helpers import randomize
 
 TINY = dict(vocab_size=100, embedding_size=16, hidden_size=16, num_attention_heads=4, intermediate_size=32,
@@ -19,10 +22,12 @@ TINY = dict(vocab_size=100, embedding_size=16, hidden_size=16, num_attention_hea
 
 
 @pytest.mark.parametrize("size, expected", [("small", 13_143_768), ("medium_small", 17_475_888),
-                                            ("base", 105_680_520)])
+                                            ("base", 105_680_520), ("large", 322_604_736)])
 def test_parameter_counts(size, expected):
-    model = nnx.eval_shape(lambda: ConvBertModel(size_config(size), rngs=nnx.Rngs(0)))
-    assert count_params(model) == expected
+    """The released sizes; large (ELECTRA-large's shape with ConvBERT's bottleneck) 323M against ELECTRA's 335M."""
+    for scan_layers in (False, True):
+        model = nnx.eval_shape(lambda: ConvBertModel(size_config(size, scan_layers=scan_layers), rngs=nnx.Rngs(0)))
+        assert count_params(model) == expected
 
 
 # Every conv_type meets every value of head_ratio, kernel size and groups (a Latin-square cover of the grid).
@@ -107,18 +112,6 @@ def np_mixed_attention(attn, x, mask):
     return np.concatenate([context, conv], axis=2).reshape(b, t, 2 * nr * d)
 
 
-def test_shifted_window_sum_matches_loop():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 11, 3, 4))
-    w = rng.standard_normal((2, 11, 3, 1, 5))  # per-token kernels, as the dynamic conv uses it
-    ref = np.zeros_like(x)
-    for i, j in itertools.product(range(11), range(5)):
-        if 0 <= i + j - 2 < 11:
-            ref[:, i] += w[:, i, :, :, j] * x[:, i + j - 2]
-    np.testing.assert_allclose(shifted_window_sum(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), 5),
-                               ref, atol=1e-5)
-
-
 @pytest.mark.parametrize("conv_type", ["sdconv", "dconv", "lconv", "none"])
 def test_mixed_attention_matches_numpy_reference(conv_type):
     config = ConvBertConfig(**{**TINY, "hidden_size": 24, "num_attention_heads": 6}, conv_type=conv_type,
@@ -154,36 +147,6 @@ def test_dropout_keys():
         model(ids, deterministic=False)
 
 
-def test_gelu_paths_agree():
-    """The custom-VJP gelu: evaluation value, training value and gradient equal jax.nn.gelu's (exact form)."""
-    x = jnp.linspace(-12.0, 12.0, 4001)
-    exact = lambda v: jax.nn.gelu(v, approximate=False)
-    np.testing.assert_allclose(gelu(x), exact(x), atol=1e-6)
-    value, vjp = jax.vjp(gelu, x)
-    np.testing.assert_allclose(value, exact(x), atol=1e-6)
-    np.testing.assert_allclose(vjp(jnp.ones_like(x))[0], jax.grad(lambda v: exact(v).sum())(x), atol=1e-6)
-
-
-@pytest.mark.parametrize("rate", [0.1, 0.5])
-def test_dropout_mask_statistics(rate):
-    """The hash mask keeps 1 - rate of the elements, evenly over rows and columns, independently of its
-    neighbours and of the mask drawn from another key (bounds are 5 standard deviations)."""
-    shape = (16, 64, 512)
-    mask = np.asarray(dropout_keep_mask(jax.random.key(0), shape, 1.0 - rate), np.float64)
-    other = np.asarray(dropout_keep_mask(jax.random.key(1), shape, 1.0 - rate), np.float64)
-    var = rate * (1.0 - rate)
-    assert abs(mask.mean() - (1 - rate)) < 5 * np.sqrt(var / mask.size)
-    assert np.abs(mask.reshape(-1, 512).mean(0) - (1 - rate)).max() < 5 * np.sqrt(var / (16 * 64))
-    assert np.abs(mask.reshape(-1, 512).mean(1) - (1 - rate)).max() < 5 * np.sqrt(var / 512)
-    flat, sigma = mask.ravel(), 1 / np.sqrt(mask.size)
-    for lag in (1, 2, 511, 512, 513, 64 * 512):
-        assert abs(np.corrcoef(flat[:-lag], flat[lag:])[0, 1]) < 5 * sigma, lag
-    assert abs(np.corrcoef(flat, other.ravel())[0, 1]) < 5 * sigma
-    x = jnp.ones(shape)
-    dropped = Dropout(rate)(x, jax.random.key(0))
-    np.testing.assert_allclose(np.asarray(dropped), mask / (1 - rate), rtol=1e-6)
-
-
 def test_bfloat16_compute_keeps_float32_params():
     config = ConvBertConfig(**{**TINY, "num_hidden_layers": 2})
     f32 = ConvBertModel(config, rngs=nnx.Rngs(0))
@@ -214,3 +177,200 @@ def test_padding_semantics(conv_type):
         assert diff.max() == 0.0
     else:
         assert diff[:length - 4].max() == 0.0 and diff[length - 4:].min() > 1e-4, diff
+
+
+# ------------------------------------------------------------------------------------------------
+# initialisation
+
+TRUNC_STD = 0.8796256610342398  # std of a unit normal truncated to [-2, 2] (TF's and jax's truncated_normal)
+
+
+def assert_init(kernel, kind, stddev=0.02):
+    """`kind` 'glorot': uniform on +-sqrt(6 / (fan_in + fan_out)), std sqrt(2 / (fan_in + fan_out)) (TF1's
+    `tf.layers.dense` default); 'normal': truncated normal sigma = `stddev`, within 2 sigma. The std must be
+    within 5 standard errors of the sample std (relative standard error <= sqrt(2 / n) / 2 for these shapes)."""
+    w = np.asarray(kernel[...], np.float64)
+    fan_in, fan_out = w.shape
+    if kind == "glorot":
+        bound, std = np.sqrt(6.0 / (fan_in + fan_out)), np.sqrt(2.0 / (fan_in + fan_out))
+    else:
+        bound, std = 2 * stddev, stddev * TRUNC_STD
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound, (kind, np.abs(w).max(), bound)
+    assert abs(w.std() / std - 1) < 5 * np.sqrt(2.0 / w.size) / 2, (kind, w.std(), std)
+
+
+def test_initialisers_follow_the_official_code():
+    """embeddings_project (E -> H), the discriminator's H -> 1 and the 'original' classifier's H -> labels are
+    `tf.layers.dense` without an initialiser upstream (Glorot-uniform); the other kernels truncated normal 0.02,
+    as is the 'hf' classifier (transformers' form)."""
+    config = ConvBertConfig(**{**TINY, "embedding_size": 128, "hidden_size": 256, "intermediate_size": 256,
+                               "num_labels": 3})
+    disc = ConvBertForPreTraining(config, rngs=nnx.Rngs(0))
+    assert_init(disc.convbert.embeddings_project.kernel, "glorot")  # std 0.072 for 128 -> 256
+    assert_init(disc.discriminator_predictions.dense_prediction.kernel, "glorot")
+    assert_init(disc.discriminator_predictions.dense.kernel, "normal")
+    assert_init(disc.convbert.encoder.layer[0].attention.self.query.kernel, "normal")
+    assert_init(disc.convbert.encoder.layer[0].intermediate.dense.kernel, "normal")
+    original = ConvBertForSequenceClassification(config.replace(classifier_head="original"), rngs=nnx.Rngs(1))
+    assert_init(original.classifier.out_proj.kernel, "glorot")
+    hf = ConvBertForSequenceClassification(config, rngs=nnx.Rngs(2))
+    assert_init(hf.classifier.out_proj.kernel, "normal")
+    assert_init(hf.classifier.dense.kernel, "normal")
+    for linear in (disc.convbert.embeddings_project, disc.discriminator_predictions.dense_prediction,
+                   original.classifier.out_proj):
+        assert not np.any(np.asarray(linear.bias[...]))
+
+
+# ------------------------------------------------------------------------------------------------
+# kernels, remat and scanned layers: the same function
+
+
+def max_rel_err(a, ref, floor: float = 1e-30) -> float:
+    """Largest difference relative to the largest reference entry, or to `floor` if larger (for gradients that
+    vanish in exact arithmetic, such as the key bias's); float32 rounding gives ~1e-7 per op."""
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    return float(np.abs(a - ref).max() / max(np.abs(ref).max(), floor))
+
+
+def assert_same_grads(grads: dict, ref: dict):
+    """Every gradient within 1e-5 of the reference, relative to its largest entry or to 1% of the largest gradient
+    entry of the model if larger: the key bias's gradient vanishes in exact arithmetic (the softmax ignores it), and
+    what float32 computes for it is rounding noise of the other terms' size."""
+    assert grads.keys() == ref.keys()
+    floor = 1e-2 * max(np.abs(g).max() for g in ref.values())
+    for path, g in ref.items():
+        assert max_rel_err(grads[path], g, floor) < 1e-5, path
+
+
+def flat_params(tree) -> dict:
+    """{path: array} of an `nnx.State` of parameters (or of their gradients), stacked layers split per layer."""
+    return split_stacked({p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(tree)})
+
+
+def random_params(config) -> dict:
+    """Random parameters of ConvBertModel(config) in the plain model's paths (`flat_params`)."""
+    return flat_params(nnx.state(randomize(nnx.eval_shape(lambda: ConvBertModel(config, rngs=nnx.Rngs(0))), 1, 0.3),
+                                 nnx.Param))
+
+
+def run_model(config, params: dict, dropout_key=None):
+    """ConvBertModel(config) with `params` (`random_params`) on a padded batch: (hidden states, flat gradients of a
+    loss on every hidden state), jitted."""
+    model = nnx.eval_shape(lambda: ConvBertModel(config, rngs=nnx.Rngs(0)))
+    shapes = {p: v.shape for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    nnx.update(model, nnx.from_flat_state({p: jnp.asarray(v) for p, v in join_stacked(params, shapes).items()}))
+    graphdef, state, rest = nnx.split(model, nnx.Param, ...)
+    ids = jnp.asarray(np.random.default_rng(0).integers(1, config.vocab_size, (2, 10)))
+    mask = jnp.asarray((np.arange(10)[None] < np.array([[10], [6]])).astype(np.int32))
+
+    def loss(params):
+        out = nnx.merge(graphdef, params, rest)(ids, mask, deterministic=dropout_key is None, dropout_rng=dropout_key,
+                                                output_hidden_states=True)
+        weights = jnp.cos(jnp.arange(out.last_hidden_state.size)).reshape(out.last_hidden_state.shape)
+        return sum(jnp.sum(h * weights) for h in out.hidden_states), out.hidden_states
+
+    (_, states), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
+    return [np.asarray(h) for h in states], flat_params(grads)
+
+
+SCAN = dict(TINY, num_hidden_layers=2, hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2)
+
+
+def test_reference_and_cpu_tuned_kernels_agree_on_the_model():
+    """ConvBertModel's hidden states and parameter gradients with every kernel 'reference' and every kernel
+    'cpu_tuned' (dropout off: the two dropout masks are different random streams) agree to float32 rounding."""
+    config = ConvBertConfig(**TINY)
+    params = random_params(config)
+    ref_states, ref_grads = run_model(config.replace(kernels="reference"), params)
+    states, grads = run_model(config.replace(kernels="cpu_tuned"), params)
+    for h, r in zip(states, ref_states):
+        assert max_rel_err(h, r) < 1e-5
+    assert_same_grads(grads, ref_grads)
+
+
+def test_config_kernels_reach_every_call_site(monkeypatch):
+    """With `kernels` set, every kernel call of the encoder and of the heads (gelu of the FFN and of the heads,
+    the dropout masks, both convolutions) takes the implementation it selects: none falls back to 'auto'."""
+    calls = []
+
+    def spy(name, impl, fn, *args):
+        calls.append((name, impl))
+        return fn(*args)
+
+    for name, impls in kernels.KERNELS.items():
+        for impl, fn in list(impls.items()):
+            monkeypatch.setitem(impls, impl, functools.partial(spy, name, impl, fn))
+    ids = jnp.ones((2, 8), jnp.int32)
+    for choice in ("tpu", *kernels.IMPLS):
+        config = ConvBertConfig(**TINY, kernels=choice, num_labels=3)
+        for cls in (ConvBertForPreTraining, ConvBertForMaskedLM, ConvBertForSequenceClassification):
+            calls.clear()
+            model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+            jax.eval_shape(lambda m: m(ids, deterministic=False, dropout_rng=jax.random.key(0)).logits, model)
+            assert all(impl == kernels.resolve_impl(choice, name) for name, impl in calls), (cls.__name__, calls)
+            assert {c[0] for c in calls} == set(kernels.KERNELS)
+            # per layer: 3 dropouts, 2 convolutions, 1 gelu; + the embedding dropout and the heads' gelu / dropouts
+            heads = {ConvBertForPreTraining: (1, 0), ConvBertForMaskedLM: (1, 0), ConvBertForSequenceClassification:
+                     (1, 2)}[cls]
+            assert [c[0] for c in calls].count("shifted_window_sum") == 2
+            assert [c[0] for c in calls].count("gelu") == 1 + heads[0]
+            assert [c[0] for c in calls].count("dropout_keep_mask") == 4 + heads[1]
+
+
+@pytest.fixture(scope="module")
+def plain_with_dropout():
+    """(params, hidden states, gradients) of the plain 2-layer model with dropout on."""
+    params = random_params(ConvBertConfig(**SCAN))
+    return (params, *run_model(ConvBertConfig(**SCAN), params, jax.random.key(5)))
+
+
+@pytest.mark.parametrize("scan_layers, remat", [(False, "full"), (True, "none"), (True, "dots")])
+def test_scan_and_remat_compute_the_plain_model(plain_with_dropout, scan_layers, remat):
+    """Scanned layers and rematerialisation: the same hidden states (all L + 1) and parameter gradients as the plain
+    model from the same parameters, with dropout on (layer i's keys come from fold_in(key, i) in both forms)."""
+    params, ref_states, ref_grads = plain_with_dropout
+    assert set(REMAT_POLICIES) == {"none", *CHECKPOINT_POLICIES}
+    config = ConvBertConfig(**SCAN, scan_layers=scan_layers, remat=remat)
+    states, grads = run_model(config, params, jax.random.key(5))
+    assert len(states) == len(ref_states) == 3
+    for h, r in zip(states, ref_states):
+        assert max_rel_err(h, r) < 1e-5
+    assert_same_grads(grads, ref_grads)
+
+
+def test_scanned_layers_are_the_stacked_layers():
+    """A scan_layers model built from the same seed holds the plain model's layers stacked [L, ...], with the
+    logical axis 'layers' in front (replicated by the default sharding rules)."""
+    config = ConvBertConfig(**SCAN)
+    plain = nnx.state(ConvBertModel(config, rngs=nnx.Rngs(0)), nnx.Param)
+    scanned = nnx.state(ConvBertModel(config.replace(scan_layers=True), rngs=nnx.Rngs(0)), nnx.Param)
+    kernel = scanned["encoder"]["layer"]["intermediate"]["dense"]["kernel"]
+    assert kernel.shape == (2, 16, 32) and kernel.get_metadata()["logical_axes"] == (LAYERS_AXIS, "embed", "mlp")
+    a, b = flat_params(plain), flat_params(scanned)
+    assert a.keys() == b.keys() and all(np.array_equal(a[p], b[p]) for p in a)
+
+
+def test_scan_draws_different_dropout_per_layer(monkeypatch):
+    """Under scan every layer draws its own dropout masks, the same as the plain model's layers."""
+    masks = []
+
+    def recording(rng, shape, keep_prob):
+        mask = kernels.dropout_keep_mask_cpu_tuned(rng, shape, keep_prob)
+        if len(shape) == 4:  # the attention probabilities [B, Nr, T, T], one per layer
+            jax.debug.callback(lambda m: masks.append(np.asarray(m)), mask, ordered=True)
+        return mask
+
+    monkeypatch.setitem(kernels.KERNELS["dropout_keep_mask"], "cpu_tuned", recording)
+    ids = jnp.asarray(np.random.default_rng(0).integers(1, 100, (2, 16)))
+    per_form = []
+    for scan_layers in (False, True):
+        masks.clear()
+        model = ConvBertModel(ConvBertConfig(**SCAN, kernels="cpu_tuned", scan_layers=scan_layers),
+                              rngs=nnx.Rngs(0))
+        jax.block_until_ready(jax.jit(lambda m: m(ids, deterministic=False, dropout_rng=jax.random.key(0))
+                                      .last_hidden_state)(model))
+        jax.effects_barrier()
+        per_form.append(list(masks))
+    plain, scanned = per_form
+    assert len(plain) == len(scanned) == 2 and not np.array_equal(scanned[0], scanned[1])
+    assert all(np.array_equal(a, b) for a, b in zip(plain, scanned))

@@ -62,7 +62,7 @@ def wait_all(procs: list[subprocess.Popen], timeout: float) -> None:
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     workdir = str(tmp_path / "run")
-    flags = setup.cli_flags(mesh__data=2, mesh__fsdp=2, electra__sampler=setup.SAMPLER_FOR_EQUALITY)
+    flags = setup.cli_flags(mesh__data=2, mesh__fsdp=2)
     procs = launch_two(tmp_path, workdir, flags)
     wait_all(procs, timeout=420)
     logs = [open(tmp_path / f"process_{i}.log").read() for i in range(2)]
@@ -73,7 +73,7 @@ def test_two_processes_match_one(tmp_path):
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(os.path.join(step_dir, "data")))
     assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(os.path.join(step_dir, "state")))
 
-    config = setup.tiny_config(electra__sampler=setup.SAMPLER_FOR_EQUALITY)
+    config = setup.tiny_config()
     expected, params = one_process_losses(config)
     got = setup.losses(workdir)
     np.testing.assert_allclose([got[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)],

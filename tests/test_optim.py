@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from convbert import optim
+from convbert import ConvBertForSequenceClassification, optim
 from convbert.config import size_config
-from convbert.modeling import ConvBertForSequenceClassification
 
 
 def _flat(tree):
@@ -81,3 +80,24 @@ def test_layerwise_multipliers_follow_the_original(abstract_params):
     np.testing.assert_allclose(get("convbert", "encoder", "layer", "0"), 0.8 ** 13)
     np.testing.assert_allclose(get("convbert", "encoder", "layer", "11"), 0.8 ** 2)
     np.testing.assert_allclose(get("classifier", "out_proj"), 1.0)
+
+
+def test_layerwise_multipliers_of_stacked_layers():
+    """A scan_layers model's stacked layer parameters [L, ...] get multipliers [L, 1, ...]: layer i's value of the
+    plain model, broadcast over the parameter; everything else as in the plain model."""
+    def multipliers(scan_layers):
+        config = size_config("small", num_hidden_layers=3, scan_layers=scan_layers)
+        model = nnx.eval_shape(lambda: ConvBertForSequenceClassification(config, rngs=nnx.Rngs(0)))
+        flat = _flat(optim.layerwise_lr_multipliers(nnx.state(model, nnx.Param), num_layers=3, decay=0.8))
+        return {k[:-1]: v for k, v in flat.items()}  # without the Variable's value key
+
+    plain, stacked = multipliers(False), multipliers(True)
+    kernel = stacked[("convbert", "encoder", "layer", "attention", "self", "query", "kernel")]
+    assert kernel.shape == (3, 1, 1)
+    for path, m in stacked.items():
+        if "layer" in path:
+            at = path.index("layer") + 1
+            np.testing.assert_allclose(m.ravel(), [plain[path[:at] + (str(i),) + path[at:]] for i in range(3)])
+        else:
+            assert m == plain[path]
+    np.testing.assert_allclose((jnp.ones((3, 256, 128)) * kernel)[:, 0, 0], 0.8 ** (4 - np.arange(3)), rtol=1e-6)

@@ -1,23 +1,24 @@
-"""Tokenizers (special ids) and `prepare_corpus`: skipped files, shards + manifest, crash safety, HF datasets path;
-the same bytes for any number of workers, parts merged, resume after a kill, corrupt units rebuilt."""
+"""`prepare_corpus` and its command line: defaults shared with configs/pretrain.py, skipped files, shards + manifest,
+crash safety, HF datasets path; the same bytes for any number of workers, parts merged, resume after a kill, corrupt
+units rebuilt."""
 
 import glob
 import json
 import multiprocessing
 import os
+import re
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from convbert.assets import BERT_UNCASED_VOCAB
+from configs.pretrain import get_config
 from convbert.data import example_builder, prepare
 from convbert.data.loader import PretrainingData, make_iterator
 from convbert.data.prepare import DEMO_CORPUS_DIR, merge_parts, prepare_corpus
-from convbert.data.text_tokenizer import WordPieceTokenizer, load_text_tokenizer, train_sentencepiece
-
-SPECIALS_TEXT = "[CLS] To be, or not to be [MASK] [SEP] [PAD] [UNK] that is the question"
-
+from convbert.tokenization import load_tokenizer
 
 def _play(name, num_lines=400):
     with open(os.path.join(DEMO_CORPUS_DIR, name + ".txt")) as f:
@@ -37,32 +38,6 @@ def corpus(tmp_path):
     (root / "latin1.txt").write_bytes("Caf\u00e9 cr\u00e8me, na\u00efve.\n".encode("latin-1"))
     (root / "notes.md").write_text("ignored")
     return root
-
-
-def test_wordpiece_special_ids():
-    tok = WordPieceTokenizer(BERT_UNCASED_VOCAB)
-    assert tok.kind == "wordpiece" and tok.vocab_size == 30522
-    assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == (0, 100, 101, 102, 103)
-    ids = tok.encode_batch([SPECIALS_TEXT, "Hello WORLD", ""])
-    assert not set(ids[0]) & {0, 100, 101, 102, 103}
-    assert ids[1] == [7592, 2088] and ids[2] == []
-
-
-def test_sentencepiece_reserved_ids(tmp_path):
-    tok = train_sentencepiece([os.path.join(DEMO_CORPUS_DIR, "hamlet.txt")], str(tmp_path / "sp"), vocab_size=400)
-    assert tok.kind == "sentencepiece" and tok.lowercase and tok.vocab_size <= 400
-    assert tok.special_ids == dict(pad=0, unk=1, cls=2, sep=3, mask=4)
-    ids = tok.encode_batch([SPECIALS_TEXT, "HAMLET hamlet"])
-    assert not set(ids[0]) & {0, 1, 2, 3, 4}
-    assert ids[1][: len(ids[1]) // 2] == ids[1][len(ids[1]) // 2:]  # lowercased
-    files = tok.save(str(tmp_path / "saved"))
-    assert sorted(map(os.path.basename, files)) == ["sp.model", "text_tokenizer.json"]
-    assert load_text_tokenizer(str(tmp_path / "saved")).encode_batch([SPECIALS_TEXT]) == ids[:1]
-
-
-def test_missing_tokenizer_file():
-    with pytest.raises(FileNotFoundError, match="/no/such/vocab.txt"):
-        WordPieceTokenizer("/no/such/vocab.txt")
 
 
 def _check_shards(out, manifest):
@@ -87,7 +62,7 @@ def test_prepare_corpus(corpus, tmp_path):
     assert (m["splits"]["train"]["documents"], m["splits"]["eval"]["documents"]) == (3, 1)
     assert len(m["splits"]["train"]["shards"]) == 3 and m["splits"]["eval"]["examples"] > 0
     assert _check_shards(out, m) == m["splits"]["train"]["examples"] + m["splits"]["eval"]["examples"]
-    assert (out / "bert-base-uncased-vocab.txt").exists() and load_text_tokenizer(str(out)).vocab_size == 30522
+    assert (out / "vocab.txt").exists() and load_tokenizer(str(out)).vocab_size == 30522
     assert not glob.glob(str(tmp_path / ".data.tmp-*"))
 
     again = tmp_path / "again"
@@ -109,7 +84,21 @@ def test_prepare_sentencepiece_and_blank_separated_docs(tmp_path):
                        eval_fraction=0)
     assert m["tokenizer"]["kind"] == "sentencepiece" and m["tokenizer"]["special_ids"]["cls"] == 2
     assert m["splits"]["train"]["documents"] > 3 and m["splits"]["eval"]["examples"] == 0
-    assert (out / "spm.model").exists() and load_text_tokenizer(str(out)).kind == "sentencepiece"
+    assert (out / "spm.model").exists() and load_tokenizer(str(out)).kind == "sentencepiece"
+
+
+def test_command_line_defaults_are_the_pretraining_configs():
+    """`python -m convbert.data.prepare` and pretrain.py's own preparation (config.data) hold out, tokenize and cut
+    the same way unless told otherwise."""
+    out = subprocess.run([sys.executable, "-m", "convbert.data.prepare", "--help"], capture_output=True,
+                         text=True).stdout  # absl exits with 1 after --help
+    blocks = re.findall(r"^ +--(?:\[no\])?(\w+):(.*?)(?=^ +--|\Z)", out, re.M | re.S)
+    cli = {name: m[1] for name, text in blocks if (m := re.search(r"\(default: '([^']*)'\)", text))}
+    config = get_config("small")
+    shared = dict(config.data.to_dict(), max_seq_length=config.max_seq_length)
+    for key in ("tokenizer", "sp_vocab_size", "builder_variant", "eval_fraction", "max_seq_length"):
+        assert cli[key] == str(shared[key]) == str(prepare.DEFAULTS[key]), key
+    assert shared["eval_fraction"] == 0.02
 
 
 def test_missing_input_path(tmp_path):
@@ -240,7 +229,7 @@ def test_parts_merged_equal_one_run(plays, jsonl_files, tmp_path, source):
     for split in rows_whole:
         np.testing.assert_array_equal(rows_merged[split], rows_whole[split])
     np.testing.assert_array_equal(np.stack(batches_merged), np.stack(batches_whole))
-    assert load_text_tokenizer(str(tmp_path / "parts")).vocab_size == 30522
+    assert load_tokenizer(str(tmp_path / "parts")).vocab_size == 30522
 
 
 def _prepare_then_die(num_units, args, kwargs):
@@ -310,3 +299,83 @@ def test_corrupt_or_empty_units_are_rebuilt(plays, tmp_path, monkeypatch):
     prepare_corpus(str(plays), str(tmp_path / "data"), num_workers=1, **FAST)
     assert sorted(built) == [0, 1, 2, 4, 5]
     assert _files(tmp_path / "data") == _files(tmp_path / "whole")
+
+
+# Hostile inputs (issue 14): over-long lines, invalid bytes, leftovers of interrupted runs.
+
+LONG_LINE = """
+import json, os, resource, sys
+import numpy as np
+from convbert.data.prepare import prepare_corpus
+root, mb = sys.argv[1], float(sys.argv[2])
+rng = np.random.default_rng(0)
+words = np.array("the king and queen of england spoke to his lords about war peace honour love death night".split())
+with open(os.path.join(root, "small.txt"), "w") as f:
+    f.write(" ".join(rng.choice(words, 20_000)) + ".\\n")
+with open(os.path.join(root, "big.txt"), "w") as f:  # one line of `mb` MB, a sentence end after every "love"
+    while f.tell() < mb * 1e6:
+        f.write(" ".join(rng.choice(words, 100_000)).replace("love ", "love. ") + " ")
+prepare_corpus(os.path.join(root, "small.txt"), os.path.join(root, "small"), eval_fraction=0, num_workers=1)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB: imports, tokenizer, one small preparation
+m = prepare_corpus(os.path.join(root, "big.txt"), os.path.join(root, "big"), eval_fraction=0, num_workers=1)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps(dict(grown_mb=grown / 1024, long_lines=m["long_lines"]["count"], **m["splits"]["train"])))
+"""
+
+
+def test_long_line_is_cut_into_sentences_in_bounded_memory(tmp_path):
+    """A 10 MB file without a newline (issue 14: 50 MB cost 8.6 GB and became one 128-token example): it is read
+    in pieces of max_line_chars and cut at sentence ends, counted; the peak memory of the process preparing it
+    grows by far less than the file's tokenizer output (1.2 GB before this change for this file)."""
+    done = subprocess.run([sys.executable, "-c", LONG_LINE, str(tmp_path), "10"], capture_output=True, text=True,
+                          timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["long_lines"] == 1 and out["lines"] > 50_000 and out["grown_mb"] < 150, out
+    assert out["examples"] > 0.9 * out["text_tokens"] / 128, out  # the text is used, not one truncated line
+
+
+def test_a_few_invalid_bytes_are_replaced_and_counted(tmp_path):
+    """A 170 KB text with one invalid byte is read (the byte as U+FFFD, counted) rather than dropped whole;
+    strict_utf8 keeps the old behaviour (skipped as non_utf8); a file that is mostly another encoding is skipped
+    either way."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    text = (_play("hamlet", 10_000) + _play("othello", 10_000)).encode()
+    assert len(text) > 160_000
+    (root / "hamlet.txt").write_bytes(text[:80_000] + b"\xff" + text[80_000:])
+    (root / "macbeth.txt").write_text(_play("macbeth"))
+    (root / "latin1.txt").write_bytes("Caf\u00e9 cr\u00e8me, na\u00efve.\n".encode("latin-1"))
+    m = prepare_corpus(str(root), str(tmp_path / "lenient"), eval_fraction=0, max_seq_length=64)
+    assert m["replaced_utf8"] == dict(files=1, bytes=1, paths=[str(root / "hamlet.txt")])
+    assert m["skipped_files"]["non_utf8"] == dict(count=1, paths=[str(root / "latin1.txt")])
+    assert m["splits"]["train"]["documents"] == 2
+    strict = prepare_corpus(str(root), str(tmp_path / "strict"), eval_fraction=0, max_seq_length=64, strict_utf8=True)
+    assert strict["skipped_files"]["non_utf8"]["count"] == 2 and strict["splits"]["train"]["documents"] == 1
+    assert strict["replaced_utf8"]["files"] == 0
+
+
+def test_interrupted_preparation_leaves_nothing_behind(plays, tmp_path):
+    """A preparation killed after 2 of 6 units, plus the `.data.tmp-*` folder an interrupted run of an earlier
+    version left: the next run (as pretraining starts it: overwrite=True) reuses the committed units, removes
+    the leftover, and leaves only the prepared folder."""
+    _killed_after(2, str(plays), str(tmp_path / "data"), num_workers=1, **FAST)
+    (tmp_path / ".data.tmp-abc123" / "train").mkdir(parents=True)
+    prepare_corpus(str(plays), str(tmp_path / "data"), num_workers=1, overwrite=True, **FAST)
+    assert sorted(os.listdir(tmp_path)) == ["data", "plays"]
+
+
+def test_fingerprint_follows_the_inputs(plays, tmp_path):
+    """The manifest's fingerprint is what `prepare_corpus` computes for the same inputs and options; a changed file,
+    another input or another option each show up in `fingerprint_changes`."""
+    m = prepare_corpus(str(plays), str(tmp_path / "data"), num_workers=1, **FAST)
+    same = prepare.fingerprint(str(plays), num_workers=2, **FAST)  # workers do not change the output
+    assert m["fingerprint"] == same and prepare.fingerprint_changes(m["fingerprint"], same) == []
+    with open(plays / "hamlet.txt", "a") as f:
+        f.write("One more line.\n")
+    changes = prepare.fingerprint_changes(m["fingerprint"], prepare.fingerprint(str(plays), **dict(FAST, seed=1)))
+    assert changes[0] == "seed: 0 -> 1" and re.fullmatch(rf"input {plays}: 6 files of [\d,]+ bytes -> 6 files of "
+                                                         r"[\d,]+ bytes", changes[1]), changes
+    other = prepare.fingerprint(str(plays / "hamlet.txt"), **FAST)
+    assert prepare.fingerprint_changes(m["fingerprint"], other) == [f"input {plays} no longer used",
+                                                                    f"input {plays / 'hamlet.txt'} added"]

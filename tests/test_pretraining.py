@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import pretraining_setup as setup
-from convbert import metrics, pretraining, sharding
+from convbert import metrics, pretraining, resume, sharding
 from convbert.checkpoint import Checkpointer
 
 ONE = jax.devices()[:1]
@@ -134,6 +135,35 @@ def test_resume_onto_another_mesh(straight, tmp_path):
                  setup.load_state(workdir, 8, config).params, straight[2].params)
 
 
+def test_scanned_layers_with_remat_train_resume_and_export(straight, tmp_path, monkeypatch):
+    """model.scan_layers=True with remat 'dots' (the same initial parameters, stacked, and the same dropout keys):
+    the straight run's losses and parameters; the stacked state checkpoints, resumes after a SIGTERM at step 3
+    and restores; the exported discriminator holds the same weights as per-layer tensors."""
+    from convbert.hf_io import split_stacked
+    from convbert.modeling import ConvBertModel
+
+    config, workdir = setup.tiny_config(model__scan_layers=True, model__remat="dots", export_hf=True), str(tmp_path)
+    original = Checkpointer.reached_preemption
+    monkeypatch.setattr(Checkpointer, "reached_preemption",
+                        lambda self, step: step == 3 or original(self, step))
+    train(config, workdir)
+    assert steps(workdir) == [2, 3]
+    monkeypatch.undo()
+    train(config, workdir)
+    got = setup.losses(workdir)
+    np.testing.assert_allclose([got[s] for s in range(1, 9)], [straight[1][s] for s in range(1, 9)], rtol=1e-5)
+    state = setup.load_state(workdir, 8, config)
+    assert state.params["discriminator"]["encoder"]["layer"]["output"]["dense"]["kernel"].shape == (1, 512, 128)
+    flat = lambda params: split_stacked({p: np.asarray(v) for p, v in nnx.to_flat_state(params)})  # noqa: E731
+    ours, plain = flat(state.params), flat(straight[2].params)
+    assert ours.keys() == plain.keys()
+    for p in plain:
+        np.testing.assert_allclose(ours[p], plain[p], rtol=1e-4, atol=1e-6)
+    exported = ConvBertModel.from_pretrained(os.path.join(workdir, "export", "discriminator"))
+    np.testing.assert_array_equal(exported.encoder.layer[0].output.dense.kernel[...],
+                                  ours[("discriminator", "encoder", "layer", 0, "output", "dense", "kernel")])
+
+
 def _tree_hash(path):
     h = hashlib.sha256()
     for f in sorted(glob.glob(os.path.join(path, "**"), recursive=True)):
@@ -193,7 +223,7 @@ def test_smoke_prepares_data_evaluates_exports(tmp_path):
     assert np.mean([losses[7], losses[8]]) < np.mean([losses[1], losses[2]]) - 2.0, losses
     assert np.isfinite(result["eval/loss"]) and result["eval/loss"] < losses[1]
 
-    assert json.load(open(tmp_path / "config.json"))["batch_size"] == 8
+    assert resume.latest_config(str(tmp_path / "config.json"))["batch_size"] == 8
     assert os.path.isfile(tmp_path / "data" / "manifest.json")
     assert os.path.isfile(tmp_path / "tokenizer" / "text_tokenizer.json")
     assert glob.glob(str(tmp_path / "events.out.tfevents.*"))
@@ -222,8 +252,7 @@ def test_bfloat16_compute_with_float32_state():
     state = trainer.abstract_state()
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
     assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.ndim} == {jnp.dtype("float32")}
-    batch = {k: jax.ShapeDtypeStruct((8, 64), jnp.int32) for k in ("input_ids", "input_mask", "segment_ids")}
-    jaxpr = str(jax.make_jaxpr(trainer._train_step)(state, batch))
+    jaxpr = str(jax.make_jaxpr(trainer.train_step)(state, trainer.abstract_batch(trainer.batch_shapes)))
     assert "dot_general" in jaxpr and "bf16[8,64,128]" in jaxpr
 
 
@@ -243,7 +272,7 @@ def test_mlm_objective_learns_and_exports_an_encoder_fine_tuning_finds(tmp_path)
     fine-tuning run of this workdir loads."""
     from convbert import flops
     from convbert.glue import finetune
-    from convbert.modeling import ConvBertForMaskedLM
+    from convbert import ConvBertForMaskedLM
 
     config = setup.tiny_config(objective="mlm", export_hf=True, num_train_steps=12, eval_every_steps=12,
                                num_eval_steps=1, **{"optimizer__learning_rate": 1e-3})

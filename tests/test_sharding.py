@@ -33,6 +33,8 @@ def test_logical_to_spec():
     assert sharding.logical_to_spec(("vocab", "embed"), RULES, mesh, shape=(30521, 63)) == P(None, None)
     dp = sharding.create_mesh({"data": -1})
     assert sharding.logical_to_spec(("embed", "mlp"), RULES, dp) == P(None, None)  # size-1 axes dropped
+    # the leading axis of stacked layers (scan_layers) has no rule: replicated
+    assert sharding.logical_to_spec(("layers", "embed", "mlp"), RULES, mesh) == P(None, "fsdp", "model")
 
 
 @pytest.mark.parametrize("mesh_shape, embedding, ffn", [
@@ -48,6 +50,11 @@ def test_parameter_layouts(mesh_shape, embedding, ffn):
     assert params["discriminator"]["encoder"]["layer"][0]["intermediate"]["dense"]["kernel"].spec == ffn
     opt = jax.tree.leaves(trainer.state_shardings.opt_state)
     assert {s.spec for s in opt} >= {ffn}  # Adam moments follow the parameters
+    scanned = Pretrainer(setup.tiny_config(model__scan_layers=True), mesh, SPECIAL)  # stacked [L, ...]
+    stacked = P(None, *ffn)
+    assert scanned.param_shardings["discriminator"]["encoder"]["layer"]["intermediate"]["dense"]["kernel"].spec == (
+        stacked)
+    assert {s.spec for s in jax.tree.leaves(scanned.state_shardings.opt_state)} >= {stacked}
 
 
 def test_batch_checks_and_placement(monkeypatch):
@@ -81,7 +88,7 @@ def test_2x2x2_mesh_matches_one_device(grad_accum_steps):
     """data=2 x fsdp=2 x model=2 gives the one-device losses to 1e-5 relative over 3 steps (GSPMD changes only
     the order of the sums); with gradient accumulation over 2 micro-batches too. Sampler: Gumbel-max (see
     `SAMPLER_FOR_EQUALITY`)."""
-    config = setup.tiny_config(grad_accum_steps=grad_accum_steps, electra__sampler=setup.SAMPLER_FOR_EQUALITY)
+    config = setup.tiny_config(grad_accum_steps=grad_accum_steps)
     it = loader.make_iterator(setup.demo_data_dir(), "train", global_batch_size=8, seed=0, process_index=0,
                               process_count=1)
     batches = [next(it) for _ in range(3)]

@@ -8,11 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from convbert.assets import BERT_UNCASED_VOCAB
-from convbert.data.text_tokenizer import WordPieceTokenizer
-from convbert.glue.finetune import PretrainingTokenizer
 from convbert.squad import data, fixture
-from convbert.tokenization import ConvBertTokenizer
+from convbert.tokenization import ConvBertTokenizer, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "squad")
@@ -151,9 +148,13 @@ def test_hub_rows_become_examples(monkeypatch):
     assert examples == [data.Example("1", "q", "ab cd", (("cd", 3),), False), data.Example("2", "q", "ab cd", (), True)]
 
 
-def test_pretraining_wordpiece_tokenizer_gives_the_same_offsets():
-    texts = ["Zoë's café, 1895-1943!", "Who says \"Où est\"?"]
-    ours = PretrainingTokenizer(WordPieceTokenizer(BERT_UNCASED_VOCAB)).encode_offsets(texts)
+def test_pretraining_tokenizer_folder_gives_the_same_offsets(tmp_path):
+    """The tokenizer a pretraining workdir saves, loaded as fine-tuning loads it; special-token strings in the text
+    are ordinary characters with their own spans."""
+    TOKENIZER.save(str(tmp_path))
+    texts = ["Zoë's café, 1895-1943!", "Who says \"Où est\"? [SEP] here"]
+    ours = load_tokenizer(str(tmp_path)).encode_offsets(texts)
     assert ours == TOKENIZER.encode_offsets(texts)
     ids, offsets = ours[0]
     assert [texts[0][a:b] for a, b in offsets][:4] == ["Zoë", "'", "s", "café"]
+    assert [texts[1][a:b] for a, b in ours[1][1]][-4:] == ["[", "SEP", "]", "here"]

@@ -39,8 +39,11 @@ def test_config_recipe_per_size():
     assert (tiny.max_seq_length, tiny.doc_stride, tiny.max_query_length) == (128, 32, 24)
     with pytest.raises(ValueError, match="unknown version 'v3'"):
         squad_config.get_config("v3,base")
-    with pytest.raises(ValueError, match="unknown size 'large'"):
-        squad_config.get_config("v1,large")
+    large = squad_config.get_config("v1,large")  # ELECTRA-large's fine-tuning recipe
+    assert (large.learning_rate, large.layerwise_lr_decay, large.init_checkpoint) == (5e-5, 0.9,
+                                                                                      "workdirs/pretrain_large")
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        squad_config.get_config("v1,huge")
 
 
 def test_loss_is_the_mean_span_cross_entropy_plus_the_weighted_answerability_loss():

@@ -1,6 +1,9 @@
-"""ConvBertTokenizer against transformers' ConvBertTokenizer on real English text and awkward characters."""
+"""ConvBertTokenizer against transformers' ConvBertTokenizer on real English text and awkward characters; the
+interface pretraining and fine-tuning share (`encode_batch`, special ids, `save`) for WordPiece and SentencePiece,
+and `load_tokenizer` on every kind of folder, file and id it accepts."""
 
 import glob
+import json
 import os
 import shutil
 
@@ -10,6 +13,8 @@ import pytest
 
 from convbert import ConvBertTokenizer
 from convbert.assets import BERT_UNCASED_VOCAB
+from convbert.data.prepare import DEMO_CORPUS_DIR
+from convbert.tokenization import CONFIG_FILE, load_tokenizer, train_sentencepiece
 
 transformers = pytest.importorskip("transformers")
 
@@ -176,3 +181,72 @@ def test_crlf_vocab_with_repeated_tokens(tmp_path, lines):
     texts = lines[:50] + ODD + ["\ufffd\ufffd"]
     assert_same(ours(texts), theirs(texts))
     assert ours.convert_tokens_to_ids("\ufffd\ufffd") == theirs.convert_tokens_to_ids("\ufffd\ufffd")
+
+
+# ---- the interface pretraining and fine-tuning share ----------------------------------------------------------
+
+SPECIALS_TEXT = "[CLS] To be, or not to be [MASK] [SEP] [PAD] [UNK] that is the question"
+
+
+def test_wordpiece_interface_reads_special_token_strings_as_text(tok, ref, lines):
+    assert tok.kind == "wordpiece" and tok.vocab_size == 30522
+    assert tok.special_ids == dict(pad=0, unk=100, cls=101, sep=102, mask=103)
+    ids = tok.encode_batch([SPECIALS_TEXT, "Hello WORLD", ""])
+    assert not set(ids[0]) & {0, 100, 101, 102, 103}  # as BERT's FullTokenizer: "[MASK]" -> "[", "mask", "]"
+    assert ids[0][:4] == tok.convert_tokens_to_ids(["[", "cl", "##s", "]"])
+    assert ids[1] == [7592, 2088] and ids[2] == []
+    assert tok("[MASK]", add_special_tokens=False)["input_ids"] == [103]  # transformers' call matches them
+    assert tok.encode_batch(lines) == ref(lines, add_special_tokens=False)["input_ids"]
+    (ids, offsets), = tok.encode_offsets(["a [SEP] b"])
+    assert ids == tok.encode_batch(["a [SEP] b"])[0] and offsets == [(0, 1), (2, 3), (3, 6), (6, 7), (8, 9)]
+
+
+def test_sentencepiece_reserved_ids_save_and_load(tmp_path):
+    sp = train_sentencepiece([os.path.join(DEMO_CORPUS_DIR, "hamlet.txt")], str(tmp_path / "sp"), vocab_size=400)
+    assert sp.kind == "sentencepiece" and sp.lowercase and sp.vocab_size <= 400
+    assert sp.special_ids == dict(pad=0, unk=1, cls=2, sep=3, mask=4) and sp.cls_token_id == 2
+    ids = sp.encode_batch([SPECIALS_TEXT, "HAMLET hamlet"])
+    assert not set(ids[0]) & {0, 1, 2, 3, 4}
+    assert ids[1][: len(ids[1]) // 2] == ids[1][len(ids[1]) // 2:]  # lowercased
+    files = sp.save(str(tmp_path / "saved"))
+    assert sorted(map(os.path.basename, files)) == ["sp.model", CONFIG_FILE]
+    loaded = load_tokenizer(str(tmp_path / "saved"))
+    assert loaded.kind == "sentencepiece" and loaded.encode_batch([SPECIALS_TEXT]) == ids[:1]
+    with pytest.raises(ValueError, match="sp.model: sentencepiece tokenizers give no character offsets"):
+        loaded.encode_offsets(["x"])
+
+
+def test_wordpiece_save_is_ours_and_transformers(lines, tmp_path):
+    cased = ConvBertTokenizer(BERT_UNCASED_VOCAB, do_lower_case=False, strip_accents=True)
+    files = cased.save(str(tmp_path / "tok"))
+    assert [os.path.basename(f) for f in files] == ["vocab.txt", "tokenizer_config.json", CONFIG_FILE]
+    config = json.loads((tmp_path / "tok" / CONFIG_FILE).read_text())
+    assert config == dict(kind="wordpiece", file="vocab.txt", lowercase=False, vocab_size=30522,
+                          special_ids=dict(pad=0, unk=100, cls=101, sep=102, mask=103))
+    texts = lines[:50] + ODD
+    for loaded in (load_tokenizer(str(tmp_path / "tok")), load_tokenizer(str(tmp_path / "tok" / CONFIG_FILE))):
+        assert (loaded.do_lower_case, loaded.strip_accents) == (False, True)
+        assert loaded.encode_batch(texts) == cased.encode_batch(texts)
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert_same(cased(texts), theirs(texts))
+
+
+def test_load_tokenizer_sources(tmp_path, vocab_dir, lines):
+    """A workdir tokenizer folder written before WordPiece folders held vocab.txt, a transformers folder, a vocab
+    file: the same tokenizer; a folder with neither file is an error naming it."""
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(BERT_UNCASED_VOCAB, old)
+    (old / CONFIG_FILE).write_text(json.dumps(dict(kind="wordpiece", file=os.path.basename(BERT_UNCASED_VOCAB),
+                                                   lowercase=True, vocab_size=30522, special_ids={})))
+    expected = ConvBertTokenizer().encode_batch(lines + ODD)
+    for path in (old, vocab_dir, vocab_dir / "vocab.txt"):
+        loaded = load_tokenizer(str(path))
+        assert isinstance(loaded, ConvBertTokenizer) and loaded.encode_batch(lines + ODD) == expected, path
+    with pytest.raises(FileNotFoundError, match=f"no tokenizer in {tmp_path}: .*text_tokenizer.json.*vocab.txt"):
+        load_tokenizer(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="/no/such/vocab.txt"):
+        ConvBertTokenizer("/no/such/vocab.txt")
+    (old / CONFIG_FILE).write_text(json.dumps(dict(kind="bpe", file="x")))
+    with pytest.raises(ValueError, match=f"{old / CONFIG_FILE}: unknown tokenizer kind 'bpe'"):
+        load_tokenizer(str(old))

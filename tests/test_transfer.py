@@ -73,19 +73,22 @@ def test_no_sentence_shared_between_the_splits_of_a_task_and_none_from_the_pretr
             for split, ex in splits.items():
                 for text in ex.text_a:
                     assert seen.setdefault(_key(text), split) == split, (name, text)
-        else:  # a replaced or blanked word changes one word: compare the sentences without any one word
+        else:  # a replaced word changes one word: compare the sentences without any one word
             seen = {}
             for split, ex in splits.items():
-                for text in ex.text_a:
-                    words = transfer.normalise(text.replace(transfer.BLANK, " x ")).split()
+                for text in ex.text_a + (ex.text_b or []):
+                    words = transfer.normalise(text).split()
                     for i in range(len(words)):
                         key = tuple(words[:i] + words[i + 1:])
                         assert seen.setdefault(key, split) == split, (name, text)
     corpus_files = sorted(os.listdir(root / "corpus"))
     assert corpus_files and not any(transfer.is_held_out(f) for f in corpus_files)
     corpus = " ".join(transfer.normalise(open(root / "corpus" / f).read()) for f in corpus_files)
-    originals = [transfer.normalise(t) for (name, _), ex in _sources(root).items() if name != "fill_blank"
-                 for t, label in zip(ex.text_a, ex.labels if ex.labels is not None else [1] * len(ex)) if label == 1]
+    originals = [transfer.normalise(t) for (name, _), ex in _sources(root).items() if ex.labels is not None
+                 for t, label in zip(ex.text_a, ex.labels) if label == 1 and name != "fill_blank"]
+    originals += [transfer.normalise(a if label == 0 else b) for (name, _), ex in _sources(root).items()
+                  if name == "fill_blank" and ex.labels is not None
+                  for a, b, label in zip(ex.text_a, ex.text_b, ex.labels)]
     assert originals and not [t for t in originals if f" {t} " in f" {corpus} "]
 
 
@@ -99,9 +102,9 @@ def test_corruptions_keep_the_shape_of_the_sentence():
     replaced = transfer.replaced_word(sentence, rng, sampler)
     diff = [(a, b) for a, b in zip(sentence.split(), replaced.split()) if a != b]
     assert len(replaced.split()) == len(sentence.split()) and len(diff) == 1
-    blanked, choices = transfer.fill_blank(sentence, rng, sampler, label=1)
-    first, second = choices.split(" or ")
-    assert first != second and blanked.count(transfer.BLANK) == 1
-    missing = [a for a, b in zip(sentence.split(), blanked.split()) if a != b][0]
-    assert transfer.normalise(missing) == second  # label 1: the second candidate fills the blank
+    first, second = transfer.fill_blank(sentence, rng, sampler, label=1)
+    assert second == sentence and len(first.split()) == len(sentence.split())  # label 1: the second is the original
+    diff = [(a, b) for a, b in zip(sentence.split(), first.split()) if a != b]
+    assert len(diff) == 1 and diff[0][0].count(",") == diff[0][1].count(",")
+    assert transfer.fill_blank(sentence, np.random.default_rng(1), sampler, label=0)[0] == sentence
     assert transfer.word_order("the the the the the the", rng) is None  # no pair of different words

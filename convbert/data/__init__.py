@@ -1,13 +1,11 @@
-"""Pretraining data: tokenizers, the ELECTRA example builder (spec 5.1), shard preparation and the grain loader."""
+"""Pretraining data: the ELECTRA example builder (spec 5.1), shard preparation and the grain loader (the tokenizers
+are in `convbert.tokenization`)."""
 
 from convbert.data.example_builder import ExampleBuilder
 from convbert.data.loader import PretrainingData, load_manifest, make_iterator, to_global_arrays
 from convbert.data.prepare import DEMO_CORPUS_DIR, prepare_corpus
-from convbert.data.text_tokenizer import (SentencePieceTokenizer, TextTokenizer, WordPieceTokenizer,
-                                          load_text_tokenizer, train_sentencepiece)
 
 __all__ = [
     "ExampleBuilder", "PretrainingData", "load_manifest", "make_iterator", "to_global_arrays", "DEMO_CORPUS_DIR",
-    "prepare_corpus", "TextTokenizer", "WordPieceTokenizer", "SentencePieceTokenizer", "load_text_tokenizer",
-    "train_sentencepiece",
+    "prepare_corpus",
 ]

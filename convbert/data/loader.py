@@ -1,12 +1,14 @@
 """Grain input pipeline over the shards written by `convbert.data.prepare` (jax-patterns 2.5, 4.1).
 
 MapDataset.source(PretrainingData) -> shuffle(seed) -> repeat(num_epochs): one global example order, the same on
-every process. Global batch s is examples [s G, (s + 1) G) of it (G = global_batch_size); process p reads only
-rows [p b, (p + 1) b) of each (b = G / process_count), by index, -> batch(b) -> to_iter_dataset. So the global
-batches (and the training run) do not depend on the number of processes. Each element: dict of int32 numpy
-arrays `input_ids`, `input_mask`, `segment_ids` of shape [b, T]. The iterator's position (`get_state()/
-set_state()` JSON, the number of batches read: the global step, also independent of the process count)
-checkpoints with orbax through `grain.checkpoint.CheckpointSave/CheckpointRestore`.
+every process. Global batch s is examples [E + s G, E + (s + 1) G) of it (G = global_batch_size, E =
+example_offset, the examples read before); process p reads only rows [p b, (p + 1) b) of each (b = G /
+process_count), by index, -> batch(b) -> to_iter_dataset. So the global batches (and the training run) do not
+depend on the number of processes. Each element: dict of int32 numpy arrays `input_ids`, `input_mask`,
+`segment_ids` of shape [b, T]. A run resumes by reading from the number of examples it had read (E' = E + s G,
+recorded in the checkpoint's meta by `convbert.resume`), which continues the same order exactly for any batch
+size, process count or worker count; the iterator's own state (`get_state()`: batches read since E) is saved
+beside it.
 """
 
 from __future__ import annotations
@@ -66,16 +68,18 @@ class PretrainingData:
         return f"PretrainingData({self.data_dir!r}, split={self.split!r}, n={len(self)})"
 
 
-def _own_row(i: int, *, examples, global_batch_size: int, batch_size: int, offset: int) -> dict[str, np.ndarray]:
-    """Row i of this process's stream: row offset + i % b of global batch i // b."""
-    return examples[i // batch_size * global_batch_size + offset + i % batch_size]
+def _own_row(i: int, *, examples, global_batch_size: int, batch_size: int, start: int) -> dict[str, np.ndarray]:
+    """Row i of this process's stream: example start + (i // b) G + i % b (start: the example offset plus this
+    process's first row of a global batch)."""
+    return examples[start + i // batch_size * global_batch_size + i % batch_size]
 
 
 def make_iterator(data_dir: str, split: str = "train", *, global_batch_size: int, seed: int,
                   process_index: int | None = None, process_count: int | None = None, shuffle: bool = True,
-                  num_epochs: int | None = None, num_workers: int = 0,
+                  num_epochs: int | None = None, num_workers: int = 0, example_offset: int = 0,
                   read_options: grain.ReadOptions | None = None) -> grain.DatasetIterator:
-    """Batches of this process's share of `split` (see module docstring); `num_epochs=None` repeats forever.
+    """Batches of this process's share of `split` (see module docstring); `num_epochs=None` repeats forever;
+    `example_offset`: the first example of the (repeated) global order to read.
 
     Defaults to `jax.process_index()/process_count()`. `num_workers > 0` adds grain multiprocessing (needs absl
     flags parsed and a `__main__` guard).
@@ -93,10 +97,13 @@ def make_iterator(data_dir: str, split: str = "train", *, global_batch_size: int
     if shuffle:
         examples = examples.shuffle(seed=seed)
     examples = examples.repeat(num_epochs)
-    steps = len(examples) // global_batch_size  # batches run across epochs; a last partial one is dropped
+    if not 0 <= example_offset <= len(examples):
+        raise ValueError(f"example_offset {example_offset} is outside the {len(examples)} examples of {source!r}")
+    # batches run across epochs; a last partial one is dropped
+    steps = (len(examples) - example_offset) // global_batch_size
     ds = grain.MapDataset.range(steps * batch_size).map(functools.partial(
         _own_row, examples=examples, global_batch_size=global_batch_size, batch_size=batch_size,
-        offset=process_index * batch_size))
+        start=example_offset + process_index * batch_size))
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.to_iter_dataset(read_options or grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
     if num_workers:

@@ -9,9 +9,13 @@
 Documents: one per input file (folders are searched recursively for *.txt; input files are shuffled with the
 seed), or separated by blank lines with --blanks_separate_docs, or one per row of a Hugging Face dataset (streamed
 with `datasets.load_dataset(streaming=True)`, so the raw corpus is never stored locally, or a `save_to_disk`
-folder). Lines are the builder's sentences. Empty, binary and non-UTF-8 files are skipped and counted. A document's
-split follows its position (the index of its file plus its index in the file; its row; or its shard's index plus
-its row in the shard): every round(1 / eval_fraction)-th position, starting with the second, goes to `eval`.
+folder). Lines are the builder's sentences; a line longer than `max_line_chars` (a file without newlines) is cut at
+sentence ends, else at spaces, as it is read, and counted: files are streamed, never held whole. Empty and binary
+files are skipped and counted; invalid UTF-8 bytes are read as U+FFFD and counted, unless they are more than
+MAX_INVALID_FRACTION of a file (another encoding) or `strict_utf8` is set: then the file is skipped as non-UTF-8.
+A document's split follows its position (the index of its file plus its index in the file; its row; or its
+shard's index plus its row in the shard): every round(1 / eval_fraction)-th position, starting with the second,
+goes to `eval`.
 
 Units of work (as the worker pool of google-research/electra `build_pretraining_dataset.py`, which gives every job
 a slice of the input files): before anything is tokenised the corpus is cut into an ordered list of units:
@@ -27,7 +31,9 @@ under a temporary name and renamed, inside `.NAME.partial` next to the output fo
 options and the unit list). Running the same command again validates the committed units (a truncated, corrupt,
 empty or foreign file is rebuilt) and builds only the others. At the end the units are cut into shards, the
 manifest is written and the folder is renamed into place: a folder with a manifest is always complete. An
-exception before any unit is committed removes the partial folder; once units are committed it is kept.
+exception before any unit is committed removes the partial folder; once units are committed it is kept. The
+manifest records a `fingerprint` of the inputs (files' sizes and modification times, vocabulary, options), which
+a later run compares before reusing the folder (`fingerprint_changes`).
 
 Parts (many hosts): `part=i, num_parts=n` builds units [i U / n, (i + 1) U / n) of the U units into
 `DIR/part-0000i-of-0000n` (a prepared folder of its own). `merge_parts(DIR)` (--merge) writes `DIR/manifest.json`
@@ -36,7 +42,8 @@ over all units.
 
 Output folder:
   manifest.json                      see `prepare_corpus`
-  text_tokenizer.json, vocab/model   the tokenizer (`load_text_tokenizer(output_dir)`)
+  text_tokenizer.json, vocab/model   the tokenizer (`convbert.tokenization.load_tokenizer(output_dir)`; WordPiece:
+                                     vocab.txt + tokenizer_config.json)
   {train,eval}/shard-XXXXX-of-YYYYY.npy   [n, 3, T] arrays (input_ids, input_mask, segment_ids), contiguous
                                      slices of the split's examples in unit order; uint16 when the vocab fits,
                                      else int32; read with np.load(mmap_mode='r')
@@ -48,7 +55,9 @@ import codecs
 import dataclasses
 import datetime
 import filecmp
+import glob
 import hashlib
+import inspect
 import itertools
 import json
 import multiprocessing
@@ -56,6 +65,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -68,8 +78,8 @@ from absl import app, flags, logging
 
 from convbert.assets import BERT_UNCASED_VOCAB
 from convbert.data.example_builder import FIELDS, VARIANTS, ExampleBuilder
-from convbert.data.text_tokenizer import (CONFIG_FILE, SentencePieceTokenizer, TextTokenizer, WordPieceTokenizer,
-                                          load_text_tokenizer, train_sentencepiece)
+from convbert.tokenization import (CONFIG_FILE, KINDS, ConvBertTokenizer, SentencePieceTokenizer, TextTokenizer,
+                                   load_tokenizer, train_sentencepiece)
 
 DEMO_CORPUS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                "data", "demo_corpus")
@@ -85,6 +95,12 @@ UNIT_MB = 1.0
 MIN_UNITS = 64  # a smaller corpus gets smaller units (down to MIN_UNIT_BYTES), so it still spreads over the cores
 MIN_UNIT_BYTES = 100_000
 HF_ROWS_PER_UNIT = 10_000
+MAX_LINE_CHARS = 100_000  # a longer line (a file without newlines) is cut into sentences as it is read
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+CHARS_PER_CALL = 1 << 20  # characters per tokenizer call (bounds its memory)
+ROWS_PER_BLOCK = 4096  # examples of a unit collected before they are packed into one array
+MAX_INVALID_FRACTION = 0.01  # of a file's bytes; more invalid UTF-8 means another encoding: the file is skipped
+FINGERPRINT_IGNORES = ("overwrite", "num_workers")  # options that do not change the output
 PART_NAME = re.compile(r"part-(\d{5})-of-(\d{5})")
 
 
@@ -102,22 +118,104 @@ def find_text_files(inputs: Sequence[str]) -> list[str]:
     return files
 
 
-def classify_file(path: str) -> str | None:
-    """None for a readable text file, else the skip reason: 'empty', 'binary' (NUL bytes) or 'non_utf8'."""
-    decoder, has_text = codecs.getincrementaldecoder("utf-8")(), False
+class _InvalidBytes(threading.local):
+    count = 0
+
+
+_INVALID = _InvalidBytes()
+
+
+def _replace_and_count(error: UnicodeDecodeError) -> tuple[str, int]:
+    _INVALID.count += error.end - error.start
+    return "\ufffd", error.end
+
+
+codecs.register_error("convbert_replace_and_count", _replace_and_count)
+
+
+def classify_file(path: str, strict_utf8: bool = False) -> tuple[str | None, int]:
+    """(skip reason, invalid UTF-8 bytes): reason None for a text file to read, else 'empty', 'binary' (NUL
+    bytes) or 'non_utf8' (any invalid byte with `strict_utf8`, else more than MAX_INVALID_FRACTION of the
+    bytes: another encoding). A readable file's invalid bytes are decoded as U+FFFD."""
+    _INVALID.count, size = 0, 0
+    decoder, has_text = codecs.getincrementaldecoder("utf-8")("convbert_replace_and_count"), False
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             if b"\0" in chunk:
-                return "binary"
-            try:
-                has_text = bool(decoder.decode(chunk).strip()) or has_text
-            except UnicodeDecodeError:
-                return "non_utf8"
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return "non_utf8"
-    return None if has_text else "empty"
+                return "binary", 0
+            size += len(chunk)
+            has_text = bool(decoder.decode(chunk).strip()) or has_text
+    decoder.decode(b"", final=True)
+    invalid = _INVALID.count
+    if invalid and (strict_utf8 or invalid > MAX_INVALID_FRACTION * size):
+        return "non_utf8", invalid
+    return (None if has_text else "empty"), invalid
+
+
+def _input_list(inputs: str | Sequence[str] | None, hf_dataset: str | None) -> list[str]:
+    """Input paths from a comma-separated string or a list; the bundled demo corpus when there are none."""
+    if isinstance(inputs, str):
+        inputs = [p for p in inputs.split(",") if p]
+    return list(inputs or []) if inputs or hf_dataset else [DEMO_CORPUS_DIR]
+
+
+def _files_digest(path: str, files: Sequence[str]) -> dict:
+    """{path, files, bytes, sha256 of every file's relative path, size and modification time}."""
+    h, total = hashlib.sha256(), 0
+    for file in files:
+        st = os.stat(file)
+        total += st.st_size
+        h.update(f"{os.path.relpath(file, path) if file != path else ''}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return dict(path=os.path.abspath(path), files=len(files), bytes=total, sha256=h.hexdigest())
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(inputs: str | Sequence[str] | None, **options: Any) -> dict:
+    """What a prepared folder is made from: the input files (per input path: count, bytes and a digest of their
+    names, sizes and modification times; for a dataset, its name and split and its local files), the vocabulary
+    file's content, and the options that shape the output. `options`: `prepare_corpus`'s keyword arguments (its
+    defaults for the rest). `sha256` digests all of it: equal fingerprints, the same shards."""
+    options = {k: v for k, v in {**DEFAULTS, **options}.items() if k not in FINGERPRINT_IGNORES}
+    if options["hf_dataset"]:
+        data_files = options["hf_data_files"] or []
+        local = [options["hf_dataset"], *([data_files] if isinstance(data_files, str) else data_files)]
+        entries = [_files_digest(p, sorted(os.path.join(r, n) for r, _, ns in os.walk(p) for n in ns)
+                                 if os.path.isdir(p) else [p]) for p in local if os.path.exists(p)]
+    else:
+        entries = [_files_digest(p, find_text_files([p])) for p in _input_list(inputs, None)]
+    vocab = options["vocab"] or (BERT_UNCASED_VOCAB if options["tokenizer"] == "wordpiece" else None)
+    out = dict(inputs=entries, vocab=vocab and dict(path=os.path.abspath(vocab), sha256=_sha256_file(vocab)),
+               options=options)
+    return dict(out, sha256=hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest())
+
+
+def fingerprint_changes(old: dict, new: dict) -> list[str]:
+    """What differs between two `fingerprint`s, one readable line each ([] when they are equal)."""
+    if old["sha256"] == new["sha256"]:
+        return []
+    changes = [f"{k}: {old['options'].get(k)!r} -> {new['options'].get(k)!r}"
+               for k in sorted(old["options"].keys() | new["options"].keys())
+               if old["options"].get(k) != new["options"].get(k)]
+    before, after = ({e["path"]: e for e in f["inputs"]} for f in (old, new))
+    for path in sorted(before.keys() | after.keys()):
+        a, b = before.get(path), after.get(path)
+        if a is None or b is None:
+            changes.append(f"input {path} {'added' if a is None else 'no longer used'}")
+        elif a["sha256"] != b["sha256"]:
+            changes.append(f"input {path}: {a['files']} files of {a['bytes']:,} bytes -> {b['files']} files of "
+                           f"{b['bytes']:,} bytes" + (" (modified since)" if (a["files"], a["bytes"]) ==
+                                                       (b["files"], b["bytes"]) else ""))
+    if old["vocab"] != new["vocab"]:
+        changes.append(f"vocabulary: {(old['vocab'] or {}).get('path')} -> {(new['vocab'] or {}).get('path')} "
+                       "(content differs)")
+    return changes or ["the fingerprints differ"]
 
 
 def part_name(part: int, num_parts: int) -> str:
@@ -149,27 +247,60 @@ class _Context:
     eval_every: int
     blanks_separate_docs: bool
     units_dir: str
+    max_line_chars: int
     hf: Any = None  # datasets.Dataset (saved folder) or datasets.IterableDataset (streamed)
     hf_text_column: str = "text"
     tokenizer: TextTokenizer | None = None
     dtype: np.dtype | None = None
 
 
-def _lines(text: str) -> list[str]:
-    return [s for line in text.splitlines() if (s := line.strip())]
+def _pieces(text: str, max_chars: int) -> list[str]:
+    """`text` cut into pieces of at most `max_chars` characters: at sentence ends, else at the last space,
+    else anywhere. Pieces keep their surrounding spaces (the last one may continue in the next chunk)."""
+    pieces = []
+    for sentence in SENTENCE_END.split(text):
+        while len(sentence) > max_chars:
+            cut = sentence.rfind(" ", 1, max_chars + 1)
+            cut = cut if cut > 0 else max_chars
+            pieces.append(sentence[:cut])
+            sentence = sentence[cut:]
+        pieces.append(sentence)
+    return pieces
 
 
-def _file_documents(path: str, blanks_separate_docs: bool) -> Iterator[list[str]]:
-    doc = []
-    with open(path, encoding="utf-8-sig") as f:
-        for line in f:
-            if line := line.strip():
-                doc.append(line)
-            elif blanks_separate_docs and doc:
-                yield doc
-                doc = []
-    if doc:
-        yield doc
+def _text_lines(text: str, max_chars: int, long_lines: list[int]) -> list[str]:
+    """The non-empty stripped lines of a text (a dataset row); lines over `max_chars` as `_pieces` (counted in
+    long_lines[0])."""
+    lines = []
+    for line in text.splitlines():
+        if len(line) > max_chars:
+            long_lines[0] += 1
+            lines += _pieces(line, max_chars)
+        else:
+            lines.append(line)
+    return [s for line in lines if (s := line.strip())]
+
+
+def _file_lines(path: str, max_chars: int, long_lines: list[int]) -> Iterator[str]:
+    """The stripped lines of a text file ('' for a blank one), read in pieces of at most `max_chars`
+    characters: a longer line comes as `_pieces` (counted in long_lines[0]), so memory does not grow with it.
+    Invalid UTF-8 bytes read as U+FFFD (`classify_file` decides which files are read)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        while line := f.readline(max_chars):
+            if line.endswith("\n") or len(line) < max_chars:
+                yield line.strip()
+                continue
+            long_lines[0] += 1
+            carry = line
+            while True:  # the rest of the long line, one chunk at a time
+                chunk = f.readline(max_chars)
+                ended = not chunk or chunk.endswith("\n") or len(chunk) < max_chars
+                *done, carry = _pieces(carry + chunk, max_chars)
+                yield from (s for piece in done if (s := piece.strip()))
+                if ended:
+                    if carry := carry.strip():
+                        yield carry
+                    break
 
 
 def _hf_texts(rows, column: str) -> Iterator[str]:
@@ -179,12 +310,22 @@ def _hf_texts(rows, column: str) -> Iterator[str]:
         yield from (text or "" for text in batch[column])
 
 
-def _unit_documents(ctx: _Context, unit: _Unit) -> Iterator[tuple[str, list[str]]]:
-    """(split, lines) of the unit's documents, in order (the split from the position, see the module docstring)."""
-    def positioned():
+def _unit_lines(ctx: _Context, unit: _Unit, long_lines: list[int]) -> Iterator[tuple[str, str | None]]:
+    """(split, line) for every line of the unit's documents in order, and (split, None) after each document's
+    last line (the split from the document's position, see the module docstring). Streamed: no document is held
+    whole."""
+    def positioned():  # (position, line or None at a document's end)
         for position, path in unit.files:
-            for j, doc in enumerate(_file_documents(path, ctx.blanks_separate_docs)):
-                yield position + j, doc
+            j, open_doc = 0, False
+            for line in _file_lines(path, ctx.max_line_chars, long_lines):
+                if line:
+                    open_doc = True
+                    yield position + j, line
+                elif ctx.blanks_separate_docs and open_doc:
+                    yield position + j, None
+                    j, open_doc = j + 1, False
+            if open_doc:
+                yield position + j, None
         if unit.rows:
             rows, first = ctx.hf.select(range(*unit.rows)), unit.rows[0]
         elif unit.shard is not None:
@@ -192,28 +333,36 @@ def _unit_documents(ctx: _Context, unit: _Unit) -> Iterator[tuple[str, list[str]
         else:
             return
         for j, text in enumerate(_hf_texts(rows, ctx.hf_text_column)):
-            if lines := _lines(text):
-                yield first + j, lines
+            if lines := _text_lines(text, ctx.max_line_chars, long_lines):
+                yield from ((first + j, line) for line in lines)
+                yield first + j, None
 
-    for position, doc in itertools.islice(positioned(), unit.limit):
-        yield ("eval" if ctx.eval_every and position % ctx.eval_every == 1 else "train"), doc
+    documents = 0
+    for position, line in positioned():
+        yield ("eval" if ctx.eval_every and position % ctx.eval_every == 1 else "train"), line
+        documents += line is None
+        if documents == unit.limit:
+            return
 
 
-def _encode_documents(documents: Iterable[tuple[str, list[str]]], tokenizer: TextTokenizer,
-                      lines_per_call: int = 8192) -> Iterator[tuple[str, list[list[int]]]]:
-    """(split, token ids per line) per (split, lines) document; many documents share one `encode_batch` call."""
-    def encode(docs):
-        ids = iter(tokenizer.encode_batch([line for _, doc in docs for line in doc]))
-        return [(split, list(itertools.islice(ids, len(doc)))) for split, doc in docs]
+def _encode_lines(lines: Iterable[tuple[str, str | None]], tokenizer: TextTokenizer, lines_per_call: int = 8192,
+                  chars_per_call: int = CHARS_PER_CALL) -> Iterator[tuple[str, list[int] | None]]:
+    """(split, token ids) per (split, line), (split, None) passed through; many lines share one `encode_batch`
+    call, at most `lines_per_call` lines or `chars_per_call` characters (which bounds the tokenizer's memory)."""
+    def encode(pending, texts):
+        ids = iter(tokenizer.encode_batch(texts))
+        return [(split, None if line is None else next(ids)) for split, line in pending]
 
-    pending, num_lines = [], 0
-    for split, doc in documents:
-        pending.append((split, doc))
-        num_lines += len(doc)
-        if num_lines >= lines_per_call:
-            yield from encode(pending)
-            pending, num_lines = [], 0
-    yield from encode(pending)
+    pending, texts, chars = [], [], 0
+    for split, line in lines:
+        pending.append((split, line))
+        if line is not None:
+            texts.append(line)
+            chars += len(line)
+            if len(texts) >= lines_per_call or chars >= chars_per_call:
+                yield from encode(pending, texts)
+                pending, texts, chars = [], [], 0
+    yield from encode(pending, texts)
 
 
 def _unit_path(units_dir: str, index: int) -> str:
@@ -221,21 +370,36 @@ def _unit_path(units_dir: str, index: int) -> str:
 
 
 def _build_unit(ctx: _Context, unit: _Unit) -> dict:
-    """Builds and commits one unit: `unit-XXXXXX.npz` with `info` (JSON: unit, limit, per-split counts) and the
-    `train` / `eval` arrays [n, 3, T]; returns the info."""
-    builders = {s: ExampleBuilder(ctx.max_seq_length, cls_id=ctx.tokenizer.cls_id, sep_id=ctx.tokenizer.sep_id,
-                                  pad_id=ctx.tokenizer.pad_id, variant=ctx.builder_variant,
+    """Builds and commits one unit: `unit-XXXXXX.npz` with `info` (JSON: unit, limit, per-split counts, lines
+    cut for length) and the `train` / `eval` arrays [n, 3, T]; returns the info. The examples are held in
+    `ctx.dtype` blocks (2 bytes a token), the text only in pieces."""
+    tok = ctx.tokenizer
+    builders = {s: ExampleBuilder(ctx.max_seq_length, cls_id=tok.cls_token_id, sep_id=tok.sep_token_id,
+                                  pad_id=tok.pad_token_id, variant=ctx.builder_variant,
                                   seed=(ctx.seed, k, unit.index)) for k, s in enumerate(SPLITS)}
     stats = {s: dict.fromkeys(STAT_KEYS, 0) for s in SPLITS}
+    blocks: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     rows: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-    for split, ids in _encode_documents(_unit_documents(ctx, unit), ctx.tokenizer):
-        for key, n in (("documents", 1), ("lines", len(ids)), ("text_tokens", sum(map(len, ids)))):
-            stats[split][key] += n
-        rows[split] += [np.stack([example[k] for k in FIELDS]) for example in builders[split].build([ids])]
-    arrays = {s: np.array(rows[s], ctx.dtype).reshape(-1, len(FIELDS), ctx.max_seq_length) for s in SPLITS}
+    long_lines = [0]
+    for split, ids in _encode_lines(_unit_lines(ctx, unit, long_lines), ctx.tokenizer):
+        if ids is None:
+            stats[split]["documents"] += 1
+            example = builders[split].end_document()
+        else:
+            stats[split]["lines"] += 1
+            stats[split]["text_tokens"] += len(ids)
+            example = builders[split].add_line(ids)
+        if example is not None:
+            rows[split].append(np.stack([example[k] for k in FIELDS]))
+            if len(rows[split]) == ROWS_PER_BLOCK:
+                blocks[split].append(np.array(rows[split], ctx.dtype))
+                rows[split] = []
+    arrays = {s: np.concatenate([*blocks[s], np.array(rows[s], ctx.dtype).reshape(-1, len(FIELDS),
+                                                                                  ctx.max_seq_length)])
+              for s in SPLITS}
     for split, a in arrays.items():
         stats[split].update(examples=len(a), tokens=int(a[:, 1].sum()), two_segment_examples=int(a[:, 2].any(1).sum()))
-    info = dict(unit=unit.index, limit=unit.limit, splits=stats)
+    info = dict(unit=unit.index, limit=unit.limit, splits=stats, long_lines=long_lines[0])
     path = _unit_path(ctx.units_dir, unit.index)
     with open(path + ".tmp", "wb") as f:
         np.savez(f, info=np.array(json.dumps(info)), **arrays)
@@ -341,14 +505,19 @@ def _write_shards(root: str, split: str, num_shards: int, chunks: Iterable[np.nd
     return [{"file": f, "examples": n} for f, n in zip(files, sizes)]
 
 
-def _plan_units(inputs: Sequence[str], hf: Any, seed: int, unit_mb: float) -> tuple[list[_Unit], dict[str, list]]:
-    """The corpus's units (see the module docstring) and the skipped files by reason."""
+def _plan_units(inputs: Sequence[str], hf: Any, seed: int, unit_mb: float, strict_utf8: bool
+                ) -> tuple[list[_Unit], dict[str, list], dict[str, int]]:
+    """The corpus's units (see the module docstring), the skipped files by reason and {path: invalid UTF-8
+    bytes} of the files read with replacement characters."""
     skipped: dict[str, list[str]] = {r: [] for r in SKIP_REASONS}
+    replaced: dict[str, int] = {}
     if hf is None:
         files = []
         for path in find_text_files(inputs):
-            reason = classify_file(path)
+            reason, invalid = classify_file(path, strict_utf8)
             (skipped[reason] if reason else files).append(path)
+            if invalid and not reason:
+                replaced[path] = invalid
         files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
         sizes = [os.path.getsize(path) for path in files]
         unit_bytes = min(unit_mb * 1e6, max(sum(sizes) / MIN_UNITS, MIN_UNIT_BYTES))
@@ -366,8 +535,13 @@ def _plan_units(inputs: Sequence[str], hf: Any, seed: int, unit_mb: float) -> tu
                  for i, a in enumerate(range(0, len(hf), HF_ROWS_PER_UNIT))]
     for reason, paths in skipped.items():
         if paths:
-            logging.warning("skipped %d %s file(s), e.g. %s", len(paths), reason, paths[0])
-    return units, skipped
+            logging.warning("skipped %d %s file(s), e.g. %s%s", len(paths), reason, paths[0],
+                            "" if reason != "non_utf8" else f" (strict_utf8={strict_utf8}; without it a file is "
+                            f"read with U+FFFD for up to {MAX_INVALID_FRACTION:.0%} invalid bytes)")
+    if replaced:
+        logging.warning("read %d file(s) with %d invalid UTF-8 byte(s) decoded as U+FFFD, e.g. %s (strict_utf8 "
+                        "skips them)", len(replaced), sum(replaced.values()), next(iter(replaced)))
+    return units, skipped, replaced
 
 
 def _is_streamed(hf) -> bool:
@@ -381,7 +555,7 @@ def _limit_units(ctx: _Context, units: Sequence[_Unit], max_documents: int) -> l
     for unit in units:
         if seen >= max_documents:
             break
-        n = sum(1 for _ in itertools.islice(_unit_documents(ctx, unit), max_documents - seen))
+        n = sum(line is None for _, line in _unit_lines(ctx, unit._replace(limit=max_documents - seen), [0]))
         limited.append(unit._replace(limit=max_documents - seen) if seen + n >= max_documents else unit)
         seen += n
     return limited
@@ -423,16 +597,16 @@ def _make_tokenizer(work: str, ctx: _Context, units: Sequence[_Unit], tokenizer:
     """The tokenizer saved in `work` by an earlier start, else a new one (SentencePiece: trained on the first
     `sp_max_lines` train lines of the whole corpus, so every part trains on the same text), saved there."""
     if os.path.isfile(os.path.join(work, CONFIG_FILE)):
-        return load_text_tokenizer(work)
+        return load_tokenizer(work)
     if tokenizer == "wordpiece":
-        tok = WordPieceTokenizer(vocab or BERT_UNCASED_VOCAB, lowercase=lowercase)
+        tok = ConvBertTokenizer(vocab or BERT_UNCASED_VOCAB, do_lower_case=lowercase)
     elif vocab:
         tok = SentencePieceTokenizer(vocab)
     else:
         text_file = os.path.join(work, "sentencepiece-train.txt")
         with open(text_file, "w", encoding="utf-8") as f:
-            lines = (line for unit in units for split, doc in _unit_documents(ctx, unit) if split == "train"
-                     for line in doc)
+            lines = (line for unit in units for split, line in _unit_lines(ctx, unit, [0])
+                     if split == "train" and line is not None)
             f.writelines(line + "\n" for line in itertools.islice(lines, sp_max_lines))
         tok = train_sentencepiece([text_file], os.path.join(work, "spm"), sp_vocab_size, sp_model_type,
                                   lowercase=lowercase, max_sentences=sp_max_lines, seed=seed)
@@ -444,12 +618,13 @@ def _make_tokenizer(work: str, ctx: _Context, units: Sequence[_Unit], tokenizer:
 def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, tokenizer: str = "wordpiece",
                    vocab: str | None = None, lowercase: bool = True, sp_vocab_size: int = 8000,
                    sp_model_type: str = "unigram", sp_max_lines: int = 2_000_000, max_seq_length: int = 128,
-                   eval_fraction: float = 0.05, num_shards: int = 8, builder_variant: str = "electra",
+                   eval_fraction: float = 0.02, num_shards: int = 8, builder_variant: str = "electra",
                    seed: int = 0, blanks_separate_docs: bool = False, hf_dataset: str | None = None,
                    hf_config: str | None = None, hf_split: str = "train", hf_text_column: str = "text",
                    hf_data_files: str | Sequence[str] | None = None, max_documents: int | None = None,
                    overwrite: bool = False, num_workers: int | None = None, part: int = 0, num_parts: int = 1,
-                   unit_mb: float = UNIT_MB) -> dict:
+                   unit_mb: float = UNIT_MB, strict_utf8: bool = False,
+                   max_line_chars: int = MAX_LINE_CHARS) -> dict:
     """Tokenises documents, builds ELECTRA examples (`ExampleBuilder`) and writes shards + manifest; returns the
     manifest. Resumes a partial preparation of the same options (see the module docstring).
 
@@ -459,20 +634,21 @@ def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, token
     an existing .model, else one of `sp_vocab_size` pieces is trained on the train split; pass the same model to
     every part). `num_workers`: processes (None or 0: all cores); the output does not depend on it. `part` of
     `num_parts`: write only that slice of the units into `output_dir/part-...` (then `merge_parts(output_dir)`).
-    `overwrite`: replace a finished output folder, or a partial one made with other options. Multi-process
-    trainers call this on one process only.
+    `overwrite`: replace a finished output folder, or a partial one made with other options. `strict_utf8`: skip a
+    file with any invalid UTF-8 byte (default: read it with U+FFFD for them, counted, unless they are more than
+    MAX_INVALID_FRACTION of it). Lines longer than `max_line_chars` characters are cut at sentence ends (else
+    spaces) as they are read, counted. Multi-process trainers call this on one process only.
 
     Manifest fields: format, format_version, created, max_seq_length, fields, dtype, tokenizer (kind, file,
     lowercase, vocab_size, special_ids), builder_variant, seed, eval_fraction, blanks_separate_docs, sources,
-    max_documents, unit_mb, units (this part's), part, num_parts, skipped_files ({reason: {count, paths}}), splits
+    max_documents, unit_mb, units (this part's), part, num_parts, skipped_files ({reason: {count, paths}}),
+    replaced_utf8 ({files, bytes, paths}), long_lines ({count, max_line_chars}), fingerprint (`fingerprint`), splits
     ({split: {documents, lines, text_tokens, examples, tokens, two_segment_examples, shards: [{file, examples}]}}).
     """
-    if isinstance(inputs, str):
-        inputs = [p for p in inputs.split(",") if p]
-    if not inputs and not hf_dataset:
-        inputs = [DEMO_CORPUS_DIR]
-    if tokenizer not in ("wordpiece", "sentencepiece"):
-        raise ValueError(f"unknown tokenizer {tokenizer!r}; expected 'wordpiece' or 'sentencepiece'")
+    options = {k: v for k, v in locals().items() if k not in ("inputs", "output_dir")}
+    inputs = _input_list(inputs, hf_dataset)
+    if tokenizer not in KINDS:
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; expected one of {KINDS}")
     if builder_variant not in VARIANTS:
         raise ValueError(f"builder_variant must be one of {VARIANTS}, got {builder_variant!r}")
     if not 0 <= eval_fraction <= 0.5:
@@ -483,6 +659,9 @@ def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, token
         raise ValueError(f"part must be in [0, num_parts={num_parts}), got {part}")
     if max_documents is not None and num_parts > 1:
         raise ValueError("max_documents counts documents over the whole corpus; it cannot be used with num_parts > 1")
+    if max_line_chars < 1:
+        raise ValueError(f"max_line_chars must be >= 1, got {max_line_chars}")
+    inputs_fingerprint = fingerprint(inputs, **options)
     num_workers = num_workers or default_num_workers()
     output_dir = os.path.abspath(output_dir)
     final = output_dir if num_parts == 1 else os.path.join(output_dir, part_name(part, num_parts))
@@ -490,6 +669,9 @@ def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, token
         raise FileExistsError(f"output directory is not empty: {final} (pass overwrite=True / --overwrite)")
     work = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.partial")
     os.makedirs(os.path.dirname(final), exist_ok=True)
+    for stale in glob.glob(os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp-*")):
+        logging.info("removing %s, left by an interrupted preparation of an earlier version", stale)
+        shutil.rmtree(stale, ignore_errors=True)
 
     if hf_dataset:
         sources = dict(hf_dataset=hf_dataset, hf_config=hf_config, hf_split=hf_split, hf_text_column=hf_text_column,
@@ -498,8 +680,8 @@ def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, token
     else:
         hf = None
     ctx = _Context(max_seq_length, builder_variant, seed, round(1 / eval_fraction) if eval_fraction else 0,
-                   blanks_separate_docs, os.path.join(work, UNITS), hf, hf_text_column)
-    units, skipped = _plan_units(inputs, hf, seed, unit_mb)
+                   blanks_separate_docs, os.path.join(work, UNITS), max_line_chars, hf, hf_text_column)
+    units, skipped, replaced = _plan_units(inputs, hf, seed, unit_mb, strict_utf8)
     if not hf_dataset:
         sources = dict(inputs=[os.path.abspath(p) for p in inputs], files=sum(len(u.files) for u in units))
     if max_documents is not None:
@@ -509,7 +691,8 @@ def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, token
                 sp=[sp_vocab_size, sp_model_type, sp_max_lines], max_seq_length=max_seq_length,
                 eval_fraction=eval_fraction, builder_variant=builder_variant, seed=seed,
                 blanks_separate_docs=blanks_separate_docs, max_documents=max_documents, unit_mb=unit_mb, part=part,
-                num_parts=num_parts, units=hashlib.sha256(repr(units).encode()).hexdigest())
+                num_parts=num_parts, units=hashlib.sha256(repr(units).encode()).hexdigest(),
+                fingerprint=inputs_fingerprint["sha256"])
     if os.path.isdir(work):
         old = _read_json(os.path.join(work, PLAN)) if os.path.isfile(os.path.join(work, PLAN)) else None
         if old is not None and old != plan and not overwrite:
@@ -541,7 +724,10 @@ def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, token
             fields=list(FIELDS), dtype=dtype.name, tokenizer=tok.config(), builder_variant=builder_variant, seed=seed,
             eval_fraction=eval_fraction, blanks_separate_docs=blanks_separate_docs, sources=sources,
             max_documents=max_documents, unit_mb=unit_mb, units=len(mine), part=part, num_parts=num_parts,
-            skipped_files={r: dict(count=len(p), paths=p[:20]) for r, p in skipped.items()}, splits=splits)
+            skipped_files={r: dict(count=len(p), paths=p[:20]) for r, p in skipped.items()},
+            replaced_utf8=dict(files=len(replaced), bytes=sum(replaced.values()), paths=list(replaced)[:20]),
+            long_lines=dict(count=sum(infos[u.index]["long_lines"] for u in mine), max_line_chars=max_line_chars),
+            fingerprint=inputs_fingerprint, splits=splits)
         if not splits["train"]["examples"] and num_parts == 1:
             raise ValueError(f"no training examples from {sources}")
         _write_json(os.path.join(work, MANIFEST), manifest)
@@ -557,8 +743,17 @@ def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, token
         raise
     shutil.rmtree(os.path.join(final, UNITS))
     os.remove(os.path.join(final, PLAN))
+    if manifest["long_lines"]["count"]:
+        logging.warning("cut %d line(s) longer than max_line_chars=%d characters into sentences (or at spaces)",
+                        manifest["long_lines"]["count"], max_line_chars)
     logging.info("prepared %s: %s", final, {s: v["examples"] for s, v in manifest["splits"].items()})
     return manifest
+
+
+# `prepare_corpus`'s keyword defaults: also those of the command line and of configs/pretrain.py's `config.data` and
+# `config.max_seq_length`, so data prepared either way is the same.
+DEFAULTS: dict[str, Any] = {name: p.default for name, p in inspect.signature(prepare_corpus).parameters.items()
+                            if p.default is not inspect.Parameter.empty}
 
 
 def _build_with_progress(ctx: _Context, units: Sequence[_Unit], infos: dict[int, dict], num_workers: int,
@@ -607,7 +802,8 @@ def merge_parts(output_dir: str) -> dict:
     if unfinished:
         raise FileNotFoundError(f"{output_dir}: parts not finished (no {MANIFEST}): {unfinished}")
     manifests = [_read_json(os.path.join(output_dir, n, MANIFEST)) for n in names]
-    per_part = ("created", "part", "units", "splits")
+    # per part: the fingerprint too, since every host's copy of the inputs has its own modification times
+    per_part = ("created", "part", "units", "splits", "long_lines", "fingerprint")
     common = {k: v for k, v in manifests[0].items() if k not in per_part}
     tok_files = [manifests[0]["tokenizer"]["file"], CONFIG_FILE]
     for name, m in zip(names, manifests):
@@ -617,15 +813,15 @@ def merge_parts(output_dir: str) -> dict:
             if not filecmp.cmp(os.path.join(output_dir, name, f), os.path.join(output_dir, names[0], f), False):
                 raise ValueError(f"{name}/{f} differs from {names[0]}/{f}: every part needs the same tokenizer "
                                  "(pass one --vocab to all parts)")
-    for f in tok_files:
-        shutil.copyfile(os.path.join(output_dir, names[0], f), os.path.join(output_dir, f))
+    load_tokenizer(os.path.join(output_dir, names[0])).save(output_dir)
     splits = {s: dict({k: sum(m["splits"][s][k] for m in manifests) for k in STAT_KEYS},
                       shards=[dict(sh, file=f"{n}/{sh['file']}") for n, m in zip(names, manifests)
                               for sh in m["splits"][s]["shards"]]) for s in SPLITS}
     if not splits["train"]["examples"]:
         raise ValueError(f"no training examples in the parts of {output_dir}")
     merged = dict(common, created=_now(), part=None, parts=names, units=sum(m["units"] for m in manifests),
-                  splits=splits)
+                  long_lines=dict(manifests[0]["long_lines"], count=sum(m["long_lines"]["count"] for m in manifests)),
+                  fingerprint=manifests[0]["fingerprint"], splits=splits)
     _write_json(os.path.join(output_dir, MANIFEST), merged)
     logging.info("merged %d parts into %s: %s", len(names), output_dir, {s: v["examples"] for s, v in splits.items()})
     return merged
@@ -635,31 +831,43 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    """Command-line flags (defined only when run as a program, so importing this module adds none)."""
+    """Command-line flags (defined only when run as a program, so importing this module adds none); their defaults
+    are `DEFAULTS`."""
+    d = DEFAULTS
     flags.DEFINE_list("input", None, "Text files or folders (*.txt, recursive); default: the bundled demo corpus.")
     flags.DEFINE_string("output_dir", None, "Where to write shards and manifest.json.")
-    flags.DEFINE_enum("tokenizer", "wordpiece", ["wordpiece", "sentencepiece"], "Tokenizer kind.")
-    flags.DEFINE_string("vocab", None, "WordPiece vocab or SentencePiece .model (default: BERT uncased / train one).")
-    flags.DEFINE_bool("lowercase", True, "Lowercase (and strip accents for WordPiece).")
-    flags.DEFINE_integer("sp_vocab_size", 8000, "SentencePiece vocabulary size when training one.")
-    flags.DEFINE_enum("sp_model_type", "unigram", ["unigram", "bpe"], "SentencePiece model type.")
-    flags.DEFINE_integer("max_seq_length", 128, "Example length T.")
-    flags.DEFINE_float("eval_fraction", 0.05, "Fraction of documents held out as the eval split (0 to 0.5).")
-    flags.DEFINE_integer("num_shards", 8, "Train shards (eval has one).")
-    flags.DEFINE_enum("builder_variant", "electra", ["electra", "convbert_repo"], "Segment logic (spec 5.1).")
-    flags.DEFINE_integer("seed", 0, "Seed for file order, builder randomness and tokenizer training.")
-    flags.DEFINE_bool("blanks_separate_docs", False, "Blank lines separate documents inside a file.")
-    flags.DEFINE_string("hf_dataset", None, "Hugging Face dataset name or a save_to_disk folder (replaces --input).")
-    flags.DEFINE_string("hf_config", None, "Dataset config, e.g. 20231101.en for wikimedia/wikipedia.")
-    flags.DEFINE_string("hf_split", "train", "Dataset split.")
-    flags.DEFINE_string("hf_text_column", "text", "Column holding the document text.")
-    flags.DEFINE_list("hf_data_files", None, "data_files for builders such as json/text/parquet.")
-    flags.DEFINE_integer("max_documents", None, "Use at most this many documents.")
-    flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
-    flags.DEFINE_integer("num_workers", 0, "Worker processes (0: all cores); the output does not depend on it.")
-    flags.DEFINE_integer("part", 0, "With --num_parts: the slice of the units this host prepares (0-based).")
-    flags.DEFINE_integer("num_parts", 1, "Split the corpus into this many parts (one per host), merged by --merge.")
-    flags.DEFINE_float("unit_mb", UNIT_MB, "MB of input files per unit of work (the resume granularity).")
+    flags.DEFINE_enum("tokenizer", d["tokenizer"], list(KINDS), "Tokenizer kind.")
+    flags.DEFINE_string("vocab", d["vocab"], "WordPiece vocab or SentencePiece .model (default: BERT uncased / train "
+                        "one).")
+    flags.DEFINE_bool("lowercase", d["lowercase"], "Lowercase (and strip accents for WordPiece).")
+    flags.DEFINE_integer("sp_vocab_size", d["sp_vocab_size"], "SentencePiece vocabulary size when training one.")
+    flags.DEFINE_enum("sp_model_type", d["sp_model_type"], ["unigram", "bpe"], "SentencePiece model type.")
+    flags.DEFINE_integer("max_seq_length", d["max_seq_length"], "Example length T.")
+    flags.DEFINE_float("eval_fraction", d["eval_fraction"],
+                       "Fraction of documents held out as the eval split (0 to 0.5).")
+    flags.DEFINE_integer("num_shards", d["num_shards"], "Train shards (eval has one).")
+    flags.DEFINE_enum("builder_variant", d["builder_variant"], list(VARIANTS), "Segment logic (spec 5.1).")
+    flags.DEFINE_integer("seed", d["seed"], "Seed for file order, builder randomness and tokenizer training.")
+    flags.DEFINE_bool("blanks_separate_docs", d["blanks_separate_docs"], "Blank lines separate documents inside a "
+                      "file.")
+    flags.DEFINE_string("hf_dataset", d["hf_dataset"], "Hugging Face dataset name or a save_to_disk folder (replaces "
+                        "--input).")
+    flags.DEFINE_string("hf_config", d["hf_config"], "Dataset config, e.g. 20231101.en for wikimedia/wikipedia.")
+    flags.DEFINE_string("hf_split", d["hf_split"], "Dataset split.")
+    flags.DEFINE_string("hf_text_column", d["hf_text_column"], "Column holding the document text.")
+    flags.DEFINE_list("hf_data_files", d["hf_data_files"], "data_files for builders such as json/text/parquet.")
+    flags.DEFINE_integer("max_documents", d["max_documents"], "Use at most this many documents.")
+    flags.DEFINE_bool("overwrite", d["overwrite"], "Replace an existing output directory.")
+    flags.DEFINE_integer("num_workers", d["num_workers"], "Worker processes (unset or 0: all cores); the output does "
+                         "not depend on it.")
+    flags.DEFINE_integer("part", d["part"], "With --num_parts: the slice of the units this host prepares (0-based).")
+    flags.DEFINE_integer("num_parts", d["num_parts"], "Split the corpus into this many parts (one per host), merged "
+                         "by --merge.")
+    flags.DEFINE_float("unit_mb", d["unit_mb"], "MB of input files per unit of work (the resume granularity).")
+    flags.DEFINE_bool("strict_utf8", d["strict_utf8"], "Skip files with any invalid UTF-8 byte (default: read them "
+                      "with U+FFFD, counted, unless over 1% of their bytes are invalid).")
+    flags.DEFINE_integer("max_line_chars", d["max_line_chars"], "Lines longer than this many characters are cut into "
+                         "sentences (else at spaces) as they are read, counted.")
     flags.DEFINE_bool("merge", False, "Only write the manifest over the finished parts in --output_dir.")
 
 
@@ -673,7 +881,7 @@ def main(argv):
     options = ("tokenizer", "vocab", "lowercase", "sp_vocab_size", "sp_model_type", "max_seq_length", "eval_fraction",
                "num_shards", "builder_variant", "seed", "blanks_separate_docs", "hf_dataset", "hf_config", "hf_split",
                "hf_text_column", "hf_data_files", "max_documents", "overwrite", "num_workers", "part", "num_parts",
-               "unit_mb")
+               "unit_mb", "strict_utf8", "max_line_chars")
     prepare_corpus(FLAGS.input, FLAGS.output_dir, **{name: FLAGS[name].value for name in options})
 
 

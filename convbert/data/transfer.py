@@ -19,8 +19,9 @@ separately and may share sentences). Tasks (labels balanced exactly in every spl
                  word gives the answer away). Chance 50%.
   word_order     (single sentence) 1 = as written, 0 = two neighbouring words swapped (same words, so a bag of
                  words cannot tell). Chance 50%.
-  fill_blank     (pair) sentence 1 has one word replaced by `_`, sentence 2 is `A or B`, one of them the missing word
-                 and the other drawn from the word frequencies; label 0 = A fits, 1 = B fits. Chance 50%.
+  fill_blank     (pair) a minimal pair: the sentence as written and the sentence with one word replaced by a word
+                 drawn from the word frequencies, in random order (BLiMP-style, Warstadt et al. 2020); label 0 =
+                 the first is the original (its word fills the slot), 1 = the second. Chance 50%.
 
 Each task is written in the original GLUE layout (`<Folder>/train.tsv`, `dev.tsv` with labels, `test.tsv` with an
 index and no labels), so `finetune_glue.py --config=configs/finetune_glue.py:transfer,tiny
@@ -46,7 +47,6 @@ HELD_OUT = ("winters_tale", "coriolanus", "cymbeline", "troilus_and_cressida", "
 SIZES = {"train": 2400, "dev": 1000, "test": 200}  # sentences per split and task
 TASK_FOLDERS = {"replaced_word": "ReplacedWord", "word_order": "WordOrder", "fill_blank": "FillBlank"}
 MIN_WORDS, MAX_WORDS = 6, 24
-BLANK = "_"
 
 _SPEAKER = re.compile(r"^[A-Z][A-Za-z'. -]{0,40}\.$")  # "CAMILLO." / "First Lord." / "Ber."
 _HEADING = re.compile(r"^(ACT|SCENE|Scene|EPILOGUE|PROLOGUE|Prologue|Epilogue)\b")
@@ -152,14 +152,14 @@ def word_order(sentence: str, rng: np.random.Generator) -> str | None:
 
 
 def fill_blank(sentence: str, rng: np.random.Generator, sampler: WordSampler, label: int) -> tuple[str, str]:
-    """(sentence with one word blanked, 'A or B') where the missing word is A for label 0 and B for label 1."""
+    """A minimal pair: the sentence twice, one word slot filled once with its own word and once with a word drawn
+    from the word frequencies; the original is the first sentence for label 0 and the second for label 1."""
     tokens = sentence.split()
     i = int(rng.choice(word_slots(tokens)))
-    pre, word, post = _split_word(tokens[i])
-    tokens[i] = pre + BLANK + post
-    other = sampler.draw(rng, word)
-    a, b = (word.lower(), other) if label == 0 else (other, word.lower())
-    return " ".join(tokens), f"{a} or {b}"
+    other = list(tokens)
+    other[i] = _with_word(tokens[i], sampler.draw(rng, _split_word(tokens[i])[1]))
+    pair = (sentence, " ".join(other))
+    return pair if label == 0 else pair[::-1]
 
 
 def _labels(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -241,7 +241,7 @@ def build_suite(output_dir: str, texts_dir: str | None = None, corpus_dir: str |
                 pool.append(s)
     pool.sort()
     sampler = WordSampler(pool)
-    manifest = {"format": "convbert-transfer-suite", "version": 1, "seed": seed,
+    manifest = {"format": "convbert-transfer-suite", "version": 2, "seed": seed,
                 "held_out_texts": [os.path.basename(p) for p in held],
                 "pretraining_texts": [os.path.basename(p) for p in rest], "sentences_found": found,
                 "sentences_usable": len(pool), "tasks": {}}

@@ -1,8 +1,11 @@
 """GLUE data: the original GLUE TSV folders or Hugging Face `nyu-mll/glue`, and featurisation (spec 6.2).
 
 TSVs are split on tabs only: quote characters are ordinary text (GLUE fields start with `"` and hold unbalanced
-quotes), a leading UTF-8 byte-order mark (MRPC) is dropped, and a row with the wrong number of fields is an
-error naming the file and line.
+quotes), and a leading UTF-8 byte-order mark (MRPC) is dropped. A malformed row (the wrong number of fields, or a
+label outside the task's labels) is skipped with a warning naming the file, its lines and the count, as
+google-research/electra `finetune/classification/classification_tasks.py` (`_load_glue`) skips rows it cannot
+read (the original QQP train.tsv has some); more than `MAX_MALFORMED_FRACTION` of a file's rows, or any with
+`strict`, is an error naming the file and line. An empty file, or a header without rows, is an error too.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ import dataclasses
 import os
 
 import numpy as np
+from absl import logging
 
 from convbert.glue.tasks import Columns, Split, Task
+from convbert.tokenization import TextTokenizer
 
 STSB_MAX = 5.0  # STS-B scores are in [0, 5]; the model regresses score / 5 (spec 6.3)
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")
+MAX_MALFORMED_FRACTION = 0.01  # of a TSV file's rows, skipped with a warning unless `strict`
 
 
 @dataclasses.dataclass
@@ -63,28 +69,49 @@ def read_tsv(path: str) -> list[tuple[int, list[str]]]:
         return [(i, line.rstrip("\r\n").split("\t")) for i, line in enumerate(f, 1) if line.strip("\r\n")]
 
 
-def load_tsv_split(data_dir: str, task: Task, split: Split) -> Examples:
-    """Reads `data_dir/split.file` with the header names or column numbers of `split.columns`."""
+def load_tsv_split(data_dir: str, task: Task, split: Split, strict: bool = False) -> Examples:
+    """Reads `data_dir/split.file` with the header names or column numbers of `split.columns`; malformed rows are
+    skipped (at most `MAX_MALFORMED_FRACTION` of them) or, with `strict`, an error (see the module docstring)."""
     path = os.path.join(data_dir, split.file)
     rows = read_tsv(path)
     cols: Columns = split.columns
     fields = {k: getattr(cols, k) for k in ("text_a", "text_b", "label", "index") if getattr(cols, k) is not None}
+    if not rows:
+        raise ValueError(f"{path} is empty: expected {task.name} rows (re-download the GLUE data)")
     if cols.num_columns is None:  # a header row names the columns
         (_, header), rows = rows[0], rows[1:]
         missing = [name for name in fields.values() if name not in header]
         if missing:
             raise ValueError(f"{path}:1: header lacks column(s) {missing}; header is {header}")
+        if not rows:
+            raise ValueError(f"{path} has a header but no rows")
         positions = {k: header.index(name) for k, name in fields.items()}
         num_columns = len(header)
     else:
         positions, num_columns = fields, cols.num_columns
     out = {k: [] for k in positions}
+    malformed = []  # (line, reason)
     for line, row in rows:
-        if len(row) != num_columns:
-            raise ValueError(f"{path}:{line}: expected {num_columns} tab-separated columns, found {len(row)}")
-        for k, i in positions.items():
-            out[k].append(parse_label(task, row[i], f"{path}:{line}") if k == "label" else row[i])
-    n = len(rows)
+        try:
+            if len(row) != num_columns:
+                raise ValueError(f"{path}:{line}: expected {num_columns} tab-separated columns, found {len(row)}")
+            values = {k: parse_label(task, row[i], f"{path}:{line}") if k == "label" else row[i]
+                      for k, i in positions.items()}
+        except ValueError as e:
+            if strict:
+                raise
+            malformed.append((line, str(e)))
+            continue
+        for k, v in values.items():
+            out[k].append(v)
+    if malformed:
+        lines = ", ".join(str(line) for line, _ in malformed[:20]) + (", ..." if len(malformed) > 20 else "")
+        if len(malformed) > MAX_MALFORMED_FRACTION * len(rows):
+            raise ValueError(f"{path}: {len(malformed)} of {len(rows)} rows are malformed (more than "
+                             f"{MAX_MALFORMED_FRACTION:.0%}; lines {lines}); first: {malformed[0][1]}")
+        logging.warning("%s: skipped %d malformed row(s) of %d (lines %s); first: %s", path, len(malformed),
+                        len(rows), lines, malformed[0][1])
+    n = len(out["text_a"])
     return Examples(out["text_a"], out.get("text_b"),
                     _label_array(task, out["label"]) if "label" in out else None,
                     out.get("index", [str(i) for i in range(n)]))
@@ -111,9 +138,10 @@ def load_hf_split(hf_dataset: str, task: Task, split: Split) -> Examples:
     return Examples(list(ds[a]), list(ds[b]) if b else None, labels, [str(i) for i in ds["idx"]])
 
 
-def load_split(task: Task, split: Split, data_dir: str, hf_dataset: str) -> Examples:
-    """From `data_dir` (original GLUE layout) when given, else from the hub dataset `hf_dataset`."""
-    return load_tsv_split(data_dir, task, split) if data_dir else load_hf_split(hf_dataset, task, split)
+def load_split(task: Task, split: Split, data_dir: str, hf_dataset: str, strict: bool = False) -> Examples:
+    """From `data_dir` (original GLUE layout; `strict`: see `load_tsv_split`) when given, else from the hub dataset
+    `hf_dataset`."""
+    return load_tsv_split(data_dir, task, split, strict) if data_dir else load_hf_split(hf_dataset, task, split)
 
 
 def split_available(split: Split, data_dir: str) -> bool:
@@ -132,24 +160,22 @@ def truncate_pair(a: list[int], b: list[int], max_tokens: int) -> tuple[list[int
     return a, b
 
 
-def featurize(examples: Examples, tokenizer, max_seq_length: int, task: Task) -> dict[str, np.ndarray]:
-    """[CLS] a [SEP] (b [SEP]) with segment ids 0 / 1, padded with id 0 to `max_seq_length` (spec 6.2).
+def featurize(examples: Examples, tokenizer: TextTokenizer, max_seq_length: int, task: Task) -> dict[str, np.ndarray]:
+    """[CLS] a [SEP] (b [SEP]) with segment ids 0 / 1, padded with [PAD] to `max_seq_length`, as
+    google-research/electra `finetune/classification/classification_tasks.py` `featurize`: a text_b without tokens
+    (e.g. empty) gives the single-sentence layout there too.
 
-    `tokenizer` is any Hugging Face-style tokenizer (`tokenizer(texts, add_special_tokens=False)`,
-    `cls_token_id`, `sep_token_id`, `pad_token_id`). Returns int32 arrays [N, max_seq_length] and `labels`:
-    int32 ids, or STS-B scores / 5 as float32 (zeros for an unlabelled split).
+    Returns int32 arrays [N, max_seq_length] and `labels`: int32 ids, or STS-B scores / 5 as float32 (zeros for an
+    unlabelled split).
     """
-    def encode(texts):
-        return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-
-    ids_a = encode(examples.text_a)
-    ids_b = encode(examples.text_b) if examples.text_b is not None else None
+    ids_a = tokenizer.encode_batch(examples.text_a)
+    ids_b = tokenizer.encode_batch(examples.text_b) if examples.text_b is not None else [[]] * len(examples)
     n = len(examples)
     out = {k: np.zeros((n, max_seq_length), np.int32) for k in FEATURES}
     out["input_ids"][:] = tokenizer.pad_token_id
     cls, sep = [tokenizer.cls_token_id], [tokenizer.sep_token_id]
     for i in range(n):
-        if ids_b is None:
+        if not ids_b[i]:
             tokens, first = cls + ids_a[i][:max_seq_length - 2] + sep, max_seq_length
         else:
             a, b = truncate_pair(ids_a[i], ids_b[i], max_seq_length - 3)

@@ -6,7 +6,7 @@ SQuAD: the model is split once, merged inside the jitted step, the state donated
 every epoch; the reported numbers are those of the final epoch (no model selection, as google-research/electra
 `run_finetuning.py`). Workdir layout:
 
-    config.json                          the run's configuration
+    config.json                          every start's configuration (`convbert.resume.record_start`)
     <task>/seed_<k>/result.json          one finished seed (+ submission/*.tsv, metrics.jsonl, TensorBoard events)
     <task>/result.json                   the finished task: every seed, the median, the submission seed
     submission/CoLA.tsv ... AX.tsv       test predictions of the median seed, `submission.zip` once complete
@@ -19,27 +19,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import json
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
 
-from convbert import finetuning, hf_io, sharding
+from convbert import finetuning, hf_io, losses, resume, sharding, validation
 from convbert.config import ConvBertConfig
-from convbert.data import text_tokenizer
 from convbert.finetuning import ENCODER, make_optimizer  # noqa: F401 (re-exported: this module's API)
 from convbert.glue import data, metrics, report
 from convbert.glue.submission import write_atomic, write_submission, zip_submission
 from convbert.glue.tasks import TASK_CHOICES, TRANSFER_TASKS, Task, get_task, task_names
+from convbert.heads import ConvBertForSequenceClassification
 from convbert.metrics import MetricWriter
-from convbert.modeling import ConvBertForSequenceClassification, ConvBertModel
-from convbert.tokenization import ConvBertTokenizer
+from convbert.modeling import ConvBertModel
+from convbert.tokenization import load_tokenizer
 
 # The encoder inside a pretraining workdir of ours: the ELECTRA discriminator, or the model of objective 'mlm'.
 PRETRAIN_EXPORTS = (os.path.join("export", "discriminator"), os.path.join("export", "mlm"))
@@ -71,38 +71,20 @@ def resolve_source(init_checkpoint: str, tokenizer: str = "") -> Source:
                          "directory or a hub id such as YituTech/conv-bert-base (random:SRC for a freshly "
                          "initialised encoder of SRC's config)")
     export = next((e for e in (os.path.join(init_checkpoint, x) for x in PRETRAIN_EXPORTS) if os.path.isdir(e)), None)
+    if not export and os.path.isdir(os.path.join(init_checkpoint, "checkpoints")):
+        steps = glob.glob(os.path.join(init_checkpoint, "export", "step_*", "discriminator"))
+        latest = max(steps, key=lambda p: int(p.split("step_")[-1].split(os.sep)[0]), default=None)
+        raise FileNotFoundError(
+            f"config.init_checkpoint={init_checkpoint} is a pretraining workdir without "
+            f"{' or '.join(os.path.join(init_checkpoint, x) for x in PRETRAIN_EXPORTS)} (deleted, or the run has not "
+            "finished: it exports at its last step). Rerun its `python pretrain.py --workdir=...` to finish and export"
+            + (f", or pass an intermediate export such as {latest}" if latest else ""))
     if export:
         own_tokenizer = os.path.join(init_checkpoint, PRETRAIN_TOKENIZER)
         model_dir, tokenizer_dir = export, own_tokenizer if os.path.isdir(own_tokenizer) else export
     else:
         model_dir = tokenizer_dir = hf_io.resolve_pretrained(init_checkpoint)
     return Source(model_dir, tokenizer or tokenizer_dir, random_init)
-
-
-class PretrainingTokenizer:
-    """A pretraining `TextTokenizer` (WordPiece or SentencePiece, our `tokenizer/` folder) behind the
-    Hugging Face-style calls `data.featurize` makes."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.cls_token_id, self.sep_token_id, self.pad_token_id = tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
-
-    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict[str, list[list[int]]]:
-        if add_special_tokens:
-            raise ValueError("PretrainingTokenizer only encodes without special tokens (featurize adds them)")
-        return {"input_ids": self.tokenizer.encode_batch(texts)}
-
-    def encode_offsets(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
-        """(ids, character spans) per text, no special tokens (SQuAD featurisation)."""
-        return self.tokenizer.encode_offsets(texts)
-
-
-def load_tokenizer(path: str):
-    """Our pretraining `tokenizer/` folder (`text_tokenizer.json`), else `ConvBertTokenizer` from a directory
-    with vocab.txt, a hub id or a vocab file."""
-    if os.path.isfile(os.path.join(path, text_tokenizer.CONFIG_FILE)):
-        return PretrainingTokenizer(text_tokenizer.load_text_tokenizer(path))
-    return ConvBertTokenizer(path) if os.path.isfile(path) else ConvBertTokenizer.from_pretrained(path)
 
 
 def has_hf_head(model_dir: str) -> bool:
@@ -152,7 +134,8 @@ def needed_test_files(task: Task, config, require_ax: bool) -> list[str]:
 
 
 def prepare_task(task: Task, config, tokenizer, test_files: list[str]) -> TaskData:
-    load = functools.partial(data.load_split, task, data_dir=config.data_dir, hf_dataset=config.hf_dataset)
+    load = functools.partial(data.load_split, task, data_dir=config.data_dir, hf_dataset=config.hf_dataset,
+                             strict=config.strict_tsv)
     feats = functools.partial(data.featurize, tokenizer=tokenizer, max_seq_length=config.max_seq_length, task=task)
     train = load(task.train)
     if task.double_unordered:
@@ -173,8 +156,8 @@ def prepare_task(task: Task, config, tokenizer, test_files: list[str]) -> TaskDa
 def example_losses(logits: jax.Array, labels: jax.Array, regression: bool) -> jax.Array:
     """Per-example loss: squared error on the normalised STS-B score, else softmax cross-entropy (spec 6.3)."""
     if regression:
-        return jnp.square(logits[:, 0] - labels.astype(jnp.float32))
-    return -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels[:, None].astype(jnp.int32), -1)[:, 0]
+        return losses.squared_error(logits[:, 0], labels)
+    return losses.softmax_cross_entropy(logits, labels)
 
 
 def task_epochs(task: Task, config) -> int:
@@ -214,7 +197,7 @@ class TaskTrainer(finetuning.Trainer):
         n, bs = len(features["input_ids"]), self.config.eval_batch_size
         padded = data.pad_to_multiple(features, bs)
         logits = np.concatenate([
-            np.asarray(self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES)))
+            np.asarray(self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES), None))
             for i in range(0, len(padded["input_ids"]), bs)])[:n]
         return logits[:, 0] if self.task.labels is None else logits.argmax(-1)
 
@@ -231,18 +214,19 @@ def train_seed(trainer: TaskTrainer, task_data: TaskData, seed: int, logdir: str
     predictions})."""
     task, config = trainer.task, trainer.config
     bs, total, start = config.batch_size, trainer.total_steps, time.time()
+    resume.clear_interrupted_logs(logdir)  # a seed without result.json starts over
     writer, history, dev = MetricWriter(logdir), [], {}
 
     def on_epoch_end(epoch, step, state):
         dev.clear()
-        dev.update(trainer.evaluate(state[0], task_data.dev))
+        dev.update(trainer.evaluate(state.params, task_data.dev))
         history.append({"epoch": epoch, "step": step, **dev})
         writer.write_scalars(step, {f"dev/{k}": v for k, v in dev.items()})
         logging.info("%s seed %d epoch %d: %s", task.name, seed, epoch, report.format_metrics(dev))
 
     state, train_time = finetuning.train_epochs(trainer, task_data.train, (*data.FEATURES, "labels"), seed,
                                                 task_epochs(task, config), writer, task.name, on_epoch_end)
-    predictions = {name: trainer.predict(state[0], features) for name, (features, _) in task_data.test.items()}
+    predictions = {name: trainer.predict(state.params, features) for name, (features, _) in task_data.test.items()}
     writer.close()
     result = {"seed": seed, "dev": dict(dev), "epochs": history, "train_steps": total,
               "train_examples_per_sec": (total - 1) * bs / train_time if total > 1 else None,  # after step 1
@@ -325,12 +309,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"unknown GLUE task {config.task!r}; valid tasks: {', '.join(TASK_CHOICES)}")
     if config.loss_reduction not in ("sum", "mean"):
         raise ValueError(f"config.loss_reduction must be 'sum' or 'mean', got {config.loss_reduction!r}")
+    validation.check_finetuning(config)
     names, require_ax = task_names(config.task), config.task == "ax"
     check_files(names, config, require_ax)
     mesh = sharding.create_mesh(config.mesh.to_dict())
-    sharding.check_batch_size(config.batch_size, mesh, "batch_size")
+    sharding.check_batch_size(config.batch_size, mesh, "batch_size", grad_accum_steps=config.grad_accum_steps)
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-    write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    if jax.process_index() == 0:
+        resume.record_finetuning_start(workdir, config)
     source = resolve_source(config.init_checkpoint, config.tokenizer)
     encoder_fn = functools.cache(lambda: load_encoder(source, config))  # loaded once, when a seed needs it
     tokenizer_fn = functools.cache(lambda: load_tokenizer(source.tokenizer_dir))

@@ -13,6 +13,8 @@ import os
 import numpy as np
 from absl import logging
 
+from convbert.tokenization import TextTokenizer
+
 FILES = {"v1": {"train": "train-v1.1.json", "dev": "dev-v1.1.json"},
          "v2": {"train": "train-v2.0.json", "dev": "dev-v2.0.json"}}
 HF_DATASETS = {"v1": "rajpurkar/squad", "v2": "rajpurkar/squad_v2"}
@@ -146,18 +148,17 @@ def answer_token_span(offsets: list[tuple[int, int]], start: int, end: int) -> t
     return (inside[0], inside[-1]) if inside else None
 
 
-def featurize(examples: list[Example], tokenizer, max_seq_length: int, doc_stride: int, max_query_length: int,
-              training: bool) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def featurize(examples: list[Example], tokenizer: TextTokenizer, max_seq_length: int, doc_stride: int,
+              max_query_length: int, training: bool) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Windows `[CLS] question [SEP] context window [SEP]` (segment ids 0 / 1, padded with 0) of every example.
 
-    `tokenizer`: `encode_offsets(texts)` -> [(ids, character spans)], `cls_token_id`, `sep_token_id`,
-    `pad_token_id`. Returns (features, counts). features: input_ids, attention_mask, token_type_ids [W, T] int32
-    and example_index [W] (into `examples`); training adds start_positions, end_positions (the answer's tokens,
-    0 = [CLS] for unanswerable questions and for windows without the answer, as qa_tasks.py) and is_impossible
-    [W] (the question's); evaluation adds offsets [W, T, 2] (the character span of each context token, -1
-    elsewhere) and max_context [W, T] (whether this window is the token's max-context window). Training uses each
-    question's first answer and drops questions whose answer does not match the context (counted in
-    counts['answer_mismatch']).
+    `tokenizer`: its `encode_offsets` gives each token's character span (WordPiece). Returns (features, counts).
+    features: input_ids, attention_mask, token_type_ids [W, T] int32 and example_index [W] (into `examples`);
+    training adds start_positions, end_positions (the answer's tokens, 0 = [CLS] for unanswerable questions and for
+    windows without the answer, as qa_tasks.py) and is_impossible [W] (the question's); evaluation adds offsets
+    [W, T, 2] (the character span of each context token, -1 elsewhere) and max_context [W, T] (whether this window
+    is the token's max-context window). Training uses each question's first answer and drops questions whose answer
+    does not match the context (counted in counts['answer_mismatch']).
     """
     if max_seq_length - max_query_length - 3 < 1:
         raise ValueError(f"max_seq_length={max_seq_length} leaves no room for the context after max_query_length="

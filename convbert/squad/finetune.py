@@ -7,7 +7,7 @@ Training runs on `convbert.finetuning` (the core GLUE uses too); the encoder com
 as for GLUE (`convbert.glue.finetune.resolve_source`, including `random:SRC` and `freeze_encoder`). Dev is scored
 after every epoch; the final epoch's numbers are reported. Workdir layout:
 
-    config.json                      the run's configuration
+    config.json                      every start's configuration (`convbert.resume.record_start`)
     seed_<k>/result.json             one finished seed (+ predictions.json, null_odds.json, metrics.jsonl, events)
     predictions.json                 {question id: answer text} of the median seed ('' = no answer)
     null_odds.json                   v2.0: {question id: no-answer odds} of the median seed
@@ -30,13 +30,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from convbert import finetuning, sharding
+from convbert import finetuning, losses, resume, sharding, validation
 from convbert.config import ConvBertConfig
 from convbert.glue.data import pad_to_multiple
 from convbert.glue.finetune import load_encoder, load_tokenizer, read_json, resolve_source
 from convbert.glue.submission import write_atomic
+from convbert.heads import ConvBertForQuestionAnswering
 from convbert.metrics import MetricWriter
-from convbert.modeling import ConvBertForQuestionAnswering, dense
+from convbert.modeling import dense
 from convbert.squad import data, metrics, postprocess
 from convbert.squad.reference import REFERENCES
 
@@ -76,14 +77,10 @@ class SquadModel(ConvBertForQuestionAnswering):
 def example_losses(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], answerable_weight: float
                    ) -> jax.Array:
     """[B]: mean of the start and end cross-entropies, + weight x the answerability sigmoid cross-entropy."""
-    def nll(logits, positions):
-        return -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), positions[:, None], -1)[:, 0]
-
-    loss = (nll(outputs["start_logits"], batch["start_positions"])
-            + nll(outputs["end_logits"], batch["end_positions"])) / 2
+    loss = (losses.softmax_cross_entropy(outputs["start_logits"], batch["start_positions"])
+            + losses.softmax_cross_entropy(outputs["end_logits"], batch["end_positions"])) / 2
     if "null_logits" in outputs:
-        x, y = outputs["null_logits"], batch["is_impossible"].astype(jnp.float32)
-        loss += answerable_weight * (jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
+        loss += answerable_weight * losses.sigmoid_binary_cross_entropy(outputs["null_logits"], batch["is_impossible"])
     return loss
 
 
@@ -159,7 +156,7 @@ class SquadTrainer(finetuning.Trainer):
         n, bs = len(features["input_ids"]), self.config.eval_batch_size
         padded = pad_to_multiple({k: features[k] for k in data.FEATURES}, bs)
         outs = [jax.tree.map(np.asarray,
-                             self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES)))
+                             self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES), None))
                 for i in range(0, len(padded["input_ids"]), bs)]
         return {k: np.concatenate([o[k] for o in outs])[:n] for k in outs[0]}
 
@@ -180,10 +177,11 @@ def train_seed(trainer: SquadTrainer, squad: SquadData, seed: int, logdir: str
                ) -> tuple[dict, dict[str, str], dict[str, float] | None]:
     """Fine-tunes one seed, scoring dev after every epoch; returns (result, predictions, null odds)."""
     config, start = trainer.config, time.time()
+    resume.clear_interrupted_logs(logdir)  # a seed without result.json starts over
     writer, history, last = MetricWriter(logdir), [], {}
 
     def on_epoch_end(epoch, step, state):
-        scores, last["predictions"], last["null_odds"] = trainer.evaluate(state[0], squad)
+        scores, last["predictions"], last["null_odds"] = trainer.evaluate(state.params, squad)
         last["dev"] = scores
         history.append({"epoch": epoch, "step": step, **scores})
         writer.write_scalars(step, {f"dev/{k}": v for k, v in scores.items()})
@@ -250,11 +248,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"config.version must be one of {', '.join(VERSIONS)}, got {config.version!r}")
     if config.loss_reduction not in ("sum", "mean"):
         raise ValueError(f"config.loss_reduction must be 'sum' or 'mean', got {config.loss_reduction!r}")
+    validation.check_finetuning(config, validation.SQUAD)
     check_files(config)
     mesh = sharding.create_mesh(config.mesh.to_dict())
-    sharding.check_batch_size(config.batch_size, mesh, "batch_size")
+    sharding.check_batch_size(config.batch_size, mesh, "batch_size", grad_accum_steps=config.grad_accum_steps)
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    if jax.process_index() == 0:
+        resume.record_finetuning_start(workdir, config)
     source = resolve_source(config.init_checkpoint, config.tokenizer)
     squad, trainer, seeds, mismatches = None, None, [], {}
     for seed in range(config.seed, config.seed + config.num_seeds):

@@ -1,0 +1,35 @@
+"""The layout search's meshes and its Markdown table (benchmarks/aot_layouts.py), on hand-made results."""
+
+import pytest
+
+from benchmarks import aot_layouts
+
+
+def test_layout_meshes():
+    assert aot_layouts.layout_mesh("dp") == dict(data=-1, fsdp=1, model=1)
+    assert aot_layouts.layout_mesh("fsdp") == dict(data=1, fsdp=-1, model=1)
+    assert aot_layouts.layout_mesh("fsdp+tp4") == dict(data=1, fsdp=-1, model=4)
+    for bad in ("tp", "fsdp+tp1", "fsdp+tpx"):
+        with pytest.raises(ValueError, match="unknown layout"):
+            aot_layouts.layout_mesh(bad)
+
+
+def result(layout: str, fits: bool | None, mfu: float | None, **extra) -> dict:
+    report = {"fits": fits, "per_device_bytes": {"total": 3 * 2**30}, "hbm_bytes": 16 * 2**30,
+              "estimated_step_seconds": 0.25, "estimated_tokens_per_second": 1e6, "estimated_mfu": mfu,
+              "compile_seconds": 99.6, "global_batch": 256}
+    return {"size": "base", "topology": "v5e-16", "layout": layout, "remat": "n/a", "batch_size": 256,
+            "command": "python -m benchmarks.aot_layouts", "report": report, **extra}
+
+
+def test_table_marks_the_best_fitting_layout_and_keeps_the_latest_result():
+    rows = [result("dp", True, 0.30), result("fsdp", True, 0.40), result("fsdp", True, 0.35),
+            result("fsdp+tp2", False, 0.50),
+            {"size": "base", "topology": "v5e-16", "layout": "fsdp+tp4", "remat": "n/a", "batch_size": 256,
+             "rc": None, "error": "timed out after 60 s"}]
+    lines = aot_layouts.table(rows).splitlines()
+    assert len(lines) == 2 + 4  # header, rule, one row per layout (the later fsdp result replaces the first)
+    body = {line.split(" | ")[2]: line for line in lines[2:]}
+    assert set(body) == {"dp", "**fsdp**", "fsdp+tp2", "fsdp+tp4"}  # the best that fits, not the best overall
+    assert "| yes | 3.00 of 16 | 250.0 | 1,000,000 | 35.0% | 100 |" in body["**fsdp**"]
+    assert "| no |" in body["fsdp+tp2"] and "timed out after 60 s" in body["fsdp+tp4"]
