@@ -1,5 +1,6 @@
 """Test-set predictions in the GLUE server's format: `index<TAB>prediction` files named CoLA.tsv ... AX.tsv,
-label strings as the server expects them, STS-B scores in [0, 5] (spec 6.3)."""
+label strings as the server expects them, STS-B scores in [0, 5]
+(docs/recipes.md#glue-inputs)."""
 
 from __future__ import annotations
 
