@@ -1,4 +1,4 @@
-"""Checkpoints: an Orbax V0 `CheckpointManager` over `Composite(state, data, meta)` (jax-patterns 2.4).
+"""Checkpoints: an Orbax V0 `CheckpointManager` over `Composite(state, data, meta)`.
 
 Layout: `directory/<step>/{state, data, meta}`: `state` is the train-state pytree (`StandardSave`, every process
 writes its shards), `data` each process's grain iterator state (`process_<i>-of-<n>.json`), `meta` a JSON dict

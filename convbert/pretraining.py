@@ -1,4 +1,4 @@
-"""ELECTRA-style ConvBERT pretraining (spec 4): `train_and_evaluate(config, workdir)`.
+"""ELECTRA-style ConvBERT pretraining (docs/electra.md): `train_and_evaluate(config, workdir)`.
 
 The train state, its sharded init and the jitted steps are `convbert.train_state`'s (`Pretrainer` configures
 them): the state is born sharded on the ('data', 'fsdp', 'model') mesh, the train step is a plain `jax.jit`

@@ -1,5 +1,5 @@
 """GLUE fine-tuning: config, optimizer multipliers, losses, checkpoint sources, an end-to-end tiny run that
-learns, and the `all` run's skip-after-crash behaviour (spec 6)."""
+learns, and the `all` run's skip-after-crash behaviour (docs/recipes.md#glue-fine-tuning)."""
 
 import csv
 import json
@@ -69,8 +69,8 @@ def test_config_recipe_per_size_and_task():
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_layerwise_lr_per_parameter_of_the_classification_model(scan_layers):
     """With Adam's first step (no bias correction) every update is the same size, so update / head update is
-    each parameter's multiplier: embeddings 0.8^4, layer 0 0.8^3, layer 1 0.8^2, head 1 (L = 2, spec 6.1); the
-    same per layer for stacked layers (scan_layers)."""
+    each parameter's multiplier: embeddings 0.8^4, layer 0 0.8^3, layer 1 0.8^2, head 1 (L = 2,
+    docs/recipes.md#layer-wise-learning-rate-decay); the same per layer for stacked layers (scan_layers)."""
     config = TINY.replace(classifier_head="hf", scan_layers=scan_layers)
     model = nnx.eval_shape(lambda: ConvBertForSequenceClassification(config, rngs=nnx.Rngs(0)))
     params = jax.tree.map(lambda x: jnp.zeros(x.shape), nnx.state(model, nnx.Param))

@@ -1,4 +1,5 @@
-"""GLUE loaders on fixtures in the original download layout, featurisation (spec 6.2) and bad-input errors."""
+"""GLUE loaders on fixtures in the original download layout, featurisation
+(docs/recipes.md#glue-inputs) and bad-input errors."""
 
 import os
 import shutil

@@ -1,4 +1,5 @@
-"""Parity with transformers' ConvBERT in both directions, checkpoint forms and loader errors (spec 8)."""
+"""Parity with transformers' ConvBERT in both directions, checkpoint forms and loader errors
+(docs/checkpoints.md#name-map)."""
 
 import json
 import logging

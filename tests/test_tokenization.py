@@ -170,7 +170,8 @@ def test_options_match_transformers(vocab_dir, lines, options):
 
 
 def test_crlf_vocab_with_repeated_tokens(tmp_path, lines):
-    """The hub vocab.txt has CRLF line ends and repeated mangled lines (spec 9.10)."""
+    """The hub vocab.txt has CRLF line ends and repeated mangled lines
+    (docs/checkpoints.md#vocabulary)."""
     with open(BERT_UNCASED_VOCAB, encoding="utf-8") as f:
         tokens = f.read().splitlines()
     tokens[1000] = tokens[1001] = "\ufffd\ufffd"

@@ -1,4 +1,4 @@
-"""Grain input pipeline over the shards written by `convbert.data.prepare` (jax-patterns 2.5, 4.1).
+"""Grain input pipeline over the shards written by `convbert.data.prepare`.
 
 MapDataset.source(PretrainingData) -> shuffle(seed) -> repeat(num_epochs): one global example order, the same on
 every process. Global batch s is examples [E + s G, E + (s + 1) G) of it (G = global_batch_size, E =
