@@ -139,19 +139,19 @@ class Checkpointer:
         raised (nothing renamed).
         """
         failed: list[tuple[int, Exception]] = []
-        for step in [step] if step is not None else reversed(self.all_steps()):
-            self._check_fits(step, abstract_state)
+        for candidate in [step] if step is not None else reversed(self.all_steps()):
+            self._check_fits(candidate, abstract_state)
             try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(
+                restored = self._manager.restore(candidate, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state)))
                 ok = True
             except Exception as e:  # noqa: BLE001 - any failure to read means "try the previous checkpoint"
                 _drop_event_loop_noise()
-                failed.append((step, e))
+                failed.append((candidate, e))
                 ok = False
             if _all_processes(ok):
-                self._quarantine(failed, step)
-                return step, restored.state, self.read_meta(step)
+                self._quarantine(failed, candidate)
+                return candidate, restored.state, self.read_meta(candidate)
         if failed:
             raise failed[0][1]
         return None

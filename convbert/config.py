@@ -163,10 +163,10 @@ class ConvBertConfig:
         (docs/architecture.md#tf-and-transformers-differences)."""
         return not self.hf_incompatibilities
 
-    def replace(self, **changes) -> "ConvBertConfig":
+    def replace(self, **changes) -> ConvBertConfig:
         return dataclasses.replace(self, **changes)
 
-    def resolve_kernels(self, devices: kernels.Devices) -> "ConvBertConfig":
+    def resolve_kernels(self, devices: kernels.Devices) -> ConvBertConfig:
         """This config with `kernels='auto'` replaced by the platform of `devices` (a `Mesh` or devices: those the
         model will run on, which ahead-of-time compilation for TPU on a CPU host makes different from the host's
         backend), whose kernel choice then holds wherever the model is traced."""
@@ -183,7 +183,7 @@ class ConvBertConfig:
         return d
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], **overrides) -> "ConvBertConfig":
+    def from_hf_dict(cls, d: dict[str, Any], **overrides) -> ConvBertConfig:
         """From a `config.json` dict; the `RUNTIME_FIELDS` in it are ignored (HF's `dtype` is a storage dtype), pass
         them as `overrides`."""
         if d.get("model_type", "convbert") not in ("convbert", "conv_bert"):
@@ -204,7 +204,7 @@ class ConvBertConfig:
         return path
 
     @classmethod
-    def load(cls, path: str, **overrides) -> "ConvBertConfig":
+    def load(cls, path: str, **overrides) -> ConvBertConfig:
         """Reads a Hugging Face `config.json` (or the directory holding one)."""
         if os.path.isdir(path):
             path = os.path.join(path, CONFIG_NAME)
@@ -251,7 +251,7 @@ def generator_config(disc: ConvBertConfig, fraction: float) -> ConvBertConfig:
     i.e. head_ratio := heads), so the concat width may exceed the generator's hidden size."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"generator fraction must be in (0, 1], got {fraction}")
-    hidden = int(round(disc.hidden_size * fraction))
+    hidden = round(disc.hidden_size * fraction)
     heads_f = max(1.0, disc.num_attention_heads * fraction)
     heads = int(heads_f)
     if heads != heads_f or hidden % heads:

@@ -23,8 +23,8 @@ from flax import nnx
 from tqdm import tqdm
 
 from convbert import optim, sharding
-from convbert.train_state import TrainState, TrainSteps
 from convbert.metrics import MetricWriter
+from convbert.train_state import TrainState, TrainSteps
 
 ENCODER = "convbert"  # the attribute of every task model (`_HeadModel`) that holds the encoder
 

@@ -187,7 +187,7 @@ def report(config: Mapping[str, Any]) -> list[str]:
     s, b, steps = config["max_seq_length"], config["batch_size"], config["num_train_steps"]
     lines = [f"seq_len {s}, batch {b}, steps {steps:,}; forward FLOPs per token (ELECTRA convention):"]
     names = ("discriminator", "generator") if gen is not None else ("mlm encoder",)
-    for name, (cfg, head) in zip(names, _networks(disc, gen)):
+    for name, (cfg, head) in zip(names, _networks(disc, gen), strict=True):
         parts = forward_breakdown(cfg, s, head=head)
         lines.append(f"  {name:13s} H={cfg.hidden_size} L={cfg.num_hidden_layers} A={cfg.branch_size} "
                      + " ".join(f"{k}={v / 1e6:.2f}M" for k, v in parts.items())
@@ -207,6 +207,7 @@ def main(argv):
 
 if __name__ == "__main__":
     from absl import app, flags
+
     from convbert import validation
 
     FLAGS = flags.FLAGS

@@ -17,8 +17,15 @@ from flax import nnx, struct
 from convbert import losses
 from convbert.config import ConvBertConfig
 from convbert.kernels import Dropout, KeyChain, activation, gelu
-from convbert.modeling import (GLOROT_UNIFORM, BaseModelOutput, ConvBertModel, ConvBertPreTrainedModel,
-                               compute_dtype, dense, layer_norm)
+from convbert.modeling import (
+    GLOROT_UNIFORM,
+    BaseModelOutput,
+    ConvBertModel,
+    ConvBertPreTrainedModel,
+    compute_dtype,
+    dense,
+    layer_norm,
+)
 
 Array = jax.Array
 

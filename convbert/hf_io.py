@@ -177,7 +177,7 @@ def read_weights(directory: str) -> tuple[str, dict[str, np.ndarray]]:
         return file, {k: t.detach().float().numpy() for k, t in raw.items() if t.is_floating_point()}
     from safetensors import safe_open
     with safe_open(file, framework="flax") as f:  # the flax reader handles bfloat16, numpy's does not
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
     return file, {k: np.asarray(t, np.float32) for k, t in tensors.items() if jnp.issubdtype(t.dtype, jnp.floating)}
 
 

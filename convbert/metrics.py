@@ -116,7 +116,7 @@ class MetricWriter:
         if self._remote:
             self._lines = [self._jsonl_path.read_text()] if self._jsonl_path.exists() else []
         else:
-            self._jsonl = open(self._jsonl_path, "a")
+            self._jsonl = open(self._jsonl_path, "a")  # noqa: SIM115 (open for the writer's life; `close` closes it)
         self._tb = tensorboardX.SummaryWriter(logdir, flush_secs=30)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:

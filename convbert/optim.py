@@ -127,7 +127,8 @@ def electra_adamw(learning_rate: float | Callable, *, weight_decay: float = 0.01
         parts.append(optax.clip_by_global_norm(clip_norm))
     parts.append(scale_by_adam_no_bias_correction(b1, b2, eps))
     if weight_decay:
-        parts.append(optax.add_decayed_weights(weight_decay, mask=None if params is None else weight_decay_mask(params)))
+        mask = None if params is None else weight_decay_mask(params)
+        parts.append(optax.add_decayed_weights(weight_decay, mask=mask))
     if lr_multipliers is not None:
         parts.append(scale_by_tree(lr_multipliers))
     parts.append(optax.scale_by_learning_rate(learning_rate))

@@ -121,7 +121,7 @@ def write_dir(target: str, write: Callable[[str], Any]) -> None:
             for name in files:
                 dst = epath.Path(target) / os.path.relpath(os.path.join(root, name), tmp)
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.write_bytes(open(os.path.join(root, name), "rb").read())
+                dst.write_bytes(epath.Path(root, name).read_bytes())
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str, resumed: resume.Resume | None = None) -> str:

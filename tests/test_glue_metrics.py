@@ -72,7 +72,7 @@ def test_submission_files_use_the_server_labels():
 
 
 def test_results_table_puts_the_paper_beside_ours():
-    seeds = lambda *vals: [{"seed": i, "dev": {"accuracy": v}} for i, v in enumerate(vals)]  # noqa: E731
+    seeds = lambda *vals: [{"seed": i, "dev": {"accuracy": v}} for i, v in enumerate(vals)]
     results = {"rte": {"median": {"accuracy": 70.0}, "seeds": seeds(68.0, 70.0, 71.0), "submission_seed": 1}}
     summary = report.summarize(results, "base", "YituTech/conv-bert-base")
     assert summary["glue_score"] is None and "cola" in summary["missing_for_glue_score"]

@@ -37,7 +37,7 @@ class Examples:
     def __len__(self) -> int:
         return len(self.text_a)
 
-    def doubled_unordered(self) -> "Examples":
+    def doubled_unordered(self) -> Examples:
         """Every pair again with its sentences swapped (MRPC and STS-B training, docs/recipes.md#glue-inputs)."""
         return Examples(self.text_a + self.text_b, self.text_b + self.text_a,
                         np.concatenate([self.labels, self.labels]), self.index + self.index)

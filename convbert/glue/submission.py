@@ -33,7 +33,7 @@ def format_predictions(task: Task, index: Sequence[str], predictions: np.ndarray
         values = [f"{v:.3f}" for v in np.clip(np.asarray(predictions, np.float64) * STSB_MAX, 0.0, STSB_MAX)]
     else:
         values = [task.labels[int(p)] for p in predictions]
-    return "".join(f"{i}\t{v}\n" for i, v in zip(["index", *index], ["prediction", *values]))
+    return "".join(f"{i}\t{v}\n" for i, v in zip(["index", *index], ["prediction", *values], strict=True))
 
 
 def write_submission(directory: str, filename: str, task: Task, index: Sequence[str], predictions) -> str:
