@@ -163,7 +163,7 @@ def worker(job: dict) -> dict:
     if job["framework"] == "jax":
         import jax
         step = build_jax_step(job)
-        run = lambda: jax.block_until_ready(step())  # noqa: E731
+        run = lambda: jax.block_until_ready(step())
     else:
         run = build_torch_step(job)
     build_s = time.perf_counter() - t0
@@ -265,7 +265,8 @@ def main(argv=None) -> int:
         ref = merged.get(("torch", r["size"], r["mode"]))
         r["ratio_vs_torch"] = r["tokens_per_s"] / ref["tokens_per_s"] if ref else float("nan")
         if ref and args.rounds > 1 and r["framework"] == "jax":  # same-round ratios
-            r["round_ratios_vs_torch"] = [t / j for j, t in zip(r["round_medians_s"], ref["round_medians_s"])]
+            rounds = zip(r["round_medians_s"], ref["round_medians_s"], strict=True)
+            r["round_ratios_vs_torch"] = [t / j for j, t in rounds]
             print(f"{r['size']} {r['mode']}: jax / torch per round "
                   + ", ".join(f"{x:.2f}" for x in r["round_ratios_vs_torch"]))
     print("\n| size | mode | framework | tokens/s | step ms median (IQR) | CPU ms/step | MFU | peak RSS GB "

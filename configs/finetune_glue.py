@@ -1,5 +1,5 @@
-# GLUE fine-tuning (spec 6). `get_config("TASK,SIZE")`: TASK in cola sst2 mrpc stsb qqp mnli qnli rte wnli ax all,
-# or the transfer suite (transfer, replaced_word, word_order, fill_blank),
+# GLUE fine-tuning (docs/recipes.md#glue-fine-tuning). `get_config("TASK,SIZE")`: TASK in cola sst2 mrpc stsb qqp
+# mnli qnli rte wnli ax all, or the transfer suite (transfer, replaced_word, word_order, fill_blank),
 # SIZE in tiny small medium_small base large (sets the recipe, the default checkpoint and the paper numbers shown).
 #
 #   python finetune_glue.py --config=configs/finetune_glue.py:sst2,tiny \
@@ -14,9 +14,11 @@
 #     fill_blank; chance 50%) against 47.7 / 48.6 / 47.5 for the control (README "Does pretraining help?").
 #   python finetune_glue.py --config=configs/finetune_glue.py:all,base --config.num_seeds=5 --workdir=workdirs/glue_base
 #     YituTech/conv-bert-base on all of GLUE from the hub (internet needed): expect a dev GLUE score around 87
-#     (third-party dev numbers 87.7 with best-checkpoint selection, spec 7.3; the paper's test score is 84.9, 86.4
-#     for the 4M-update model); test predictions for the GLUE server in workdirs/glue_base/submission/.
-#   small / medium_small: paper test scores 78.9 / 79.7 (spec 7.1); see README "Reproducing the paper".
+#     (third-party dev numbers 87.7 with best-checkpoint selection, docs/recipes.md#third-party-dev-numbers; the
+#     paper's test score is 84.9, 86.4 for the 4M-update model); test predictions for the GLUE server in
+#     workdirs/glue_base/submission/.
+#   small / medium_small: paper test scores 78.9 / 79.7 (paper Table 3, docs/recipes.md#glue-test); see README
+#     "Reproducing the paper".
 import ml_collections
 
 from convbert.finetuning import default_config
@@ -44,5 +46,6 @@ def get_config(arg: str = "sst2,tiny") -> ml_collections.ConfigDict:
     c.eval_batch_size = c.batch_size  # the eval set is padded with ignored dummy rows to a multiple of it
     c.max_seq_length = 64 if tiny else 128
 
-    c.classifier_head = "original"  # dropout + one dense (spec 6.3); 'hf' is used anyway for checkpoints with one
+    # dropout + one dense (docs/recipes.md#glue-heads); 'hf' is used anyway for checkpoints with one
+    c.classifier_head = "original"
     return c

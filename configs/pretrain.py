@@ -1,4 +1,4 @@
-# ELECTRA-style ConvBERT pretraining (spec sections 3, 4, 5).
+# ELECTRA-style ConvBERT pretraining (docs/electra.md, docs/recipes.md#pretraining-recipe).
 #
 #   python -m convbert.data.transfer --output_dir=data/transfer --corpus_dir=data/pretrain_corpus   # once
 #   python pretrain.py        (= --config=configs/pretrain.py:tiny --workdir=workdirs/pretrain_tiny)
@@ -13,7 +13,7 @@
 #   python -m convbert.data.prepare --hf_dataset=Skylion007/openwebtext --output_dir=/data/owt  # every host
 #   python pretrain.py --config=configs/pretrain.py:small --workdir=gs://bucket/convbert_small \
 #       --config.data.data_dir=/data/owt
-#     The paper's ConvBERT-small recipe (1M steps, batch 128, lr 3e-4): GLUE test 78.9 (spec 7.1);
+#     The paper's ConvBERT-small recipe (1M steps, batch 128, lr 3e-4): GLUE test 78.9 (paper Table 3);
 #     1.3e18 training FLOPs (`python -m convbert.flops --config=configs/pretrain.py:small`).
 #   medium_small: GLUE test 79.7, 1.5e18 FLOPs in the paper (we compute 1.567e18, see convbert/flops.py).
 #   base: GLUE test 84.9, 1.9e19 FLOPs (batch 256, lr 2e-4).
@@ -38,8 +38,9 @@ from convbert.data.prepare import DEFAULTS as PREPARE
 from convbert.electra import SPECIAL_ID_FIELDS, ElectraConfig
 from convbert.sharding import DEFAULT_RULES
 
-# Paper recipe per size (spec 4.3): peak lr, global batch, generator fraction; large: ELECTRA-large's, which also
-# sets the steps, sequence length and masking probability (the others: 1M steps, 128 tokens, 15%).
+# Paper recipe per size (docs/recipes.md#pretraining-recipe; yitu-opensource/ConvBert configure_pretraining.py): peak
+# lr, global batch, generator fraction; large: ELECTRA-large's, which also sets the steps, sequence length and
+# masking probability (the others: 1M steps, 128 tokens, 15%).
 RECIPES = {
     "small": dict(learning_rate=3e-4, batch_size=128, generator_fraction=0.25),
     "medium_small": dict(learning_rate=5e-4, batch_size=128, generator_fraction=0.25),
@@ -114,8 +115,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         vocab="",  # WordPiece vocab file; empty: the bundled BERT uncased vocab
         # How `corpus` / `hf_dataset` is prepared, with python -m convbert.data.prepare's defaults: tokenizer
         # wordpiece (BERT uncased vocab) | sentencepiece (trained on the corpus), sp_vocab_size, builder_variant
-        # electra (fixed upstream logic) | convbert_repo (spec 5.1), eval_fraction (documents held out), strict_utf8
-        # (skip a file with any invalid UTF-8 byte; default: read them as U+FFFD, counted).
+        # electra (fixed upstream logic) | convbert_repo (docs/electra.md#builder-variants), eval_fraction (documents
+        # held out), strict_utf8 (skip a file with any invalid UTF-8 byte; default: read them as U+FFFD, counted).
         **{k: PREPARE[k] for k in ("tokenizer", "sp_vocab_size", "builder_variant", "eval_fraction", "strict_utf8")},
         num_workers=0,  # grain workers of the loader
     ))

@@ -13,7 +13,15 @@ from convbert.modeling import ConvBertModel
 from convbert.tokenization import ConvBertTokenizer
 
 __all__ = [
-    "ConvBertConfig", "generator_config", "size_config", "ConvBertModel", "ConvBertForMaskedLM",
-    "ConvBertForSequenceClassification", "ConvBertForMultipleChoice", "ConvBertForTokenClassification",
-    "ConvBertForQuestionAnswering", "ConvBertForPreTraining", "ConvBertTokenizer",
+    "ConvBertConfig",
+    "ConvBertForMaskedLM",
+    "ConvBertForMultipleChoice",
+    "ConvBertForPreTraining",
+    "ConvBertForQuestionAnswering",
+    "ConvBertForSequenceClassification",
+    "ConvBertForTokenClassification",
+    "ConvBertModel",
+    "ConvBertTokenizer",
+    "generator_config",
+    "size_config",
 ]

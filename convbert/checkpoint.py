@@ -1,4 +1,4 @@
-"""Checkpoints: an Orbax V0 `CheckpointManager` over `Composite(state, data, meta)` (jax-patterns 2.4).
+"""Checkpoints: an Orbax V0 `CheckpointManager` over `Composite(state, data, meta)`.
 
 Layout: `directory/<step>/{state, data, meta}`: `state` is the train-state pytree (`StandardSave`, every process
 writes its shards), `data` each process's grain iterator state (`process_<i>-of-<n>.json`), `meta` a JSON dict
@@ -142,18 +142,18 @@ class Checkpointer:
         # Before the first read: a damaged checkpoint's pending reads may hit the closed loop while the restore is
         # still raising.
         _drop_event_loop_noise()
-        for step in [step] if step is not None else reversed(self.all_steps()):
-            self._check_fits(step, abstract_state)
+        for candidate in [step] if step is not None else reversed(self.all_steps()):
+            self._check_fits(candidate, abstract_state)
             try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(
+                restored = self._manager.restore(candidate, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state)))
                 ok = True
             except Exception as e:  # noqa: BLE001 - any failure to read means "try the previous checkpoint"
-                failed.append((step, e))
+                failed.append((candidate, e))
                 ok = False
             if _all_processes(ok):
-                self._quarantine(failed, step)
-                return step, restored.state, self.read_meta(step)
+                self._quarantine(failed, candidate)
+                return candidate, restored.state, self.read_meta(candidate)
         if failed:
             raise failed[0][1]
         return None

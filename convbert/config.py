@@ -1,4 +1,5 @@
-"""`ConvBertConfig`: the frozen model configuration (spec sections 1.1, 3.1, 3.2).
+"""`ConvBertConfig`: the frozen model configuration (docs/architecture.md#head-bookkeeping,
+docs/checkpoints.md#released-checkpoints, docs/electra.md#generator-config).
 
 Field names follow Hugging Face's `ConvBertConfig` so `config.json` files round-trip; `conv_type`,
 `classifier_head`, `summary_type` and the `RUNTIME_FIELDS` are additions of this project.
@@ -30,9 +31,10 @@ CONFIG_NAME = "config.json"
 class ConvBertConfig:
     """Hyper-parameters of a ConvBERT encoder and its heads.
 
-    Defaults are ConvBERT-base (spec 3.1) with the BERT uncased vocab ([PAD] = 0).
+    Defaults are ConvBERT-base (docs/checkpoints.md#released-checkpoints) with the BERT uncased vocab ([PAD] = 0).
     `head_ratio` (gamma) reduces the head count of each branch: Nr = N // gamma heads of size
-    d = hidden / N, as the official TF code does (spec 1.1).
+    d = hidden / N, as the official TF code does (yitu-opensource/ConvBert `model/modeling.py`
+    `transformer_model`, `attention_layer`; docs/architecture.md#head-bookkeeping).
 
     Runtime knobs (the same function either way): `dtype` the compute dtype (parameters stay float32);
     `kernels` the implementations of gelu, the dropout mask and the convolution over time ('auto': the choice of
@@ -117,7 +119,7 @@ class ConvBertConfig:
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"ConvBertConfig.pad_token_id ({self.pad_token_id}) is outside the vocab")
 
-    # ---- derived sizes (spec 1.1) ----
+    # ---- derived sizes (docs/architecture.md#head-bookkeeping) ----
     @property
     def head_size(self) -> int:
         """d = hidden / N (unchanged by the bottleneck)."""
@@ -140,7 +142,8 @@ class ConvBertConfig:
 
     @property
     def hf_incompatibilities(self) -> list[str]:
-        """Why transformers' ConvBertModel would compute a different function (spec 1.1, 1.5, 9.3); [] if none."""
+        """Why transformers' ConvBertModel would compute a different function; [] if none
+        (docs/architecture.md#tf-and-transformers-differences)."""
         reasons = []
         if self.conv_type != "sdconv":
             reasons.append(f"conv_type={self.conv_type!r} (transformers only implements 'sdconv')")
@@ -156,13 +159,14 @@ class ConvBertConfig:
 
     @property
     def hf_compatible(self) -> bool:
-        """Whether transformers' ConvBertModel computes exactly this model (spec 1.5, 9.3)."""
+        """Whether transformers' ConvBertModel computes exactly this model
+        (docs/architecture.md#tf-and-transformers-differences)."""
         return not self.hf_incompatibilities
 
-    def replace(self, **changes) -> "ConvBertConfig":
+    def replace(self, **changes) -> ConvBertConfig:
         return dataclasses.replace(self, **changes)
 
-    def resolve_kernels(self, devices: kernels.Devices) -> "ConvBertConfig":
+    def resolve_kernels(self, devices: kernels.Devices) -> ConvBertConfig:
         """This config with `kernels='auto'` replaced by the platform of `devices` (a `Mesh` or devices: those the
         model will run on, which ahead-of-time compilation for TPU on a CPU host makes different from the host's
         backend), whose kernel choice then holds wherever the model is traced."""
@@ -179,7 +183,7 @@ class ConvBertConfig:
         return d
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], **overrides) -> "ConvBertConfig":
+    def from_hf_dict(cls, d: dict[str, Any], **overrides) -> ConvBertConfig:
         """From a `config.json` dict; the `RUNTIME_FIELDS` in it are ignored (HF's `dtype` is a storage dtype), pass
         them as `overrides`."""
         if d.get("model_type", "convbert") not in ("convbert", "conv_bert"):
@@ -200,7 +204,7 @@ class ConvBertConfig:
         return path
 
     @classmethod
-    def load(cls, path: str, **overrides) -> "ConvBertConfig":
+    def load(cls, path: str, **overrides) -> ConvBertConfig:
         """Reads a Hugging Face `config.json` (or the directory holding one)."""
         if os.path.isdir(path):
             path = os.path.join(path, CONFIG_NAME)
@@ -217,9 +221,10 @@ class ConvBertConfig:
             raise ValueError(f"{path}: {e}") from e
 
 
-# The released discriminators (spec 3.1), keyed by the names used in configs/, and `large`: ELECTRA-large's shape
-# (24 layers, hidden 1024, 16 heads, FFN 4096, embeddings 1024; Clark et al. 2020, appendix table 6) with ConvBERT's
-# mixed attention at its defaults (head ratio 2, kernel 9). No ConvBERT-large exists upstream.
+# The released discriminators (docs/checkpoints.md#released-checkpoints), keyed by the names used in configs/, and
+# `large`: ELECTRA-large's shape (24 layers, hidden 1024, 16 heads, FFN 4096, embeddings 1024; Clark et al. 2020,
+# appendix table 6) with ConvBERT's mixed attention at its defaults (head ratio 2, kernel 9). No ConvBERT-large
+# exists upstream.
 SIZES: dict[str, dict[str, int]] = {
     "small": dict(embedding_size=128, hidden_size=256, num_attention_heads=4, intermediate_size=1024,
                   num_groups=1),
@@ -240,12 +245,13 @@ def size_config(size: str, **overrides) -> ConvBertConfig:
 
 
 def generator_config(disc: ConvBertConfig, fraction: float) -> ConvBertConfig:
-    """ELECTRA generator config (spec 3.2): hidden = round(H * f), intermediate = 4 * hidden,
+    """ELECTRA generator config (yitu-opensource/ConvBert `run_pretraining.py` `get_generator_config`;
+    docs/electra.md#generator-config): hidden = round(H * f), intermediate = 4 * hidden,
     heads = max(1, N * f); a head count below gamma is handled as the TF code does (Nr forced to 1,
     i.e. head_ratio := heads), so the concat width may exceed the generator's hidden size."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"generator fraction must be in (0, 1], got {fraction}")
-    hidden = int(round(disc.hidden_size * fraction))
+    hidden = round(disc.hidden_size * fraction)
     heads_f = max(1.0, disc.num_attention_heads * fraction)
     heads = int(heads_f)
     if heads != heads_f or hidden % heads:

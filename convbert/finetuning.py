@@ -23,14 +23,15 @@ from flax import nnx
 from tqdm import tqdm
 
 from convbert import optim, sharding
-from convbert.train_state import TrainState, TrainSteps
 from convbert.metrics import MetricWriter
+from convbert.train_state import TrainState, TrainSteps
 
 ENCODER = "convbert"  # the attribute of every task model (`_HeadModel`) that holds the encoder
 
-# Per size: the peak learning rate of ELECTRA's fine-tuning recipe (paper appendix; google-research/electra
-# `configure_finetuning.py`) and the checkpoint fine-tuned by default (ours for tiny and large, else the released
-# weights).
+# Per size: the peak learning rate of ConvBERT's fine-tuning recipe (yitu-opensource/ConvBert
+# `configure_finetuning.py`; large: ELECTRA-large's, google-research/electra `configure_finetuning.py`;
+# docs/recipes.md#glue-fine-tuning) and the checkpoint fine-tuned by default (ours for tiny and large, else the
+# released weights).
 RECIPES = {
     "tiny": dict(learning_rate=5e-4, init_checkpoint="workdirs/pretrain_tiny"),
     "small": dict(learning_rate=3e-4, init_checkpoint="YituTech/conv-bert-small"),
@@ -41,7 +42,7 @@ RECIPES = {
 
 
 def default_config(size: str, where: str) -> ml_collections.ConfigDict:
-    """The keys every fine-tuning driver reads, with ELECTRA's recipe for `size` (one of `RECIPES`; `where` names
+    """The keys every fine-tuning driver reads, with the recipe for `size` (one of `RECIPES`; `where` names
     the config file in the error for another size). Drivers add their own keys and per-task values."""
     if size not in RECIPES:
         raise ValueError(f"{where}: unknown size {size!r}; choose from {', '.join(RECIPES)}")

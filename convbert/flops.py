@@ -1,5 +1,5 @@
-"""Analytic FLOPs of ConvBERT ELECTRA-style pretraining (spec 4.3), after google-research/electra
-`flops_computation.py` (the accounting ConvBERT's paper uses for its train-FLOPs column).
+"""Analytic FLOPs of ConvBERT ELECTRA-style pretraining, after google-research/electra `flops_computation.py` (the
+accounting ConvBERT's paper uses for its train-FLOPs column; docs/electra.md#flops-accounting).
 
 ELECTRA's conventions, kept here: a matmul of [m, n] by [n, p] costs 2mnp; the backward pass costs the same
 as the forward, so training = 2 x forward; embedding lookups are dense one-hot matmuls (2 E V per token for
@@ -8,8 +8,8 @@ LayerNorm, tied softmax over V) is charged on `output_frac` = 15.625% (= 20 / 12
 elementwise ops cost dropout 4, LayerNorm 5, gelu 8, softmax 5 FLOPs per element. The generator runs its
 own (shared-table) embedding lookup.
 
-ConvBERT's mixed-attention layer (spec 1.2), per token, with H hidden, A = Nr d branch width, Nr heads per
-branch, k kernel, s sequence length, I intermediate, G groups:
+ConvBERT's mixed-attention layer (paper section 3; docs/architecture.md#span-based-dynamic-convolution), per token,
+with H hidden, A = Nr d branch width, Nr heads per branch, k kernel, s sequence length, I intermediate, G groups:
   self-attention Q/K/V H -> A (3 x 2HA), scores and weighted values 2As each, softmax/scale/dropout on Nr s
   probabilities; span key: depthwise conv 2kH + pointwise 2HA; Q * K_s; kernel generator A -> Nr k and its
   softmax; conv value H -> A; dynamic conv 2kA; output dense 2A -> H; grouped FFN 2HI/G twice.
@@ -53,7 +53,8 @@ class Term(NamedTuple):
 
 
 def layer_terms(cfg: ConvBertConfig, seq_len: int) -> list[Term]:
-    """Forward FLOPs per token of one mixed-attention layer + FFN (spec 1.2, 2)."""
+    """Forward FLOPs per token of one mixed-attention layer + FFN (docs/architecture.md#span-based-dynamic-convolution,
+    docs/architecture.md#grouped-linear-feed-forward)."""
     h, a, nr, k, s = cfg.hidden_size, cfg.branch_size, cfg.num_reduced_heads, cfg.conv_kernel_size, seq_len
     i, g, conv = cfg.intermediate_size, cfg.num_groups, cfg.conv_type
     terms = [
@@ -94,7 +95,8 @@ def embedding_terms(cfg: ConvBertConfig, seq_len: int) -> list[Term]:
 
 
 def mlm_head_terms(cfg: ConvBertConfig) -> list[Term]:
-    """Generator MLM head per PREDICTED token: dense H -> E, gelu, LN, tied output E -> V, softmax (spec 3.2)."""
+    """Generator MLM head per PREDICTED token: dense H -> E, gelu, LN, tied output E -> V, softmax
+    (docs/electra.md#shared-embeddings)."""
     e, v = cfg.embedding_size, cfg.vocab_size
     return [Term("mlm_dense", 2 * cfg.hidden_size * e, True),
             Term("mlm_bias_act_layer_norm", (1 + ACTIVATION_FLOPS + LAYER_NORM_FLOPS) * e, False),
@@ -103,7 +105,7 @@ def mlm_head_terms(cfg: ConvBertConfig) -> list[Term]:
 
 
 def rtd_head_terms(cfg: ConvBertConfig) -> list[Term]:
-    """Discriminator head per token: dense H -> H, gelu, dense H -> 1 (spec 3.2)."""
+    """Discriminator head per token: dense H -> H, gelu, dense H -> 1 (docs/electra.md#shared-embeddings)."""
     h = cfg.hidden_size
     return [Term("rtd_dense", 2 * h * h, True), Term("rtd_bias_act", (1 + ACTIVATION_FLOPS) * h, False),
             Term("rtd_logit", 2 * h, True)]
@@ -185,7 +187,7 @@ def report(config: Mapping[str, Any]) -> list[str]:
     s, b, steps = config["max_seq_length"], config["batch_size"], config["num_train_steps"]
     lines = [f"seq_len {s}, batch {b}, steps {steps:,}; forward FLOPs per token (ELECTRA convention):"]
     names = ("discriminator", "generator") if gen is not None else ("mlm encoder",)
-    for name, (cfg, head) in zip(names, _networks(disc, gen)):
+    for name, (cfg, head) in zip(names, _networks(disc, gen), strict=True):
         parts = forward_breakdown(cfg, s, head=head)
         lines.append(f"  {name:13s} H={cfg.hidden_size} L={cfg.num_hidden_layers} A={cfg.branch_size} "
                      + " ".join(f"{k}={v / 1e6:.2f}M" for k, v in parts.items())
@@ -205,6 +207,7 @@ def main(argv):
 
 if __name__ == "__main__":
     from absl import app, flags
+
     from convbert import validation
 
     FLAGS = flags.FLAGS

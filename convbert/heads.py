@@ -17,8 +17,15 @@ from flax import nnx, struct
 from convbert import losses
 from convbert.config import ConvBertConfig
 from convbert.kernels import Dropout, KeyChain, activation, gelu
-from convbert.modeling import (GLOROT_UNIFORM, BaseModelOutput, ConvBertModel, ConvBertPreTrainedModel,
-                               compute_dtype, dense, layer_norm)
+from convbert.modeling import (
+    GLOROT_UNIFORM,
+    BaseModelOutput,
+    ConvBertModel,
+    ConvBertPreTrainedModel,
+    compute_dtype,
+    dense,
+    layer_norm,
+)
 
 Array = jax.Array
 
@@ -82,7 +89,7 @@ class _HeadModel(ConvBertPreTrainedModel):
 
 
 class ConvBertGeneratorPredictions(nnx.Module):
-    """dense H -> E, gelu, LayerNorm(E) (generator MLM transform, spec 3.2)."""
+    """dense H -> E, gelu, LayerNorm(E) (generator MLM transform, docs/electra.md#shared-embeddings)."""
 
     def __init__(self, config: ConvBertConfig, *, rngs: nnx.Rngs):
         self.dense = dense(config, config.hidden_size, config.embedding_size, ("embed", "embed"), rngs=rngs)
@@ -94,7 +101,8 @@ class ConvBertGeneratorPredictions(nnx.Module):
 
 
 class TiedLMHead(nnx.Module):
-    """Output bias [V]; the kernel is the word-embedding table [V, E] passed in (tied, spec 3.2)."""
+    """Output bias [V]; the kernel is the word-embedding table [V, E] passed in (tied,
+    docs/electra.md#shared-embeddings)."""
 
     def __init__(self, config: ConvBertConfig):
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32), logical_axes=("vocab",))
@@ -127,7 +135,7 @@ class ConvBertForMaskedLM(_HeadModel):
 
 class ConvBertClassificationHead(nnx.Module):
     """On the [CLS] state. 'hf': dropout, dense H->H, activation, dropout, out_proj (transformers);
-    'original': dropout, out_proj (the original fine-tuning code, spec 6.3)."""
+    'original': dropout, out_proj (the original fine-tuning code, docs/recipes.md#glue-heads)."""
 
     def __init__(self, config: ConvBertConfig, *, rngs: nnx.Rngs):
         h = config.hidden_size
@@ -236,7 +244,8 @@ class ConvBertForQuestionAnswering(_HeadModel):
 
 
 class ConvBertDiscriminatorPredictions(nnx.Module):
-    """ELECTRA discriminator head (spec 3.2): dense H->H, activation, dense H->1. Output [B, T] logits."""
+    """ELECTRA discriminator head (google-research/electra `run_pretraining.py` `_get_discriminator_output`;
+    docs/electra.md#shared-embeddings): dense H->H, activation, dense H->1. Output [B, T] logits."""
 
     def __init__(self, config: ConvBertConfig, *, rngs: nnx.Rngs):
         self.dense = dense(config, config.hidden_size, config.hidden_size, ("embed", None), rngs=rngs)

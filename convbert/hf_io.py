@@ -1,4 +1,5 @@
-"""Hugging Face interop: read and write transformers' ConvBERT checkpoints (spec 8.2).
+"""Hugging Face interop: read and write transformers' ConvBERT checkpoints
+(docs/checkpoints.md#name-map).
 
 One name/layout table (`hf_name`) maps a parameter path of our NNX models to transformers' state-dict key;
 `flax_to_hf` and `hf_to_flax` both use it. Layouts (ours <-> transformers):
@@ -46,7 +47,8 @@ class Layout:
 
 
 def _transpose_2d(a: np.ndarray) -> np.ndarray:
-    return a.T if a.ndim == 2 else a  # grouped kernels [G, in/G, out/G] keep their layout (spec 2)
+    # grouped kernels [G, in/G, out/G] keep their layout (docs/checkpoints.md#layout-transforms)
+    return a.T if a.ndim == 2 else a
 
 
 SAME = Layout(lambda a: a, lambda w: w)
@@ -175,7 +177,7 @@ def read_weights(directory: str) -> tuple[str, dict[str, np.ndarray]]:
         return file, {k: t.detach().float().numpy() for k, t in raw.items() if t.is_floating_point()}
     from safetensors import safe_open
     with safe_open(file, framework="flax") as f:  # the flax reader handles bfloat16, numpy's does not
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
     return file, {k: np.asarray(t, np.float32) for k, t in tensors.items() if jnp.issubdtype(t.dtype, jnp.floating)}
 
 

@@ -1,7 +1,7 @@
 """Metric writing (console, `metrics.jsonl`, TensorBoard) and throughput / MFU bookkeeping.
 
 `MetricWriter` has the `clu.metric_writers` method names (`write_scalars`, `write_hparams`, `flush`, `close`)
-without clu's TensorFlow dependency (jax-patterns 2.7); only process 0 writes. `Throughput` turns step counts
+without clu's TensorFlow dependency; only process 0 writes. `Throughput` turns step counts
 and wall time into tokens/s (total and per device), model FLOP/s per device, MFU and ETA.
 """
 
@@ -27,8 +27,8 @@ PEAK_FLOPS_PER_DEVICE: tuple[tuple[str, float], ...] = (
     ("b200", 2250e12), ("h200", 989e12), ("h100 pcie", 756e12), ("h100", 989e12), ("a100", 312e12),
     ("l40s", 362e12), ("l4", 121e12), ("v100", 125e12),
 )
-# CPU: measured fp32 matmul throughput of one process on the 2-core development machine (environment.md),
-# shared by all simulated devices of the process.
+# CPU: measured fp32 matmul throughput of one process on the 2-core development machine (large fp32 matmuls in
+# torch, jax and numpy: 177-215 GFLOP/s; BENCHMARKS.md), shared by all simulated devices of the process.
 CPU_PEAK_FLOPS_PER_PROCESS = 185e9
 
 
@@ -116,7 +116,7 @@ class MetricWriter:
         if self._remote:
             self._lines = [self._jsonl_path.read_text()] if self._jsonl_path.exists() else []
         else:
-            self._jsonl = open(self._jsonl_path, "a")
+            self._jsonl = open(self._jsonl_path, "a")  # noqa: SIM115 (open for the writer's life; `close` closes it)
         self._tb = tensorboardX.SummaryWriter(logdir, flush_secs=30)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:

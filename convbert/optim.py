@@ -1,4 +1,5 @@
-"""The original ELECTRA/ConvBERT optimiser in optax (spec 4.3, 6.1, 9.9).
+"""The original ELECTRA/ConvBERT optimiser in optax (google-research/electra `model/optimization.py`;
+docs/electra.md#optimizer, docs/recipes.md#layer-wise-learning-rate-decay).
 
 AdamWeightDecayOptimizer: beta1 0.9, beta2 0.999, eps 1e-6, NO bias correction (update = m / (sqrt(v) + eps)),
 decoupled weight decay added to the update and skipped for LayerNorm and bias parameters, global-norm clip
@@ -20,7 +21,8 @@ import optax
 
 def warmup_linear_decay(peak_lr: float, total_steps: int, warmup_steps: int, power: float = 1.0
                         ) -> Callable[[jax.Array], jax.Array]:
-    """lr(step) = peak * (1 - min(step, total) / total) ** power * min(1, step / warmup) (spec 4.3)."""
+    """lr(step) = peak * (1 - min(step, total) / total) ** power * min(1, step / warmup)
+    (docs/electra.md#optimizer)."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
 
@@ -69,7 +71,8 @@ def path_names(path) -> tuple[str, ...]:
 
 
 def decays_weight(names: tuple[str, ...]) -> bool:
-    """Weight decay applies to kernels and embeddings, not to LayerNorm or bias parameters (spec 4.3)."""
+    """Weight decay applies to kernels and embeddings, not to LayerNorm or bias parameters
+    (docs/electra.md#optimizer)."""
     return not any("LayerNorm" in n or "layer_norm" in n or n == "bias" for n in names)
 
 
@@ -78,8 +81,9 @@ def weight_decay_mask(params):
 
 
 def layer_depth(names: tuple[str, ...], num_layers: int) -> int | np.ndarray:
-    """0 for embeddings (and their projection), i + 1 for encoder layer i, num_layers + 2 for heads (spec 6.1);
-    for the stacked layers of a `scan_layers` model (no layer index in the path) the depths 1 ... L, [L]."""
+    """0 for embeddings (and their projection), i + 1 for encoder layer i, num_layers + 2 for heads, as
+    upstream `_get_layer_lrs` (docs/recipes.md#layer-wise-learning-rate-decay); for the stacked layers of a
+    `scan_layers` model (no layer index in the path) the depths 1 ... L, [L]."""
     if "embeddings" in names or "embeddings_project" in names:
         return 0
     if "layer" in names:
@@ -123,7 +127,8 @@ def electra_adamw(learning_rate: float | Callable, *, weight_decay: float = 0.01
         parts.append(optax.clip_by_global_norm(clip_norm))
     parts.append(scale_by_adam_no_bias_correction(b1, b2, eps))
     if weight_decay:
-        parts.append(optax.add_decayed_weights(weight_decay, mask=None if params is None else weight_decay_mask(params)))
+        mask = None if params is None else weight_decay_mask(params)
+        parts.append(optax.add_decayed_weights(weight_decay, mask=mask))
     if lr_multipliers is not None:
         parts.append(scale_by_tree(lr_multipliers))
     parts.append(optax.scale_by_learning_rate(learning_rate))

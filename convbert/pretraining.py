@@ -1,4 +1,4 @@
-"""ELECTRA-style ConvBERT pretraining (spec 4): `train_and_evaluate(config, workdir)`.
+"""ELECTRA-style ConvBERT pretraining (docs/electra.md): `train_and_evaluate(config, workdir)`.
 
 The train state, its sharded init and the jitted steps are `convbert.train_state`'s (`Pretrainer` configures
 them): the state is born sharded on the ('data', 'fsdp', 'model') mesh, the train step is a plain `jax.jit`
@@ -121,7 +121,7 @@ def write_dir(target: str, write: Callable[[str], Any]) -> None:
             for name in files:
                 dst = epath.Path(target) / os.path.relpath(os.path.join(root, name), tmp)
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.write_bytes(open(os.path.join(root, name), "rb").read())
+                dst.write_bytes(epath.Path(root, name).read_bytes())
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str, resumed: resume.Resume | None = None) -> str:

@@ -161,7 +161,7 @@ class DataPosition:
     batch_size: int
 
     @classmethod
-    def restored(cls, step: int, meta: Mapping[str, Any] | None, batch_size: int) -> "DataPosition":
+    def restored(cls, step: int, meta: Mapping[str, Any] | None, batch_size: int) -> DataPosition:
         """Where a run restored at `step` reads on, at its `batch_size`."""
         meta = meta or {}
         if "data" in meta:
@@ -194,9 +194,9 @@ def record_start(path: str, config: Mapping[str, Any], **info: Any) -> list[Chan
             previous = json.loads(file.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON ({e}): move it away to start a new history") from None
-        starts = previous["starts"] if "starts" in previous else [{"started": None, "changes": {}, "config": previous}]
+        starts = previous.get("starts", [{"started": None, "changes": {}, "config": previous}])
     changes = diff(starts[-1]["config"], config) if starts else []
-    starts.append({"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **info,
+    starts.append({"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), **info,
                    "changes": {c.key: [c.old, c.new] for c in changes}, "config": config})
     text = json.dumps({"starts": starts}, indent=2) + "\n"
     if "://" in path:

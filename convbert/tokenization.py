@@ -156,7 +156,7 @@ class ConvBertTokenizer(TextTokenizer):
         self._tokenizer = tok
 
     @classmethod
-    def from_pretrained(cls, path: str, **kwargs) -> "ConvBertTokenizer":
+    def from_pretrained(cls, path: str, **kwargs) -> ConvBertTokenizer:
         """From a directory with `vocab.txt` (and optionally `tokenizer_config.json`) or a hub id; keyword
         arguments override the saved settings."""
         from convbert.hf_io import resolve_pretrained
@@ -246,7 +246,7 @@ class ConvBertTokenizer(TextTokenizer):
             pairs = list(text_pair) if batched else [text_pair]
             if len(pairs) != len(texts):
                 raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs")
-            texts = list(zip(texts, pairs))
+            texts = list(zip(texts, pairs, strict=True))
         pad, trunc = PADDING[padding], TRUNCATION[truncation]
         if max_length is not None and pad is None and truncation is None:
             trunc = "longest_first"  # as transformers: a max_length alone truncates

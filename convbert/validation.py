@@ -74,7 +74,8 @@ PRETRAINING: dict[str, Range] = {
 }
 # convbert.finetuning.default_config (GLUE and SQuAD).
 FINETUNING: dict[str, Range] = {
-    "learning_rate": POSITIVE, "probe_learning_rate": POSITIVE, "layerwise_lr_decay": Range(0, 1, low_open=True), "warmup_proportion": Range(0, 1),
+    "learning_rate": POSITIVE, "probe_learning_rate": POSITIVE, "layerwise_lr_decay": Range(0, 1, low_open=True),
+    "warmup_proportion": Range(0, 1),
     "weight_decay": Range(0), "clip_norm": POSITIVE, "num_seeds": POSITIVE_INT, "seed": COUNT,
     "log_every_steps": POSITIVE_INT, "batch_size": POSITIVE_INT, "eval_batch_size": POSITIVE_INT,
     "max_seq_length": Range(4, integer=True),  # [CLS] a [SEP] b [SEP] with one token

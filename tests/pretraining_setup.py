@@ -48,7 +48,7 @@ SMALL = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def demo_data_dir() -> str:
     """Two plays prepared with T = 64 (eval split: one of them)."""
     from convbert.data.prepare import DEMO_CORPUS_DIR, prepare_corpus

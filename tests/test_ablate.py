@@ -10,13 +10,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import ml_collections
 import numpy as np
 import pytest
 
 import pretraining_setup as setup
-from convbert.ablation import results, runner, study as study_lib
+from convbert.ablation import results, runner
+from convbert.ablation import study as study_lib
 from convbert.ablation.study import StudyError
 from convbert.glue.tasks import PAPER_TASKS, TRANSFER_TASKS
 
@@ -34,7 +36,7 @@ def assert_png(path):
     """A PNG file that decodes to an image of a readable size."""
     from matplotlib import image
 
-    assert open(path, "rb").read(8) == PNG
+    assert Path(path).read_bytes()[:8] == PNG
     height, width, _ = image.imread(path).shape
     assert height >= 400 and width >= 600
 
@@ -146,7 +148,7 @@ def test_bad_variants_are_reported_by_name_before_anything_runs(tmp_path):
         study_lib.resolve(study, str(workdir))
     study = load_study("head_ratio")
     study.finetune.data_dir = str(tmp_path / "nowhere")
-    with pytest.raises(StudyError, match="transfer-suite tasks are read from config.data_dir only|not found"):
+    with pytest.raises(StudyError, match=r"transfer-suite tasks are read from config\.data_dir only|not found"):
         study_lib.resolve(study, str(workdir))
     with pytest.raises(StudyError, match="--only: unknown variant"):
         study_lib.select(study_lib.resolve(load_study("head_ratio"), str(workdir)), ["gamma_3"])
@@ -157,7 +159,8 @@ def test_a_failing_stage_stops_the_run_with_its_log_and_is_not_finished(tmp_path
                             ("python", "-c", "import sys; print('boom'); sys.exit(3)"), ml_collections.ConfigDict())
     with pytest.raises(runner.StageFailed, match=r"gamma_2/pretrain failed \(exit code 3\); its output is in"):
         runner.run_stage(str(tmp_path), stage)
-    assert "boom" in capfd.readouterr().out and "boom" in open(study_lib.log_path(str(tmp_path), stage, ".log")).read()
+    log = Path(study_lib.log_path(str(tmp_path), stage, ".log")).read_text()
+    assert "boom" in capfd.readouterr().out and "boom" in log
     assert study_lib.read_json(study_lib.log_path(str(tmp_path), stage, ".json"))["returncode"] == 3
     assert not study_lib.is_done(str(tmp_path), stage)
 
@@ -194,7 +197,7 @@ def test_results_table_json_and_plots_from_finished_runs(tmp_path):
     fake_runs(plan, workdir, {"gamma_1": [60.0, 64.0], "gamma_2": [50.0, 52.0], "no_pretraining": [48.0, 49.0]})
     out = results.write(study, "study.py", plan, workdir)
 
-    saved = json.load(open(os.path.join(workdir, "results.json")))
+    saved = json.loads(Path(workdir, "results.json").read_text())
     assert saved == json.loads(json.dumps(out)) and list(saved["variants"]) == ["gamma_1", "gamma_2", "no_pretraining"]
     g1, g2, control = (saved["variants"][n] for n in ("gamma_1", "gamma_2", "no_pretraining"))
     sst2 = g1["tasks"]["sst2"]
@@ -212,7 +215,7 @@ def test_results_table_json_and_plots_from_finished_runs(tmp_path):
     assert g2["pretrain"]["tokens_per_sec"] == pytest.approx(2003.5)  # median of the logged intervals
     assert saved["not_run"] == []
 
-    md = open(os.path.join(workdir, "results.md")).read()
+    md = Path(workdir, "results.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| Variant"))
     assert header.split(" | ")[1:] == ["model.head_ratio", "Params", "Train FLOPs / step", "Pretrain tokens/s",
                                        "Gen MLM acc", "Disc acc", "Disc prec", "Disc rec", "Disc AUC",
@@ -244,17 +247,17 @@ def finished(tmp_path_factory):
 
 @pytest.mark.slow
 def test_study_end_to_end_table_and_plots(finished):
-    spec, workdir, output = finished
-    saved = json.load(open(os.path.join(workdir, "results.json")))
+    _, workdir, output = finished
+    saved = json.loads(Path(workdir, "results.json").read_text())
     assert list(saved["variants"]) == ["gamma_1", "gamma_2", "no_pretraining"]
-    for name, row in saved["variants"].items():
+    for row in saved["variants"].values():
         assert len(row["tasks"]["sst2"]["seeds"]) == 2 and row["headline"] is not None
         assert {"params", "flops_per_step", "delta_vs_reference"} <= set(row)
     for name in ("gamma_1", "gamma_2"):
         pre = saved["variants"][name]["pretrain"]
         assert pre["steps"] == 6 and pre["eval_step"] == 6 and pre["tokens_per_sec"] > 0
         assert set(pre["eval"]) == set(results.EVAL_KEYS) and 0.0 <= pre["eval"]["disc_auc"] <= 1.0
-    md = open(os.path.join(workdir, "results.md")).read()
+    md = Path(workdir, "results.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(rows) == 4 and all(r.count(" | ") == rows[0].count(" | ") for r in rows)
     for path in saved["plots"]:
@@ -269,12 +272,12 @@ def test_dry_run_prints_the_commands_that_ran_and_a_rerun_does_no_work(finished)
     dry = ablate(f"--config={spec}", f"--workdir={workdir}", "--dry_run", timeout=300)
     assert dry.returncode == 0, dry.stderr[-3000:]
     printed = dry.stdout.strip().splitlines()
-    ran = [json.load(open(os.path.join(workdir, v, "logs", f"{s}.json")))["command"]
+    ran = [json.loads(Path(workdir, v, "logs", f"{s}.json").read_text())["command"]
            for v, s in (("gamma_1", "pretrain"), ("gamma_1", "sst2"), ("gamma_2", "pretrain"), ("gamma_2", "sst2"),
                         ("no_pretraining", "sst2"))]
     assert printed[:-1] == ran  # exactly the commands the run ran (with this interpreter for `python`)
     assert printed[-1] == f"python ablate.py --config={spec} --workdir={workdir}"
-    script = open(os.path.join(workdir, "commands.sh")).read().splitlines()
+    script = Path(workdir, "commands.sh").read_text().splitlines()
     assert [line for line in script if line.startswith("python ")] == printed
     for name in ("commands.sh", "slurm.sh"):
         assert subprocess.run(["bash", "-n", os.path.join(workdir, name)]).returncode == 0
@@ -322,9 +325,9 @@ def test_killed_study_resumes_from_the_checkpoint(finished, tmp_path):
                           timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "resumed from" in done.stdout
-    steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "gamma_2", "pretrain", "metrics.jsonl"))
-             if "train/loss" in line]
+    metrics = Path(workdir, "gamma_2", "pretrain", "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in metrics if "train/loss" in line]
     assert steps.count(1) == 1 and max(steps) == 100  # not started over
-    saved = json.load(open(os.path.join(workdir, "results.json")))
+    saved = json.loads(Path(workdir, "results.json").read_text())
     assert list(saved["variants"]) == ["gamma_2"] and saved["not_run"] == ["gamma_1", "no_pretraining"]
     assert saved["variants"]["gamma_2"]["pretrain"]["eval_step"] == 100

@@ -43,7 +43,7 @@ def test_run_all_and_table_over_stand_in_results(tmp_path, monkeypatch):
     rows = {(r["task"], r["mode"]): r for r in result["rows"]}
     assert len(rows) == 8 and rows["word_order", "probe"]["median"] == {"electra": 61.0, "random": 51.0}
     assert rows["sst2", "finetune"]["gap"]["electra"]["gap"] == pytest.approx(10.0)
-    saved = json.load(open(tmp_path / "comparison.json"))
+    saved = json.loads((tmp_path / "comparison.json").read_text())
     assert saved["checkpoints"] == {"electra": "ckpt"} and len(saved["rows"]) == 8
-    md = open(tmp_path / "comparison.md").read()
+    md = (tmp_path / "comparison.md").read_text()
     assert "| WordOrder | probe | 61.0 | 51.0 | +10.0 ± 0.8 | 12.2 |" in md and "SST-2 (sample)" in md

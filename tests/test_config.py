@@ -1,4 +1,6 @@
-"""ConvBertConfig: validation messages, HF config.json round trips, transformers compatibility (spec 1.1, 3, 9.3);
+"""ConvBertConfig: validation messages, HF config.json round trips, transformers compatibility
+(docs/architecture.md#head-bookkeeping, docs/architecture.md#tf-and-transformers-differences,
+docs/checkpoints.md#released-checkpoints);
 configs/pretrain.py: sections built from the dataclasses, the derived masking budget and its check."""
 
 import dataclasses
@@ -107,7 +109,8 @@ def test_transformers_compatibility_reasons():
         assert size_config(size).hf_compatible
     assert "conv_type='lconv'" in size_config("small", conv_type="lconv").hf_incompatibilities[0]
     assert "head_ratio=1" in size_config("small", head_ratio=1).hf_incompatibilities[0]
-    generator = generator_config(size_config("small"), 0.25)  # 1 head: concat width 2H (spec 3.2)
+    # 1 head: concat width 2H (docs/electra.md#generator-config)
+    generator = generator_config(size_config("small"), 0.25)
     assert generator.num_attention_heads == 1 and generator.attention_output_size == 2 * generator.hidden_size
     assert any("concatenated branch width" in r for r in generator.hf_incompatibilities)
 

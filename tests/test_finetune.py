@@ -1,5 +1,5 @@
 """GLUE fine-tuning: config, optimizer multipliers, losses, checkpoint sources, an end-to-end tiny run that
-learns, and the `all` run's skip-after-crash behaviour (spec 6)."""
+learns, and the `all` run's skip-after-crash behaviour (docs/recipes.md#glue-fine-tuning)."""
 
 import csv
 import json
@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -69,8 +70,8 @@ def test_config_recipe_per_size_and_task():
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_layerwise_lr_per_parameter_of_the_classification_model(scan_layers):
     """With Adam's first step (no bias correction) every update is the same size, so update / head update is
-    each parameter's multiplier: embeddings 0.8^4, layer 0 0.8^3, layer 1 0.8^2, head 1 (L = 2, spec 6.1); the
-    same per layer for stacked layers (scan_layers)."""
+    each parameter's multiplier: embeddings 0.8^4, layer 0 0.8^3, layer 1 0.8^2, head 1 (L = 2,
+    docs/recipes.md#layer-wise-learning-rate-decay); the same per layer for stacked layers (scan_layers)."""
     config = TINY.replace(classifier_head="hf", scan_layers=scan_layers)
     model = nnx.eval_shape(lambda: ConvBertForSequenceClassification(config, rngs=nnx.Rngs(0)))
     params = jax.tree.map(lambda x: jnp.zeros(x.shape), nnx.state(model, nnx.Param))
@@ -155,12 +156,12 @@ def test_tiny_finetune_learns_the_sample_task(tmp_path, checkpoint):
     assert rows[0] == ["index", "prediction"] and len(rows) == 41
     assert {r[1] for r in rows[1:]} <= {"0", "1"} and [r[0] for r in rows[1:]] == [str(i) for i in range(40)]
     seed_dir = os.path.join(workdir, "sst2", "seed_0")
-    history = json.load(open(os.path.join(seed_dir, "result.json")))["epochs"]
+    history = json.loads(Path(seed_dir, "result.json").read_text())["epochs"]
     assert [h["epoch"] for h in history] == list(range(1, config.num_train_epochs + 1))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(seed_dir))
-    logged = [json.loads(line) for line in open(os.path.join(seed_dir, "metrics.jsonl"))]
+    logged = [json.loads(line) for line in Path(seed_dir, "metrics.jsonl").read_text().splitlines()]
     assert any("train/loss" in r for r in logged) and any("dev/accuracy" in r for r in logged)
-    assert "| SST-2 | acc* |" in open(os.path.join(workdir, "results.md")).read()
+    assert "| SST-2 | acc* |" in Path(workdir, "results.md").read_text()
 
 
 # ---- the `all` run with a stand-in trainer ---------------------------------------------------------
@@ -213,8 +214,7 @@ def test_all_keeps_finished_tasks_after_a_crash_and_skips_them(tmp_path, checkpo
         labels = {"0.000"} if task.labels is None else set(task.labels)
         assert {r[1] for r in rows[1:]} <= labels, name
     assert os.path.isfile(os.path.join(submission, "submission.zip"))
-    assert "GLUE score (paper: 8 tasks, no WNLI) |  | 50.0 | 51.0 | 50.5 |" in open(
-        os.path.join(workdir, "results.md")).read()
+    assert "GLUE score (paper: 8 tasks, no WNLI) |  | 50.0 | 51.0 | 50.5 |" in Path(workdir, "results.md").read_text()
 
 
 def test_ax_needs_the_diagnostic_set_and_missing_files_fail_first(tmp_path, checkpoint, fake_training):
@@ -270,7 +270,7 @@ def test_random_init_results_say_so(tmp_path, checkpoint, fake_training):
     summary = finetune.run(tiny_config("sst2", finetune.RANDOM_INIT + checkpoint,
                                        data_dir=os.path.join(ROOT, "data", "glue_sample")), str(tmp_path / "r"))
     assert (summary["init"], summary["freeze_encoder"]) == ("random", False)
-    assert "random initialisation" in open(tmp_path / "r" / "results.md").read()
+    assert "random initialisation" in (tmp_path / "r" / "results.md").read_text()
 
 
 def test_frozen_encoder_stays_bit_for_bit_and_the_head_trains(checkpoint):

@@ -1,4 +1,5 @@
-"""Analytic FLOPs (spec 4.3) against the ConvBERT paper's table and upstream ELECTRA's script."""
+"""Analytic FLOPs (docs/electra.md#flops-accounting) against the ConvBERT paper's table and upstream ELECTRA's
+script."""
 
 import subprocess
 import sys
@@ -9,7 +10,8 @@ from configs.pretrain import get_config
 from convbert.config import ConvBertConfig, generator_config, size_config
 from convbert.flops import layer_terms, model_flops_per_step, total_training_flops, training_flops_per_step
 
-PAPER = {"small": 1.3e18, "medium_small": 1.5e18, "base": 1.9e19}  # 1M steps, spec 4.3
+# 1M steps, paper Table 3 (docs/recipes.md#pretraining-recipe)
+PAPER = {"small": 1.3e18, "medium_small": 1.5e18, "base": 1.9e19}
 
 
 @pytest.mark.parametrize("size", sorted(PAPER))
@@ -53,7 +55,8 @@ def test_model_flops_per_step():
     disc = size_config("small")
     gen = generator_config(disc, 0.25)
     per_step = model_flops_per_step(disc, gen, 32, 128, 19)
-    disc_fwd_per_token = (12 * 1_584_384 + 2 * 128 * 256 + 2 * 256 * 256 + 2 * 256)  # 19.2M (environment.md)
+    # 19.2M: the small discriminator's matmul FLOPs per token (12 layers, embedding projection, RTD head)
+    disc_fwd_per_token = (12 * 1_584_384 + 2 * 128 * 256 + 2 * 256 * 256 + 2 * 256)
     assert disc_fwd_per_token == pytest.approx(19.2e6, rel=0.01)
     assert per_step > 3 * 32 * 128 * disc_fwd_per_token
     assert model_flops_per_step(disc, gen, 64, 128, 19) == pytest.approx(2 * per_step)

@@ -1,4 +1,5 @@
-"""GLUE loaders on fixtures in the original download layout, featurisation (spec 6.2) and bad-input errors."""
+"""GLUE loaders on fixtures in the original download layout, featurisation
+(docs/recipes.md#glue-inputs) and bad-input errors."""
 
 import os
 import shutil
@@ -245,7 +246,7 @@ def test_missing_file_and_header_column(glue_copy):
 
 
 def test_unknown_task_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown GLUE task 'sts'; valid tasks: cola, sst2, .*, ax, all"):
+    with pytest.raises(ValueError, match=r"unknown GLUE task 'sts'; valid tasks: cola, sst2, .*, ax, all"):
         get_task("sts")
     assert task_names("all") == list(TASKS) and task_names("ax") == ["mnli"] and task_names("rte") == ["rte"]
     assert set(TASK_CHOICES) == set(TASKS) | set(TRANSFER_TASKS) | {"ax", "all", "transfer"}

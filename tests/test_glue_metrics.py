@@ -1,4 +1,7 @@
-"""GLUE metrics, the two GLUE scores against the paper / leaderboard (spec 6.4, 7.1), submission format."""
+"""GLUE metrics, the two GLUE scores against the paper / leaderboard (docs/recipes.md#glue-metrics-and-score,
+docs/recipes.md#glue-test), submission format."""
+
+import re
 
 import numpy as np
 import pytest
@@ -69,10 +72,16 @@ def test_submission_files_use_the_server_labels():
 
 
 def test_results_table_puts_the_paper_beside_ours():
-    seeds = lambda *vals: [{"seed": i, "dev": {"accuracy": v}} for i, v in enumerate(vals)]  # noqa: E731
+    seeds = lambda *vals: [{"seed": i, "dev": {"accuracy": v}} for i, v in enumerate(vals)]
     results = {"rte": {"median": {"accuracy": 70.0}, "seeds": seeds(68.0, 70.0, 71.0), "submission_seed": 1}}
     summary = report.summarize(results, "base", "YituTech/conv-bert-base")
     assert summary["glue_score"] is None and "cola" in summary["missing_for_glue_score"]
     table = report.markdown(summary)
     assert "| RTE | acc* | 68.0 | 70.0 | 71.0 | 70.0 | 74.7 | 77.9 | 83.4 |" in table
     assert "| GLUE score (paper: 8 tasks, no WNLI) |  |  |  |  |  | 84.9 | 86.4 | 87.7 |" in table
+    # Every reported column names its source: the paper's table and the third-party README, not private notes.
+    assert "| third-party dev, best checkpoint [JunnYu/paddle_convbert] |" in table
+    prose = " ".join(table.split())
+    assert "(ConvBERT, arXiv 2008.02496, Table 3) and the GLUE leaderboard are **test**-set numbers" in prose
+    assert "best-checkpoint selection (JunnYu/paddle_convbert README)" in prose
+    assert not re.search(r"\bspec\b|\[JY\]", table)

@@ -46,7 +46,7 @@ def test_deterministic_batches(data_dir):
     make = lambda seed: make_iterator(data_dir, global_batch_size=8, seed=seed, process_index=0, process_count=1)
     a, b, c = _take(make(0), 3), _take(make(0), 3), _take(make(1), 3)
     assert a[0]["input_ids"].shape == (8, 32) and a[0]["segment_ids"].dtype == np.int32
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
     assert not np.array_equal(a[0]["input_ids"], c[0]["input_ids"])
@@ -75,7 +75,7 @@ def test_get_state_set_state_resumes(data_dir):
     expected = _take(it, 2)
     resumed = make_iterator(data_dir, global_batch_size=4, seed=2, process_index=1, process_count=2)
     resumed.set_state(state)
-    for x, y in zip(expected, _take(resumed, 2)):
+    for x, y in zip(expected, _take(resumed, 2), strict=True):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
 
@@ -109,7 +109,7 @@ def test_errors(data_dir, tmp_path):
         make_iterator(data_dir, global_batch_size=5, seed=0, process_index=0, process_count=2)
     with pytest.raises(FileNotFoundError, match="/no/such/data"):
         PretrainingData("/no/such/data")
-    with pytest.raises(FileNotFoundError, match="manifest.json"):
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json"):
         PretrainingData(str(tmp_path))
     with pytest.raises(ValueError, match="fewer than one global batch"):
         make_iterator(data_dir, "eval", global_batch_size=4096, seed=0, process_index=0, process_count=1)
@@ -155,7 +155,7 @@ def test_example_offset_continues_the_same_batches(data_dir):
     make = lambda offset: make_iterator(data_dir, global_batch_size=4, seed=2, process_index=0, process_count=1,
                                         example_offset=offset)
     whole = _take(make(0), 6)
-    for x, y in zip(whole[3:], _take(make(3 * 4), 3)):
+    for x, y in zip(whole[3:], _take(make(3 * 4), 3), strict=True):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
     with pytest.raises(ValueError, match="example_offset -1"):

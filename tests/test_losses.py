@@ -110,5 +110,5 @@ def test_primitives_reproduce_the_previous_arithmetic_exactly(logits_labels):
                 losses.ratio(*losses.weighted_sum(bce, w), epsilon=1e-6), losses.ratio(*losses.weighted_sum(bce, w)),
                 losses.ratio(*losses.weighted_sum(losses.squared_error(logits[:, 0, 0], targets))), nll)
 
-    for a, b in zip(after(), before()):
+    for a, b in zip(after(), before(), strict=True):
         np.testing.assert_array_equal(a, b)

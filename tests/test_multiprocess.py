@@ -65,7 +65,7 @@ def test_two_processes_match_one(tmp_path):
     flags = setup.cli_flags(mesh__data=2, mesh__fsdp=2)
     procs = launch_two(tmp_path, workdir, flags)
     wait_all(procs, timeout=420)
-    logs = [open(tmp_path / f"process_{i}.log").read() for i in range(2)]
+    logs = [(tmp_path / f"process_{i}.log").read_text() for i in range(2)]
     assert [p.returncode for p in procs] == [0, 0], "\n\n".join(log[-3000:] for log in logs)
     assert "process 1/2, 2 local of 4 devices" in logs[1]
 
@@ -100,11 +100,11 @@ def test_sigterm_on_one_process_stops_both_at_one_step(tmp_path):
         deadline = time.time() + 400
         while not logged_steps(workdir) and time.time() < deadline and procs[0].poll() is None:
             time.sleep(1)
-        assert logged_steps(workdir), open(tmp_path / "process_0.log").read()[-3000:]
+        assert logged_steps(workdir), (tmp_path / "process_0.log").read_text()[-3000:]
         procs[1].send_signal(signal.SIGTERM)
     finally:
         wait_all(procs, timeout=300)
-    logs = [open(tmp_path / f"process_{i}.log").read() for i in range(2)]
+    logs = [(tmp_path / f"process_{i}.log").read_text() for i in range(2)]
     assert [p.returncode for p in procs] == [0, 0], "\n\n".join(log[-3000:] for log in logs)
     steps = [int(re.search(r"stopped for preemption at step (\d+)", log).group(1)) for log in logs]
     assert steps[0] == steps[1] < 100_000, steps

@@ -1,4 +1,5 @@
-"""The original AdamW variant, schedule and layer-wise multipliers (spec 4.3, 6.1)."""
+"""The original AdamW variant, schedule and layer-wise multipliers (docs/electra.md#optimizer,
+docs/recipes.md#layer-wise-learning-rate-decay)."""
 
 import jax
 import jax.numpy as jnp

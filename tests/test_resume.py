@@ -5,6 +5,7 @@ fine-tuning reruns (issue 14, cases 1, 3 and 7)."""
 import json
 import os
 import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -109,13 +110,13 @@ def test_batch_size_change_is_refused_then_converted(first_run, tmp_path, monkey
     `--config.resume.allow_changes=batch_size` the run reads on from example 32 (4 steps x 8; before, it resumed at
     batch 4 of the new size, example 16, and read 16-31 twice), and config.json records both starts."""
     workdir = copy_of(first_run, tmp_path)
-    before = open(os.path.join(workdir, "config.json")).read()
+    before = Path(workdir, "config.json").read_text()
     changed = setup.tiny_config(num_train_steps=6, batch_size=4)
     with monkeypatch.context() as m:
         m.setattr(pretraining, "Pretrainer", lambda *a: pytest.fail("reached the model"))
         with pytest.raises(ValueError, match=r"(?s)config\.batch_size: 8 -> 4: .*allow_changes=batch_size$"):
             train(changed, workdir)
-    assert open(os.path.join(workdir, "config.json")).read() == before and steps(workdir) == [2, 4]
+    assert Path(workdir, "config.json").read_text() == before and steps(workdir) == [2, 4]
 
     offsets = []
     make_iterator = loader.make_iterator
@@ -151,7 +152,7 @@ def test_checkpoint_without_data_position_resumes_exactly(first_run, tmp_path):
     workdir = copy_of(first_run, tmp_path)
     shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
     path = os.path.join(workdir, "checkpoints", "2", "meta", "metadata")
-    old = {k: v for k, v in json.load(open(path)).items() if k != "data"}
+    old = {k: v for k, v in json.loads(Path(path).read_text()).items() if k != "data"}
     with open(path, "w") as f:
         json.dump(old, f)
     train(setup.tiny_config(num_train_steps=4), workdir)
@@ -208,7 +209,7 @@ def test_history_keeps_every_start_and_converts_the_old_form(tmp_path):
         json.dump({"batch_size": 8, "model": {"hidden_size": 128}}, f)  # config.json of an earlier version
     changes = resume.record_start(path, {"batch_size": 16, "model": {"hidden_size": 128}}, step=4)
     assert [str(c) for c in changes] == ["config.batch_size: 8 -> 16"]
-    history = json.load(open(path))["starts"]
+    history = json.loads(Path(path).read_text())["starts"]
     assert history[0] == {"started": None, "changes": {}, "config": {"batch_size": 8, "model": {"hidden_size": 128}}}
     assert history[1]["step"] == 4 and history[1]["changes"] == {"batch_size": [8, 16]}
     assert resume.latest_config(path) == {"batch_size": 16, "model": {"hidden_size": 128}}
@@ -231,8 +232,9 @@ def test_finetuning_rerun_records_its_config_and_an_interrupted_seed_logs_afresh
     (workdir / "sst2" / "seed_0").mkdir(parents=True)
     (workdir / "sst2" / "seed_0" / "metrics.jsonl").write_text('{"step": 500, "train/loss": 9.9}\n')
     finetune.run(config, str(workdir))
-    logged = [json.loads(line)["step"] for line in open(workdir / "sst2" / "seed_0" / "metrics.jsonl")]
-    assert logged and max(logged) == json.load(open(workdir / "sst2" / "seed_0" / "result.json"))["train_steps"]
+    seed_dir = workdir / "sst2" / "seed_0"
+    logged = [json.loads(line)["step"] for line in (seed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged and max(logged) == json.loads((seed_dir / "result.json").read_text())["train_steps"]
 
     config.learning_rate = 1e-3
     with caplog.at_level("WARNING"):

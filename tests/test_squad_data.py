@@ -4,6 +4,7 @@ questions, non-ASCII text)."""
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +31,8 @@ def round_trip(examples, **sizes):
     train, counts = data.featurize(examples, TOKENIZER, training=True, **sizes)
     evaluation, _ = data.featurize(examples, TOKENIZER, training=False, **sizes)
     assert np.array_equal(train["input_ids"], evaluation["input_ids"])  # no question was dropped here
-    for w, (i, s, e) in enumerate(zip(train["example_index"], train["start_positions"], train["end_positions"])):
+    spans = zip(train["example_index"], train["start_positions"], train["end_positions"], strict=True)
+    for w, (i, s, e) in enumerate(spans):
         ex = examples[i]
         if s == 0:
             assert e == 0
@@ -45,7 +47,7 @@ def round_trip(examples, **sizes):
 def test_fixture_is_reproducible_and_matches_the_committed_files(tmp_path):
     for path in fixture.write(str(tmp_path)):
         with open(os.path.join(FIXTURES, os.path.basename(path)), encoding="utf-8") as committed:
-            assert open(path, encoding="utf-8").read() == committed.read(), path
+            assert Path(path).read_text(encoding="utf-8") == committed.read(), path
 
 
 @pytest.mark.parametrize("version, name", [("v1", "train-v1.1.json"), ("v1", "dev-v1.1.json"),
@@ -56,7 +58,7 @@ def test_every_fixture_answer_round_trips_through_the_windows(version, name):
     train, evaluation, counts = round_trip(examples, max_seq_length=128, doc_stride=32, max_query_length=24)
     per_example = np.bincount(train["example_index"])
     assert per_example.max() >= 3  # long passages need several windows
-    answered = {i for i, s in zip(train["example_index"], train["start_positions"]) if s > 0}
+    answered = {i for i, s in zip(train["example_index"], train["start_positions"], strict=True) if s > 0}
     assert answered == {i for i, ex in enumerate(examples) if not ex.is_impossible}  # each answer in a window
     assert counts["windows_without_answer"] > 0 and counts["answer_mismatch"] == 0
     impossible = np.array([examples[i].is_impossible for i in train["example_index"]])
@@ -131,7 +133,7 @@ def test_malformed_files_name_the_file_and_the_failing_key(tmp_path):
             data.load_json(write(tmp_path / "bad.json", obj), "v1")
     with pytest.raises(ValueError, match=r"bad.json: not valid JSON"):
         data.load_json(write(tmp_path / "bad.json", '{"data": ['), "v1")
-    with pytest.raises(FileNotFoundError, match="dev-v2.0.json"):
+    with pytest.raises(FileNotFoundError, match=r"dev-v2\.0\.json"):
         data.load_split("v2", "dev", str(tmp_path))
     v2 = data.load_json(write(tmp_path / "v2.json", squad("x", [{**ok, "answers": [], "is_impossible": True}])), "v2")
     assert v2[0].is_impossible and v2[0].answers == ()
@@ -155,6 +157,6 @@ def test_pretraining_tokenizer_folder_gives_the_same_offsets(tmp_path):
     texts = ["Zoë's café, 1895-1943!", "Who says \"Où est\"? [SEP] here"]
     ours = load_tokenizer(str(tmp_path)).encode_offsets(texts)
     assert ours == TOKENIZER.encode_offsets(texts)
-    ids, offsets = ours[0]
+    _, offsets = ours[0]
     assert [texts[0][a:b] for a, b in offsets][:4] == ["Zoë", "'", "s", "café"]
     assert [texts[1][a:b] for a, b in ours[1][1]][-4:] == ["[", "SEP", "]", "here"]

@@ -4,6 +4,7 @@ fixture that beats the trivial baselines and writes valid files, and a v2.0 run 
 import json
 import os
 import sys
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "squad")
 sys.path.insert(0, os.path.join(ROOT, "configs"))
 import finetune_squad as squad_config  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
@@ -77,16 +79,16 @@ def test_tiny_finetune_beats_the_trivial_baselines_and_writes_valid_files(tmp_pa
     gold, trivial = baselines("v1")
     best_trivial_f1 = max(b["f1"] for b in trivial.values())
     assert summary["f1"] > best_trivial_f1 + 3.0, (summary, trivial)
-    predictions = json.load(open(os.path.join(workdir, "predictions.json"), encoding="utf-8"))
+    predictions = json.loads(Path(workdir, "predictions.json").read_text(encoding="utf-8"))
     assert set(predictions) == set(gold) and all(isinstance(v, str) for v in predictions.values())
     assert metrics.evaluate_v1(gold, predictions)["f1"] == pytest.approx(summary["f1"])
-    results = json.load(open(os.path.join(workdir, "results.json"), encoding="utf-8"))
+    results = json.loads(Path(workdir, "results.json").read_text(encoding="utf-8"))
     assert {"exact_match", "f1", "seeds", "median"} <= set(results) and results["answer_mismatches"] == {
         "train": 0, "dev": 0}
-    assert "| ours, median of 1 |" in open(os.path.join(workdir, "results.md")).read()
+    assert "| ours, median of 1 |" in Path(workdir, "results.md").read_text()
     seed_dir = os.path.join(workdir, "seed_0")
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(seed_dir))
-    logged = [json.loads(line) for line in open(os.path.join(seed_dir, "metrics.jsonl"))]
+    logged = [json.loads(line) for line in Path(seed_dir, "metrics.jsonl").read_text().splitlines()]
     assert any("train/loss" in r for r in logged) and any("dev/f1" in r for r in logged)
     # a rerun reads the finished seed back instead of training
     os.remove(os.path.join(seed_dir, "metrics.jsonl"))
@@ -101,8 +103,8 @@ def test_v2_writes_null_odds_and_the_threshold_numbers(tmp_path, checkpoint):
     summary = finetune.run(tiny_config("v2", f"random:{checkpoint}", num_train_epochs=1, batch_size=32,
                                        eval_batch_size=64, max_seq_length=64, doc_stride=16, max_query_length=16),
                            workdir)
-    predictions = json.load(open(os.path.join(workdir, "predictions.json"), encoding="utf-8"))
-    odds = json.load(open(os.path.join(workdir, "null_odds.json"), encoding="utf-8"))
+    predictions = json.loads(Path(workdir, "predictions.json").read_text(encoding="utf-8"))
+    odds = json.loads(Path(workdir, "null_odds.json").read_text(encoding="utf-8"))
     assert set(predictions) == set(odds) and all(isinstance(v, float) for v in odds.values())
     assert all(v == "" for q, v in predictions.items() if odds[q] > summary["null_threshold"])
     for key in ("exact_match", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_exact", "best_f1"):
@@ -116,7 +118,7 @@ def test_missing_files_and_bad_keys_fail_before_training(tmp_path, checkpoint):
         finetune.run(tiny_config("v2", checkpoint, data_dir=str(tmp_path)), str(tmp_path / "w"))
     config = tiny_config("v1", checkpoint)
     config.version = "v3"
-    with pytest.raises(ValueError, match="config.version must be one of v1, v2"):
+    with pytest.raises(ValueError, match=r"config\.version must be one of v1, v2"):
         finetune.run(config, str(tmp_path / "w"))
     with pytest.raises(ValueError, match="max_seq_length=256 exceeds the checkpoint's max_position_embeddings=128"):
         finetune.run(tiny_config("v1", checkpoint, max_seq_length=256), str(tmp_path / "w"))

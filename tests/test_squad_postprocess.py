@@ -10,7 +10,7 @@ from convbert.squad.data import Example
 def window(n_tokens=8, context=range(3, 7), starts=(0, 2, 5, 7, 9, 14), max_context=None):
     """offsets [T, 2] (context tokens at positions `context`, each a 2-character word `starts` apart), max_context."""
     offsets = np.full((n_tokens, 2), -1, np.int32)
-    for pos, s in zip(context, starts):
+    for pos, s in zip(context, starts, strict=False):
         offsets[pos] = (s, s + 2)
     mc = np.zeros(n_tokens, bool)
     mc[list(context)] = True if max_context is None else max_context

@@ -170,7 +170,8 @@ def test_options_match_transformers(vocab_dir, lines, options):
 
 
 def test_crlf_vocab_with_repeated_tokens(tmp_path, lines):
-    """The hub vocab.txt has CRLF line ends and repeated mangled lines (spec 9.10)."""
+    """The hub vocab.txt has CRLF line ends and repeated mangled lines
+    (docs/checkpoints.md#vocabulary)."""
     with open(BERT_UNCASED_VOCAB, encoding="utf-8") as f:
         tokens = f.read().splitlines()
     tokens[1000] = tokens[1001] = "\ufffd\ufffd"
@@ -212,7 +213,7 @@ def test_sentencepiece_reserved_ids_save_and_load(tmp_path):
     assert sorted(map(os.path.basename, files)) == ["sp.model", CONFIG_FILE]
     loaded = load_tokenizer(str(tmp_path / "saved"))
     assert loaded.kind == "sentencepiece" and loaded.encode_batch([SPECIALS_TEXT]) == ids[:1]
-    with pytest.raises(ValueError, match="sp.model: sentencepiece tokenizers give no character offsets"):
+    with pytest.raises(ValueError, match=r"sp\.model: sentencepiece tokenizers give no character offsets"):
         loaded.encode_offsets(["x"])
 
 
@@ -245,7 +246,7 @@ def test_load_tokenizer_sources(tmp_path, vocab_dir, lines):
         assert isinstance(loaded, ConvBertTokenizer) and loaded.encode_batch(lines + ODD) == expected, path
     with pytest.raises(FileNotFoundError, match=f"no tokenizer in {tmp_path}: .*text_tokenizer.json.*vocab.txt"):
         load_tokenizer(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="/no/such/vocab.txt"):
+    with pytest.raises(FileNotFoundError, match=r"/no/such/vocab\.txt"):
         ConvBertTokenizer("/no/such/vocab.txt")
     (old / CONFIG_FILE).write_text(json.dumps(dict(kind="bpe", file="x")))
     with pytest.raises(ValueError, match=f"{old / CONFIG_FILE}: unknown tokenizer kind 'bpe'"):

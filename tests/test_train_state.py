@@ -24,7 +24,7 @@ from convbert.pretraining import Pretrainer
 from helpers import TINY_ENCODER
 
 sys.path.insert(0, os.path.join(setup.REPO, "configs"))
-import finetune_glue as glue_config  # noqa: E402
+import finetune_glue as glue_config
 
 SPECIAL = {"pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask": 103}
 T = 64

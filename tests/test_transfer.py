@@ -3,6 +3,7 @@ sentence's shape, no sentence shared between splits or tasks, nothing from the p
 
 import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def _tree_digest(path):
 
 
 def test_deterministic_and_equal_to_the_shipped_files(suite, tmp_path):
-    root, manifest = suite
+    root, _ = suite
     transfer.build_suite(str(tmp_path / "again"))
     assert _tree_digest(root / "suite") == _tree_digest(tmp_path / "again")
     assert _tree_digest(root / "suite") == _tree_digest(SHIPPED)  # data/transfer is what the command builds
@@ -83,12 +84,12 @@ def test_no_sentence_shared_between_the_splits_of_a_task_and_none_from_the_pretr
                         assert seen.setdefault(key, split) == split, (name, text)
     corpus_files = sorted(os.listdir(root / "corpus"))
     assert corpus_files and not any(transfer.is_held_out(f) for f in corpus_files)
-    corpus = " ".join(transfer.normalise(open(root / "corpus" / f).read()) for f in corpus_files)
+    corpus = " ".join(transfer.normalise(Path(root / "corpus" / f).read_text()) for f in corpus_files)
     originals = [transfer.normalise(t) for (name, _), ex in _sources(root).items() if ex.labels is not None
-                 for t, label in zip(ex.text_a, ex.labels) if label == 1 and name != "fill_blank"]
+                 for t, label in zip(ex.text_a, ex.labels, strict=True) if label == 1 and name != "fill_blank"]
     originals += [transfer.normalise(a if label == 0 else b) for (name, _), ex in _sources(root).items()
                   if name == "fill_blank" and ex.labels is not None
-                  for a, b, label in zip(ex.text_a, ex.text_b, ex.labels)]
+                  for a, b, label in zip(ex.text_a, ex.text_b, ex.labels, strict=True)]
     assert originals and not [t for t in originals if f" {t} " in f" {corpus} "]
 
 
@@ -100,11 +101,11 @@ def test_corruptions_keep_the_shape_of_the_sentence():
     assert sorted(transfer.normalise(swapped).split()) == sorted(transfer.normalise(sentence).split())
     assert swapped != sentence and swapped.count(",") == sentence.count(",") and swapped.endswith("betimes.")
     replaced = transfer.replaced_word(sentence, rng, sampler)
-    diff = [(a, b) for a, b in zip(sentence.split(), replaced.split()) if a != b]
+    diff = [(a, b) for a, b in zip(sentence.split(), replaced.split(), strict=True) if a != b]
     assert len(replaced.split()) == len(sentence.split()) and len(diff) == 1
     first, second = transfer.fill_blank(sentence, rng, sampler, label=1)
     assert second == sentence and len(first.split()) == len(sentence.split())  # label 1: the second is the original
-    diff = [(a, b) for a, b in zip(sentence.split(), first.split()) if a != b]
+    diff = [(a, b) for a, b in zip(sentence.split(), first.split(), strict=True) if a != b]
     assert len(diff) == 1 and diff[0][0].count(",") == diff[0][1].count(",")
     assert transfer.fill_blank(sentence, np.random.default_rng(1), sampler, label=0)[0] == sentence
     assert transfer.word_order("the the the the the the", rng) is None  # no pair of different words

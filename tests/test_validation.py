@@ -4,6 +4,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import pytest
@@ -137,8 +138,8 @@ def test_an_eval_split_smaller_than_a_batch_disables_evaluation_before_training(
     at its final evaluation ("0 examples, fewer than one global batch"). Now it says before training that
     evaluation is disabled and why, and finishes."""
     corpus = tmp_path / "one_file.txt"
-    corpus.write_text(open(os.path.join(DEMO_CORPUS_DIR, "hamlet.txt")).read()
-                      + open(os.path.join(DEMO_CORPUS_DIR, "tempest.txt")).read()[:30_000])
+    corpus.write_text(Path(DEMO_CORPUS_DIR, "hamlet.txt").read_text()
+                      + Path(DEMO_CORPUS_DIR, "tempest.txt").read_text()[:30_000])
     assert 190_000 < corpus.stat().st_size < 210_000
     config = setup.tiny_config(data__data_dir="", data__corpus=str(corpus), num_train_steps=2, num_eval_steps=2,
                                eval_every_steps=1, checkpoint_every_steps=2)

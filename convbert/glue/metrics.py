@@ -1,4 +1,4 @@
-"""GLUE metrics (all x 100) and the two GLUE scores (spec 6.4).
+"""GLUE metrics (all x 100) and the two GLUE scores (docs/recipes.md#glue-metrics-and-score).
 
 * `glue_score`: the paper's number, the mean of CoLA MCC, SST-2 acc, MRPC acc, STS-B Spearman, QQP acc,
   MNLI-m acc, QNLI acc and RTE acc (WNLI excluded): 86.4 for ConvBERT-base.

@@ -1,4 +1,5 @@
-"""Reported ConvBERT GLUE numbers, printed beside ours in `results.md` (spec 7.1, 7.3).
+"""Reported ConvBERT GLUE numbers, printed beside ours in `results.md` (docs/recipes.md#glue-test,
+docs/recipes.md#third-party-dev-numbers).
 
 Each reference is {task: {metric: value}} in the keys of `convbert.glue.metrics`; scores are computed from
 them with the same functions as ours (the paper's 78.9 / 79.7 / 84.9 / 86.4 and the leaderboard's 77.6 /
@@ -9,15 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 
-# Paper table columns (spec 7.1): MNLI QNLI QQP RTE SST-2 MRPC CoLA STS-B, each the task's paper metric.
+# The paper's Table 3 columns (ConvBERT, arXiv 2008.02496): MNLI QNLI QQP RTE SST-2 MRPC CoLA STS-B, each the
+# task's paper metric.
 _PAPER_COLUMNS = (("mnli", "accuracy_m"), ("qnli", "accuracy"), ("qqp", "accuracy"), ("rte", "accuracy"),
                   ("sst2", "accuracy"), ("mrpc", "accuracy"), ("cola", "mcc"), ("stsb", "spearman"))
-# Leaderboard row (spec 7.1): CoLA SST-2 MRPC-F1 MRPC-acc STS-P STS-S QQP-F1 QQP-acc MNLI-m MNLI-mm QNLI RTE WNLI.
+# GLUE leaderboard row of the 4M-update models (docs/recipes.md#glue-test): CoLA SST-2 MRPC-F1 MRPC-acc STS-P STS-S
+# QQP-F1 QQP-acc MNLI-m MNLI-mm QNLI RTE WNLI.
 _LEADERBOARD_COLUMNS = (("cola", "mcc"), ("sst2", "accuracy"), ("mrpc", "f1"), ("mrpc", "accuracy"),
                         ("stsb", "pearson"), ("stsb", "spearman"), ("qqp", "f1"), ("qqp", "accuracy"),
                         ("mnli", "accuracy_m"), ("mnli", "accuracy_mm"), ("qnli", "accuracy"), ("rte", "accuracy"),
                         ("wnli", "accuracy"))
-# Third-party dev numbers of YituTech/conv-bert-base [JY] (spec 7.3): same columns as the leaderboard, no WNLI.
+# Third-party dev numbers of YituTech/conv-bert-base (JunnYu/paddle_convbert README,
+# docs/recipes.md#third-party-dev-numbers): same columns as the leaderboard, no WNLI.
 _DEV_COLUMNS = _LEADERBOARD_COLUMNS[:-1]
 
 
@@ -49,7 +53,7 @@ REFERENCES: dict[str, list[Reference]] = {
         Reference("paper, test", _row(_PAPER_COLUMNS, "85.3 92.4 89.6 74.7 95.0 88.2 66.0 88.2")),
         Reference("leaderboard / paper 4M updates, test",
                   _row(_LEADERBOARD_COLUMNS, "67.8 95.7 91.4 88.3 90.4 89.7 73.0 90.0 88.3 87.4 93.2 77.9 65.1")),
-        Reference("third-party dev, best checkpoint [JY]",
+        Reference("third-party dev, best checkpoint [JunnYu/paddle_convbert]",
                   _row(_DEV_COLUMNS, "69.2 94.6 93.1 90.4 90.8 90.7 89.4 92.0 88.1 87.9 93.0 83.4")),
     ],
 }

@@ -1,4 +1,5 @@
-"""The summary of a fine-tuning workdir: `results.json` and the Markdown table `results.md` (spec 6.4, 7).
+"""The summary of a fine-tuning workdir: `results.json` and the Markdown table `results.md`
+(docs/recipes.md#glue-metrics-and-score, docs/recipes.md#reported-results).
 
 Per task and metric: every seed, the median over seeds, and the reported numbers of the same model size
 (`convbert.glue.reference`); then the paper's GLUE score and the leaderboard-style score, per seed and of
@@ -75,9 +76,10 @@ def markdown(summary: dict) -> str:
         + ("; **encoder frozen**, only the head trained" if summary.get("freeze_encoder") else "")
         + "). Our numbers are **dev**-set "
         "metrics of the final epoch (no checkpoint selection), one column per seed (each a new head "
-        "initialisation, data order and dropout stream) and their median. Reported numbers: the paper's table and "
-        "the GLUE leaderboard are **test**-set numbers (spec 7.1); the third-party numbers are dev numbers with "
-        "best-checkpoint selection (spec 7.3). `*` marks the metric of the paper's GLUE score.", "",
+        "initialisation, data order and dropout stream) and their median. Reported numbers: the paper's table "
+        "(ConvBERT, arXiv 2008.02496, Table 3) and the GLUE leaderboard are **test**-set numbers; the third-party "
+        "numbers are dev numbers with best-checkpoint selection (JunnYu/paddle_convbert README). `*` marks the "
+        "metric of the paper's GLUE score.", "",
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * 2 + "---:|" * (len(columns) - 2),
     ]

@@ -1,5 +1,6 @@
 """Test-set predictions in the GLUE server's format: `index<TAB>prediction` files named CoLA.tsv ... AX.tsv,
-label strings as the server expects them, STS-B scores in [0, 5] (spec 6.3)."""
+label strings as the server expects them, STS-B scores in [0, 5]
+(docs/recipes.md#glue-inputs)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def format_predictions(task: Task, index: Sequence[str], predictions: np.ndarray
         values = [f"{v:.3f}" for v in np.clip(np.asarray(predictions, np.float64) * STSB_MAX, 0.0, STSB_MAX)]
     else:
         values = [task.labels[int(p)] for p in predictions]
-    return "".join(f"{i}\t{v}\n" for i, v in zip(["index", *index], ["prediction", *values]))
+    return "".join(f"{i}\t{v}\n" for i, v in zip(["index", *index], ["prediction", *values], strict=True))
 
 
 def write_submission(directory: str, filename: str, task: Task, index: Sequence[str], predictions) -> str:

@@ -1,5 +1,5 @@
 """GLUE task specifications: files of the original GLUE download, Hugging Face `nyu-mll/glue` names, label
-sets, metrics and submission files (spec 6.2, 6.4).
+sets, metrics and submission files (docs/recipes.md#glue-inputs, docs/recipes.md#glue-metrics-and-score).
 
 Label lists are in the order of the Hugging Face label ids, so an HF integer label is an index into
 `Task.labels`; the strings are those of the GLUE TSVs and of the submission server.
@@ -36,15 +36,15 @@ class Task:
     name: str
     labels: tuple[str, ...] | None  # None: regression (STS-B)
     metrics: tuple[str, ...]  # computed on every dev split
-    paper_metric: str  # the number the paper's table and GLUE score use (spec 6.4)
-    leaderboard_metrics: tuple[str, ...]  # averaged into the leaderboard score (spec 6.4)
+    paper_metric: str  # the number the paper's table and GLUE score use (docs/recipes.md#glue-metrics-and-score)
+    leaderboard_metrics: tuple[str, ...]  # averaged into the leaderboard score (docs/recipes.md#glue-metrics-and-score)
     hf_text: tuple[str, str | None]  # text columns in `nyu-mll/glue`
     train: Split
     dev: dict[str, Split]  # metric suffix ('' or 'm' / 'mm' for MNLI) -> split
     test: dict[str, Split]  # submission file name -> split
     optional_test: tuple[str, ...] = ()  # submission files written only when the split is available (AX)
     epochs: int = 3
-    double_unordered: bool = False  # training pairs added again with the sentences swapped (spec 6.2)
+    double_unordered: bool = False  # training pairs again with the sentences swapped (docs/recipes.md#glue-inputs)
 
     @property
     def num_labels(self) -> int:
@@ -132,7 +132,7 @@ TRANSFER_TASKS: dict[str, Task] = {t.name: t for t in [
           unlabelled("sentence1", "sentence2"), "FillBlank.tsv"),
 ]}
 
-# Tasks of the paper's GLUE score (WNLI excluded) and of the leaderboard score (spec 6.4).
+# Tasks of the paper's GLUE score (WNLI excluded) and of the leaderboard score (docs/recipes.md#glue-metrics-and-score).
 PAPER_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
 LEADERBOARD_TASKS = PAPER_TASKS + ("wnli",)
 # `TASK` values of configs/finetune_glue.py: every task, `ax` (= MNLI, whose model also predicts the

@@ -87,7 +87,7 @@ def load_hf(version: str, split: str) -> list[Example]:
 
     ds = datasets.load_dataset(HF_DATASETS[version], split=HF_SPLITS[split])
     return [Example(r["id"], r["question"], r["context"],
-                    tuple(zip(r["answers"]["text"], r["answers"]["answer_start"])),
+                    tuple(zip(r["answers"]["text"], r["answers"]["answer_start"], strict=True)),
                     version == "v2" and not r["answers"]["text"]) for r in ds]
 
 
@@ -164,13 +164,13 @@ def featurize(examples: list[Example], tokenizer: TextTokenizer, max_seq_length:
         raise ValueError(f"max_seq_length={max_seq_length} leaves no room for the context after max_query_length="
                          f"{max_query_length} and [CLS] [SEP] [SEP]")
     contexts = list(dict.fromkeys(ex.context for ex in examples))
-    encoded = dict(zip(contexts, tokenizer.encode_offsets(contexts)))
+    encoded = dict(zip(contexts, tokenizer.encode_offsets(contexts), strict=True))
     questions = tokenizer.encode_offsets([ex.question for ex in examples])
     cls, sep, pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
     extra = LABELS if training else ("offsets", "max_context")
     rows: dict[str, list] = {k: [] for k in (*FEATURES, "example_index", *extra)}
     counts = {"answer_mismatch": 0, "windows_without_answer": 0}
-    for index, (ex, (q_ids, _)) in enumerate(zip(examples, questions)):
+    for index, (ex, (q_ids, _)) in enumerate(zip(examples, questions, strict=True)):
         q_ids = q_ids[:max_query_length]
         ids, offsets = encoded[ex.context]
         answer = None
