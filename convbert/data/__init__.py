@@ -3,7 +3,8 @@ are in `convbert.tokenization`)."""
 
 from convbert.data.example_builder import ExampleBuilder
 from convbert.data.loader import PretrainingData, load_manifest, make_iterator, to_global_arrays
-from convbert.data.prepare import DEMO_CORPUS_DIR, prepare_corpus
+from convbert.data.prepare import prepare_corpus
+from convbert.data.sources import DEMO_CORPUS_DIR
 
 __all__ = [
     "ExampleBuilder", "PretrainingData", "load_manifest", "make_iterator", "to_global_arrays", "DEMO_CORPUS_DIR",
