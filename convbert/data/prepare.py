@@ -365,7 +365,8 @@ def _define_flags():
     flags.DEFINE_float("eval_fraction", d["eval_fraction"],
                        "Fraction of documents held out as the eval split (0 to 0.5).")
     flags.DEFINE_integer("num_shards", d["num_shards"], "Train shards (eval has one).")
-    flags.DEFINE_enum("builder_variant", d["builder_variant"], list(VARIANTS), "Segment logic (spec 5.1).")
+    flags.DEFINE_enum("builder_variant", d["builder_variant"], list(VARIANTS),
+                      "Segment logic (docs/electra.md#builder-variants).")
     flags.DEFINE_integer("seed", d["seed"], "Seed for file order, builder randomness and tokenizer training.")
     flags.DEFINE_bool("blanks_separate_docs", d["blanks_separate_docs"], "Blank lines separate documents inside a "
                       "file.")
