@@ -51,7 +51,8 @@ SMALL = {
 @functools.cache
 def demo_data_dir() -> str:
     """Two plays prepared with T = 64 (eval split: one of them)."""
-    from convbert.data.prepare import DEMO_CORPUS_DIR, prepare_corpus
+    from convbert.data.prepare import prepare_corpus
+    from convbert.data.sources import DEMO_CORPUS_DIR
 
     root = tempfile.mkdtemp(prefix="convbert-demo-data-")
     atexit.register(shutil.rmtree, root, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""ELECTRA ExampleBuilder (spec 5.1): packing, layout, target lengths, fixed vs ConvBERT-repo segment logic."""
+"""ELECTRA ExampleBuilder (docs/electra.md#example-builder, #builder-variants): packing, layout, target lengths,
+fixed vs ConvBERT-repo segment logic."""
 
 import numpy as np
 import pytest

@@ -1,13 +1,10 @@
 """`prepare_corpus` and its command line: defaults shared with configs/pretrain.py, skipped files, shards + manifest,
-crash safety, HF datasets path; the same bytes for any number of workers, parts merged, resume after a kill, corrupt
-units rebuilt."""
+crash safety, HF datasets path; parts merged; the input fingerprint."""
 
 import glob
 import json
-import multiprocessing
 import os
 import re
-import signal
 import subprocess
 import sys
 
@@ -17,12 +14,10 @@ import pytest
 from configs.pretrain import get_config
 from convbert.data import example_builder, prepare
 from convbert.data.loader import PretrainingData, make_iterator
-from convbert.data.prepare import DEMO_CORPUS_DIR, merge_parts, prepare_corpus
+from convbert.data.prepare import merge_parts, prepare_corpus
+from convbert.data.sources import DEMO_CORPUS_DIR
 from convbert.tokenization import load_tokenizer
-
-def _play(name, num_lines=400):
-    with open(os.path.join(DEMO_CORPUS_DIR, name + ".txt")) as f:
-        return "".join(f.readlines()[:num_lines])
+from prepare_setup import FAST, PLAYS, play
 
 
 @pytest.fixture
@@ -31,8 +26,8 @@ def corpus(tmp_path):
     root = tmp_path / "corpus"
     (root / "sub").mkdir(parents=True)
     for name in ("hamlet", "macbeth", "tempest"):
-        (root / f"{name}.txt").write_text(_play(name))
-    (root / "sub" / "othello.txt").write_text(_play("othello"))
+        (root / f"{name}.txt").write_text(play(name))
+    (root / "sub" / "othello.txt").write_text(play("othello"))
     (root / "empty.txt").write_text(" \n\n")
     (root / "binary.txt").write_bytes(bytes(range(256)) * 4)
     (root / "latin1.txt").write_bytes("Caf\u00e9 cr\u00e8me, na\u00efve.\n".encode("latin-1"))
@@ -78,7 +73,7 @@ def test_prepare_corpus(corpus, tmp_path):
 
 def test_prepare_sentencepiece_and_blank_separated_docs(tmp_path):
     text = tmp_path / "docs.txt"
-    text.write_text("\n\n".join(_play(n, 150) for n in ("hamlet", "lear", "macbeth")))
+    text.write_text("\n\n".join(play(n, 150) for n in ("hamlet", "lear", "macbeth")))
     out = tmp_path / "sp"
     m = prepare_corpus(str(text), str(out), tokenizer="sentencepiece", sp_vocab_size=300, blanks_separate_docs=True,
                        eval_fraction=0)
@@ -101,11 +96,6 @@ def test_command_line_defaults_are_the_pretraining_configs():
     assert shared["eval_fraction"] == 0.02
 
 
-def test_missing_input_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="/no/such/corpus"):
-        prepare_corpus(["/no/such/corpus"], str(tmp_path / "out"))
-
-
 def test_crash_leaves_no_output(corpus, tmp_path, monkeypatch):
     calls = []
 
@@ -122,7 +112,7 @@ def test_crash_leaves_no_output(corpus, tmp_path, monkeypatch):
 
 def test_hf_dataset_path(tmp_path):
     import datasets
-    docs = [_play(n, 120) for n in ("hamlet", "lear", "tempest", "othello")]
+    docs = [play(n, 120) for n in ("hamlet", "lear", "tempest", "othello")]
     ds = datasets.Dataset.from_dict({"text": docs, "id": list(range(4))})
     ds.to_json(str(tmp_path / "docs.jsonl"))
     m = prepare_corpus(None, str(tmp_path / "hub"), hf_dataset="json", hf_data_files=str(tmp_path / "docs.jsonl"),
@@ -143,22 +133,6 @@ def test_demo_corpus_is_default(tmp_path):
     assert m["splits"]["train"]["documents"] == 2
 
 
-# Parallel, multi-part and resumable preparation.
-
-PLAYS = ("hamlet", "lear", "macbeth", "othello", "tempest", "twelfth_night")
-FAST = dict(max_seq_length=64, eval_fraction=0.25, num_shards=3, unit_mb=1e-3)  # unit_mb: one unit per file
-
-
-@pytest.fixture
-def plays(tmp_path):
-    """Six short plays, one file each (six units with FAST)."""
-    root = tmp_path / "plays"
-    root.mkdir()
-    for name in PLAYS:
-        (root / f"{name}.txt").write_text(_play(name, 150))
-    return root
-
-
 @pytest.fixture
 def jsonl_files(tmp_path):
     """The six plays as rows of two JSON-lines files (a streamed dataset of two shards)."""
@@ -166,20 +140,8 @@ def jsonl_files(tmp_path):
     paths = []
     for i, names in enumerate((PLAYS[:4], PLAYS[4:])):
         paths.append(str(tmp_path / f"docs-{i}.jsonl"))
-        datasets.Dataset.from_dict({"text": [_play(n, 150) for n in names]}).to_json(paths[-1])
+        datasets.Dataset.from_dict({"text": [play(n, 150) for n in names]}).to_json(paths[-1])
     return paths
-
-
-def _files(root):
-    """{relative path: bytes} of a prepared folder; the manifest without its creation time."""
-    out = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            data = path.read_bytes()
-            if path.name == "manifest.json":
-                data = json.dumps({k: v for k, v in json.loads(data).items() if k != "created"}).encode()
-            out[str(path.relative_to(root))] = data
-    return out
 
 
 def _dataset(data_dir):
@@ -188,21 +150,6 @@ def _dataset(data_dir):
             for s in ("train", "eval") for src in [PretrainingData(str(data_dir), s)]}
     it = make_iterator(str(data_dir), global_batch_size=4, seed=1, process_index=0, process_count=1)
     return rows, [next(it)["input_ids"] for _ in range(3)]
-
-
-def test_workers_do_not_change_the_bytes(plays, tmp_path, monkeypatch):
-    """1 and 2 workers write identical folders, from files (six units) and from a saved dataset (three)."""
-    import datasets
-    one = prepare_corpus(str(plays), str(tmp_path / "one"), num_workers=1, **FAST)
-    prepare_corpus(str(plays), str(tmp_path / "two"), num_workers=2, **FAST)
-    assert one["units"] == 6 and one["splits"]["eval"]["documents"] == 2
-    assert _files(tmp_path / "one") == _files(tmp_path / "two")
-
-    monkeypatch.setattr(prepare, "HF_ROWS_PER_UNIT", 2)
-    datasets.Dataset.from_dict({"text": [_play(n, 150) for n in PLAYS]}).save_to_disk(str(tmp_path / "saved"))
-    for n in (1, 2):
-        m = prepare_corpus(None, str(tmp_path / f"hf{n}"), hf_dataset=str(tmp_path / "saved"), num_workers=n, **FAST)
-    assert m["units"] == 3 and _files(tmp_path / "hf1") == _files(tmp_path / "hf2")
 
 
 @pytest.mark.parametrize("source", ["files", "streamed"])
@@ -230,139 +177,6 @@ def test_parts_merged_equal_one_run(plays, jsonl_files, tmp_path, source):
         np.testing.assert_array_equal(rows_merged[split], rows_whole[split])
     np.testing.assert_array_equal(np.stack(batches_merged), np.stack(batches_whole))
     assert load_tokenizer(str(tmp_path / "parts")).vocab_size == 30522
-
-
-def _prepare_then_die(num_units, args, kwargs):
-    """prepare_corpus(*args, **kwargs), SIGKILLing this process once `num_units` units are committed."""
-    build, built = prepare._build_unit, []
-
-    def build_then_die(ctx, unit):
-        built.append(build(ctx, unit))
-        if len(built) == num_units:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return built[-1]
-
-    prepare._build_unit = build_then_die
-    prepare_corpus(*args, **kwargs)
-
-
-def _killed_after(num_units, *args, **kwargs):
-    """Runs `_prepare_then_die` in a fresh process (forkserver: this one may run JAX threads) and waits for it."""
-    proc = multiprocessing.get_context("forkserver").Process(target=_prepare_then_die, args=(num_units, args, kwargs))
-    proc.start()
-    proc.join()
-    assert proc.exitcode == -signal.SIGKILL
-
-
-def test_killed_preparation_resumes(plays, tmp_path, monkeypatch):
-    """A run killed after 3 of 6 units resumes: it builds only the other 3 and equals an uninterrupted run."""
-    prepare_corpus(str(plays), str(tmp_path / "whole"), num_workers=1, **FAST)
-    _killed_after(3, str(plays), str(tmp_path / "data"), num_workers=1, **FAST)
-    partial = tmp_path / ".data.partial"
-    assert not (tmp_path / "data").exists() and len(list((partial / "units").glob("unit-*.npz"))) == 3
-    with pytest.raises(FileExistsError, match="other options"):
-        prepare_corpus(str(plays), str(tmp_path / "data"), **dict(FAST, seed=1))
-
-    built = []
-    build = prepare._build_unit
-    monkeypatch.setattr(prepare, "_build_unit", lambda ctx, unit: built.append(unit.index) or build(ctx, unit))
-    prepare_corpus(str(plays), str(tmp_path / "data"), num_workers=1, **FAST)
-    assert len(built) == 3 and not partial.exists()
-    assert _files(tmp_path / "data") == _files(tmp_path / "whole")
-
-
-def test_corrupt_or_empty_units_are_rebuilt(plays, tmp_path, monkeypatch):
-    """Truncated, empty, bit-flipped and half-written (.tmp) units are detected and rebuilt; an exception after
-    units were committed keeps them for the next run."""
-    prepare_corpus(str(plays), str(tmp_path / "whole"), num_workers=1, **FAST)
-    build = prepare._build_unit
-
-    def fail_on_unit_4(ctx, unit):
-        if unit.index == 4:
-            raise RuntimeError("boom")
-        return build(ctx, unit)
-
-    monkeypatch.setattr(prepare, "_build_unit", fail_on_unit_4)
-    with pytest.raises(RuntimeError, match="boom"):
-        prepare_corpus(str(plays), str(tmp_path / "data"), num_workers=1, **FAST)
-    units = sorted((tmp_path / ".data.partial" / "units").glob("unit-*.npz"))
-    assert [u.name for u in units] == [f"unit-{i:06d}.npz" for i in range(4)]
-    units[0].write_bytes(units[0].read_bytes()[:-100])  # truncated
-    units[1].write_bytes(b"")  # empty
-    data = bytearray(units[2].read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one flipped byte inside an array: its CRC no longer matches
-    units[2].write_bytes(bytes(data))
-    (units[3].parent / "unit-000005.npz.tmp").write_bytes(units[3].read_bytes())  # half-written, never renamed
-
-    built = []
-    monkeypatch.setattr(prepare, "_build_unit", lambda ctx, unit: built.append(unit.index) or build(ctx, unit))
-    prepare_corpus(str(plays), str(tmp_path / "data"), num_workers=1, **FAST)
-    assert sorted(built) == [0, 1, 2, 4, 5]
-    assert _files(tmp_path / "data") == _files(tmp_path / "whole")
-
-
-# Hostile inputs (issue 14): over-long lines, invalid bytes, leftovers of interrupted runs.
-
-LONG_LINE = """
-import json, os, resource, sys
-import numpy as np
-from convbert.data.prepare import prepare_corpus
-root, mb = sys.argv[1], float(sys.argv[2])
-rng = np.random.default_rng(0)
-words = np.array("the king and queen of england spoke to his lords about war peace honour love death night".split())
-with open(os.path.join(root, "small.txt"), "w") as f:
-    f.write(" ".join(rng.choice(words, 20_000)) + ".\\n")
-with open(os.path.join(root, "big.txt"), "w") as f:  # one line of `mb` MB, a sentence end after every "love"
-    while f.tell() < mb * 1e6:
-        f.write(" ".join(rng.choice(words, 100_000)).replace("love ", "love. ") + " ")
-prepare_corpus(os.path.join(root, "small.txt"), os.path.join(root, "small"), eval_fraction=0, num_workers=1)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB: imports, tokenizer, one small preparation
-m = prepare_corpus(os.path.join(root, "big.txt"), os.path.join(root, "big"), eval_fraction=0, num_workers=1)
-grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-print(json.dumps(dict(grown_mb=grown / 1024, long_lines=m["long_lines"]["count"], **m["splits"]["train"])))
-"""
-
-
-def test_long_line_is_cut_into_sentences_in_bounded_memory(tmp_path):
-    """A 10 MB file without a newline (issue 14: 50 MB cost 8.6 GB and became one 128-token example): it is read
-    in pieces of max_line_chars and cut at sentence ends, counted; the peak memory of the process preparing it
-    grows by far less than the file's tokenizer output (1.2 GB before this change for this file)."""
-    done = subprocess.run([sys.executable, "-c", LONG_LINE, str(tmp_path), "10"], capture_output=True, text=True,
-                          timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.splitlines()[-1])
-    assert out["long_lines"] == 1 and out["lines"] > 50_000 and out["grown_mb"] < 150, out
-    assert out["examples"] > 0.9 * out["text_tokens"] / 128, out  # the text is used, not one truncated line
-
-
-def test_a_few_invalid_bytes_are_replaced_and_counted(tmp_path):
-    """A 170 KB text with one invalid byte is read (the byte as U+FFFD, counted) rather than dropped whole;
-    strict_utf8 keeps the old behaviour (skipped as non_utf8); a file that is mostly another encoding is skipped
-    either way."""
-    root = tmp_path / "corpus"
-    root.mkdir()
-    text = (_play("hamlet", 10_000) + _play("othello", 10_000)).encode()
-    assert len(text) > 160_000
-    (root / "hamlet.txt").write_bytes(text[:80_000] + b"\xff" + text[80_000:])
-    (root / "macbeth.txt").write_text(_play("macbeth"))
-    (root / "latin1.txt").write_bytes("Caf\u00e9 cr\u00e8me, na\u00efve.\n".encode("latin-1"))
-    m = prepare_corpus(str(root), str(tmp_path / "lenient"), eval_fraction=0, max_seq_length=64)
-    assert m["replaced_utf8"] == dict(files=1, bytes=1, paths=[str(root / "hamlet.txt")])
-    assert m["skipped_files"]["non_utf8"] == dict(count=1, paths=[str(root / "latin1.txt")])
-    assert m["splits"]["train"]["documents"] == 2
-    strict = prepare_corpus(str(root), str(tmp_path / "strict"), eval_fraction=0, max_seq_length=64, strict_utf8=True)
-    assert strict["skipped_files"]["non_utf8"]["count"] == 2 and strict["splits"]["train"]["documents"] == 1
-    assert strict["replaced_utf8"]["files"] == 0
-
-
-def test_interrupted_preparation_leaves_nothing_behind(plays, tmp_path):
-    """A preparation killed after 2 of 6 units, plus the `.data.tmp-*` folder an interrupted run of an earlier
-    version left: the next run (as pretraining starts it: overwrite=True) reuses the committed units, removes
-    the leftover, and leaves only the prepared folder."""
-    _killed_after(2, str(plays), str(tmp_path / "data"), num_workers=1, **FAST)
-    (tmp_path / ".data.tmp-abc123" / "train").mkdir(parents=True)
-    prepare_corpus(str(plays), str(tmp_path / "data"), num_workers=1, overwrite=True, **FAST)
-    assert sorted(os.listdir(tmp_path)) == ["data", "plays"]
 
 
 def test_fingerprint_follows_the_inputs(plays, tmp_path):

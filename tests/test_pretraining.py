@@ -213,7 +213,7 @@ def test_smoke_prepares_data_evaluates_exports(tmp_path):
     loads in transformers and computes what ours does."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from convbert.data.prepare import DEMO_CORPUS_DIR
+    from convbert.data.sources import DEMO_CORPUS_DIR
     from convbert.modeling import ConvBertModel
 
     corpus = ",".join(os.path.join(DEMO_CORPUS_DIR, f) for f in ("macbeth.txt", "tempest.txt"))

@@ -15,7 +15,7 @@ import pretraining_setup as setup
 from convbert import pretraining, resume
 from convbert.checkpoint import Checkpointer
 from convbert.data import loader, prepare
-from convbert.data.prepare import DEMO_CORPUS_DIR
+from convbert.data.sources import DEMO_CORPUS_DIR
 
 ONE = jax.devices()[:1]
 

@@ -13,7 +13,7 @@ import pytest
 
 from convbert import ConvBertTokenizer
 from convbert.assets import BERT_UNCASED_VOCAB
-from convbert.data.prepare import DEMO_CORPUS_DIR
+from convbert.data.sources import DEMO_CORPUS_DIR
 from convbert.tokenization import CONFIG_FILE, load_tokenizer, train_sentencepiece
 
 transformers = pytest.importorskip("transformers")

@@ -12,7 +12,7 @@ import pytest
 import pretraining_setup as setup
 from convbert import pretraining, validation
 from convbert.data import prepare
-from convbert.data.prepare import DEMO_CORPUS_DIR
+from convbert.data.sources import DEMO_CORPUS_DIR
 from convbert.glue import finetune
 
 

@@ -1,9 +1,10 @@
-"""Pretraining data: the ELECTRA example builder (spec 5.1), shard preparation and the grain loader (the tokenizers
-are in `convbert.tokenization`)."""
+"""Pretraining data: the ELECTRA example builder (docs/electra.md#example-builder), shard preparation and the grain
+loader (the tokenizers are in `convbert.tokenization`)."""
 
 from convbert.data.example_builder import ExampleBuilder
 from convbert.data.loader import PretrainingData, load_manifest, make_iterator, to_global_arrays
-from convbert.data.prepare import DEMO_CORPUS_DIR, prepare_corpus
+from convbert.data.prepare import prepare_corpus
+from convbert.data.sources import DEMO_CORPUS_DIR
 
 __all__ = [
     "ExampleBuilder", "PretrainingData", "load_manifest", "make_iterator", "to_global_arrays", "DEMO_CORPUS_DIR",

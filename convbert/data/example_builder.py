@@ -1,4 +1,5 @@
-"""ELECTRA pretraining-example builder (spec 5.1, `ExampleBuilder` of build_pretraining_dataset.py).
+"""ELECTRA pretraining-example builder (`ExampleBuilder` of google-research/electra build_pretraining_dataset.py;
+docs/electra.md#example-builder).
 
 Lines (token-id lists) accumulate until their total length reaches the target length or the document ends;
 then one example `[CLS] A [SEP] B [SEP]` is emitted from all accumulated lines and the rest is discarded.
