@@ -79,7 +79,7 @@ class ElectraConfig:
             raise ValueError(f"ElectraConfig.temperature must be > 0, got {self.temperature}")
 
     @classmethod
-    def from_config(cls, electra: Mapping[str, Any], special_ids: Any = None) -> "ElectraConfig":
+    def from_config(cls, electra: Mapping[str, Any], special_ids: Any = None) -> ElectraConfig:
         """From `config.electra` (a ConfigDict or dict) and the special token ids: a tokenizer (attributes
         `mask_id`, `cls_id`, `sep_id`, `pad_id`), a dict keyed `mask_id`/... or `mask`/... (the tokenizer's
         `special_ids`), or None for the BERT vocab's."""

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from electra_setup import CLS, MASK, SEP, make_batch
 
 from convbert.electra import ElectraConfig
 from convbert.masking import SAMPLERS, mask_tokens, num_prediction_slots, scatter_slots
-from electra_setup import CLS, MASK, SEP, make_batch
 
 ROWS = 2000  # rows for the masking statistics
 

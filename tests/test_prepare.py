@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from prepare_setup import FAST, PLAYS, play
 
 from configs.pretrain import get_config
 from convbert.data import example_builder, prepare
@@ -17,7 +18,6 @@ from convbert.data.loader import PretrainingData, make_iterator
 from convbert.data.prepare import merge_parts, prepare_corpus
 from convbert.data.sources import DEMO_CORPUS_DIR
 from convbert.tokenization import load_tokenizer
-from prepare_setup import FAST, PLAYS, play
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def corpus(tmp_path):
 
 def _check_shards(out, manifest):
     total = 0
-    for split, info in manifest["splits"].items():
+    for info in manifest["splits"].values():
         for shard in info["shards"]:
             arr = np.load(out / shard["file"], mmap_mode="r")
             assert arr.shape == (shard["examples"], 3, manifest["max_seq_length"]) and arr.dtype == np.uint16
@@ -169,7 +169,7 @@ def test_parts_merged_equal_one_run(plays, jsonl_files, tmp_path, source):
     merged = merge_parts(str(tmp_path / "parts"))
     assert merged["parts"] == ["part-00000-of-00002", "part-00001-of-00002"]
     for split in ("train", "eval"):
-        counts = lambda m: {k: v for k, v in m["splits"][split].items() if k != "shards"}
+        counts = lambda m, split=split: {k: v for k, v in m["splits"][split].items() if k != "shards"}
         assert counts(merged) == counts(whole)
     rows_whole, batches_whole = _dataset(tmp_path / "whole")
     rows_merged, batches_merged = _dataset(tmp_path / "parts")

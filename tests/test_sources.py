@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from prepare_setup import play
 
 from convbert.data.prepare import prepare_corpus
-from prepare_setup import play
 
 
 def test_missing_input_path(tmp_path):

@@ -7,10 +7,10 @@ import os
 import signal
 
 import pytest
+from prepare_setup import FAST, PLAYS, play
 
 from convbert.data import units
 from convbert.data.prepare import prepare_corpus
-from prepare_setup import FAST, PLAYS, play
 
 
 def _files(root):

@@ -7,6 +7,11 @@ from convbert.data.prepare import prepare_corpus
 from convbert.data.sources import DEMO_CORPUS_DIR
 
 __all__ = [
-    "ExampleBuilder", "PretrainingData", "load_manifest", "make_iterator", "to_global_arrays", "DEMO_CORPUS_DIR",
+    "DEMO_CORPUS_DIR",
+    "ExampleBuilder",
+    "PretrainingData",
+    "load_manifest",
+    "make_iterator",
     "prepare_corpus",
+    "to_global_arrays",
 ]

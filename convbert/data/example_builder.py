@@ -72,10 +72,8 @@ class ExampleBuilder:
                 or ((len(second) == 0) == fixed and len(first) < first_target and self._rng.random() < 0.5))
 
     def _create_example(self) -> dict[str, np.ndarray]:
-        if self._rng.random() < SINGLE_SEGMENT_PROB:
-            first_target = 100_000
-        else:
-            first_target = (self.target_length - 3) // 2  # -3: [CLS], [SEP], [SEP]
+        # -3: [CLS], [SEP], [SEP]
+        first_target = 100_000 if self._rng.random() < SINGLE_SEGMENT_PROB else (self.target_length - 3) // 2
         first, second = [], []
         for line in self._lines:
             (first if self._goes_to_first(first, second, line, first_target) else second).extend(line)

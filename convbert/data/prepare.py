@@ -56,8 +56,19 @@ from absl import app, flags, logging
 from convbert.assets import BERT_UNCASED_VOCAB
 from convbert.data.example_builder import FIELDS, VARIANTS
 from convbert.data.sources import MAX_LINE_CHARS, find_text_files, input_list, open_hf
-from convbert.data.units import (SPLITS, STAT_KEYS, UNIT_MB, Context, build_units, default_num_workers,
-                                 expected_documents, limit_units, make_tokenizer, plan_units, split_arrays)
+from convbert.data.units import (
+    SPLITS,
+    STAT_KEYS,
+    UNIT_MB,
+    Context,
+    build_units,
+    default_num_workers,
+    expected_documents,
+    limit_units,
+    make_tokenizer,
+    plan_units,
+    split_arrays,
+)
 from convbert.tokenization import CONFIG_FILE, KINDS, load_tokenizer
 
 FORMAT = "convbert-pretraining-shards"
@@ -140,7 +151,7 @@ def _write_shards(root: str, split: str, num_shards: int, chunks: Iterable[np.nd
     files = [f"{split}/shard-{i:05d}-of-{num_shards:05d}.npy" for i in range(num_shards)]
     sizes = [total // num_shards + (i < total % num_shards) for i in range(num_shards)]
     chunks, pending = iter(chunks), np.empty((0, len(FIELDS), seq_len), dtype)
-    for file, size in zip(files, sizes):
+    for file, size in zip(files, sizes, strict=True):
         with open(os.path.join(root, file), "wb") as f:
             np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
                                                      "fortran_order": False, "shape": (size, len(FIELDS), seq_len)})
@@ -149,7 +160,7 @@ def _write_shards(root: str, split: str, num_shards: int, chunks: Iterable[np.nd
                     pending = next(chunks)
                 f.write(pending[:size].tobytes())
                 size, pending = size - len(pending[:size]), pending[size:]
-    return [{"file": f, "examples": n} for f, n in zip(files, sizes)]
+    return [{"file": f, "examples": n} for f, n in zip(files, sizes, strict=True)]
 
 
 def _read_json(path: str):
@@ -165,7 +176,7 @@ def _write_json(path: str, value):
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, tokenizer: str = "wordpiece",
@@ -325,7 +336,7 @@ def merge_parts(output_dir: str) -> dict:
     per_part = ("created", "part", "units", "splits", "long_lines", "fingerprint")
     common = {k: v for k, v in manifests[0].items() if k not in per_part}
     tok_files = [manifests[0]["tokenizer"]["file"], CONFIG_FILE]
-    for name, m in zip(names, manifests):
+    for name, m in zip(names, manifests, strict=True):
         if {k: v for k, v in m.items() if k not in per_part} != common:
             raise ValueError(f"{name} was prepared with other options than {names[0]}")
         for f in tok_files:
@@ -334,7 +345,7 @@ def merge_parts(output_dir: str) -> dict:
                                  "(pass one --vocab to all parts)")
     load_tokenizer(os.path.join(output_dir, names[0])).save(output_dir)
     splits = {s: dict({k: sum(m["splits"][s][k] for m in manifests) for k in STAT_KEYS},
-                      shards=[dict(sh, file=f"{n}/{sh['file']}") for n, m in zip(names, manifests)
+                      shards=[dict(sh, file=f"{n}/{sh['file']}") for n, m in zip(names, manifests, strict=True)
                               for sh in m["splits"][s]["shards"]]) for s in SPLITS}
     if not splits["train"]["examples"]:
         raise ValueError(f"no training examples in the parts of {output_dir}")

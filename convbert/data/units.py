@@ -40,8 +40,14 @@ from absl import logging
 from convbert.assets import BERT_UNCASED_VOCAB
 from convbert.data.example_builder import FIELDS, ExampleBuilder
 from convbert.data.sources import SKIP_REASONS, file_lines, hf_texts, is_streamed, readable_files, text_lines
-from convbert.tokenization import (CONFIG_FILE, ConvBertTokenizer, SentencePieceTokenizer, TextTokenizer,
-                                   load_tokenizer, train_sentencepiece)
+from convbert.tokenization import (
+    CONFIG_FILE,
+    ConvBertTokenizer,
+    SentencePieceTokenizer,
+    TextTokenizer,
+    load_tokenizer,
+    train_sentencepiece,
+)
 
 SPLITS = ("train", "eval")
 STAT_KEYS = ("documents", "lines", "text_tokens", "examples", "tokens", "two_segment_examples")
@@ -101,7 +107,7 @@ def plan_units(inputs: Sequence[str], hf: Any, seed: int, unit_mb: float, strict
     sizes = [os.path.getsize(path) for path in files]
     unit_bytes = min(unit_mb * 1e6, max(sum(sizes) / MIN_UNITS, MIN_UNIT_BYTES))
     groups, size = [[]], 0
-    for position, (path, file_size) in enumerate(zip(files, sizes)):
+    for position, (path, file_size) in enumerate(zip(files, sizes, strict=True)):
         groups[-1].append((position, path))
         size += file_size
         if size >= unit_bytes:
@@ -288,7 +294,7 @@ def _committed_units(units_dir: str, units: Sequence[_Unit], seq_len: int) -> di
         if os.path.exists(path := _unit_path(units_dir, unit.index)):
             try:
                 infos[unit.index] = _read_unit(path, unit, seq_len)
-            except Exception as e:  # any unreadable file is rebuilt, whatever the error
+            except Exception as e:  # noqa: BLE001 - any unreadable file is rebuilt, whatever the error
                 logging.warning("rebuilding %s: %s: %s", path, type(e).__name__, e)
                 os.remove(path)
     return infos
