@@ -6,7 +6,7 @@ import grain
 import numpy as np
 import pytest
 
-from convbert.data.loader import PretrainingData, make_iterator, to_global_arrays
+from convbert.data.loader import PretrainingData, make_iterator
 from convbert.data.prepare import prepare_corpus
 
 
@@ -115,13 +115,16 @@ def test_errors(data_dir, tmp_path):
         make_iterator(data_dir, "eval", global_batch_size=4096, seed=0, process_index=0, process_count=1)
 
 
-def test_to_global_arrays(data_dir):
+def test_batches_become_global_arrays(data_dir):
+    """The loader's per-process batch, placed by `sharding.shard_batch` as the trainer does."""
     import jax
-    mesh = jax.make_mesh((len(jax.devices()),), ("data",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+    from convbert import sharding
+
+    mesh = sharding.create_mesh({"data": len(jax.devices()), "fsdp": 1, "model": 1})
     batch = next(make_iterator(data_dir, global_batch_size=8, seed=0))
-    arrays = to_global_arrays(batch, sharding)
-    assert arrays["input_ids"].sharding == sharding
+    arrays = sharding.shard_batch(batch, mesh)
+    assert arrays["input_ids"].sharding == sharding.batch_sharding(mesh)
     np.testing.assert_array_equal(np.asarray(arrays["input_mask"]), batch["input_mask"])
 
 

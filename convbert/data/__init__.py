@@ -2,7 +2,7 @@
 loader (the tokenizers are in `convbert.tokenization`)."""
 
 from convbert.data.example_builder import ExampleBuilder
-from convbert.data.loader import PretrainingData, load_manifest, make_iterator, to_global_arrays
+from convbert.data.loader import PretrainingData, load_manifest, make_iterator
 from convbert.data.prepare import prepare_corpus
 from convbert.data.sources import DEMO_CORPUS_DIR
 
@@ -13,5 +13,4 @@ __all__ = [
     "load_manifest",
     "make_iterator",
     "prepare_corpus",
-    "to_global_arrays",
 ]

@@ -110,8 +110,3 @@ def make_iterator(data_dir: str, split: str = "train", *, global_batch_size: int
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(ds)
 
-
-def to_global_arrays(batch: dict[str, np.ndarray], sharding) -> dict:
-    """Per-process batch -> global jax.Arrays (`jax.make_array_from_process_local_data` per field)."""
-    import jax
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
