@@ -20,9 +20,13 @@ from flax import nnx, struct
 
 from convbert.config import ConvBertConfig
 from convbert.kernels import Dropout, KeyChain, activation, shifted_window_sum
+from convbert.sharding import constrain
 
 Array = jax.Array
 MASK_BIAS = -10000.0  # additive bias on padded keys, as the TF original (spec 1.2 step 2)
+# Logical axes of the hidden states [B, T, H] (and the embeddings [B, T, E]), pinned at every layer boundary
+# (`convbert.sharding.constrain`): under FSDP split over the batch only, so weights are gathered, not activations.
+HIDDEN_AXES = ("batch", "length", "embed")
 LAYERS_AXIS = "layers"  # logical name of the leading axis of stacked layers (`scan_layers`); no rule shards it
 # `ConvBertConfig.remat` (but 'none') -> what `jax.checkpoint` keeps of a layer for its backward pass.
 CHECKPOINT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -84,7 +88,7 @@ class ConvBertEmbeddings(nnx.Module):
              + self.position_embeddings.embedding[...][position_ids]
              + self.token_type_embeddings.embedding[...][token_type_ids])
         x = self.LayerNorm(x).astype(compute_dtype(self.config))
-        return self.dropout(x, rng)
+        return self.dropout(constrain(x, HIDDEN_AXES), rng)
 
 
 class SeparableConv1D(nnx.Module):
@@ -235,8 +239,8 @@ class ConvBertLayer(nnx.Module):
         self.output = ConvBertOutput(config, rngs=rngs)
 
     def __call__(self, x: Array, mask_bias: Array, keys: KeyChain) -> Array:
-        x = self.attention(x, mask_bias, keys)
-        return self.output(self.intermediate(x), x, keys.next())
+        x = constrain(self.attention(x, mask_bias, keys), HIDDEN_AXES)
+        return constrain(self.output(self.intermediate(x), x, keys.next()), HIDDEN_AXES)
 
 
 def stack_layers(layers: Sequence[nnx.Module]) -> nnx.Module:
@@ -362,7 +366,7 @@ class ConvBertModel(ConvBertPreTrainedModel):
             embedding_output = self.embeddings(input_ids, token_type_ids, position_ids, keys.next())
         x = embedding_output
         if hasattr(self, "embeddings_project"):
-            x = self.embeddings_project(x)
+            x = constrain(self.embeddings_project(x), HIDDEN_AXES)
         mask_bias = attention_mask_bias(attention_mask, x.shape[:2])
         x, states = self.encoder(x, mask_bias, keys.next(), output_hidden_states)
         return BaseModelOutput(last_hidden_state=x, hidden_states=states)
