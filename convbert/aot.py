@@ -40,7 +40,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from convbert import flops, metrics, pretraining, sharding, validation
+from convbert import flops, kernels, metrics, pretraining, sharding, validation
+from convbert.config import ConvBertConfig
 
 STEPS = ("pretrain", "finetune")
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -180,6 +181,7 @@ class Step:
     seq_len: int
     model_flops: float | None  # matmul FLOPs of one step (convbert.flops), for the MFU estimate
     description: str
+    model_config: ConvBertConfig  # the model compiled, its kernels resolved for the mesh's platform
 
 
 def _sds(shape, dtype, sharding_) -> jax.ShapeDtypeStruct:
@@ -200,7 +202,7 @@ def pretrain_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
     model_flops = flops.model_flops_per_step(*flops.configs_from(config), b, t,
                                              config.electra.max_predictions_per_seq)
     return Step(trainer.train_step, (state, batch), state, b, t, model_flops,
-                f"pretraining step ({config.objective})")
+                f"pretraining step ({config.objective})", trainer.model_config)
 
 
 def finetune_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Step:
@@ -208,7 +210,7 @@ def finetune_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
     'ax'): `glue.finetune.TaskTrainer.train_step` with the task's head. The encoder's architecture comes from
     `config.init_checkpoint` when that is a local directory (its config.json), else from the released ConvBERT of
     `config.size`; no weights are read."""
-    from convbert.config import SIZES, ConvBertConfig, size_config
+    from convbert.config import SIZES, size_config
     from convbert.glue import data, finetune, tasks
 
     task = tasks.get_task(tasks.task_names(config.task)[0])
@@ -228,7 +230,7 @@ def finetune_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
               "labels": ((b,), np.float32 if task.labels is None else np.int32)}
     state = trainer.abstract_state()
     return Step(trainer.train_step, (state, trainer.abstract_batch(shapes)), state, b, t, None,
-                f"GLUE fine-tuning step ({task.name})")
+                f"GLUE fine-tuning step ({task.name})", trainer.model_config)
 
 
 STEP_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, jax.sharding.Mesh], Step]] = {
@@ -376,23 +378,25 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology, step: 
         "grad_accum_steps": accum, "per_device_batch": built.global_batch // batch_shards,
         "per_device_micro_batch": built.global_batch // accum // batch_shards,
         "state_bytes_per_device": per_device_bytes(built.state), "hbm_bytes": chip.hbm_bytes if chip else None,
+        **model_knobs(built.model_config),
     }
 
     start = time.perf_counter()
     lowered = built.jitted.lower(*built.args)
     report["lower_seconds"] = time.perf_counter() - start
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as e:
         if not str(e).startswith("RESOURCE_EXHAUSTED"):
             raise
-        report.update(compile_seconds=time.perf_counter() - start, fits=False, compile_error=str(e).strip(),
+        report.update(compile_seconds=time.perf_counter() - start, compile_cpu_seconds=time.process_time() - cpu_start,
+                      fits=False, compile_error=str(e).strip(),
                       per_device_bytes=_refused_bytes(str(e), per_device_bytes(built.args)),
                       flops_per_device=None, bytes_accessed_per_device=None, collectives=None)
         report.update(estimate(report, chip, peak_flops, built.model_flops), hints=hints(config, report))
         return report
-    report["compile_seconds"] = time.perf_counter() - start
+    report.update(compile_seconds=time.perf_counter() - start, compile_cpu_seconds=time.process_time() - cpu_start)
 
     mem = compiled.memory_analysis()
     nbytes = {"arguments": mem.argument_size_in_bytes, "outputs": mem.output_size_in_bytes,
@@ -408,6 +412,14 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology, step: 
     report.update(estimate(report, chip, peak_flops, built.model_flops))
     report["hints"] = hints(config, report) if report["fits"] is False else []
     return report
+
+
+def model_knobs(config: ConvBertConfig) -> dict[str, Any]:
+    """The compute knobs of the compiled model: `kernels` as resolved for the platform (e.g. 'tpu'), the
+    implementation that selects per kernel (`kernel_impls`), `remat` and `scan_layers`."""
+    return {"kernels": config.kernels, "kernel_impls": {name: kernels.resolve_impl(config.kernels, name)
+                                                        for name in kernels.KERNELS},
+            "remat": config.remat, "scan_layers": config.scan_layers}
 
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -480,6 +492,9 @@ def format_report(r: Mapping[str, Any]) -> str:
     lines = [
         f"{r['description']} on {r['topology']}: {r['num_chips']} x {r['chip']} ({r['num_hosts']} hosts), "
         f"mesh {r['mesh']}",
+        f"model: kernels {r['kernels']} ("
+        + ", ".join(f"{k} {v}" for k, v in r["kernel_impls"].items())
+        + f"), remat {r['remat']}, layers {'scanned' if r['scan_layers'] else 'unrolled'}",
         f"batch: global {r['global_batch']} x {r['seq_len']} tokens, per device {r['per_device_batch']}"
         + (f" ({r['grad_accum_steps']} micro-batches of {r['per_device_micro_batch']})" if r["grad_accum_steps"] > 1
            else ""),
@@ -497,7 +512,8 @@ def format_report(r: Mapping[str, Any]) -> str:
             "(XLA cost analysis)",
             "collectives per step: " + (", ".join(f"{k} {v['count']} ({_size(v['bytes'])})"
                                                   for k, v in r["collectives"].items() if v["count"]) or "none")]
-    lines.append(f"compile: {r['compile_seconds']:.1f} s (+ {r['lower_seconds']:.1f} s tracing and lowering)")
+    lines.append(f"compile: {r['compile_seconds']:.1f} s ({r['compile_cpu_seconds']:.1f} s of CPU time; + "
+                 f"{r['lower_seconds']:.1f} s tracing and lowering)")
     if r["estimated_step_seconds"] is not None:
         lines += [
             f"{r['estimate_note']}; peaks used: {r['peak_flops_per_second'] / 1e12:.0f} TFLOP/s, "
