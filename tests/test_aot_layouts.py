@@ -33,3 +33,13 @@ def test_table_marks_the_best_fitting_layout_and_keeps_the_latest_result():
     assert set(body) == {"dp", "**fsdp**", "fsdp+tp2", "fsdp+tp4"}  # the best that fits, not the best overall
     assert "| yes | 3.00 of 16 | 250.0 | 1,000,000 | 35.0% | 100 |" in body["**fsdp**"]
     assert "| no |" in body["fsdp+tp2"] and "timed out after 60 s" in body["fsdp+tp4"]
+
+
+def test_table_shows_scanned_compiles_and_cpu_seconds_as_their_own_rows():
+    unrolled = result("fsdp", True, 0.40)
+    scanned = result("fsdp", True, 0.10, scan_layers=True)
+    scanned["report"] = {**scanned["report"], "compile_seconds": 50.2, "compile_cpu_seconds": 41.7}
+    lines = aot_layouts.table([unrolled, scanned]).splitlines()[2:]
+    assert len(lines) == 2  # the scanned compile does not replace the unrolled one
+    assert lines[0].split(" | ")[3] == "n/a" and lines[1].split(" | ")[3] == "n/a, scanned"
+    assert lines[1].endswith("| 50 (42) |")
