@@ -23,7 +23,7 @@ from convbert.kernels import Dropout, KeyChain, activation, shifted_window_sum
 from convbert.sharding import constrain
 
 Array = jax.Array
-MASK_BIAS = -10000.0  # additive bias on padded keys, as the TF original (spec 1.2 step 2)
+MASK_BIAS = -10000.0  # additive bias on padded keys, as the TF original (docs/architecture.md#self-attention-branch)
 # Logical axes of the hidden states [B, T, H] (and the embeddings [B, T, E]), pinned at every layer boundary
 # (`convbert.sharding.constrain`): under FSDP split over the batch only, so weights are gathered, not activations.
 HIDDEN_AXES = ("batch", "length", "embed")
@@ -40,7 +40,7 @@ def compute_dtype(config: ConvBertConfig):
 
 
 def _init(config: ConvBertConfig, stddev: float | None = None):
-    """TF initialisation: truncated normal, sigma = initializer_range (spec 1.3)."""
+    """TF initialisation: truncated normal, sigma = initializer_range (docs/architecture.md#initialisation)."""
     return nnx.initializers.truncated_normal(stddev=config.initializer_range if stddev is None else stddev)
 
 
@@ -61,7 +61,8 @@ def layer_norm(config: ConvBertConfig, features: int, *, rngs: nnx.Rngs) -> nnx.
 
 
 class ConvBertEmbeddings(nnx.Module):
-    """word [V,E] + position [P,E] + token type [2,E] -> LayerNorm -> dropout; output [B,T,E] (spec 1.3)."""
+    """word [V,E] + position [P,E] + token type [2,E] -> LayerNorm -> dropout; output [B,T,E]
+    (docs/architecture.md#embeddings-and-projection)."""
 
     def __init__(self, config: ConvBertConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -92,8 +93,8 @@ class ConvBertEmbeddings(nnx.Module):
 
 
 class SeparableConv1D(nnx.Module):
-    """Span-aware key (spec 1.2 step 5): depthwise conv over time (kernel [k, H], no bias) -> pointwise
-    [H, A] -> + bias [A]. Input [B,T,H], output [B,T,A]."""
+    """Span-aware key (docs/architecture.md#span-based-dynamic-convolution, step 1): depthwise conv over time
+    (kernel [k, H], no bias) -> pointwise [H, A] -> + bias [A]. Input [B,T,H], output [B,T,A]."""
 
     def __init__(self, config: ConvBertConfig, in_features: int, out_features: int, *, rngs: nnx.Rngs):
         k = config.conv_kernel_size
@@ -112,7 +113,8 @@ class SeparableConv1D(nnx.Module):
 
 
 class ConvBertSelfAttention(nnx.Module):
-    """Mixed attention (spec 1.2): Nr self-attention heads and Nr convolution heads, each of size d.
+    """Mixed attention (paper section 3; docs/architecture.md#span-based-dynamic-convolution, #merge): Nr
+    self-attention heads and Nr convolution heads, each of size d.
 
     conv_type: 'sdconv' span-based dynamic conv (kernel from Q * SepConv(X)), 'dconv' dynamic conv
     (kernel from Q alone), 'lconv' lightweight conv (one learned kernel per head), 'none' (self-attention
@@ -187,7 +189,8 @@ class ConvBertAttention(nnx.Module):
 
 
 class GroupedLinear(nnx.Module):
-    """Grouped linear (spec 2): input split into G chunks, y_g = x_g W_g with W [G, in/G, out/G], one full bias."""
+    """Grouped linear (docs/architecture.md#grouped-linear-feed-forward): input split into G chunks,
+    y_g = x_g W_g with W [G, in/G, out/G], one full bias."""
 
     def __init__(self, config: ConvBertConfig, in_features: int, out_features: int, axes: tuple, *, rngs: nnx.Rngs):
         g = config.num_groups
@@ -330,7 +333,7 @@ class ConvBertPreTrainedModel(nnx.Module):
 
 
 def attention_mask_bias(attention_mask: Array | None, shape: tuple[int, int]) -> Array:
-    """[B, 1, 1, T] float32 bias masking padded keys only (spec 1.2 step 2)."""
+    """[B, 1, 1, T] float32 bias masking padded keys only (docs/architecture.md#self-attention-branch)."""
     if attention_mask is None:
         return jnp.zeros((shape[0], 1, 1, shape[1]), jnp.float32)
     return ((1.0 - attention_mask.astype(jnp.float32)) * MASK_BIAS)[:, None, None, :]
