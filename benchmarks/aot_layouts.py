@@ -55,7 +55,7 @@ def model_keys(size: str) -> set[str] | None:
 
 
 def num_chips(topology: str) -> int:
-    from convbert.aot import parse_topology
+    from convbert.aot_topology import parse_topology
 
     return parse_topology(topology).num_chips
 
@@ -96,12 +96,14 @@ def read_results(path: str) -> list[dict]:
 
 
 def table(results: list[dict]) -> str:
-    """Markdown table of the latest result per compile, the best fitting layout per (size, topology) in bold."""
+    """Markdown table of the latest result per compile, the best fitting layout per (size, topology) in bold.
+    Compiles with scanned layers show no estimate (XLA's cost analysis counts one layer of them) and are not
+    ranked."""
     latest = {_key(r): r for r in results}
     best = {}
     for r in latest.values():
         rep = r.get("report") or {}
-        if rep.get("fits") and rep.get("estimated_mfu") is not None:
+        if rep.get("fits") and rep.get("estimated_mfu") is not None and not r.get("scan_layers"):
             group = (r["size"], r["topology"])
             if group not in best or rep["estimated_mfu"] > best[group]["report"]["estimated_mfu"]:
                 best[group] = r
@@ -116,10 +118,10 @@ def table(results: list[dict]) -> str:
         else:
             total, hbm = rep["per_device_bytes"]["total"], rep["hbm_bytes"]
             memory = "?" if total is None else f"{total / 2**30:.2f}" + (f" of {hbm / 2**30:.0f}" if hbm else "")
-            est = rep["estimated_step_seconds"]
+            est = None if r.get("scan_layers") else rep["estimated_step_seconds"]
             cells = ["yes" if rep["fits"] else "no" if rep["fits"] is False else "n/a", memory,
                      f"{est * 1e3:.1f}" if est else "", f"{rep['estimated_tokens_per_second']:,.0f}" if est else "",
-                     f"{rep['estimated_mfu']:.1%}" if rep["estimated_mfu"] is not None else "",
+                     f"{rep['estimated_mfu']:.1%}" if est and rep["estimated_mfu"] is not None else "",
                      f"{rep['compile_seconds']:.0f}" + (f" ({rep['compile_cpu_seconds']:.0f})"
                                                         if "compile_cpu_seconds" in rep else "")]
             batch = rep["global_batch"]
@@ -136,7 +138,10 @@ def write_table(results: list[dict], path: str) -> None:
                 "Step time, tokens/s and MFU are ESTIMATES: max(FLOPs / peak, bytes accessed / HBM bandwidth) per "
                 "chip from XLA's cost analysis, without communication. Memory per chip: XLA's memory analysis "
                 "(arguments + outputs - aliased + temporaries + code) against the chip's HBM. Bold: the fitting "
-                "layout with the highest estimated MFU for its size and topology.\n\n" + table(results) + "\n")
+                "layout with the highest estimated MFU for its size and topology. Compile: wall seconds (CPU "
+                "seconds of the compiling process). Rows marked scanned were compiled with "
+                "model.scan_layers=True: XLA's cost analysis counts one layer of them, so they carry no estimate."
+                "\n\n" + table(results) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,4 +42,7 @@ def test_table_shows_scanned_compiles_and_cpu_seconds_as_their_own_rows():
     lines = aot_layouts.table([unrolled, scanned]).splitlines()[2:]
     assert len(lines) == 2  # the scanned compile does not replace the unrolled one
     assert lines[0].split(" | ")[3] == "n/a" and lines[1].split(" | ")[3] == "n/a, scanned"
-    assert lines[1].endswith("| 50 (42) |")
+    assert lines[1].endswith("| yes | 3.00 of 16 |  |  |  | 50 (42) |")  # no estimate: one layer counted
+    assert lines[0].split(" | ")[2] == "**fsdp**"  # ranked; the scanned row is not (even with a higher MFU)
+    scanned["report"]["estimated_mfu"] = 0.9
+    assert aot_layouts.table([unrolled, scanned]).splitlines()[3].split(" | ")[2] == "fsdp"
