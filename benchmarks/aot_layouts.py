@@ -20,6 +20,7 @@ import argparse
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -95,6 +96,13 @@ def read_results(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def failure(r: dict) -> str:
+    """Why a compile gave no report: a crash's signal, else the error (the last line of its stderr)."""
+    if r.get("rc") is not None and r["rc"] < 0:
+        return f"crashed ({signal.Signals(-r['rc']).name}) after {r['wall_seconds']:.0f} s"
+    return r.get("error", f"exit {r['rc']}")
+
+
 def table(results: list[dict]) -> str:
     """Markdown table of the latest result per compile, the best fitting layout per (size, topology) in bold.
     Compiles with scanned layers show no estimate (XLA's cost analysis counts one layer of them) and are not
@@ -113,7 +121,7 @@ def table(results: list[dict]) -> str:
         rep = r.get("report")
         mark = "**" if best.get((r["size"], r["topology"])) is r else ""
         if rep is None:
-            cells = [r.get("error", f"exit {r['rc']}")] + [""] * 5
+            cells = [failure(r)] + [""] * 5
             batch = r["batch_size"] or ""
         else:
             total, hbm = rep["per_device_bytes"]["total"], rep["hbm_bytes"]
