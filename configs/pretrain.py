@@ -29,8 +29,9 @@
 #     (`python -m convbert.flops --config=configs/pretrain.py:large`; ELECTRA-large: 3.1e21 and 7.1e20).
 #     TPU layout (ahead-of-time compiles, BENCHMARKS.md "TPU layouts"): FSDP over all chips. The one layout
 #     compiled so far, FSDP with --config.model.remat=full at 16 sequences of 512 per chip: 1.78 GiB of 32 per
-#     chip on v4-32, 2.23 GiB of 16 on v5e-16 (layers scanned; the unrolled compile crashed the TPU compiler). No
-#     step-time estimate yet; data parallel and no remat are not compiled yet, so remat stays off by default.
+#     chip on v4-32, 2.23 / 2.79 GiB of 16 on v5e-16 / v5e-256 (layers scanned; the unrolled compile crashed the
+#     TPU compiler). No step-time estimate yet; data parallel and no remat are not compiled yet, so remat stays
+#     off by default.
 #
 # Ablations: --config.model.conv_type=lconv|dconv|sdconv|none --config.model.head_ratio=4
 #   --config.model.conv_kernel_size=5 --config.model.num_groups=2 --config.electra.generator_fraction=0.5
