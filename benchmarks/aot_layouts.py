@@ -20,6 +20,7 @@ import argparse
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,7 +56,7 @@ def model_keys(size: str) -> set[str] | None:
 
 
 def num_chips(topology: str) -> int:
-    from convbert.aot import parse_topology
+    from convbert.aot_topology import parse_topology
 
     return parse_topology(topology).num_chips
 
@@ -66,6 +67,7 @@ def compile_one(job: dict, timeout: float) -> dict:
     flags += [f"--config.mesh.{k}={v}" for k, v in layout_mesh(job["layout"]).items()]
     flags += [f"--config.batch_size={job['batch_size']}"] if job["batch_size"] else []
     flags += [f"--config.model.remat={job['remat']}"] if job["remat"] != "n/a" else []
+    flags += ["--config.model.scan_layers=True"] if job["scan_layers"] else []
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "report.json")
         start = time.time()
@@ -84,7 +86,7 @@ def compile_one(job: dict, timeout: float) -> dict:
 
 
 def _key(r: dict) -> tuple:
-    return r["size"], r["topology"], r["layout"], r["remat"], r["batch_size"]
+    return r["size"], r["topology"], r["layout"], r["remat"], r.get("scan_layers", False), r["batch_size"]
 
 
 def read_results(path: str) -> list[dict]:
@@ -94,34 +96,45 @@ def read_results(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def failure(r: dict) -> str:
+    """Why a compile gave no report: a crash's signal, else the error (the last line of its stderr)."""
+    if r.get("rc") is not None and r["rc"] < 0:
+        return f"crashed ({signal.Signals(-r['rc']).name}) after {r['wall_seconds']:.0f} s"
+    return r.get("error", f"exit {r['rc']}")
+
+
 def table(results: list[dict]) -> str:
-    """Markdown table of the latest result per compile, the best fitting layout per (size, topology) in bold."""
+    """Markdown table of the latest result per compile, the best fitting layout per (size, topology) in bold.
+    Compiles with scanned layers show no estimate (XLA's cost analysis counts one layer of them) and are not
+    ranked."""
     latest = {_key(r): r for r in results}
     best = {}
     for r in latest.values():
         rep = r.get("report") or {}
-        if rep.get("fits") and rep.get("estimated_mfu") is not None:
+        if rep.get("fits") and rep.get("estimated_mfu") is not None and not r.get("scan_layers"):
             group = (r["size"], r["topology"])
             if group not in best or rep["estimated_mfu"] > best[group]["report"]["estimated_mfu"]:
                 best[group] = r
     lines = ["| size | topology | layout | remat | batch | fits | memory per chip (GiB) | est. step (ms) | "
-             "est. tokens/s | est. MFU | compile (s) |", "|" + "---|" * 11]
+             "est. tokens/s | est. MFU | compile s (CPU s) |", "|" + "---|" * 11]
     for r in sorted(latest.values(), key=lambda r: (SIZES.index(r["size"]) if r["size"] in SIZES else -1, *_key(r))):
         rep = r.get("report")
         mark = "**" if best.get((r["size"], r["topology"])) is r else ""
         if rep is None:
-            cells = [r.get("error", f"exit {r['rc']}")] + [""] * 5
+            cells = [failure(r)] + [""] * 5
             batch = r["batch_size"] or ""
         else:
             total, hbm = rep["per_device_bytes"]["total"], rep["hbm_bytes"]
             memory = "?" if total is None else f"{total / 2**30:.2f}" + (f" of {hbm / 2**30:.0f}" if hbm else "")
-            est = rep["estimated_step_seconds"]
+            est = None if r.get("scan_layers") else rep["estimated_step_seconds"]
             cells = ["yes" if rep["fits"] else "no" if rep["fits"] is False else "n/a", memory,
                      f"{est * 1e3:.1f}" if est else "", f"{rep['estimated_tokens_per_second']:,.0f}" if est else "",
-                     f"{rep['estimated_mfu']:.1%}" if rep["estimated_mfu"] is not None else "",
-                     f"{rep['compile_seconds']:.0f}"]
+                     f"{rep['estimated_mfu']:.1%}" if est and rep["estimated_mfu"] is not None else "",
+                     f"{rep['compile_seconds']:.0f}" + (f" ({rep['compile_cpu_seconds']:.0f})"
+                                                        if "compile_cpu_seconds" in rep else "")]
             batch = rep["global_batch"]
-        row = [r["size"], r["topology"], f"{mark}{r['layout']}{mark}", r["remat"], str(batch), *cells]
+        remat = r["remat"] + (", scanned" if r.get("scan_layers") else "")
+        row = [r["size"], r["topology"], f"{mark}{r['layout']}{mark}", remat, str(batch), *cells]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -133,7 +146,10 @@ def write_table(results: list[dict], path: str) -> None:
                 "Step time, tokens/s and MFU are ESTIMATES: max(FLOPs / peak, bytes accessed / HBM bandwidth) per "
                 "chip from XLA's cost analysis, without communication. Memory per chip: XLA's memory analysis "
                 "(arguments + outputs - aliased + temporaries + code) against the chip's HBM. Bold: the fitting "
-                "layout with the highest estimated MFU for its size and topology.\n\n" + table(results) + "\n")
+                "layout with the highest estimated MFU for its size and topology. Compile: wall seconds (CPU "
+                "seconds of the compiling process). Rows marked scanned were compiled with "
+                "model.scan_layers=True: XLA's cost analysis counts one layer of them, so they carry no estimate."
+                "\n\n" + table(results) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--topologies", default=",".join(TOPOLOGIES))
     p.add_argument("--layouts", default=",".join(LAYOUTS))
     p.add_argument("--remat", default=",".join(REMAT), help="config.model.remat values, where the config has it")
+    p.add_argument("--scan_layers", action="store_true",
+                   help="compile with config.model.scan_layers=True (faster compiles; XLA's cost analysis then counts "
+                        "one layer, so the estimates are not comparable)")
     p.add_argument("--per_chip_batch", type=int, default=16, help="global batch = this x chips; 0: the config's")
     p.add_argument("--timeout", type=float, default=3600.0, help="per compile, seconds")
     p.add_argument("--out", default="benchmarks/results/aot_layouts", help="writes OUT.jsonl and OUT.md")
@@ -165,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         remats = args.remat.split(",") if "remat" in keys and args.remat else ["n/a"]
         for topology, layout, remat in itertools.product(topologies, layouts, remats):
-            job = dict(size=size, topology=topology, layout=layout, remat=remat,
+            job = dict(size=size, topology=topology, layout=layout, remat=remat, scan_layers=args.scan_layers,
                        batch_size=args.per_chip_batch * chips[topology])
             if _key(job) in done and not args.redo:
                 continue
@@ -179,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
                 f.write(json.dumps(result) + "\n")
             results.append(result)
             write_table(results, md)
+    write_table(read_results(jsonl), md)  # also what other runs appended to OUT.jsonl meanwhile
     print(f"results: {jsonl}, table: {md}")
 
 

@@ -17,12 +17,21 @@
 #     1.3e18 training FLOPs (`python -m convbert.flops --config=configs/pretrain.py:small`).
 #   medium_small: GLUE test 79.7, 1.5e18 FLOPs in the paper (we compute 1.567e18, see convbert/flops.py).
 #   base: GLUE test 84.9, 1.9e19 FLOPs (batch 256, lr 2e-4).
+#     TPU layout (ahead-of-time compiles, BENCHMARKS.md "TPU layouts"): data parallel, no remat. v5e-16 at 16
+#     sequences per chip: 2.59 GiB of 16 per chip, 2.54e10 bytes accessed per chip, ESTIMATED 31 ms per step
+#     (memory-bound), 1.06M tokens/s, MFU 19%; FSDP (1.49 GiB) estimates 4% faster but all-gathers 2.5 GiB per
+#     chip per step, which the estimate leaves out.
 #   large: no ConvBERT-large exists upstream; ELECTRA-large's shape and recipe (google-research/electra
 #     configure_pretraining.py, Clark et al. 2020 appendix table 6: seq 512, batch 2048, lr 2e-4, mask_prob 0.25,
 #     generator 1/4, 1.75M steps as the released ELECTRA-large; ELECTRA-400K: --config.num_train_steps=400000)
 #     with ConvBERT's mixed attention (head ratio 2, kernel 9). Prepare the data with
 #     `python -m convbert.data.prepare --max_seq_length=512`. 2.9e21 training FLOPs, 6.6e20 for 400K steps
 #     (`python -m convbert.flops --config=configs/pretrain.py:large`; ELECTRA-large: 3.1e21 and 7.1e20).
+#     TPU layout (ahead-of-time compiles, BENCHMARKS.md "TPU layouts"): FSDP over all chips. The one layout
+#     compiled so far, FSDP with --config.model.remat=full at 16 sequences of 512 per chip: 1.78 GiB of 32 per
+#     chip on v4-32, 2.23 / 2.79 GiB of 16 on v5e-16 / v5e-256 (layers scanned; the unrolled compile crashed the
+#     TPU compiler). No step-time estimate yet; data parallel and no remat are not compiled yet, so remat stays
+#     off by default.
 #
 # Ablations: --config.model.conv_type=lconv|dconv|sdconv|none --config.model.head_ratio=4
 #   --config.model.conv_kernel_size=5 --config.model.num_groups=2 --config.electra.generator_fraction=0.5
@@ -42,11 +51,14 @@ from convbert.sharding import DEFAULT_RULES
 # lr, global batch, generator fraction; large: ELECTRA-large's, which also sets the steps, sequence length and
 # masking probability (the others: 1M steps, 128 tokens, 15%).
 RECIPES = {
+    # mesh / remat (where given): the layout the ahead-of-time layout search chose (BENCHMARKS.md, "TPU layouts
+    # (ahead-of-time)"); otherwise data parallel without remat.
     "small": dict(learning_rate=3e-4, batch_size=128, generator_fraction=0.25),
     "medium_small": dict(learning_rate=5e-4, batch_size=128, generator_fraction=0.25),
-    "base": dict(learning_rate=2e-4, batch_size=256, generator_fraction=1.0 / 3.0),
+    "base": dict(learning_rate=2e-4, batch_size=256, generator_fraction=1.0 / 3.0,
+                 mesh=dict(data=-1, fsdp=1, model=1), remat="none"),
     "large": dict(learning_rate=2e-4, batch_size=2048, generator_fraction=0.25, num_train_steps=1_750_000,
-                  max_seq_length=512, mask_prob=0.25),
+                  max_seq_length=512, mask_prob=0.25, mesh=dict(data=1, fsdp=-1, model=1)),
 }
 # tiny: a CPU demo; float32, as bfloat16 is not faster on CPUs. The paper sizes compute in bfloat16.
 TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512, embedding_size=64,
@@ -88,6 +100,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.objective = "electra"  # or "mlm": BERT-style masked LM of the discriminator-sized encoder (the control)
 
     c.model = model_config(size)
+    c.model.remat = recipe.get("remat", c.model.remat)
 
     # `ElectraConfig`'s knobs with its defaults (the paper's; the module doc of convbert.electra explains each).
     c.electra = ml_collections.ConfigDict(defaults(ElectraConfig, SPECIAL_ID_FIELDS))
@@ -103,7 +116,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0, lr_decay_power=1.0))
 
     # Mesh ('data', 'fsdp', 'model'); one -1 fills the remaining devices. Rules map logical axes to mesh axes.
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+    c.mesh = ml_collections.ConfigDict(recipe.get("mesh", dict(data=-1, fsdp=1, model=1)))
     c.sharding_rules = DEFAULT_RULES
 
     c.data = ml_collections.ConfigDict(dict(

@@ -20,9 +20,13 @@ from flax import nnx, struct
 
 from convbert.config import ConvBertConfig
 from convbert.kernels import Dropout, KeyChain, activation, shifted_window_sum
+from convbert.sharding import constrain
 
 Array = jax.Array
-MASK_BIAS = -10000.0  # additive bias on padded keys, as the TF original (spec 1.2 step 2)
+MASK_BIAS = -10000.0  # additive bias on padded keys, as the TF original (docs/architecture.md#self-attention-branch)
+# Logical axes of the hidden states [B, T, H] (and the embeddings [B, T, E]), pinned at every layer boundary
+# (`convbert.sharding.constrain`): under FSDP split over the batch only, so weights are gathered, not activations.
+HIDDEN_AXES = ("batch", "length", "embed")
 LAYERS_AXIS = "layers"  # logical name of the leading axis of stacked layers (`scan_layers`); no rule shards it
 # `ConvBertConfig.remat` (but 'none') -> what `jax.checkpoint` keeps of a layer for its backward pass.
 CHECKPOINT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -36,7 +40,7 @@ def compute_dtype(config: ConvBertConfig):
 
 
 def _init(config: ConvBertConfig, stddev: float | None = None):
-    """TF initialisation: truncated normal, sigma = initializer_range (spec 1.3)."""
+    """TF initialisation: truncated normal, sigma = initializer_range (docs/architecture.md#initialisation)."""
     return nnx.initializers.truncated_normal(stddev=config.initializer_range if stddev is None else stddev)
 
 
@@ -57,7 +61,8 @@ def layer_norm(config: ConvBertConfig, features: int, *, rngs: nnx.Rngs) -> nnx.
 
 
 class ConvBertEmbeddings(nnx.Module):
-    """word [V,E] + position [P,E] + token type [2,E] -> LayerNorm -> dropout; output [B,T,E] (spec 1.3)."""
+    """word [V,E] + position [P,E] + token type [2,E] -> LayerNorm -> dropout; output [B,T,E]
+    (docs/architecture.md#embeddings-and-projection)."""
 
     def __init__(self, config: ConvBertConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -84,12 +89,12 @@ class ConvBertEmbeddings(nnx.Module):
              + self.position_embeddings.embedding[...][position_ids]
              + self.token_type_embeddings.embedding[...][token_type_ids])
         x = self.LayerNorm(x).astype(compute_dtype(self.config))
-        return self.dropout(x, rng)
+        return self.dropout(constrain(x, HIDDEN_AXES), rng)
 
 
 class SeparableConv1D(nnx.Module):
-    """Span-aware key (spec 1.2 step 5): depthwise conv over time (kernel [k, H], no bias) -> pointwise
-    [H, A] -> + bias [A]. Input [B,T,H], output [B,T,A]."""
+    """Span-aware key (docs/architecture.md#span-based-dynamic-convolution, step 1): depthwise conv over time
+    (kernel [k, H], no bias) -> pointwise [H, A] -> + bias [A]. Input [B,T,H], output [B,T,A]."""
 
     def __init__(self, config: ConvBertConfig, in_features: int, out_features: int, *, rngs: nnx.Rngs):
         k = config.conv_kernel_size
@@ -108,7 +113,8 @@ class SeparableConv1D(nnx.Module):
 
 
 class ConvBertSelfAttention(nnx.Module):
-    """Mixed attention (spec 1.2): Nr self-attention heads and Nr convolution heads, each of size d.
+    """Mixed attention (paper section 3; docs/architecture.md#span-based-dynamic-convolution, #merge): Nr
+    self-attention heads and Nr convolution heads, each of size d.
 
     conv_type: 'sdconv' span-based dynamic conv (kernel from Q * SepConv(X)), 'dconv' dynamic conv
     (kernel from Q alone), 'lconv' lightweight conv (one learned kernel per head), 'none' (self-attention
@@ -183,7 +189,8 @@ class ConvBertAttention(nnx.Module):
 
 
 class GroupedLinear(nnx.Module):
-    """Grouped linear (spec 2): input split into G chunks, y_g = x_g W_g with W [G, in/G, out/G], one full bias."""
+    """Grouped linear (docs/architecture.md#grouped-linear-feed-forward): input split into G chunks,
+    y_g = x_g W_g with W [G, in/G, out/G], one full bias."""
 
     def __init__(self, config: ConvBertConfig, in_features: int, out_features: int, axes: tuple, *, rngs: nnx.Rngs):
         g = config.num_groups
@@ -235,8 +242,8 @@ class ConvBertLayer(nnx.Module):
         self.output = ConvBertOutput(config, rngs=rngs)
 
     def __call__(self, x: Array, mask_bias: Array, keys: KeyChain) -> Array:
-        x = self.attention(x, mask_bias, keys)
-        return self.output(self.intermediate(x), x, keys.next())
+        x = constrain(self.attention(x, mask_bias, keys), HIDDEN_AXES)
+        return constrain(self.output(self.intermediate(x), x, keys.next()), HIDDEN_AXES)
 
 
 def stack_layers(layers: Sequence[nnx.Module]) -> nnx.Module:
@@ -326,7 +333,7 @@ class ConvBertPreTrainedModel(nnx.Module):
 
 
 def attention_mask_bias(attention_mask: Array | None, shape: tuple[int, int]) -> Array:
-    """[B, 1, 1, T] float32 bias masking padded keys only (spec 1.2 step 2)."""
+    """[B, 1, 1, T] float32 bias masking padded keys only (docs/architecture.md#self-attention-branch)."""
     if attention_mask is None:
         return jnp.zeros((shape[0], 1, 1, shape[1]), jnp.float32)
     return ((1.0 - attention_mask.astype(jnp.float32)) * MASK_BIAS)[:, None, None, :]
@@ -362,7 +369,7 @@ class ConvBertModel(ConvBertPreTrainedModel):
             embedding_output = self.embeddings(input_ids, token_type_ids, position_ids, keys.next())
         x = embedding_output
         if hasattr(self, "embeddings_project"):
-            x = self.embeddings_project(x)
+            x = constrain(self.embeddings_project(x), HIDDEN_AXES)
         mask_bias = attention_mask_bias(attention_mask, x.shape[:2])
         x, states = self.encoder(x, mask_bias, keys.next(), output_hidden_states)
         return BaseModelOutput(last_hidden_state=x, hidden_states=states)

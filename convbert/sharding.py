@@ -5,17 +5,26 @@ mesh axes (t5x/maxtext style), e.g. `(("embed", "fsdp"), ("heads", "model"), ("m
 without a rule stays replicated, as the leading 'layers' axis of stacked layers (`scan_layers`) does by default.
 The mesh has axes ('data', 'fsdp', 'model') of `AxisType.Auto` (GSPMD); batches are split over
 ('data', 'fsdp'). Pure data parallel, FSDP and tensor parallel layouts are all choices of mesh sizes.
+
+Activations are pinned the same way: the model calls `constrain(x, ("batch", "length", "embed"))` on its hidden
+states (and the logical names of other activations), which under `activation_sharding(mesh, rules)` (the context
+the train and eval steps trace in) is a `with_sharding_constraint` to the rule-derived spec, and a no-op without
+a mesh. A mesh axis is used once per array, so under FSDP the hidden states [B, T, H] are split over the batch
+only (P(('data', 'fsdp'), None, None)): the compiler then all-gathers each weight where it is used instead of
+resharding the activations to match the weights' split embed dimension.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
@@ -28,6 +37,11 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("heads", "model"),
     ("mlp", "model"),
 )
+
+
+# The rules `constrain` resolves activations' logical axes with (set by `activation_sharding`).
+_ACTIVATION_RULES: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = contextvars.ContextVar(
+    "convbert_activation_rules", default=DEFAULT_RULES)
 
 
 def _is_variable(x) -> bool:
@@ -63,7 +77,7 @@ def create_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None =
 
 
 def logical_to_spec(axes: Sequence[str | None] | None, rules: Sequence[tuple[str, Any]],
-                    mesh: Mesh | None = None, shape: Sequence[int] | None = None) -> P:
+                    mesh: Mesh | AbstractMesh | None = None, shape: Sequence[int] | None = None) -> P:
     """Maps logical axis names to a PartitionSpec. A mesh axis is used once per array (later dims that
     would reuse it stay replicated); axes of size 1 in `mesh` are dropped, and with `shape` so are mesh axes
     that do not divide the dimension (e.g. vocab 30522 over model=4 stays replicated)."""
@@ -86,6 +100,27 @@ def logical_to_spec(axes: Sequence[str | None] | None, rules: Sequence[tuple[str
         used.update(names)
         out.append(None if not names else names[0] if len(names) == 1 else names)
     return P(*out)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
+    """Inside (also inside a jit trace): `constrain` pins activations to `rules` on `mesh` (entered through
+    `jax.sharding.use_abstract_mesh`, so code that asks for the current mesh sees this one)."""
+    token = _ACTIVATION_RULES.set(tuple(tuple(r) for r in rules))
+    try:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            yield
+    finally:
+        _ACTIVATION_RULES.reset(token)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """`x` constrained to the layout of its logical `axes` (one name or None per dimension) under the current
+    mesh and `activation_sharding` rules; `x` itself when no mesh is set."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, _ACTIVATION_RULES.get(), mesh, x.shape))
 
 
 def param_specs(params: nnx.State, rules: Sequence[tuple[str, Any]], mesh: Mesh | None = None):

@@ -27,6 +27,7 @@ per-micro-batch ratios.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -85,10 +86,20 @@ class TrainSteps:
             opt_state=sharding.optimizer_shardings(self.tx, jax.eval_shape(self.tx.init, abstract_params),
                                                    abstract_params, mesh, self.rules))
         self.init = jax.jit(self._init, out_shardings=self.state_shardings)
-        self.train_step = jax.jit(self._train_step, in_shardings=(self.state_shardings, self.batch_sharding),
+        self.train_step = jax.jit(self._on_mesh(self._train_step),
+                                  in_shardings=(self.state_shardings, self.batch_sharding),
                                   out_shardings=(self.state_shardings, repl), donate_argnums=0)
-        self.eval_step = jax.jit(self._eval_step, in_shardings=(self.param_shardings, self.batch_sharding, repl),
-                                 out_shardings=repl)
+        self.eval_step = jax.jit(self._on_mesh(self._eval_step),
+                                 in_shardings=(self.param_shardings, self.batch_sharding, repl), out_shardings=repl)
+
+    def _on_mesh(self, fn: Callable) -> Callable:
+        """`fn` traced under `sharding.activation_sharding(mesh, rules)`: the model's activation constraints
+        resolve on this mesh."""
+        @functools.wraps(fn)
+        def traced(*args):
+            with sharding.activation_sharding(self.mesh, self.rules):
+                return fn(*args)
+        return traced
 
     def abstract_state(self) -> TrainState:
         """ShapeDtypeStructs carrying this mesh's shardings (the checkpoint restore target, the AOT input)."""

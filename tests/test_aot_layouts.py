@@ -26,10 +26,26 @@ def test_table_marks_the_best_fitting_layout_and_keeps_the_latest_result():
     rows = [result("dp", True, 0.30), result("fsdp", True, 0.40), result("fsdp", True, 0.35),
             result("fsdp+tp2", False, 0.50),
             {"size": "base", "topology": "v5e-16", "layout": "fsdp+tp4", "remat": "n/a", "batch_size": 256,
-             "rc": None, "error": "timed out after 60 s"}]
+             "rc": None, "error": "timed out after 60 s"},
+            {"size": "base", "topology": "v5e-16", "layout": "fsdp+tp8", "remat": "n/a", "batch_size": 256,
+             "rc": -11, "error": "Extension modules: numpy", "wall_seconds": 1861.2}]
     lines = aot_layouts.table(rows).splitlines()
-    assert len(lines) == 2 + 4  # header, rule, one row per layout (the later fsdp result replaces the first)
+    assert len(lines) == 2 + 5  # header, rule, one row per layout (the later fsdp result replaces the first)
     body = {line.split(" | ")[2]: line for line in lines[2:]}
-    assert set(body) == {"dp", "**fsdp**", "fsdp+tp2", "fsdp+tp4"}  # the best that fits, not the best overall
+    assert set(body) == {"dp", "**fsdp**", "fsdp+tp2", "fsdp+tp4", "fsdp+tp8"}  # the best that fits
     assert "| yes | 3.00 of 16 | 250.0 | 1,000,000 | 35.0% | 100 |" in body["**fsdp**"]
     assert "| no |" in body["fsdp+tp2"] and "timed out after 60 s" in body["fsdp+tp4"]
+    assert "| crashed (SIGSEGV) after 1861 s |" in body["fsdp+tp8"]
+
+
+def test_table_shows_scanned_compiles_and_cpu_seconds_as_their_own_rows():
+    unrolled = result("fsdp", True, 0.40)
+    scanned = result("fsdp", True, 0.10, scan_layers=True)
+    scanned["report"] = {**scanned["report"], "compile_seconds": 50.2, "compile_cpu_seconds": 41.7}
+    lines = aot_layouts.table([unrolled, scanned]).splitlines()[2:]
+    assert len(lines) == 2  # the scanned compile does not replace the unrolled one
+    assert lines[0].split(" | ")[3] == "n/a" and lines[1].split(" | ")[3] == "n/a, scanned"
+    assert lines[1].endswith("| yes | 3.00 of 16 |  |  |  | 50 (42) |")  # no estimate: one layer counted
+    assert lines[0].split(" | ")[2] == "**fsdp**"  # ranked; the scanned row is not (even with a higher MFU)
+    scanned["report"]["estimated_mfu"] = 0.9
+    assert aot_layouts.table([unrolled, scanned]).splitlines()[3].split(" | ")[2] == "fsdp"

@@ -164,8 +164,9 @@ def test_bfloat16_compute_keeps_float32_params():
 
 @pytest.mark.parametrize("conv_type", ["none", "sdconv"])
 def test_padding_semantics(conv_type):
-    """Self-attention masks padded keys; the conv branch ignores the mask (spec 9.1), so with one layer and
-    k = 9 the last 4 real positions see the [PAD] positions' ids and all earlier ones do not."""
+    """Self-attention masks padded keys; the conv branch ignores the mask (docs/architecture.md#padding-pitfall),
+    so with one layer and k = 9 the last 4 real positions see the [PAD] positions' ids and all earlier ones do
+    not."""
     model = ConvBertModel(ConvBertConfig(**TINY, conv_type=conv_type), rngs=nnx.Rngs(0))
     length, pad = 10, 6
     ids = jnp.asarray(np.random.default_rng(0).integers(1, 100, (1, length + pad)))

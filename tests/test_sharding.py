@@ -1,13 +1,20 @@
-"""Mesh, logical-axis rules, batch placement, and sharded training equal to one device (8 simulated devices)."""
+"""Mesh, logical-axis rules, batch placement, activation constraints, and sharded training equal to one device
+(8 simulated devices)."""
+
+import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import pretraining_setup as setup
 from convbert import sharding
 from convbert.data import loader
+from convbert.data.example_builder import FIELDS
+from convbert.modeling import HIDDEN_AXES
 from convbert.pretraining import Pretrainer
 
 RULES = sharding.DEFAULT_RULES
@@ -55,6 +62,34 @@ def test_parameter_layouts(mesh_shape, embedding, ffn):
     assert scanned.param_shardings["discriminator"]["encoder"]["layer"]["intermediate"]["dense"]["kernel"].spec == (
         stacked)
     assert {s.spec for s in jax.tree.leaves(scanned.state_shardings.opt_state)} >= {stacked}
+
+
+def test_constrain_pins_activations_under_activation_sharding():
+    """No mesh: `constrain` returns its input. Under `activation_sharding` the hidden states [B, T, H] are split
+    over the batch axes only (embed would map to fsdp, which the batch already uses), for any mesh."""
+    x = jnp.ones((8, 4, 16))
+    assert sharding.constrain(x, HIDDEN_AXES) is x
+    pin = jax.jit(lambda a: sharding.constrain(a * 2, HIDDEN_AXES))
+    for shape, spec, rows in [({"fsdp": -1}, P("fsdp", None, None), 1),
+                              ({"data": 2, "fsdp": 2, "model": 2}, P(("data", "fsdp"), None, None), 2)]:
+        mesh = sharding.create_mesh(shape)
+        with sharding.activation_sharding(mesh, RULES):
+            y = pin(jax.device_put(x, sharding.replicated(mesh)))
+        assert y.sharding.is_equivalent_to(NamedSharding(mesh, spec), 3)
+        assert {s.data.shape for s in y.addressable_shards} == {(rows, 4, 16)}
+
+
+def test_fsdp_train_step_keeps_hidden_states_batch_split():
+    """The lowered FSDP train step constrains every hidden state of the generator (H = 64) and the discriminator
+    (H = 128) to the batch split, so each weight is all-gathered where it is used rather than the activations
+    resharded to its split embed dimension."""
+    mesh = sharding.create_mesh({"fsdp": -1})
+    trainer = Pretrainer(setup.tiny_config(), mesh, SPECIAL)
+    batch = {k: jax.ShapeDtypeStruct((8, 64), jnp.int32, sharding=sharding.batch_sharding(mesh)) for k in FIELDS}
+    text = trainer.train_step.lower(trainer.abstract_state(), batch).as_text()
+    hidden = re.findall(r"sdy\.sharding_constraint \S+ <@mesh, (\[[^>]*\])> : tensor<8x64x(\d+)xf32>", text)
+    assert {width for _, width in hidden} == {"64", "128"}
+    assert {spec for spec, _ in hidden} == {'[{"fsdp"}, {}, {}]'}
 
 
 def test_batch_checks_and_placement(monkeypatch):
