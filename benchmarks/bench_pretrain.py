@@ -2,8 +2,8 @@
 docs/electra.md#optimizer) of convbert-jax beside a PyTorch reference of the same objective.
 
     python -m benchmarks.bench_pretrain --sizes small,base --batch 32 --seq 128 --steps 15
-    python -m benchmarks.bench_pretrain --device gpu --dtype bfloat16 --torch_compile inductor --sizes base --batch 256 \
-        --runs "kernels=reference;kernels=cpu_tuned;torch" --peak_gflops 989000     # one GPU (benchmarks/gpu.sh)
+    python -m benchmarks.bench_pretrain --device gpu --dtype bfloat16 --torch_compile inductor --sizes base \
+        --batch 256 --runs "kernels=reference;kernels=cpu_tuned;torch" --peak_gflops 989000  # benchmarks/gpu.sh
 
 One step = masking, generator forward at the masked slots only, sampling (jax: the default `ElectraConfig.sampler`,
 one uniform per slot; torch: upstream's Gumbel-max; `--runs "sampler=gumbel;torch"` for Gumbel on both),

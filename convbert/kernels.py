@@ -234,7 +234,7 @@ def _banded_weight_grad(x: Array, g: Array, kernel_size: int, keep: list[bool]) 
     xp = _pad_time(x, pad, pad + nb * bs - t)
     slab = jnp.stack([xp[:, i * bs:i * bs + width] for i in range(nb)], axis=1)  # [B, nb, width, ...C]
     chans = "cdefgh"[:nd - 2]
-    kept = ("b" if keep[0] else "") + "".join(c for c, kp in zip(chans, keep[2:]) if kp)
+    kept = ("b" if keep[0] else "") + "".join(c for c, kp in zip(chans, keep[2:], strict=True) if kp)
     band = jnp.einsum(f"bit{chans},bis{chans}->{kept}its", gb, slab, preferred_element_type=jnp.float32)
     lead = band.shape[:-2]
     flat = jnp.pad(band.reshape(*lead, bs * width), [(0, 0)] * len(lead) + [(0, bs)])
@@ -243,7 +243,7 @@ def _banded_weight_grad(x: Array, g: Array, kernel_size: int, keep: list[bool]) 
         diag = jnp.moveaxis(diag.reshape(*lead[:-1], nb * bs, k)[..., :t, :], -2, int(keep[0]))
     else:
         diag = jnp.sum(diag, axis=(-3, -2))
-    return diag.reshape(tuple(n if kp else 1 for n, kp in zip(x.shape, keep)) + (k,))
+    return diag.reshape(tuple(n if kp else 1 for n, kp in zip(x.shape, keep, strict=True)) + (k,))
 
 
 def shifted_window_sum_cpu_tuned(x: Array, weights: Array, kernel_size: int) -> Array:

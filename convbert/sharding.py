@@ -24,7 +24,8 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
@@ -56,15 +57,17 @@ def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int, key: str = "m
     sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
     fills = [i for i, s in enumerate(sizes) if s == -1]
     if len(fills) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"config.{key}: sizes {dict(zip(MESH_AXES, sizes))} need positive sizes and at most one -1")
+        raise ValueError(f"config.{key}: sizes {dict(zip(MESH_AXES, sizes, strict=True))} need positive sizes and at "
+                         "most one -1")
     known = int(np.prod([s for s in sizes if s != -1]))
     if fills:
         if num_devices % known:
-            raise ValueError(f"config.{key}: {dict(zip(MESH_AXES, sizes))} does not divide {num_devices} devices")
+            raise ValueError(f"config.{key}: {dict(zip(MESH_AXES, sizes, strict=True))} does not divide "
+                             f"{num_devices} devices")
         sizes[fills[0]] = num_devices // known
     if int(np.prod(sizes)) != num_devices:
         raise ValueError(
-            f"config.{key}: mesh {dict(zip(MESH_AXES, sizes))} has {int(np.prod(sizes))} devices but "
+            f"config.{key}: mesh {dict(zip(MESH_AXES, sizes, strict=True))} has {int(np.prod(sizes))} devices but "
             f"{num_devices} are available")
     return tuple(sizes)
 
@@ -184,11 +187,6 @@ def fully_replicated(tree, mesh: Mesh):
     """A copy of `tree` replicated on every device, so each process can read all of it (e.g. to export).
     All processes must call it."""
     return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
-
-
-def shardings_of(tree) -> Any:
-    """The sharding of every array in `tree` (use on state created by a jitted, constrained init)."""
-    return jax.tree.map(lambda a: a.sharding, tree)
 
 
 def optimizer_shardings(tx, opt_state, params: nnx.State, mesh: Mesh, rules: Sequence[tuple[str, Any]]):

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from jax.sharding import AxisType
 
 from configs import pretrain
@@ -81,13 +80,13 @@ def test_shifted_window_sum_custom_vjp_matches_autodiff_of_the_slices(x_shape, w
             out, vjp = jax.vjp(lambda a, b: shifted_window_sum(a, b, k, impl=impl), a, b)
             return (out, *vjp(cotangent))
 
-        f32 = lambda v: v.astype(jnp.float32)  # noqa: E731
+        f32 = lambda v: v.astype(jnp.float32)
         return run("reference", f32(x), f32(w), f32(g)), run("reference", x, w, g), run("cpu_tuned", x, w, g)
 
     ref, reference, tuned = run_both(x, w, g)  # ref: float32 on the same (rounded) inputs
     np.testing.assert_array_equal(_f32(tuned[0]), _f32(reference[0]))  # one forward
     assert tuned[1].dtype == x.dtype and tuned[2].dtype == w.dtype and tuned[2].shape == w.shape
-    for name, a, r in zip(("out", "dx", "dw"), tuned, ref):
+    for name, a, r in zip(("out", "dx", "dw"), tuned, ref, strict=True):
         assert _max_rel_err(a, r) < REL_TOL[dtype], (name, _max_rel_err(a, r))
 
 
@@ -114,7 +113,7 @@ def test_shifted_window_sum_custom_vjp_under_jit():
         return jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.sin(shifted_window_sum(a, b, 9, impl=impl))),
                                 argnums=(0, 1)))(x, w)
 
-    for a, r in zip(grads("cpu_tuned"), grads("reference")):
+    for a, r in zip(grads("cpu_tuned"), grads("reference"), strict=True):
         assert _max_rel_err(a, r) < REL_TOL[jnp.float32]
 
 

@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from convbert import (ConvBertConfig, ConvBertForMaskedLM, ConvBertForPreTraining, ConvBertForSequenceClassification,
-                      ConvBertModel, kernels, size_config)
-from convbert.hf_io import join_stacked, split_stacked
+from convbert import (
+    ConvBertConfig,
+    ConvBertForMaskedLM,
+    ConvBertForPreTraining,
+    ConvBertForSequenceClassification,
+    ConvBertModel,
+    kernels,
+    size_config,
+)
 from convbert.config import REMAT_POLICIES
+from convbert.hf_io import join_stacked, split_stacked
 from convbert.modeling import CHECKPOINT_POLICIES, LAYERS_AXIS, ConvBertSelfAttention, attention_mask_bias, count_params
 from helpers import randomize
 
@@ -26,7 +33,7 @@ TINY = dict(vocab_size=100, embedding_size=16, hidden_size=16, num_attention_hea
 def test_parameter_counts(size, expected):
     """The released sizes; large (ELECTRA-large's shape with ConvBERT's bottleneck) 323M against ELECTRA's 335M."""
     for scan_layers in (False, True):
-        model = nnx.eval_shape(lambda: ConvBertModel(size_config(size, scan_layers=scan_layers), rngs=nnx.Rngs(0)))
+        model = nnx.eval_shape(lambda s=scan_layers: ConvBertModel(size_config(size, scan_layers=s), rngs=nnx.Rngs(0)))
         assert count_params(model) == expected
 
 
@@ -284,7 +291,7 @@ def test_reference_and_cpu_tuned_kernels_agree_on_the_model():
     params = random_params(config)
     ref_states, ref_grads = run_model(config.replace(kernels="reference"), params)
     states, grads = run_model(config.replace(kernels="cpu_tuned"), params)
-    for h, r in zip(states, ref_states):
+    for h, r in zip(states, ref_states, strict=True):
         assert max_rel_err(h, r) < 1e-5
     assert_same_grads(grads, ref_grads)
 
@@ -306,7 +313,7 @@ def test_config_kernels_reach_every_call_site(monkeypatch):
         config = ConvBertConfig(**TINY, kernels=choice, num_labels=3)
         for cls in (ConvBertForPreTraining, ConvBertForMaskedLM, ConvBertForSequenceClassification):
             calls.clear()
-            model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+            model = nnx.eval_shape(lambda cls=cls, config=config: cls(config, rngs=nnx.Rngs(0)))
             jax.eval_shape(lambda m: m(ids, deterministic=False, dropout_rng=jax.random.key(0)).logits, model)
             assert all(impl == kernels.resolve_impl(choice, name) for name, impl in calls), (cls.__name__, calls)
             assert {c[0] for c in calls} == set(kernels.KERNELS)
@@ -334,7 +341,7 @@ def test_scan_and_remat_compute_the_plain_model(plain_with_dropout, scan_layers,
     config = ConvBertConfig(**SCAN, scan_layers=scan_layers, remat=remat)
     states, grads = run_model(config, params, jax.random.key(5))
     assert len(states) == len(ref_states) == 3
-    for h, r in zip(states, ref_states):
+    for h, r in zip(states, ref_states, strict=True):
         assert max_rel_err(h, r) < 1e-5
     assert_same_grads(grads, ref_grads)
 
@@ -374,4 +381,4 @@ def test_scan_draws_different_dropout_per_layer(monkeypatch):
         per_form.append(list(masks))
     plain, scanned = per_form
     assert len(plain) == len(scanned) == 2 and not np.array_equal(scanned[0], scanned[1])
-    assert all(np.array_equal(a, b) for a, b in zip(plain, scanned))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, scanned, strict=True))
