@@ -8,8 +8,8 @@
 #
 #   python ablate.py --config=configs/ablations/components.py:tiny --workdir=workdirs/ablate_components
 #     CPU demo: the tiny model (2 heads), the four steps and the no-pretraining control; 600 pretraining steps
-#     each, word_order and replaced_word, 3 seeds: about 31 min on 2 quiet cores (estimated from the step counts,
-#     as configs/ablations/head_ratio.py). Not measured yet.
+#     each, word_order and replaced_word, 3 seeds: about 19 min on 2 quiet cores (estimated
+#     from configs/ablations/head_ratio.py's measured quiet stage times). Not run yet.
 #   python ablate.py --config=configs/ablations/components.py:small --workdir=/shared/ablate_components \
 #       --config.pretrain.overrides.data.data_dir=/data/owt [--dry_run]
 #     On ConvBERT-small, the paper's recipe, GLUE dev + transfer suite; cost in README.
