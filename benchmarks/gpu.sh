@@ -7,7 +7,8 @@
 # H200.
 #
 #   benchmarks/gpu.sh [OUT_DIR]                 # default OUT_DIR: benchmarks/results/gpu
-#   GPU_SMOKE=1 benchmarks/gpu.sh /tmp/gpu      # the same commands, tiny model on the CPU (tests/test_gpu_script.py)
+#   GPU_SMOKE=1 benchmarks/gpu.sh /tmp/gpu      # the same commands, tiny model on the CPU, kernels=reference and
+#                                               # torch only (tests/test_gpu_script.py)
 #
 # Writes OUT_DIR/device.txt (GPU, versions), OUT_DIR/pretrain_SIZE.md (the table printed) and .json (every step
 # time). Kernel runs: reference (what `auto` and `gpu` select on a GPU today), cpu_tuned (= `cpu`) and tpu (tuned
@@ -20,7 +21,8 @@ RUNS="kernels=reference;kernels=cpu_tuned;kernels=tpu;torch"
 
 if [[ "${GPU_SMOKE:-0}" == 1 ]]; then
   # torch.compile with dynamo's eager backend: the same tracing, without inductor's C++ build (minutes on a CPU)
-  DEVICE=cpu; JOBS="tiny:4"; SEQ=32; STEPS=2; WARMUP=1; PEAK_ARGS=(); COMPILE=eager
+  # one kernel choice (the others run the same code path; their values are tested in tests/test_kernels.py)
+  DEVICE=cpu; JOBS="tiny:4"; SEQ=32; STEPS=2; WARMUP=1; PEAK_ARGS=(); COMPILE=eager; RUNS="kernels=reference;torch"
   echo "smoke run on the CPU (GPU_SMOKE=1): tiny, batch 4 x 32, torch.compile backend eager" | tee "$OUT/device.txt"
 else
   DEVICE=gpu; JOBS="small:128 base:256"; SEQ=128; STEPS=10; WARMUP=2; COMPILE=inductor

@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from typing import Any
 
 import grain
@@ -70,16 +71,19 @@ def _reason(error: Exception, limit: int = 300) -> str:
 
 
 def _drop_event_loop_noise() -> None:
-    """Installs (unless it is the current one) a `sys.unraisablehook` that drops the RuntimeError('Event loop is
-    closed') raised by the pending reads of a failed Orbax restore when they complete after its event loop closed
-    (hundreds of tracebacks for one damaged checkpoint); every other unraisable exception goes to the previous
-    hook."""
+    """Installs (unless it is the current one) a `sys.unraisablehook` that drops what the pending reads of a failed
+    Orbax restore raise when they complete after its event loop closed (hundreds of tracebacks for one damaged
+    checkpoint): RuntimeError('Event loop is closed'), and any exception raised inside asyncio's own code (the closed
+    loop's machinery). Every other unraisable exception goes to the previous hook."""
     previous = sys.unraisablehook
     if getattr(previous, "drops_event_loop_noise", False):
         return
 
     def hook(args):
-        if not (isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == "Event loop is closed"):
+        closed = isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == "Event loop is closed"
+        frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback is not None else []
+        in_asyncio = bool(frames) and f"{os.sep}asyncio{os.sep}" in frames[-1].filename
+        if not (closed or in_asyncio):
             previous(args)
 
     hook.drops_event_loop_noise = True

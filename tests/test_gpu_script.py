@@ -1,5 +1,5 @@
 """benchmarks/gpu.sh in its CPU smoke mode (GPU_SMOKE=1): the commands the GPU run makes (bench_pretrain with
-every kernel choice beside torch.compile'd PyTorch in bfloat16), on the tiny model with 4 x 32 tokens."""
+one kernel choice beside torch.compile'd PyTorch in bfloat16), on the tiny model with 4 x 32 tokens."""
 
 import json
 import os
@@ -17,10 +17,10 @@ def test_gpu_script_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(tmp_path / "pretrain_tiny.json") as f:
         results = json.load(f)["results"]
-    assert [r["run"] for r in results] == ["torch", "kernels=reference", "kernels=cpu_tuned", "kernels=tpu"]
+    assert [r["run"] for r in results] == ["torch", "kernels=reference"]
     for r in results:
         assert r["tokens_per_s"] > 0 and r["mfu"] > 0 and r["peak_rss_mb"] > 0
         assert r["peak_device_mb"] is None  # CPU: no device memory figure
     table = (tmp_path / "pretrain_tiny.md").read_text()
-    assert "device cpu, dtype bfloat16, batch 4 x 32" in table and table.count("| tiny |") == 4
+    assert "device cpu, dtype bfloat16, batch 4 x 32" in table and table.count("| tiny |") == 2
     assert "jax " in (tmp_path / "device.txt").read_text()
