@@ -51,12 +51,11 @@ from convbert.sharding import DEFAULT_RULES
 # lr, global batch, generator fraction; large: ELECTRA-large's, which also sets the steps, sequence length and
 # masking probability (the others: 1M steps, 128 tokens, 15%).
 RECIPES = {
-    # mesh / remat (where given): the layout the ahead-of-time layout search chose (BENCHMARKS.md, "TPU layouts
+    # mesh (where given): the layout the ahead-of-time layout search chose (BENCHMARKS.md, "TPU layouts
     # (ahead-of-time)"); otherwise data parallel without remat.
     "small": dict(learning_rate=3e-4, batch_size=128, generator_fraction=0.25),
     "medium_small": dict(learning_rate=5e-4, batch_size=128, generator_fraction=0.25),
-    "base": dict(learning_rate=2e-4, batch_size=256, generator_fraction=1.0 / 3.0,
-                 mesh=dict(data=-1, fsdp=1, model=1), remat="none"),
+    "base": dict(learning_rate=2e-4, batch_size=256, generator_fraction=1.0 / 3.0),  # the search chose the default
     "large": dict(learning_rate=2e-4, batch_size=2048, generator_fraction=0.25, num_train_steps=1_750_000,
                   max_seq_length=512, mask_prob=0.25, mesh=dict(data=1, fsdp=-1, model=1)),
 }
@@ -100,7 +99,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.objective = "electra"  # or "mlm": BERT-style masked LM of the discriminator-sized encoder (the control)
 
     c.model = model_config(size)
-    c.model.remat = recipe.get("remat", c.model.remat)
 
     # `ElectraConfig`'s knobs with its defaults (the paper's; the module doc of convbert.electra explains each).
     c.electra = ml_collections.ConfigDict(defaults(ElectraConfig, SPECIAL_ID_FIELDS))
