@@ -49,10 +49,11 @@ def shrunk_study_file(path) -> str:
     """The head_ratio study's tiny variants γ = 1, 2 and its control, pretrained for 6 steps (1 layer, batch 8 x
     64 tokens on two bundled plays, WordPiece as the other pretraining tests), fine-tuned on the SST-2 sample for
     1 epoch, 2 seeds."""
-    overrides = {"model": {"num_attention_heads": 4, "num_hidden_layers": 1, "vocab_size": 30522}, "batch_size": 8,
+    overrides = {"model": {"num_attention_heads": 4, "num_hidden_layers": 1,
+                           "vocab_size": setup.SMALL["model.vocab_size"]}, "batch_size": 8,
                  "max_seq_length": 64, "num_train_steps": 6, "log_every_steps": 1, "checkpoint_every_steps": 2,
                  "eval_every_steps": 3, "num_eval_steps": 1, "export_every_steps": 0, "optimizer": {"warmup_steps": 2},
-                 "data": {"data_dir": setup.demo_data_dir(), "tokenizer": "wordpiece"}}
+                 "data": {"data_dir": setup.demo_data_dir(), "tokenizer": setup.SMALL["data.tokenizer"]}}
     path.write_text(f'''
 from configs.ablations import head_ratio
 from convbert.ablation.study import variants
