@@ -16,9 +16,12 @@ discriminator forward, loss = MLM + 50 RTD, backward, global-norm clip 1.0, Adam
   replaced by the discriminator's (shared tables and LayerNorm), MLM head dense-gelu-LayerNorm tied to the word
   table at the masked slots only, discriminator head dense-gelu-dense, BCE, the same masking/sampling,
   `torch.optim.AdamW` (eps 1e-6, weight decay 0.01), `clip_grad_norm_(1.0)`; `torch.set_num_threads(--threads)`.
-Precision: by default jax computes in the size's `model.dtype` of configs/pretrain.py (float32 for tiny, bfloat16
-for the paper sizes) and torch in fp32; `--dtype float32|bfloat16` sets both (jax: `model.dtype`; torch: autocast
-to bfloat16, parameters fp32 on both sides). `--torch_compile inductor` wraps torch's step (all but the masking) in
+Precision: by default both compute in float32 (equal precision; on a CPU without bfloat16 matmul units, such as
+the AVX2 machine of BENCHMARKS.md's 2026-12-02 runs, jax's bfloat16 small step is slower than its float32 one: 525
+vs 616 tokens/s);
+`--dtype bfloat16` sets both to bfloat16 (jax: `model.dtype`; torch: autocast), parameters fp32 on both sides;
+`--dtype config` gives jax the size's `model.dtype` of configs/pretrain.py (bfloat16 for the paper sizes) and torch
+fp32. `--torch_compile inductor` wraps torch's step (all but the masking) in
 `torch.compile`. `--device gpu` runs both on the first GPU (jax: JAX_PLATFORMS=cuda). Dropout 0.1 on, rows of
 --seq real tokens ([CLS] random ids [SEP]). A jax run is `default` or comma-separated overrides of
 `ElectraConfig` fields and of the model's compute knobs (`ConvBertConfig.RUNTIME_FIELDS`: kernels, remat,
@@ -52,8 +55,9 @@ def maxrss_mb() -> float:
 
 
 def electra_setup(size: str, dtype: str = "", **overrides):
-    """(discriminator config, generator config, ElectraConfig) of configs/pretrain.py:SIZE; `dtype` (if set) and the
-    overrides of `ConvBertConfig.RUNTIME_FIELDS` go to the model, the other overrides to the `ElectraConfig`."""
+    """(discriminator config, generator config, ElectraConfig) of configs/pretrain.py:SIZE; `dtype` (but '' and
+    'config', which keep the size's) and the overrides of `ConvBertConfig.RUNTIME_FIELDS` go to the model, the
+    other overrides to the `ElectraConfig`."""
     import dataclasses
 
     from configs.pretrain import get_config
@@ -62,7 +66,7 @@ def electra_setup(size: str, dtype: str = "", **overrides):
     from convbert.flops import configs_from
     config = get_config(size)
     config.model.update({k: v for k, v in overrides.items() if k in RUNTIME_FIELDS})
-    config.model.dtype = dtype or config.model.dtype
+    config.model.dtype = config.model.dtype if dtype in ("", "config") else dtype
     electra = {k: v for k, v in overrides.items() if k not in RUNTIME_FIELDS}
     return (*configs_from(config), dataclasses.replace(ElectraConfig.from_config(config.electra), **electra))
 
@@ -261,8 +265,8 @@ def main(argv=None) -> int:
     add_common_args(p, warmup=3)
     p.add_argument("--part", default="step", choices=PARTS, help="what the jax runs time")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where both frameworks run")
-    p.add_argument("--dtype", default="", choices=("", "float32", "bfloat16"),
-                   help="compute dtype of both (default: jax the size's model.dtype, torch fp32)")
+    p.add_argument("--dtype", default="float32", choices=("config", "float32", "bfloat16"),
+                   help="compute dtype of both (config: jax the size's model.dtype, torch fp32)")
     p.add_argument("--torch_compile", default="", choices=("", "inductor", "eager"),
                    help="torch.compile the torch step with this backend (eager: dynamo's tracing only, a quick check)")
     args = p.parse_args(argv)
@@ -275,8 +279,9 @@ def main(argv=None) -> int:
     runs = args.runs.split(";")
     for r in runs:
         electra_setup("tiny", args.dtype, **({} if r == "torch" else parse_variant(r)))  # fail early on a typo
+    dtype_label = "config / fp32" if args.dtype == "config" else args.dtype
     print(f"{os.cpu_count()} cpus, {'interleaved' if args.interleave else 'one process per run'}, "
-          f"jax part: {args.part}, device {args.device}, dtype {args.dtype or 'config / fp32'}, batch {args.batch} x "
+          f"jax part: {args.part}, device {args.device}, dtype {dtype_label}, batch {args.batch} x "
           f"{args.seq}, peak {args.peak_gflops:,.0f} GFLOP/s\n\n| size | run | tokens/s | step ms median (IQR) | MFU "
           f"| vs torch | peak RSS GB | RSS growth GB | peak device GB | load before / after |\n"
           f"|---|---|---|---|---|---|---|---|---|---|", flush=True)

@@ -1,14 +1,14 @@
-"""Numerical kernels of the model: gelu and the activation table, the dropout mask, and the centred convolution
-over time that both convolutions of mixed attention use (arXiv 2008.02496 section 3; yitu-opensource/ConvBert
-`model/modeling.py` `attention_layer`).
+"""Numerical kernels of the model: gelu and the activation table, the dropout mask, the dense layers' matmul, and
+the centred convolution over time that both convolutions of mixed attention use (arXiv 2008.02496 section 3;
+yitu-opensource/ConvBert `model/modeling.py` `attention_layer`).
 
-Every kernel has a plain `reference` (jax autodiff of the textbook formula; `jax.random.bernoulli` for the dropout
-mask) and a `cpu_tuned` form, written for XLA CPU (BENCHMARKS.md, "Model forward/backward"): custom gradients for
-gelu and the convolution, a counter-hash dropout mask. Both forms compute the same function (the dropout masks the
-same distribution, from another random stream); `tests/test_kernels.py` checks values and gradients against each
-other. `KERNELS` lists them and `kernel(name, impl)` is the one place that picks: `impl` ('auto', a platform or an
-implementation, `CHOICES`) is mapped per kernel by `resolve_impl`; 'auto' takes the choice of the platform the
-code is compiled for (`AUTO_IMPL`, `target_platform`).
+Every kernel has a plain `reference` (jax autodiff of the textbook formula; `jax.random.bernoulli` for the dropout mask)
+and a `cpu_tuned` form, written for XLA CPU (BENCHMARKS.md, "Model forward/backward"): custom gradients for gelu and the
+convolution, a counter-hash dropout mask, a matmul over flattened leading dims. Both forms compute the same function
+(the dropout masks the same distribution, from another random stream); `tests/test_kernels.py` checks values and
+gradients against each other. `KERNELS` lists them and `kernel(name, impl)` is the one place that picks: `impl` ('auto',
+a platform or an implementation, `CHOICES`) is mapped per kernel by `resolve_impl`; 'auto' takes the choice of the
+platform the code is compiled for (`AUTO_IMPL`, `target_platform`).
 
 Shapes: B batch, T length, C channels (any trailing dims), k kernel size.
 """
@@ -30,13 +30,13 @@ IMPLS = ("reference", "cpu_tuned")
 # ConvBertForPreTraining base, bfloat16, 16 x 128 per chip on v5e:2x2, dropout on): the tuned gelu and dropout
 # mask fuse and save bytes there too, the tuned convolution's banded weight gradient moves more than autodiff of
 # the slices. All plain: 1.92e10 bytes, 0.74 GiB temporaries; this choice: 1.50e10, 0.46 GiB; all tuned: 2.06e10,
-# 0.60 GiB (BENCHMARKS.md, "Kernel choice per platform"). GPU: the plain forms until a GPU measurement decides
-# (none has been made).
+# 0.60 GiB (BENCHMARKS.md, "Kernel choice per platform"); `matmul` plain (not compiled in the tuned form for
+# TPU). GPU: the plain forms until a GPU measurement decides (none has been made).
 # A platform not listed gets AUTO_DEFAULT for every kernel.
 AUTO_IMPL: dict[str, dict[str, str]] = {
-    "cpu": dict(gelu="cpu_tuned", dropout_keep_mask="cpu_tuned", shifted_window_sum="cpu_tuned"),
-    "tpu": dict(gelu="cpu_tuned", dropout_keep_mask="cpu_tuned", shifted_window_sum="reference"),
-    "gpu": dict(gelu="reference", dropout_keep_mask="reference", shifted_window_sum="reference"),
+    "cpu": dict(gelu="cpu_tuned", dropout_keep_mask="cpu_tuned", shifted_window_sum="cpu_tuned", matmul="cpu_tuned"),
+    "tpu": dict(gelu="cpu_tuned", dropout_keep_mask="cpu_tuned", shifted_window_sum="reference", matmul="reference"),
+    "gpu": dict(gelu="reference", dropout_keep_mask="reference", shifted_window_sum="reference", matmul="reference"),
 }
 AUTO_DEFAULT = "reference"
 # The values of `ConvBertConfig.kernels`: 'auto' (the platform compiled for), a platform of `AUTO_IMPL` (its
@@ -204,6 +204,31 @@ class KeyChain:
 
 
 # ------------------------------------------------------------------------------------------------
+# matmul of the dense layers
+
+
+def matmul_reference(x: Array, w: Array) -> Array:
+    """x [..., I] @ w [I, O] -> [..., O], or grouped: x [..., G, I] and w [G, I, O] -> [..., G, O]; one
+    dot_general with the leading dims of x as free dims."""
+    return x @ w if w.ndim == 2 else jnp.einsum("...gi,gio->...go", x, w)
+
+
+def matmul_cpu_tuned(x: Array, w: Array) -> Array:
+    """`matmul_reference` with the leading dims of x flattened into one ([B, T, I] -> [B*T, I]) before the dot and
+    restored after. XLA CPU runs the weight gradient of a dot with two free dims (a contraction over B and T) as a
+    transpose and a slower dot; the flattened form is a plain matrix product in both passes (BENCHMARKS.md, "Model
+    forward/backward")."""
+    lead = x.shape[:x.ndim - w.ndim + 1]
+    y = matmul_reference(x.reshape(-1, *x.shape[len(lead):]), w)
+    return y.reshape(*lead, *y.shape[1:])
+
+
+def matmul(x: Array, w: Array, impl: str = "auto") -> Array:
+    """The dense layers' product (see `matmul_reference`), in the implementation `impl` selects."""
+    return kernel("matmul", impl)(x, w)
+
+
+# ------------------------------------------------------------------------------------------------
 # centred convolution over time
 
 
@@ -299,6 +324,7 @@ KERNELS: dict[str, dict[str, Callable]] = {
     "gelu": {"reference": gelu_reference, "cpu_tuned": gelu_cpu_tuned},
     "dropout_keep_mask": {"reference": dropout_keep_mask_reference, "cpu_tuned": dropout_keep_mask_cpu_tuned},
     "shifted_window_sum": {"reference": shifted_window_sum_reference, "cpu_tuned": shifted_window_sum_cpu_tuned},
+    "matmul": {"reference": matmul_reference, "cpu_tuned": matmul_cpu_tuned},
 }
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from convbert.config import ConvBertConfig
-from convbert.kernels import Dropout, KeyChain, activation, shifted_window_sum
+from convbert.kernels import Dropout, KeyChain, activation, matmul, shifted_window_sum
 from convbert.sharding import constrain
 
 Array = jax.Array
@@ -44,13 +44,26 @@ def _init(config: ConvBertConfig, stddev: float | None = None):
     return nnx.initializers.truncated_normal(stddev=config.initializer_range if stddev is None else stddev)
 
 
+class Dense(nnx.Linear):
+    """`nnx.Linear` (the same parameters: kernel [in, out], bias [out]) whose product is the `matmul` kernel of
+    `impl` (`convbert.kernels`). Input [..., in], output [..., out], computed in `dtype`."""
+
+    def __init__(self, *args, impl: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.impl = impl
+
+    def __call__(self, x: Array) -> Array:
+        y = matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.impl)
+        return y if self.bias is None else y + self.bias[...].astype(self.dtype)
+
+
 def dense(config: ConvBertConfig, fan_in: int, fan_out: int, axes: tuple, *, rngs: nnx.Rngs,
-          use_bias: bool = True, kernel_init: nnx.Initializer | None = None) -> nnx.Linear:
+          use_bias: bool = True, kernel_init: nnx.Initializer | None = None) -> Dense:
     """A Linear with float32 parameters, compute in `config.dtype`, logical axes and zero bias; the kernel drawn
     from `kernel_init`, by default TF's truncated normal (sigma = initializer_range)."""
-    return nnx.Linear(fan_in, fan_out, use_bias=use_bias, dtype=compute_dtype(config), param_dtype=jnp.float32,
-                      kernel_init=kernel_init or _init(config), rngs=rngs,
-                      kernel_metadata={"logical_axes": axes}, bias_metadata={"logical_axes": axes[-1:]})
+    return Dense(fan_in, fan_out, use_bias=use_bias, dtype=compute_dtype(config), param_dtype=jnp.float32,
+                 kernel_init=kernel_init or _init(config), rngs=rngs, impl=config.kernels,
+                 kernel_metadata={"logical_axes": axes}, bias_metadata={"logical_axes": axes[-1:]})
 
 
 def layer_norm(config: ConvBertConfig, features: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -109,7 +122,7 @@ class SeparableConv1D(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         x = shifted_window_sum(x, self.depthwise[...].T.astype(self.dtype), self.kernel_size, self.impl)
-        return x @ self.pointwise[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+        return matmul(x, self.pointwise[...].astype(self.dtype), self.impl) + self.bias[...].astype(self.dtype)
 
 
 class ConvBertSelfAttention(nnx.Module):
@@ -196,13 +209,14 @@ class GroupedLinear(nnx.Module):
         g = config.num_groups
         self.groups = g
         self.dtype = compute_dtype(config)
+        self.impl = config.kernels
         self.kernel = nnx.Param(_init(config)(rngs.params(), (g, in_features // g, out_features // g), jnp.float32),
                                 logical_axes=(None,) + axes)
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32), logical_axes=axes[-1:])
 
     def __call__(self, x: Array) -> Array:
         xg = x.reshape(*x.shape[:-1], self.groups, -1)
-        y = jnp.einsum("...gi,gio->...go", xg, self.kernel[...].astype(self.dtype))
+        y = matmul(xg, self.kernel[...].astype(self.dtype), self.impl)
         return y.reshape(*x.shape[:-1], -1) + self.bias[...].astype(self.dtype)
 
 

@@ -183,12 +183,45 @@ def test_dropout_value_and_gradient_follow_the_mask(impl):
 
 
 # ------------------------------------------------------------------------------------------------
+# matmul
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape"), [((3, 5, 8), (8, 6)), ((2, 3, 5, 8), (8, 6)), ((8,), (8, 6)),
+                                                  ((3, 5, 2, 4), (2, 4, 3)), ((2, 4), (2, 4, 3))])
+def test_matmul_cpu_tuned_matches_the_reference(x_shape, w_shape):
+    """Values and gradients (x and w) of the flattened product equal those of the one dot_general, for dense
+    ([..., I] @ [I, O]) and grouped ([..., G, I] with [G, I, O]) weights, under jit."""
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+    ref = kernels.matmul_reference(x, w)
+    g = jax.random.normal(kg, ref.shape)
+    expected = np.einsum("...i,io->...o", x, w) if len(w_shape) == 2 else np.einsum("...gi,gio->...go", x, w)
+    np.testing.assert_allclose(ref, expected, rtol=1e-5, atol=1e-5)
+    for impl in kernels.IMPLS:
+        value, vjp = jax.vjp(jax.jit(kernels.KERNELS["matmul"][impl]), x, w)
+        assert value.shape == ref.shape
+        np.testing.assert_allclose(value, ref, rtol=1e-5, atol=1e-5)
+        for got, want in zip(vjp(g), jax.vjp(kernels.matmul_reference, x, w)[1](g), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_cpu_tuned_is_one_plain_matrix_product():
+    """The point of the tuned form: a [B, T, I] input reaches the dot as [B*T, I] (one free dimension), so XLA
+    CPU's weight gradient is a plain matrix product."""
+    args = jax.ShapeDtypeStruct((4, 16, 8), jnp.float32), jax.ShapeDtypeStruct((8, 6), jnp.float32)
+    def dims(impl):
+        jaxpr = jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(kernels.matmul(x, w, impl)), argnums=1))(*args)
+        return {v.aval.ndim for e in jaxpr.eqns if e.primitive.name == "dot_general" for v in e.invars}
+    assert dims("cpu_tuned") == {2} and 3 in dims("reference")
+
+
+# ------------------------------------------------------------------------------------------------
 # selection
 
 
 def test_choices_resolve_per_kernel_and_names_are_checked():
     assert {name: kernels.resolve_impl("tpu", name) for name in kernels.KERNELS} == {
-        "gelu": "cpu_tuned", "dropout_keep_mask": "cpu_tuned", "shifted_window_sum": "reference"}
+        "gelu": "cpu_tuned", "dropout_keep_mask": "cpu_tuned", "shifted_window_sum": "reference", "matmul": "reference"}
     for name in kernels.KERNELS:
         assert kernels.resolve_impl("cpu", name) == "cpu_tuned" and kernels.resolve_impl("gpu", name) == "reference"
         assert kernels.resolve_impl("auto", name, "other") == kernels.AUTO_DEFAULT == "reference"
@@ -199,7 +232,7 @@ def test_choices_resolve_per_kernel_and_names_are_checked():
     assert kernels.kernel("gelu", "cpu_tuned") is kernels.gelu_cpu_tuned
     assert kernels.kernel("dropout_keep_mask", "tpu") is kernels.dropout_keep_mask_cpu_tuned
     assert kernels.activation("gelu", "reference") is kernels.gelu_reference
-    assert set(kernels.KERNELS) == {"gelu", "dropout_keep_mask", "shifted_window_sum"}
+    assert set(kernels.KERNELS) == {"gelu", "dropout_keep_mask", "shifted_window_sum", "matmul"}
     assert all(set(impls) == set(kernels.IMPLS) for impls in kernels.KERNELS.values())
     assert all(set(choice) == set(kernels.KERNELS) for choice in kernels.AUTO_IMPL.values())
     with pytest.raises(ValueError, match="must be one of"):
