@@ -179,8 +179,8 @@ def test_cli_cpu_data_parallel(tmp_path):
     assert r["state_bytes_per_device"] == r["per_device_bytes"]["aliased"]
     assert r["collectives"]["all-reduce"]["count"] > 0 and r["collectives"]["all-gather"]["count"] == 0
     assert "pretraining step (electra) on cpu:8" in proc.stdout
-    assert "model: kernels cpu (gelu cpu_tuned, dropout_keep_mask cpu_tuned, shifted_window_sum cpu_tuned), remat " \
-           "none, layers unrolled" in proc.stdout
+    assert "model: kernels cpu (gelu cpu_tuned, dropout_keep_mask cpu_tuned, shifted_window_sum cpu_tuned, matmul " \
+           "cpu_tuned), remat none, layers unrolled" in proc.stdout
 
 
 def test_cli_bad_input_exits_2_before_compiling():
