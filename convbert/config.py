@@ -40,10 +40,9 @@ class ConvBertConfig:
     `kernels` the implementations of gelu, the dropout mask, the convolution over time and the dense layers'
     matmul ('auto': the choice of the platform compiled for; 'cpu' / 'tpu' / 'gpu': that platform's choice;
     'reference' / 'cpu_tuned': one form for every kernel; see `convbert.kernels` and `resolve_kernels`); `remat`
-    what each encoder
-    layer keeps for the backward pass ('none'; 'dots': the outputs of its weight matmuls, the rest is recomputed;
-    'full': only its input); `scan_layers` the encoder's layers as one stacked module run by `jax.lax.scan`
-    (compiles one layer instead of L; parameters [L, ...]).
+    what each encoder layer keeps for the backward pass ('none'; 'dots': the outputs of its weight matmuls, the
+    rest is recomputed; 'full': only its input); `scan_layers` the encoder's layers as one stacked module run by
+    `jax.lax.scan` (compiles one layer instead of L; parameters [L, ...]).
     """
 
     vocab_size: int = 30522
