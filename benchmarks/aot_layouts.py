@@ -6,8 +6,9 @@ config has that knob) compiled with `python -m convbert.aot`, each in its own su
 
 Writes one JSON line per compile to OUT.jsonl (the `convbert.aot` report, or the error) and, after every compile,
 the table OUT.md: fits, memory per chip, the ESTIMATED step time, tokens/s and MFU (a roofline from XLA's cost
-analysis: communication is left out), and the compile time; the best fitting layout of each (size, topology) by
-estimated MFU is marked. A rerun skips the compiles already in OUT.jsonl (--redo compiles them again).
+analysis: communication is left out), the ESTIMATED communication time (collective traffic / inter-chip bandwidth)
+and the compile time; the best fitting layout of each (size, topology), by estimated step + communication, is
+marked. A rerun skips the compiles already in OUT.jsonl (--redo compiles them again).
 
 Layouts: `dp` (data parallel: mesh data=-1), `fsdp` (data=1 fsdp=-1: parameters and optimizer state split over all
 chips), `fsdp+tpN` (fsdp=-1 model=N: tensor parallel over N chips inside the FSDP mesh). The global batch is
@@ -27,6 +28,8 @@ import tempfile
 import time
 
 from benchmarks.common import ROOT
+from convbert.aot_compile import communication_seconds
+from convbert.aot_topology import CHIPS, parse_topology
 
 SIZES = ("small", "medium_small", "base", "large")
 TOPOLOGIES = ("v4-32", "v5e-16", "v5e-256", "v5p-128", "v6e-256")
@@ -56,8 +59,6 @@ def model_keys(size: str) -> set[str] | None:
 
 
 def num_chips(topology: str) -> int:
-    from convbert.aot_topology import parse_topology
-
     return parse_topology(topology).num_chips
 
 
@@ -103,32 +104,44 @@ def failure(r: dict) -> str:
     return r.get("error", f"exit {r['rc']}")
 
 
+def communication(r: dict) -> float | None:
+    """The report's communication ESTIMATE, seconds per step (computed from its collectives for reports written
+    before `convbert.aot` gave it); None without a report or chip figures."""
+    rep = r.get("report") or {}
+    if rep.get("estimated_communication_seconds") is not None:
+        return rep["estimated_communication_seconds"]
+    chip = CHIPS.get(parse_topology(r["topology"]).generation)
+    return communication_seconds(rep["collectives"], chip) if chip and rep.get("collectives") else None
+
+
 def table(results: list[dict]) -> str:
-    """Markdown table of the latest result per compile, the best fitting layout per (size, topology) in bold.
-    Compiles with scanned layers show no estimate (XLA's cost analysis counts one layer of them) and are not
-    ranked."""
+    """Markdown table of the latest result per compile, the best fitting layout per (size, topology) in bold: the
+    shortest estimated step plus estimated communication (no overlap; the same global batch for every layout of a
+    size and topology). Compiles with scanned layers show no step estimate (XLA's cost analysis counts one layer of
+    them) and are not ranked."""
     latest = {_key(r): r for r in results}
-    best = {}
+    best, best_seconds = {}, {}
     for r in latest.values():
         rep = r.get("report") or {}
-        if rep.get("fits") and rep.get("estimated_mfu") is not None and not r.get("scan_layers"):
-            group = (r["size"], r["topology"])
-            if group not in best or rep["estimated_mfu"] > best[group]["report"]["estimated_mfu"]:
-                best[group] = r
+        if rep.get("fits") and rep.get("estimated_step_seconds") is not None and not r.get("scan_layers"):
+            group, seconds = (r["size"], r["topology"]), rep["estimated_step_seconds"] + (communication(r) or 0.0)
+            if group not in best or seconds < best_seconds[group]:
+                best[group], best_seconds[group] = r, seconds
     lines = ["| size | topology | layout | remat | batch | fits | memory per chip (GiB) | est. step (ms) | "
-             "est. tokens/s | est. MFU | compile s (CPU s) |", "|" + "---|" * 11]
+             "est. comm (ms) | est. tokens/s | est. MFU | compile s (CPU s) |", "|" + "---|" * 12]
     for r in sorted(latest.values(), key=lambda r: (SIZES.index(r["size"]) if r["size"] in SIZES else -1, *_key(r))):
         rep = r.get("report")
         mark = "**" if best.get((r["size"], r["topology"])) is r else ""
         if rep is None:
-            cells = [failure(r)] + [""] * 5
+            cells = [failure(r)] + [""] * 6
             batch = r["batch_size"] or ""
         else:
             total, hbm = rep["per_device_bytes"]["total"], rep["hbm_bytes"]
             memory = "?" if total is None else f"{total / 2**30:.2f}" + (f" of {hbm / 2**30:.0f}" if hbm else "")
-            est = None if r.get("scan_layers") else rep["estimated_step_seconds"]
+            est, comm = None if r.get("scan_layers") else rep["estimated_step_seconds"], communication(r)
             cells = ["yes" if rep["fits"] else "no" if rep["fits"] is False else "n/a", memory,
-                     f"{est * 1e3:.1f}" if est else "", f"{rep['estimated_tokens_per_second']:,.0f}" if est else "",
+                     f"{est * 1e3:.1f}" if est else "", "" if comm is None else f"{comm * 1e3:.1f}",
+                     f"{rep['estimated_tokens_per_second']:,.0f}" if est else "",
                      f"{rep['estimated_mfu']:.1%}" if est and rep["estimated_mfu"] is not None else "",
                      f"{rep['compile_seconds']:.0f}" + (f" ({rep['compile_cpu_seconds']:.0f})"
                                                         if "compile_cpu_seconds" in rep else "")]
@@ -144,9 +157,11 @@ def write_table(results: list[dict], path: str) -> None:
     with open(path, "w") as f:
         f.write(f"# Layout search by ahead-of-time compilation\n\n{commands}\n\n"
                 "Step time, tokens/s and MFU are ESTIMATES: max(FLOPs / peak, bytes accessed / HBM bandwidth) per "
-                "chip from XLA's cost analysis, without communication. Memory per chip: XLA's memory analysis "
-                "(arguments + outputs - aliased + temporaries + code) against the chip's HBM. Bold: the fitting "
-                "layout with the highest estimated MFU for its size and topology. Compile: wall seconds (CPU "
+                "chip from XLA's cost analysis, without communication. Comm: the ESTIMATED time of the step's "
+                "collectives, the bytes each chip sends over its inter-chip bandwidth (convbert/aot_compile.py "
+                "`communication_seconds`). Memory per chip: XLA's memory analysis (arguments + outputs - aliased + "
+                "temporaries + code) against the chip's HBM. Bold: the fitting layout with the shortest step + comm "
+                "(no overlap) for its size and topology. Compile: wall seconds (CPU "
                 "seconds of the compiling process). Rows marked scanned were compiled with "
                 "model.scan_layers=True: XLA's cost analysis counts one layer of them, so they carry no estimate."
                 "\n\n" + table(results) + "\n")

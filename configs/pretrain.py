@@ -15,24 +15,31 @@
 #       --config.data.data_dir=/data/owt
 #     The paper's ConvBERT-small recipe (1M steps, batch 128, lr 3e-4): GLUE test 78.9 (paper Table 3);
 #     1.3e18 training FLOPs (`python -m convbert.flops --config=configs/pretrain.py:small`).
+#     TPU layout (the layout search of BENCHMARKS.md "TPU layouts": ahead-of-time compiles, ESTIMATES): data
+#     parallel, no remat, the best on v4-32, v5e-16, v5e-256 and v5p-128 (FSDP ties on v6e-256). The recipe on
+#     v5e-8 (`python -m convbert.aot --config=configs/pretrain.py:small --topology=v5e-8`): 0.59 GiB of 16 per
+#     chip, ESTIMATED 7.4 ms per step (memory-bound) + 0.4 ms of all-reduces, about 2.2 hours for 1M steps.
 #   medium_small: GLUE test 79.7, 1.5e18 FLOPs in the paper (we compute 1.567e18, see convbert/flops.py).
+#     TPU layout: data parallel, no remat (best on v4-32, v5e-16, v5p-128; on 256 chips FSDP compiles to the same
+#     program). v5e-16 at 16 sequences per chip: 0.82 GiB of 16 per chip, ESTIMATED 11.7 ms per step + 0.5 ms of
+#     all-reduces (FSDP: 14.9 + 1.6 ms).
 #   base: GLUE test 84.9, 1.9e19 FLOPs (batch 256, lr 2e-4).
-#     TPU layout (ahead-of-time compiles, BENCHMARKS.md "TPU layouts"): data parallel, no remat. v5e-16 at 16
-#     sequences per chip: 2.59 GiB of 16 per chip, 2.54e10 bytes accessed per chip, ESTIMATED 31 ms per step
-#     (memory-bound), 1.06M tokens/s, MFU 19%; FSDP (1.49 GiB) estimates 4% faster but all-gathers 2.5 GiB per
-#     chip per step, which the estimate leaves out. 256 chips (v5e-256, batch 4,096): with
-#     --config.model.scan_layers=True the step compiles in 75 s on 2 CPU cores (3.85 GiB of 16 per chip).
+#     TPU layout: data parallel, no remat, the best on v5e-16, v5e-256, v5p-128 and v6e-256 (on v4-32 FSDP:
+#     --config.mesh.data=1 --config.mesh.fsdp=-1). v5e-16 at 16 sequences per chip: 2.59 GiB of 16 per chip,
+#     2.54e10 bytes accessed per chip, ESTIMATED 31 ms per step (memory-bound) + 3.3 ms of all-reduces, 1.06M
+#     tokens/s, MFU 19%; FSDP estimates 29.9 ms but all-gathers 2.5 GiB per chip per step (+14.6 ms). 256 chips
+#     (v5e-256, batch 4,096): with --config.model.scan_layers=True the step compiles in 75 s on 2 CPU cores
+#     (3.85 GiB of 16 per chip).
 #   large: no ConvBERT-large exists upstream; ELECTRA-large's shape and recipe (google-research/electra
 #     configure_pretraining.py, Clark et al. 2020 appendix table 6: seq 512, batch 2048, lr 2e-4, mask_prob 0.25,
 #     generator 1/4, 1.75M steps as the released ELECTRA-large; ELECTRA-400K: --config.num_train_steps=400000)
 #     with ConvBERT's mixed attention (head ratio 2, kernel 9). Prepare the data with
 #     `python -m convbert.data.prepare --max_seq_length=512`. 2.9e21 training FLOPs, 6.6e20 for 400K steps
 #     (`python -m convbert.flops --config=configs/pretrain.py:large`; ELECTRA-large: 3.1e21 and 7.1e20).
-#     TPU layout (ahead-of-time compiles, BENCHMARKS.md "TPU layouts"): FSDP over all chips. The one layout
-#     compiled so far, FSDP with --config.model.remat=full at 16 sequences of 512 per chip: 1.78 GiB of 32 per
-#     chip on v4-32, 2.23 / 2.79 GiB of 16 on v5e-16 / v5e-256 (layers scanned; the unrolled compile crashed the
-#     TPU compiler). No step-time estimate yet; data parallel and no remat are not compiled yet, so remat stays
-#     off by default.
+#     TPU layout (ahead-of-time compiles, BENCHMARKS.md "TPU layouts"): FSDP over all chips, no remat, at 16
+#     sequences of 512 per chip: 24.3 GiB of 32 per chip on v4-32, 25.4 of 32 on v6e-256, 23.8 of 95 on v5p-128.
+#     It does not fit a 16 GiB v5e chip (23-28 GiB); there --config.model.remat=full: 2.23 / 2.79 GiB on v5e-16
+#     / v5e-256. Layers scanned (the unrolled compile crashed the TPU compiler), so no step-time estimate.
 #
 # Ablations: --config.model.conv_type=lconv|dconv|sdconv|none --config.model.head_ratio=4
 #   --config.model.conv_kernel_size=5 --config.model.num_groups=2 --config.electra.generator_fraction=0.5
@@ -52,11 +59,11 @@ from convbert.sharding import DEFAULT_RULES
 # lr, global batch, generator fraction; large: ELECTRA-large's, which also sets the steps, sequence length and
 # masking probability (the others: 1M steps, 128 tokens, 15%).
 RECIPES = {
-    # mesh (where given): the layout the ahead-of-time layout search chose (BENCHMARKS.md, "TPU layouts
-    # (ahead-of-time)"); otherwise data parallel without remat.
+    # mesh: the layout the ahead-of-time layout search chose (BENCHMARKS.md, "TPU layouts (ahead-of-time)"):
+    # data parallel without remat (the default mesh) for small, medium_small and base; FSDP for large.
     "small": dict(learning_rate=3e-4, batch_size=128, generator_fraction=0.25),
     "medium_small": dict(learning_rate=5e-4, batch_size=128, generator_fraction=0.25),
-    "base": dict(learning_rate=2e-4, batch_size=256, generator_fraction=1.0 / 3.0),  # the search chose the default
+    "base": dict(learning_rate=2e-4, batch_size=256, generator_fraction=1.0 / 3.0),
     "large": dict(learning_rate=2e-4, batch_size=2048, generator_fraction=0.25, num_train_steps=1_750_000,
                   max_seq_length=512, mask_prob=0.25, mesh=dict(data=1, fsdp=-1, model=1)),
 }

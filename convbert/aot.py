@@ -12,7 +12,9 @@ devices of `jax.experimental.topologies.get_topology_desc`; no accelerator, data
 per-device memory (XLA's `memory_analysis`) against the chip's HBM, FLOPs and bytes accessed per device
 (`cost_analysis`), the collectives of one step (parsed from the optimised HLO), the compile time, and a roofline
 ESTIMATE of the step time: max(FLOPs / peak FLOP/s, bytes accessed / HBM bandwidth) per chip, i.e. a lower bound
-that leaves out communication and assumes perfect overlap; tokens/s and MFU are derived from that estimate.
+that leaves out communication and assumes perfect overlap; tokens/s and MFU are derived from that estimate. Beside
+it, an ESTIMATE of the step's communication: the bytes each chip sends in its collectives over the chip's
+inter-chip bandwidth (`estimated_communication_seconds`).
 A config that does not fit exits with status 1 after printing the numbers and the knobs that would help; bad
 input (topology, mesh, batch) exits with status 2 before anything is compiled.
 
@@ -81,6 +83,8 @@ def format_report(r: Mapping[str, Any]) -> str:
             f"  estimated step {r['estimated_step_seconds'] * 1e3:.2f} ms ({r['estimated_bound']}-bound), "
             f"estimated {r['estimated_tokens_per_second']:,.0f} tokens/s"
             + (f", estimated MFU {r['estimated_mfu']:.1%}" if r["estimated_mfu"] is not None else ""),
+            f"  estimated communication {r['estimated_communication_seconds'] * 1e3:.2f} ms per step (collective "
+            f"traffic / {r['ici_bytes_per_second'] / 1e9:.0f} GB/s inter-chip bandwidth; not overlapped above)",
         ]
     else:
         lines.append(r["estimate_note"])

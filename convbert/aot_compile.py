@@ -23,7 +23,11 @@ from convbert.config import ConvBertConfig
 
 STEPS = ("pretrain", "finetune")
 ESTIMATE_NOTE = ("ESTIMATE (roofline): max(FLOPs / peak, bytes accessed / HBM bandwidth) per chip; communication "
-                 "and imperfect overlap are left out, so real steps are slower")
+                 "(estimated apart: collective traffic / inter-chip bandwidth) and imperfect overlap are left out, so "
+                 "real steps are slower")
+# Bytes each device sends per byte of a collective's `bytes` (convbert.aot_hlo.collectives), ring algorithms over
+# large groups: an all-reduce is a reduce-scatter then an all-gather.
+TRAFFIC = {"all-reduce": 2.0, "all-gather": 1.0, "reduce-scatter": 1.0, "all-to-all": 1.0, "collective-permute": 1.0}
 
 
 @dataclasses.dataclass
@@ -169,9 +173,10 @@ def estimate(report: Mapping[str, Any], chip: Chip | None, peak_flops: float | N
     the layers' loop counts once too: the note says the estimate covers one layer per network."""
     flops_, bytes_ = report["flops_per_device"], report["bytes_accessed_per_device"]
     out = dict(estimate_note=ESTIMATE_NOTE, peak_flops_per_second=peak_flops,
-               hbm_bytes_per_second=chip.hbm_bytes_per_second if chip else None, estimated_step_seconds=None,
+               hbm_bytes_per_second=chip.hbm_bytes_per_second if chip else None,
+               ici_bytes_per_second=chip.ici_bytes_per_second if chip else None, estimated_step_seconds=None,
                estimated_bound=None, estimated_tokens_per_second=None, estimated_mfu=None,
-               model_flops_per_step=model_flops)
+               estimated_communication_seconds=None, model_flops_per_step=model_flops)
     if chip is None or not peak_flops:
         return {**out, "estimate_note": "no chip figures for this platform: no step-time estimate"}
     if flops_ is None or bytes_ is None:
@@ -184,7 +189,16 @@ def estimate(report: Mapping[str, Any], chip: Chip | None, peak_flops: float | N
     seconds = max(compute, memory)
     return {**out, "estimated_step_seconds": seconds, "estimated_bound": "compute" if compute >= memory else "memory",
             "estimated_tokens_per_second": report["global_batch"] * report["seq_len"] / seconds,
-            "estimated_mfu": model_flops / (seconds * peak_flops * report["num_chips"]) if model_flops else None}
+            "estimated_mfu": model_flops / (seconds * peak_flops * report["num_chips"]) if model_flops else None,
+            "estimated_communication_seconds": communication_seconds(report["collectives"], chip)}
+
+
+def communication_seconds(collectives_: Mapping[str, Mapping[str, int]], chip: Chip) -> float:
+    """ESTIMATE of one step's time in collectives per chip: the bytes each chip sends (`TRAFFIC` x the bytes of
+    `convbert.aot_hlo.collectives`) over the chip's inter-chip bandwidth. It does not overlap with the roofline
+    estimate here; on a TPU, XLA overlaps asynchronous collectives with compute, so roofline + this is an upper
+    estimate and the larger of the two a lower one. Trip counts of loops are included (the collectives are)."""
+    return sum(TRAFFIC[kind] * c["bytes"] for kind, c in collectives_.items()) / chip.ici_bytes_per_second
 
 
 def hints(config: ml_collections.ConfigDict, report: Mapping[str, Any]) -> list[str]:

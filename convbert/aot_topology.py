@@ -18,13 +18,17 @@ import jax
 @dataclasses.dataclass(frozen=True)
 class Chip:
     """A TPU generation: JAX's `device_kind`, HBM per chip, HBM bandwidth (vendor specifications), the number of
-    dimensions of its topology names, and TensorCores per chip (the unit of its `-N` accelerator names)."""
+    dimensions of its topology names, TensorCores per chip (the unit of its `-N` accelerator names), and the
+    inter-chip bandwidth one chip's collectives get (half the bidirectional ICI bandwidth per chip of the Cloud TPU
+    pages: v5e 400 GB/s, v5p 1,200, v6e 800; v4, which gives none per chip: its pod's all-reduce bandwidth, 1.1
+    PB/s, over 4,096 chips)."""
 
     device_kind: str
     hbm_gib: float
     hbm_bytes_per_second: float
     dims: int
     cores_per_name_unit: int  # v4-32 / v5p-128 count TensorCores (2 per chip); v5e-256 / v6e-256 count chips
+    ici_bytes_per_second: float
 
     @property
     def hbm_bytes(self) -> int:
@@ -32,10 +36,10 @@ class Chip:
 
 
 CHIPS: dict[str, Chip] = {
-    "v4": Chip("TPU v4", 32, 1.2e12, 3, 2),
-    "v5e": Chip("TPU v5 lite", 16, 0.819e12, 2, 1),
-    "v5p": Chip("TPU v5", 95, 2.76e12, 3, 2),
-    "v6e": Chip("TPU v6 lite", 32, 1.64e12, 2, 1),
+    "v4": Chip("TPU v4", 32, 1.2e12, 3, 2, 0.27e12),
+    "v5e": Chip("TPU v5 lite", 16, 0.819e12, 2, 1, 0.2e12),
+    "v5p": Chip("TPU v5", 95, 2.76e12, 3, 2, 0.6e12),
+    "v6e": Chip("TPU v6 lite", 32, 1.64e12, 2, 1, 0.4e12),
 }
 ALIASES = {"v5litepod": "v5e"}  # the Cloud TPU accelerator-type spelling
 

@@ -11,13 +11,16 @@ Before a step is restored, its array metadata is compared with the target: a che
 names or shapes) is an error that says so, never "unreadable". An unreadable newest checkpoint is skipped with
 one warning naming it and why, and the next older one is used; the unreadable step directories are then renamed
 `<step>.unreadable-<time>` (kept for inspection, ignored by Orbax). The "Event loop is closed" tracebacks that the
-failed read's pending I/O raises afterwards (hundreds, through `sys.unraisablehook`) are dropped. Preemption:
+failed read's pending I/O raises afterwards (hundreds, through `sys.unraisablehook`), and asyncio's "Task
+exception was never retrieved" records of its other failed reads (when they are garbage-collected late, as on a
+loaded machine), are dropped. Preemption:
 `reached_preemption(step)` is True once SIGTERM arrived (single process: our handler sets a flag) or, in
 multi-process runs, at the step all processes agreed on through JAX's preemption sync service.
 """
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import signal
 import sys
@@ -71,10 +74,14 @@ def _reason(error: Exception, limit: int = 300) -> str:
 
 
 def _drop_event_loop_noise() -> None:
-    """Installs (unless it is the current one) a `sys.unraisablehook` that drops what the pending reads of a failed
+    """Installs (each unless already there) a `sys.unraisablehook` that drops what the pending reads of a failed
     Orbax restore raise when they complete after its event loop closed (hundreds of tracebacks for one damaged
     checkpoint): RuntimeError('Event loop is closed'), and any exception raised inside asyncio's own code (the closed
-    loop's machinery). Every other unraisable exception goes to the previous hook."""
+    loop's machinery), every other unraisable exception going to the previous hook; and `_UnretrievedReadFilter` on
+    the asyncio logger."""
+    asyncio_log = std_logging.getLogger("asyncio")
+    if not any(isinstance(f, _UnretrievedReadFilter) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_UnretrievedReadFilter())
     previous = sys.unraisablehook
     if getattr(previous, "drops_event_loop_noise", False):
         return
@@ -88,6 +95,15 @@ def _drop_event_loop_noise() -> None:
 
     hook.drops_event_loop_noise = True
     sys.unraisablehook = hook
+
+
+class _UnretrievedReadFilter(std_logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" records of Orbax's `async_deserialize` tasks: the other
+    reads of a restore that failed (the failure itself is raised by the restore and reported once)."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Task exception was never retrieved") and "async_deserialize" in message)
 
 
 class Checkpointer:

@@ -204,7 +204,10 @@ def test_tpu_v5e_compile(tmp_path):
     assert r["estimated_step_seconds"] == pytest.approx(seconds)
     assert r["estimated_mfu"] == pytest.approx(r["model_flops_per_step"] / (seconds * 197e12 * 4))
     assert r["collectives"]["all-gather"]["count"] > 0
-    assert "ESTIMATE" in proc.stdout and "estimated MFU" in proc.stdout
+    traffic = sum((2 if kind == "all-reduce" else 1) * c["bytes"] for kind, c in r["collectives"].items())
+    assert r["ici_bytes_per_second"] == 0.2e12 and traffic > 0
+    assert r["estimated_communication_seconds"] == pytest.approx(traffic / 0.2e12)
+    assert "ESTIMATE" in proc.stdout and "estimated MFU" in proc.stdout and "estimated communication" in proc.stdout
 
 
 @pytest.mark.slow
