@@ -19,8 +19,11 @@ from convbert.ablation.study import StudyError, flag_value
 validation.define_config_file(None, "Study config (configs/ablations/NAME.py:SCALE, SCALE tiny or small).")
 flags.DEFINE_string("workdir", None, "The study's runs, results.md / results.json and plots; rerun to resume.")
 flags.DEFINE_list("only", [], "Run only these variants (comma-separated names).")
-flags.DEFINE_bool("dry_run", False, "Print the commands, one per line, and write WORKDIR/commands.sh and "
-                  "WORKDIR/slurm.sh instead of running them.")
+flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Print the commands, one per line, and write WORKDIR/commands.sh and WORKDIR/slurm.sh instead of running them.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -38,8 +41,14 @@ def main(argv):
     del argv
     jax.config.update("jax_platforms", "cpu")  # the runner only traces shapes; the drivers it starts own the devices
     try:
-        runner.run(FLAGS.config, config_flags.get_config_filename(FLAGS["config"]), FLAGS.workdir, only=FLAGS.only,
-                   dry_run=FLAGS.dry_run, overrides=override_flags())
+        runner.run(
+            FLAGS.config,
+            config_flags.get_config_filename(FLAGS["config"]),
+            FLAGS.workdir,
+            only=FLAGS.only,
+            dry_run=FLAGS.dry_run,
+            overrides=override_flags(),
+        )
     except (StudyError, runner.StageFailed) as e:
         sys.exit(f"ablate.py: {e}")
 

@@ -11,8 +11,7 @@ from convbert import distributed, validation
 from convbert.glue import finetune
 
 validation.define_config_file("configs/finetune_glue.py:sst2,tiny", "Fine-tuning config (file:task,size).")
-flags.DEFINE_string("workdir", None, "Results, submission files and logs; rerun to skip finished tasks.",
-                    required=True)
+flags.DEFINE_string("workdir", None, "Results, submission files and logs; rerun to skip finished tasks.", required=True)
 distributed.define_flags()
 FLAGS = flags.FLAGS
 

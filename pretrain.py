@@ -1,7 +1,7 @@
 """ELECTRA-style ConvBERT pretraining. The logic lives in `convbert.pretraining`; see README "Pretraining".
 
-  python pretrain.py                                   # tiny model on the bundled corpus, a few CPU minutes
-  python pretrain.py --config=configs/pretrain.py:small --workdir=/ckpt/small --config.batch_size=256
+python pretrain.py                                   # tiny model on the bundled corpus, a few CPU minutes
+python pretrain.py --config=configs/pretrain.py:small --workdir=/ckpt/small --config.batch_size=256
 """
 
 from absl import app, flags

@@ -73,8 +73,13 @@ def compile_one(job: dict, timeout: float) -> dict:
         out = os.path.join(tmp, "report.json")
         start = time.time()
         try:
-            proc = subprocess.run([sys.executable, "-m", "convbert.aot", *flags, f"--json_out={out}"], cwd=ROOT,
-                                  capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(
+                [sys.executable, "-m", "convbert.aot", *flags, f"--json_out={out}"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired:
             return {**job, "rc": None, "error": f"timed out after {timeout:.0f} s", "wall_seconds": time.time() - start}
         result = {**job, "rc": proc.returncode, "wall_seconds": time.time() - start, "flags": flags}
@@ -127,8 +132,11 @@ def table(results: list[dict]) -> str:
             group, seconds = (r["size"], r["topology"]), rep["estimated_step_seconds"] + (communication(r) or 0.0)
             if group not in best or seconds < best_seconds[group]:
                 best[group], best_seconds[group] = r, seconds
-    lines = ["| size | topology | layout | remat | batch | fits | memory per chip (GiB) | est. step (ms) | "
-             "est. comm (ms) | est. tokens/s | est. MFU | compile s (CPU s) |", "|" + "---|" * 12]
+    lines = [
+        "| size | topology | layout | remat | batch | fits | memory per chip (GiB) | est. step (ms) | "
+        "est. comm (ms) | est. tokens/s | est. MFU | compile s (CPU s) |",
+        "|" + "---|" * 12,
+    ]
     for r in sorted(latest.values(), key=lambda r: (SIZES.index(r["size"]) if r["size"] in SIZES else -1, *_key(r))):
         rep = r.get("report")
         mark = "**" if best.get((r["size"], r["topology"])) is r else ""
@@ -139,12 +147,16 @@ def table(results: list[dict]) -> str:
             total, hbm = rep["per_device_bytes"]["total"], rep["hbm_bytes"]
             memory = "?" if total is None else f"{total / 2**30:.2f}" + (f" of {hbm / 2**30:.0f}" if hbm else "")
             est, comm = None if r.get("scan_layers") else rep["estimated_step_seconds"], communication(r)
-            cells = ["yes" if rep["fits"] else "no" if rep["fits"] is False else "n/a", memory,
-                     f"{est * 1e3:.1f}" if est else "", "" if comm is None else f"{comm * 1e3:.1f}",
-                     f"{rep['estimated_tokens_per_second']:,.0f}" if est else "",
-                     f"{rep['estimated_mfu']:.1%}" if est and rep["estimated_mfu"] is not None else "",
-                     f"{rep['compile_seconds']:.0f}" + (f" ({rep['compile_cpu_seconds']:.0f})"
-                                                        if "compile_cpu_seconds" in rep else "")]
+            cells = [
+                "yes" if rep["fits"] else "no" if rep["fits"] is False else "n/a",
+                memory,
+                f"{est * 1e3:.1f}" if est else "",
+                "" if comm is None else f"{comm * 1e3:.1f}",
+                f"{rep['estimated_tokens_per_second']:,.0f}" if est else "",
+                f"{rep['estimated_mfu']:.1%}" if est and rep["estimated_mfu"] is not None else "",
+                f"{rep['compile_seconds']:.0f}"
+                + (f" ({rep['compile_cpu_seconds']:.0f})" if "compile_cpu_seconds" in rep else ""),
+            ]
             batch = rep["global_batch"]
         remat = r["remat"] + (", scanned" if r.get("scan_layers") else "")
         row = [r["size"], r["topology"], f"{mark}{r['layout']}{mark}", remat, str(batch), *cells]
@@ -155,16 +167,18 @@ def table(results: list[dict]) -> str:
 def write_table(results: list[dict], path: str) -> None:
     commands = "\n".join(f"    {c}" for c in dict.fromkeys(r["command"] for r in results if "command" in r))
     with open(path, "w") as f:
-        f.write(f"# Layout search by ahead-of-time compilation\n\n{commands}\n\n"
-                "Step time, tokens/s and MFU are ESTIMATES: max(FLOPs / peak, bytes accessed / HBM bandwidth) per "
-                "chip from XLA's cost analysis, without communication. Comm: the ESTIMATED time of the step's "
-                "collectives, the bytes each chip sends over its inter-chip bandwidth (convbert/aot_compile.py "
-                "`communication_seconds`). Memory per chip: XLA's memory analysis (arguments + outputs - aliased + "
-                "temporaries + code) against the chip's HBM. Bold: the fitting layout with the shortest step + comm "
-                "(no overlap) for its size and topology. Compile: wall seconds (CPU "
-                "seconds of the compiling process). Rows marked scanned were compiled with "
-                "model.scan_layers=True: XLA's cost analysis counts one layer of them, so they carry no estimate."
-                "\n\n" + table(results) + "\n")
+        f.write(
+            f"# Layout search by ahead-of-time compilation\n\n{commands}\n\n"
+            "Step time, tokens/s and MFU are ESTIMATES: max(FLOPs / peak, bytes accessed / HBM bandwidth) per "
+            "chip from XLA's cost analysis, without communication. Comm: the ESTIMATED time of the step's "
+            "collectives, the bytes each chip sends over its inter-chip bandwidth (convbert/aot_compile.py "
+            "`communication_seconds`). Memory per chip: XLA's memory analysis (arguments + outputs - aliased + "
+            "temporaries + code) against the chip's HBM. Bold: the fitting layout with the shortest step + comm "
+            "(no overlap) for its size and topology. Compile: wall seconds (CPU "
+            "seconds of the compiling process). Rows marked scanned were compiled with "
+            "model.scan_layers=True: XLA's cost analysis counts one layer of them, so they carry no estimate."
+            "\n\n" + table(results) + "\n"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -173,9 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--topologies", default=",".join(TOPOLOGIES))
     p.add_argument("--layouts", default=",".join(LAYOUTS))
     p.add_argument("--remat", default=",".join(REMAT), help="config.model.remat values, where the config has it")
-    p.add_argument("--scan_layers", action="store_true",
-                   help="compile with config.model.scan_layers=True (faster compiles; XLA's cost analysis then counts "
-                        "one layer, so the estimates are not comparable)")
+    p.add_argument(
+        "--scan_layers",
+        action="store_true",
+        help="compile with config.model.scan_layers=True (faster compiles; XLA's cost analysis then counts "
+        "one layer, so the estimates are not comparable)",
+    )
     p.add_argument("--per_chip_batch", type=int, default=16, help="global batch = this x chips; 0: the config's")
     p.add_argument("--timeout", type=float, default=3600.0, help="per compile, seconds")
     p.add_argument("--out", default="benchmarks/results/aot_layouts", help="writes OUT.jsonl and OUT.md")
@@ -199,16 +216,28 @@ def main(argv: list[str] | None = None) -> None:
             continue
         remats = args.remat.split(",") if "remat" in keys and args.remat else ["n/a"]
         for topology, layout, remat in itertools.product(topologies, layouts, remats):
-            job = dict(size=size, topology=topology, layout=layout, remat=remat, scan_layers=args.scan_layers,
-                       batch_size=args.per_chip_batch * chips[topology])
+            job = dict(
+                size=size,
+                topology=topology,
+                layout=layout,
+                remat=remat,
+                scan_layers=args.scan_layers,
+                batch_size=args.per_chip_batch * chips[topology],
+            )
             if _key(job) in done and not args.redo:
                 continue
-            print(f"{size} {topology} {layout} remat={remat} batch={job['batch_size'] or 'config'} ...", end=" ",
-                  flush=True)
+            print(
+                f"{size} {topology} {layout} remat={remat} batch={job['batch_size'] or 'config'} ...",
+                end=" ",
+                flush=True,
+            )
             result = {**compile_one(job, args.timeout), "command": command}
             rep = result.get("report")
-            print(result.get("error") or f"fits={rep['fits']} compile {rep['compile_seconds']:.0f} s "
-                  f"(wall {result['wall_seconds']:.0f} s)", flush=True)
+            print(
+                result.get("error")
+                or f"fits={rep['fits']} compile {rep['compile_seconds']:.0f} s (wall {result['wall_seconds']:.0f} s)",
+                flush=True,
+            )
             with open(jsonl, "a") as f:
                 f.write(json.dumps(result) + "\n")
             results.append(result)

@@ -49,17 +49,22 @@ def flops_per_token(cfg, seq: int, head: bool = True) -> float:
     def matmuls(terms):
         return sum(t.flops for t in terms if t.matmul)
 
-    return float(cfg.num_hidden_layers * matmuls(layer_terms(cfg, seq)) + matmuls(embedding_terms(cfg, seq))
-                 + (matmuls(rtd_head_terms(cfg)) if head else 0))
+    return float(
+        cfg.num_hidden_layers * matmuls(layer_terms(cfg, seq))
+        + matmuls(embedding_terms(cfg, seq))
+        + (matmuls(rtd_head_terms(cfg)) if head else 0)
+    )
 
 
 def model_config(job: dict):
     from convbert.config import size_config
+
     return size_config(job["size"], hidden_dropout_prob=job["dropout"], attention_probs_dropout_prob=job["dropout"])
 
 
 def _inputs(cfg, batch: int, seq: int, seed: int = 0):
     import numpy as np
+
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, cfg.vocab_size, (batch, seq)).astype(np.int32)
     mask = np.ones((batch, seq), np.int32)
@@ -83,6 +88,7 @@ def build_jax_step(job: dict):
     graphdef, params, rest = nnx.split(ConvBertForPreTraining(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
     ids, mask, labels = (jnp.asarray(a) for a in _inputs(cfg, job["batch"], job["seq"]))
     if job["mode"] == "fwd":
+
         def forward(params, ids, mask):
             return nnx.merge(graphdef, params, rest)(ids, attention_mask=mask).logits
 
@@ -90,8 +96,9 @@ def build_jax_step(job: dict):
         return lambda: step(params, ids, mask)
 
     def loss_fn(params, ids, mask, labels, rng):
-        return nnx.merge(graphdef, params, rest)(ids, attention_mask=mask, labels=labels, deterministic=False,
-                                                 dropout_rng=rng).loss
+        return nnx.merge(graphdef, params, rest)(
+            ids, attention_mask=mask, labels=labels, deterministic=False, dropout_rng=rng
+        ).loss
 
     key = jax.random.key(0)
     step = jax.jit(jax.value_and_grad(loss_fn)).lower(params, ids, mask, labels, key).compile()
@@ -123,6 +130,7 @@ def build_torch_step(job: dict):
         def run():
             with torch.inference_mode():
                 forward()
+
         return run
 
     body.train(), head.train()
@@ -133,6 +141,7 @@ def build_torch_step(job: dict):
             p.grad = None
         per_token = torch.nn.functional.binary_cross_entropy_with_logits(forward(), labels.float(), reduction="none")
         ((per_token * weights).sum() / weights.sum().clamp(min=1.0)).backward()
+
     return run
 
 
@@ -162,6 +171,7 @@ def worker(job: dict) -> dict:
     t0 = time.perf_counter()
     if job["framework"] == "jax":
         import jax
+
         step = build_jax_step(job)
         run = lambda: jax.block_until_ready(step())
     else:
@@ -179,9 +189,15 @@ def worker(job: dict) -> dict:
         run()
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    return dict(step_times_s=times, cpu_times_s=cpu, first_step_s=first, build_s=build_s, base_rss_mb=base_rss,
-                step_peak_rss_mb=_rss_mb("VmHWM") if reset else None,
-                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    return dict(
+        step_times_s=times,
+        cpu_times_s=cpu,
+        first_step_s=first,
+        build_s=build_s,
+        base_rss_mb=base_rss,
+        step_peak_rss_mb=_rss_mb("VmHWM") if reset else None,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,22 +213,32 @@ def spawn(job: dict, xla_flags: str | None, timeout: float) -> dict:
 
 def summarise(res: dict, peak_gflops: float) -> dict:
     from convbert.config import size_config
+
     tokens = res["batch"] * res["seq"]
     times = res["step_times_s"]
     med = statistics.median(times)
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [med, med, med]
     fpt = flops_per_token(size_config(res["size"]), res["seq"]) * (3 if res["mode"] == "train" else 1)
     tps = tokens / med
-    return dict(median_step_s=med, q1_step_s=q[0], q3_step_s=q[2], median_cpu_s=statistics.median(res["cpu_times_s"]),
-                tokens_per_s=tps, flops_per_token=fpt, mfu=tps * fpt / (peak_gflops * 1e9))
+    return dict(
+        median_step_s=med,
+        q1_step_s=q[0],
+        q3_step_s=q[2],
+        median_cpu_s=statistics.median(res["cpu_times_s"]),
+        tokens_per_s=tps,
+        flops_per_token=fpt,
+        mfu=tps * fpt / (peak_gflops * 1e9),
+    )
 
 
 def fmt_row(r: dict) -> str:
     step_peak = f"{r['step_peak_rss_mb'] / 1024:.2f}" if r.get("step_peak_rss_mb") else "n/a"
-    return (f"| {r['size']} | {r['mode']} | {r['framework']} | {r['tokens_per_s']:,.0f} | "
-            f"{r['median_step_s'] * 1e3:,.1f} ({r['q1_step_s'] * 1e3:,.0f}-{r['q3_step_s'] * 1e3:,.0f}) | "
-            f"{r['median_cpu_s'] * 1e3:,.0f} | {r['mfu'] * 100:.1f}% | {r['peak_rss_mb'] / 1024:.2f} | {step_peak} | "
-            f"{r.get('ratio_vs_torch', float('nan')):.2f} | {r['load_before']} |")
+    return (
+        f"| {r['size']} | {r['mode']} | {r['framework']} | {r['tokens_per_s']:,.0f} | "
+        f"{r['median_step_s'] * 1e3:,.1f} ({r['q1_step_s'] * 1e3:,.0f}-{r['q3_step_s'] * 1e3:,.0f}) | "
+        f"{r['median_cpu_s'] * 1e3:,.0f} | {r['mfu'] * 100:.1f}% | {r['peak_rss_mb'] / 1024:.2f} | {step_peak} | "
+        f"{r.get('ratio_vs_torch', float('nan')):.2f} | {r['load_before']} |"
+    )
 
 
 def main(argv=None) -> int:
@@ -222,8 +248,9 @@ def main(argv=None) -> int:
     p.add_argument("--frameworks", default="jax,torch", help="comma-separated: jax, torch")
     add_common_args(p, warmup=2)
     p.add_argument("--rounds", type=int, default=1, help="repeat the whole set (steps pooled over rounds)")
-    p.add_argument("--dropout", type=float, default=0.1,
-                   help="hidden and attention dropout of both models in train mode (0: off)")
+    p.add_argument(
+        "--dropout", type=float, default=0.1, help="hidden and attention dropout of both models in train mode (0: off)"
+    )
     p.add_argument("--xla_flags", default=None, help="extra XLA_FLAGS for the jax workers")
     args = p.parse_args(argv)
     if args.worker:
@@ -233,11 +260,27 @@ def main(argv=None) -> int:
     if not 0.0 <= args.dropout < 1.0:
         p.error(f"--dropout must be in [0, 1), got {args.dropout}")
 
-    jobs = [dict(framework=fw, size=size, mode=mode, batch=args.batch, seq=args.seq, steps=args.steps,
-                 warmup=args.warmup, threads=args.threads, dropout=args.dropout)
-            for size in args.sizes.split(",") for mode in args.modes.split(",") for fw in args.frameworks.split(",")]
-    print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-          f"load {loadavg()}, dropout {args.dropout}, XLA_FLAGS extra: {args.xla_flags!r}", flush=True)
+    jobs = [
+        dict(
+            framework=fw,
+            size=size,
+            mode=mode,
+            batch=args.batch,
+            seq=args.seq,
+            steps=args.steps,
+            warmup=args.warmup,
+            threads=args.threads,
+            dropout=args.dropout,
+        )
+        for size in args.sizes.split(",")
+        for mode in args.modes.split(",")
+        for fw in args.frameworks.split(",")
+    ]
+    print(
+        f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+        f"load {loadavg()}, dropout {args.dropout}, XLA_FLAGS extra: {args.xla_flags!r}",
+        flush=True,
+    )
     merged: dict[tuple, dict] = {}
     for rnd in range(args.rounds):
         for job in jobs:
@@ -253,9 +296,12 @@ def main(argv=None) -> int:
             else:
                 merged[key] = res
             s = summarise(res, args.peak_gflops)
-            print(f"round {rnd} {key}: {s['tokens_per_s']:,.0f} tok/s, median {s['median_step_s'] * 1e3:.1f} ms, "
-                  f"MFU {s['mfu'] * 100:.1f}%, peak RSS {res['peak_rss_mb'] / 1024:.2f} GB, load "
-                  f"{res['load_before']} -> {res['load_after']}", flush=True)
+            print(
+                f"round {rnd} {key}: {s['tokens_per_s']:,.0f} tok/s, median {s['median_step_s'] * 1e3:.1f} ms, "
+                f"MFU {s['mfu'] * 100:.1f}%, peak RSS {res['peak_rss_mb'] / 1024:.2f} GB, load "
+                f"{res['load_before']} -> {res['load_after']}",
+                flush=True,
+            )
 
     results = []
     for res in merged.values():
@@ -267,16 +313,31 @@ def main(argv=None) -> int:
         if ref and args.rounds > 1 and r["framework"] == "jax":  # same-round ratios
             rounds = zip(r["round_medians_s"], ref["round_medians_s"], strict=True)
             r["round_ratios_vs_torch"] = [t / j for j, t in rounds]
-            print(f"{r['size']} {r['mode']}: jax / torch per round "
-                  + ", ".join(f"{x:.2f}" for x in r["round_ratios_vs_torch"]))
-    print("\n| size | mode | framework | tokens/s | step ms median (IQR) | CPU ms/step | MFU | peak RSS GB "
-          "| step peak RSS GB | vs torch | load |\n|---|---|---|---|---|---|---|---|---|---|---|")
+            print(
+                f"{r['size']} {r['mode']}: jax / torch per round "
+                + ", ".join(f"{x:.2f}" for x in r["round_ratios_vs_torch"])
+            )
+    print(
+        "\n| size | mode | framework | tokens/s | step ms median (IQR) | CPU ms/step | MFU | peak RSS GB "
+        "| step peak RSS GB | vs torch | load |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     for r in results:
         print(fmt_row(r))
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump(dict(argv=sys.argv, machine=platform.node(), cpus=os.cpu_count(), xla_flags=args.xla_flags,
-                           peak_gflops=args.peak_gflops, dropout=args.dropout, results=results), f, indent=1)
+            json.dump(
+                dict(
+                    argv=sys.argv,
+                    machine=platform.node(),
+                    cpus=os.cpu_count(),
+                    xla_flags=args.xla_flags,
+                    peak_gflops=args.peak_gflops,
+                    dropout=args.dropout,
+                    results=results,
+                ),
+                f,
+                indent=1,
+            )
     return 0
 
 

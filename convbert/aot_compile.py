@@ -22,9 +22,11 @@ from convbert.aot_topology import Chip, Topology, topology_devices
 from convbert.config import ConvBertConfig
 
 STEPS = ("pretrain", "finetune")
-ESTIMATE_NOTE = ("ESTIMATE (roofline): max(FLOPs / peak, bytes accessed / HBM bandwidth) per chip; communication "
-                 "(estimated apart: collective traffic / inter-chip bandwidth) and imperfect overlap are left out, so "
-                 "real steps are slower")
+ESTIMATE_NOTE = (
+    "ESTIMATE (roofline): max(FLOPs / peak, bytes accessed / HBM bandwidth) per chip; communication "
+    "(estimated apart: collective traffic / inter-chip bandwidth) and imperfect overlap are left out, so "
+    "real steps are slower"
+)
 # Bytes each device sends per byte of a collective's `bytes` (convbert.aot_hlo.collectives), ring algorithms over
 # large groups: an all-reduce is a reduce-scatter then an all-gather.
 TRAFFIC = {"all-reduce": 2.0, "all-gather": 1.0, "reduce-scatter": 1.0, "all-to-all": 1.0, "collective-permute": 1.0}
@@ -59,10 +61,17 @@ def pretrain_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
     b, t = config.batch_size, config.max_seq_length
     batch = {k: _sds((b, t), jnp.int32, sharding.batch_sharding(mesh)) for k in FIELDS}
     state = trainer.abstract_state()
-    model_flops = flops.model_flops_per_step(*flops.configs_from(config), b, t,
-                                             config.electra.max_predictions_per_seq)
-    return Step(trainer.train_step, (state, batch), state, b, t, model_flops,
-                f"pretraining step ({config.objective})", trainer.model_config)
+    model_flops = flops.model_flops_per_step(*flops.configs_from(config), b, t, config.electra.max_predictions_per_seq)
+    return Step(
+        trainer.train_step,
+        (state, batch),
+        state,
+        b,
+        t,
+        model_flops,
+        f"pretraining step ({config.objective})",
+        trainer.model_config,
+    )
 
 
 def finetune_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Step:
@@ -80,21 +89,35 @@ def finetune_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
     elif config.size in SIZES:
         model_config = size_config(config.size)
     else:
-        raise ValueError(f"config.init_checkpoint={config.init_checkpoint!r} is not a local directory; the "
-                         f"finetune step needs its config.json (size {config.size!r} has no released model)")
+        raise ValueError(
+            f"config.init_checkpoint={config.init_checkpoint!r} is not a local directory; the "
+            f"finetune step needs its config.json (size {config.size!r} has no released model)"
+        )
     encoder = finetune.Encoder(model_config.resolve_kernels(mesh), None, config.classifier_head)
     b, t = config.batch_size, config.max_seq_length
     # One epoch of one batch: the row count only sets the learning-rate schedule's length.
     trainer = finetune.TaskTrainer(task, encoder, config, mesh, finetune.TaskData({"labels": np.zeros(b)}, {}, {}))
-    shapes = {**{k: ((b, t), np.int32) for k in data.FEATURES},
-              "labels": ((b,), np.float32 if task.labels is None else np.int32)}
+    shapes = {
+        **{k: ((b, t), np.int32) for k in data.FEATURES},
+        "labels": ((b,), np.float32 if task.labels is None else np.int32),
+    }
     state = trainer.abstract_state()
-    return Step(trainer.train_step, (state, trainer.abstract_batch(shapes)), state, b, t, None,
-                f"GLUE fine-tuning step ({task.name})", trainer.model_config)
+    return Step(
+        trainer.train_step,
+        (state, trainer.abstract_batch(shapes)),
+        state,
+        b,
+        t,
+        None,
+        f"GLUE fine-tuning step ({task.name})",
+        trainer.model_config,
+    )
 
 
 STEP_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, jax.sharding.Mesh], Step]] = {
-    "pretrain": pretrain_step, "finetune": finetune_step}
+    "pretrain": pretrain_step,
+    "finetune": finetune_step,
+}
 
 
 def compile_report(config: ml_collections.ConfigDict, topology: Topology, step: str = "pretrain") -> dict[str, Any]:
@@ -113,19 +136,30 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology, step: 
     sharding.check_batch_size(config.batch_size, mesh, grad_accum_steps=accum)
     hosts = len({d.process_index for d in devices})
     if config.batch_size % hosts:
-        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the {hosts} hosts of "
-                         f"{topology.name} (every host feeds its own rows)")
+        raise ValueError(
+            f"config.batch_size={config.batch_size} is not divisible by the {hosts} hosts of "
+            f"{topology.name} (every host feeds its own rows)"
+        )
     built = STEP_BUILDERS[step](config, mesh)
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     chip = topology.chip
     peak_flops = metrics.peak_flops_per_device(devices[0]) if chip else None
     report = {
-        "step": step, "description": built.description, "topology": topology.name,
-        "platform": devices[0].platform, "chip": devices[0].device_kind, "num_chips": len(devices), "num_hosts": hosts,
-        "mesh": dict(mesh.shape), "global_batch": built.global_batch, "seq_len": built.seq_len,
-        "grad_accum_steps": accum, "per_device_batch": built.global_batch // batch_shards,
+        "step": step,
+        "description": built.description,
+        "topology": topology.name,
+        "platform": devices[0].platform,
+        "chip": devices[0].device_kind,
+        "num_chips": len(devices),
+        "num_hosts": hosts,
+        "mesh": dict(mesh.shape),
+        "global_batch": built.global_batch,
+        "seq_len": built.seq_len,
+        "grad_accum_steps": accum,
+        "per_device_batch": built.global_batch // batch_shards,
         "per_device_micro_batch": built.global_batch // accum // batch_shards,
-        "state_bytes_per_device": per_device_bytes(built.state), "hbm_bytes": chip.hbm_bytes if chip else None,
+        "state_bytes_per_device": per_device_bytes(built.state),
+        "hbm_bytes": chip.hbm_bytes if chip else None,
         **model_knobs(built.model_config),
     }
 
@@ -138,18 +172,28 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology, step: 
     except jax.errors.JaxRuntimeError as e:
         if not str(e).startswith("RESOURCE_EXHAUSTED"):
             raise
-        report.update(compile_seconds=time.perf_counter() - start, compile_cpu_seconds=time.process_time() - cpu_start,
-                      fits=False, compile_error=str(e).strip(),
-                      per_device_bytes=refused_bytes(str(e), per_device_bytes(built.args)),
-                      flops_per_device=None, bytes_accessed_per_device=None, collectives=None)
+        report.update(
+            compile_seconds=time.perf_counter() - start,
+            compile_cpu_seconds=time.process_time() - cpu_start,
+            fits=False,
+            compile_error=str(e).strip(),
+            per_device_bytes=refused_bytes(str(e), per_device_bytes(built.args)),
+            flops_per_device=None,
+            bytes_accessed_per_device=None,
+            collectives=None,
+        )
         report.update(estimate(report, chip, peak_flops, built.model_flops), hints=hints(config, report))
         return report
     report.update(compile_seconds=time.perf_counter() - start, compile_cpu_seconds=time.process_time() - cpu_start)
 
     nbytes, analysis = memory_bytes(compiled), cost(compiled)
-    report.update(per_device_bytes=nbytes, fits=nbytes["total"] <= chip.hbm_bytes if chip else None,
-                  flops_per_device=analysis.get("flops"), bytes_accessed_per_device=analysis.get("bytes accessed"),
-                  collectives=collectives(compiled.as_text()))
+    report.update(
+        per_device_bytes=nbytes,
+        fits=nbytes["total"] <= chip.hbm_bytes if chip else None,
+        flops_per_device=analysis.get("flops"),
+        bytes_accessed_per_device=analysis.get("bytes accessed"),
+        collectives=collectives(compiled.as_text()),
+    )
     report.update(estimate(report, chip, peak_flops, built.model_flops))
     report["hints"] = hints(config, report) if report["fits"] is False else []
     return report
@@ -158,13 +202,17 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology, step: 
 def model_knobs(config: ConvBertConfig) -> dict[str, Any]:
     """The compute knobs of the compiled model: `kernels` as resolved for the platform (e.g. 'tpu'), the
     implementation that selects per kernel (`kernel_impls`), `remat` and `scan_layers`."""
-    return {"kernels": config.kernels, "kernel_impls": {name: kernels.resolve_impl(config.kernels, name)
-                                                        for name in kernels.KERNELS},
-            "remat": config.remat, "scan_layers": config.scan_layers}
+    return {
+        "kernels": config.kernels,
+        "kernel_impls": {name: kernels.resolve_impl(config.kernels, name) for name in kernels.KERNELS},
+        "remat": config.remat,
+        "scan_layers": config.scan_layers,
+    }
 
 
-def estimate(report: Mapping[str, Any], chip: Chip | None, peak_flops: float | None,
-             model_flops: float | None) -> dict[str, Any]:
+def estimate(
+    report: Mapping[str, Any], chip: Chip | None, peak_flops: float | None, model_flops: float | None
+) -> dict[str, Any]:
     """Roofline ESTIMATE of the step time per chip and the tokens/s and MFU it implies (None without chip figures
     or without a cost analysis).
 
@@ -172,25 +220,38 @@ def estimate(report: Mapping[str, Any], chip: Chip | None, peak_flops: float | N
     micro-batch plus the update; the estimate multiplies them by k (an over-count of the update). With scan_layers
     the layers' loop counts once too: the note says the estimate covers one layer per network."""
     flops_, bytes_ = report["flops_per_device"], report["bytes_accessed_per_device"]
-    out = dict(estimate_note=ESTIMATE_NOTE, peak_flops_per_second=peak_flops,
-               hbm_bytes_per_second=chip.hbm_bytes_per_second if chip else None,
-               ici_bytes_per_second=chip.ici_bytes_per_second if chip else None, estimated_step_seconds=None,
-               estimated_bound=None, estimated_tokens_per_second=None, estimated_mfu=None,
-               estimated_communication_seconds=None, model_flops_per_step=model_flops)
+    out = dict(
+        estimate_note=ESTIMATE_NOTE,
+        peak_flops_per_second=peak_flops,
+        hbm_bytes_per_second=chip.hbm_bytes_per_second if chip else None,
+        ici_bytes_per_second=chip.ici_bytes_per_second if chip else None,
+        estimated_step_seconds=None,
+        estimated_bound=None,
+        estimated_tokens_per_second=None,
+        estimated_mfu=None,
+        estimated_communication_seconds=None,
+        model_flops_per_step=model_flops,
+    )
     if chip is None or not peak_flops:
         return {**out, "estimate_note": "no chip figures for this platform: no step-time estimate"}
     if flops_ is None or bytes_ is None:
         return {**out, "estimate_note": "no cost analysis (the program did not compile): no step-time estimate"}
     if report["scan_layers"]:
-        out["estimate_note"] += ("; UNDERESTIMATE: with scan_layers XLA's cost analysis counts one layer per network "
-                                 "(compile with --config.model.scan_layers=False for the estimate)")
+        out["estimate_note"] += (
+            "; UNDERESTIMATE: with scan_layers XLA's cost analysis counts one layer per network "
+            "(compile with --config.model.scan_layers=False for the estimate)"
+        )
     k = report["grad_accum_steps"]
     compute, memory = k * flops_ / peak_flops, k * bytes_ / chip.hbm_bytes_per_second
     seconds = max(compute, memory)
-    return {**out, "estimated_step_seconds": seconds, "estimated_bound": "compute" if compute >= memory else "memory",
-            "estimated_tokens_per_second": report["global_batch"] * report["seq_len"] / seconds,
-            "estimated_mfu": model_flops / (seconds * peak_flops * report["num_chips"]) if model_flops else None,
-            "estimated_communication_seconds": communication_seconds(report["collectives"], chip)}
+    return {
+        **out,
+        "estimated_step_seconds": seconds,
+        "estimated_bound": "compute" if compute >= memory else "memory",
+        "estimated_tokens_per_second": report["global_batch"] * report["seq_len"] / seconds,
+        "estimated_mfu": model_flops / (seconds * peak_flops * report["num_chips"]) if model_flops else None,
+        "estimated_communication_seconds": communication_seconds(report["collectives"], chip),
+    }
 
 
 def communication_seconds(collectives_: Mapping[str, Mapping[str, int]], chip: Chip) -> float:
@@ -206,19 +267,21 @@ def hints(config: ml_collections.ConfigDict, report: Mapping[str, Any]) -> list[
     out = []
     mesh, accum, micro = report["mesh"], report["grad_accum_steps"], report["per_device_micro_batch"]
     if micro > 1:
-        out.append(f"--config.grad_accum_steps={accum * 2}: half the activations (per-device micro-batch {micro} -> "
-                   f"{micro // 2}), same global batch; or a smaller --config.batch_size")
+        out.append(
+            f"--config.grad_accum_steps={accum * 2}: half the activations (per-device micro-batch {micro} -> "
+            f"{micro // 2}), same global batch; or a smaller --config.batch_size"
+        )
     if mesh["fsdp"] == 1 and report["num_chips"] > 1:
-        out.append(f"--config.mesh.data=1 --config.mesh.fsdp=-1: FSDP splits the parameters and optimizer state "
-                   f"({format_bytes(report['state_bytes_per_device'])} per device now) over all {report['num_chips']} "
-                   "devices")
+        out.append(
+            f"--config.mesh.data=1 --config.mesh.fsdp=-1: FSDP splits the parameters and optimizer state "
+            f"({format_bytes(report['state_bytes_per_device'])} per device now) over all {report['num_chips']} "
+            "devices"
+        )
     if "remat" in config.get("model", {}):
-        out.append(f"--config.model.remat=...: recompute activations in the backward pass (now "
-                   f"{config.model.remat!r})")
+        out.append(f"--config.model.remat=...: recompute activations in the backward pass (now {config.model.remat!r})")
     return out
 
 
 def format_bytes(n: float | None) -> str:
     """n bytes as GiB or MiB; '?' for None."""
     return "?" if n is None else f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-

@@ -13,13 +13,32 @@ import jax.numpy as jnp
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 
-_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
-          "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
+_BYTES = {
+    "pred": 1,
+    "s4": 0.5,
+    "u4": 0.5,
+    "s8": 1,
+    "u8": 1,
+    "bf16": 2,
+    "f16": 2,
+    "s16": 2,
+    "u16": 2,
+    "f32": 4,
+    "s32": 4,
+    "u32": 4,
+    "f64": 8,
+    "s64": 8,
+    "u64": 8,
+    "c64": 8,
+    "c128": 16,
+}
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z]*)?)\[([0-9,]*)\]")
 _INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%?([\w.\-]+) = (.+?) ([a-z][a-z0-9\-]*)\((.*)$")
 _COMPUTATION = re.compile(r"^(ENTRY )?%?([\w.\-]+) .*\{\s*$")
-_CALLEES = re.compile(r"\b(calls|to_apply|body|condition|true_computation|false_computation|branch_computations)="
-                      r"(\{[^}]*\}|%?[\w.\-]+)")
+_CALLEES = re.compile(
+    r"\b(calls|to_apply|body|condition|true_computation|false_computation|branch_computations)="
+    r"(\{[^}]*\}|%?[\w.\-]+)"
+)
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _GROUPS_IOTA = re.compile(r"replica_groups=\[(\d+),(\d+)\]")
 _GROUPS_LIST = re.compile(r"replica_groups=\{\{([0-9,]*)\}")
@@ -124,9 +143,13 @@ def memory_bytes(compiled) -> dict[str, int]:
     (outputs written in place of donated arguments), generated_code, and the total that must fit: arguments +
     outputs - aliased + temporaries + generated_code."""
     mem = compiled.memory_analysis()
-    out = {"arguments": mem.argument_size_in_bytes, "outputs": mem.output_size_in_bytes,
-           "temporaries": mem.temp_size_in_bytes, "aliased": mem.alias_size_in_bytes,
-           "generated_code": mem.generated_code_size_in_bytes}
+    out = {
+        "arguments": mem.argument_size_in_bytes,
+        "outputs": mem.output_size_in_bytes,
+        "temporaries": mem.temp_size_in_bytes,
+        "aliased": mem.alias_size_in_bytes,
+        "generated_code": mem.generated_code_size_in_bytes,
+    }
     out["total"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"] + out["generated_code"]
     return out
 
@@ -148,4 +171,3 @@ def refused_bytes(message: str, argument_bytes: int) -> dict[str, int | None]:
     if used:
         out["total"] = int(float(used.group(1)) * _UNITS[used.group(2)])
     return out
-

@@ -77,8 +77,10 @@ def _default_shape(num_chips: int, dims: int) -> tuple[int, ...]:
 def parse_topology(name: str) -> Topology:
     """`cpu:N`, `GEN:AxB[xC]` or `GEN-N` (GEN in v4, v5e, v5p, v6e; also v5litepod) -> `Topology`."""
     generations = ", ".join(CHIPS)
-    usage = (f"--topology={name!r}: expected cpu:N, GEN:AxB (v5e, v6e), GEN:AxBxC (v4, v5p) or GEN-N "
-             f"(e.g. v5e-256, v4-32) with GEN in {generations}")
+    usage = (
+        f"--topology={name!r}: expected cpu:N, GEN:AxB (v5e, v6e), GEN:AxBxC (v4, v5p) or GEN-N "
+        f"(e.g. v5e-256, v4-32) with GEN in {generations}"
+    )
     m = re.fullmatch(r"cpu:(\d+)", name)
     if m:
         if int(m.group(1)) < 1:
@@ -94,17 +96,21 @@ def parse_topology(name: str) -> Topology:
     if m.group(2):
         shape = tuple(int(s) for s in m.group(2).split("x"))
         if len(shape) != chip.dims or min(shape) < 1:
-            raise ValueError(f"--topology={name!r}: {generation} topologies have {chip.dims} positive dimensions "
-                             f"(e.g. {generation}:{'x'.join(['2'] * chip.dims)})")
+            raise ValueError(
+                f"--topology={name!r}: {generation} topologies have {chip.dims} positive dimensions "
+                f"(e.g. {generation}:{'x'.join(['2'] * chip.dims)})"
+            )
         return Topology(name, generation, shape)
     count = int(m.group(3))
     chips, rest = divmod(count, chip.cores_per_name_unit)
     smallest = 4 if chip.dims == 3 else 1
     if rest or chips < smallest or chips & (chips - 1):
         unit = "TensorCores (2 per chip)" if chip.cores_per_name_unit == 2 else "chips"
-        raise ValueError(f"--topology={name!r}: the number after '-' counts {unit} and must give a power-of-two "
-                         f"chip count of at least {smallest}; for other shapes use {generation}:"
-                         f"{'x'.join(['N'] * chip.dims)}")
+        raise ValueError(
+            f"--topology={name!r}: the number after '-' counts {unit} and must give a power-of-two "
+            f"chip count of at least {smallest}; for other shapes use {generation}:"
+            f"{'x'.join(['N'] * chip.dims)}"
+        )
     return Topology(name, generation, _default_shape(chips, chip.dims))
 
 
@@ -113,25 +119,32 @@ def topology_devices(topology: Topology) -> list:
     if topology.generation == "cpu":
         devices = jax.devices("cpu")
         if len(devices) < topology.num_chips:
-            raise ValueError(f"--topology={topology.name} needs {topology.num_chips} CPU devices but JAX has "
-                             f"{len(devices)}; set XLA_FLAGS=--xla_force_host_platform_device_count="
-                             f"{topology.num_chips} before JAX starts (python -m convbert.aot does)")
-        return devices[:topology.num_chips]
+            raise ValueError(
+                f"--topology={topology.name} needs {topology.num_chips} CPU devices but JAX has "
+                f"{len(devices)}; set XLA_FLAGS=--xla_force_host_platform_device_count="
+                f"{topology.num_chips} before JAX starts (python -m convbert.aot does)"
+            )
+        return devices[: topology.num_chips]
     if importlib.util.find_spec("libtpu") is None:
-        raise ValueError(f"--topology={topology.name} needs the TPU compiler: pip install -r requirements-tpu.txt "
-                         "(jax[tpu] at the installed jax version)")
+        raise ValueError(
+            f"--topology={topology.name} needs the TPU compiler: pip install -r requirements-tpu.txt "
+            "(jax[tpu] at the installed jax version)"
+        )
     # Compile only: no metadata server to ask, no TPU workers to find, and other processes may hold libtpu too.
-    for name, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
-                        ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
+    for name, value in (
+        ("TPU_SKIP_MDS_QUERY", "1"),
+        ("TPU_WORKER_HOSTNAMES", "localhost"),
+        ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"),
+    ):
         os.environ.setdefault(name, value)
     from jax.experimental import topologies
 
     extra = {"chip_config_name": "megacore"} if topology.generation == "v4" else {}
-    devices = list(topologies.get_topology_desc(platform="tpu", topology_name=topology.libtpu_name,
-                                                **extra).devices)
+    devices = list(topologies.get_topology_desc(platform="tpu", topology_name=topology.libtpu_name, **extra).devices)
     kind = devices[0].device_kind
     if kind != topology.chip.device_kind or len(devices) != topology.num_chips:
-        raise RuntimeError(f"libtpu gave {len(devices)} devices of kind {kind!r} for {topology.libtpu_name}; "
-                           f"expected {topology.num_chips} of {topology.chip.device_kind!r}")
+        raise RuntimeError(
+            f"libtpu gave {len(devices)} devices of kind {kind!r} for {topology.libtpu_name}; "
+            f"expected {topology.num_chips} of {topology.chip.device_kind!r}"
+        )
     return devices
-

@@ -109,12 +109,16 @@ class _UnretrievedReadFilter(std_logging.Filter):
 class Checkpointer:
     """Save / restore of (train state, data iterator, meta) with fallback and preemption handling."""
 
-    def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True,
-                 handle_sigterm: bool = True):
+    def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True, handle_sigterm: bool = True):
         self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
-        self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-            preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
-            enable_async_checkpointing=async_save, create=True))
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
+                enable_async_checkpointing=async_save,
+                create=True,
+            ),
+        )
         self._sigterm = threading.Event()
         self._previous_handler = None
         # Multi-process runs leave SIGTERM to JAX's preemption notifier (see `reached_preemption`).
@@ -138,8 +142,9 @@ class Checkpointer:
         return self._sigterm.is_set() or self._manager.reached_preemption(step)
 
     # ---- save / restore ----
-    def save(self, step: int, state: Any, *, data: grain.DatasetIterator | None = None,
-             meta: dict | None = None) -> None:
+    def save(
+        self, step: int, state: Any, *, data: grain.DatasetIterator | None = None, meta: dict | None = None
+    ) -> None:
         """Starts an asynchronous save of `state` (+ iterator position, + JSON `meta`) as `step`."""
         items = dict(state=ocp.args.StandardSave(state))
         if data is not None:
@@ -165,8 +170,9 @@ class Checkpointer:
         for candidate in [step] if step is not None else reversed(self.all_steps()):
             self._check_fits(candidate, abstract_state)
             try:
-                restored = self._manager.restore(candidate, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state)))
+                restored = self._manager.restore(
+                    candidate, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+                )
                 ok = True
             except Exception as e:  # noqa: BLE001 - any failure to read means "try the previous checkpoint"
                 failed.append((candidate, e))
@@ -186,19 +192,28 @@ class Checkpointer:
         except Exception:  # noqa: BLE001 - unreadable metadata: an unreadable checkpoint, handled by `restore`
             return
         saved = {k: tuple(v.shape) for k, v in ocp.tree.to_flat_dict(saved, sep=".").items()}
-        target = {k: tuple(v.shape) for k, v in ocp.tree.to_flat_dict(
-            ocp.tree.serialize_tree(abstract_state, keep_empty_nodes=True), sep=".").items()}
+        target = {
+            k: tuple(v.shape)
+            for k, v in ocp.tree.to_flat_dict(
+                ocp.tree.serialize_tree(abstract_state, keep_empty_nodes=True), sep="."
+            ).items()
+        }
         missing, extra = sorted(target.keys() - saved.keys()), sorted(saved.keys() - target.keys())
         shapes = sorted(k for k in target.keys() & saved.keys() if target[k] != saved[k])
         if not (missing or extra or shapes):
             return
-        parts = [f"{len(missing)} arrays of the model are not in it (e.g. {missing[0]})" if missing else "",
-                 f"{len(extra)} of its arrays are not in the model (e.g. {extra[0]})" if extra else "",
-                 f"{len(shapes)} have other shapes (e.g. {shapes[0]}: saved {saved[shapes[0]]}, model "
-                 f"{target[shapes[0]]})" if shapes else ""]
-        raise ValueError(f"checkpoint {self.directory / str(step)} holds another model than this config builds: "
-                         f"{'; '.join(p for p in parts if p)}. Resume with the config it was written with, or "
-                         "start a new --workdir")
+        parts = [
+            f"{len(missing)} arrays of the model are not in it (e.g. {missing[0]})" if missing else "",
+            f"{len(extra)} of its arrays are not in the model (e.g. {extra[0]})" if extra else "",
+            f"{len(shapes)} have other shapes (e.g. {shapes[0]}: saved {saved[shapes[0]]}, model {target[shapes[0]]})"
+            if shapes
+            else "",
+        ]
+        raise ValueError(
+            f"checkpoint {self.directory / str(step)} holds another model than this config builds: "
+            f"{'; '.join(p for p in parts if p)}. Resume with the config it was written with, or "
+            "start a new --workdir"
+        )
 
     def _quarantine(self, failed: list[tuple[int, Exception]], restored_step: int) -> None:
         """One warning per unreadable step directory, which is renamed out of Orbax's view (so its step number
@@ -210,8 +225,13 @@ class Checkpointer:
                 path = self.directory / str(step)
                 target = self.directory / f"{step}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
                 path.rename(target)
-                logging.warning("checkpoint %s is unreadable (%s); resuming from step %d instead; moved it to %s",
-                                path, _reason(error), restored_step, target)
+                logging.warning(
+                    "checkpoint %s is unreadable (%s); resuming from step %d instead; moved it to %s",
+                    path,
+                    _reason(error),
+                    restored_step,
+                    target,
+                )
         multihost_utils.sync_global_devices("convbert_checkpoint_quarantine")
         self._manager.reload()
 

@@ -73,9 +73,20 @@ class ConvBertConfig:
     scan_layers: bool = False
 
     def __post_init__(self):
-        positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                    "intermediate_size", "max_position_embeddings", "type_vocab_size",
-                    "embedding_size", "head_ratio", "conv_kernel_size", "num_groups", "num_labels")
+        positive = (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "embedding_size",
+            "head_ratio",
+            "conv_kernel_size",
+            "num_groups",
+            "num_labels",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -83,25 +94,30 @@ class ConvBertConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"ConvBertConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_attention_heads ({self.num_attention_heads})")
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
         if self.head_ratio > self.num_attention_heads:
             raise ValueError(
                 f"ConvBertConfig.head_ratio ({self.head_ratio}) is larger than num_attention_heads "
-                f"({self.num_attention_heads}); use head_ratio <= num_attention_heads")
+                f"({self.num_attention_heads}); use head_ratio <= num_attention_heads"
+            )
         if self.conv_kernel_size % 2 == 0:
             raise ValueError(
-                f"ConvBertConfig.conv_kernel_size must be odd (centred window), got {self.conv_kernel_size}")
+                f"ConvBertConfig.conv_kernel_size must be odd (centred window), got {self.conv_kernel_size}"
+            )
         for name in ("hidden_size", "intermediate_size"):
             if getattr(self, name) % self.num_groups:
                 raise ValueError(
-                    f"ConvBertConfig.num_groups ({self.num_groups}) must divide {name} ({getattr(self, name)})")
+                    f"ConvBertConfig.num_groups ({self.num_groups}) must divide {name} ({getattr(self, name)})"
+                )
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"ConvBertConfig.hidden_act {self.hidden_act!r} is not one of {ACTIVATIONS}")
         if self.conv_type not in CONV_TYPES:
             raise ValueError(f"ConvBertConfig.conv_type {self.conv_type!r} is not one of {CONV_TYPES}")
         if self.classifier_head not in CLASSIFIER_HEADS:
             raise ValueError(
-                f"ConvBertConfig.classifier_head {self.classifier_head!r} is not one of {CLASSIFIER_HEADS}")
+                f"ConvBertConfig.classifier_head {self.classifier_head!r} is not one of {CLASSIFIER_HEADS}"
+            )
         if self.summary_type not in SUMMARY_TYPES:
             raise ValueError(f"ConvBertConfig.summary_type {self.summary_type!r} is not one of {SUMMARY_TYPES}")
         if self.dtype not in DTYPES:
@@ -150,11 +166,15 @@ class ConvBertConfig:
             return reasons
         hf_head_size = (self.hidden_size // self.num_reduced_heads) // 2
         if hf_head_size != self.head_size:
-            reasons.append(f"head_ratio={self.head_ratio}: transformers uses head size (H // Nr) // 2 = "
-                           f"{hf_head_size}, this model hidden / heads = {self.head_size}")
+            reasons.append(
+                f"head_ratio={self.head_ratio}: transformers uses head size (H // Nr) // 2 = "
+                f"{hf_head_size}, this model hidden / heads = {self.head_size}"
+            )
         if self.attention_output_size != self.hidden_size:
-            reasons.append(f"concatenated branch width {self.attention_output_size} != hidden_size "
-                           f"{self.hidden_size} (transformers' attention output dense is H -> H)")
+            reasons.append(
+                f"concatenated branch width {self.attention_output_size} != hidden_size "
+                f"{self.hidden_size} (transformers' attention output dense is H -> H)"
+            )
         return reasons
 
     @property
@@ -226,14 +246,19 @@ class ConvBertConfig:
 # appendix table 6) with ConvBERT's mixed attention at its defaults (head ratio 2, kernel 9). No ConvBERT-large
 # exists upstream.
 SIZES: dict[str, dict[str, int]] = {
-    "small": dict(embedding_size=128, hidden_size=256, num_attention_heads=4, intermediate_size=1024,
-                  num_groups=1),
-    "medium_small": dict(embedding_size=128, hidden_size=384, num_attention_heads=8, intermediate_size=1536,
-                         num_groups=2),
-    "base": dict(embedding_size=768, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
-                 num_groups=1),
-    "large": dict(embedding_size=1024, hidden_size=1024, num_attention_heads=16, intermediate_size=4096,
-                  num_groups=1, num_hidden_layers=24),
+    "small": dict(embedding_size=128, hidden_size=256, num_attention_heads=4, intermediate_size=1024, num_groups=1),
+    "medium_small": dict(
+        embedding_size=128, hidden_size=384, num_attention_heads=8, intermediate_size=1536, num_groups=2
+    ),
+    "base": dict(embedding_size=768, hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_groups=1),
+    "large": dict(
+        embedding_size=1024,
+        hidden_size=1024,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        num_groups=1,
+        num_hidden_layers=24,
+    ),
 }
 
 
@@ -257,6 +282,11 @@ def generator_config(disc: ConvBertConfig, fraction: float) -> ConvBertConfig:
     if heads != heads_f or hidden % heads:
         raise ValueError(
             f"generator fraction {fraction} gives {heads_f} heads for hidden {hidden}; "
-            "choose a fraction that keeps whole heads dividing the hidden size")
-    return disc.replace(hidden_size=hidden, intermediate_size=4 * hidden, num_attention_heads=heads,
-                        head_ratio=min(disc.head_ratio, heads))
+            "choose a fraction that keeps whole heads dividing the hidden size"
+        )
+    return disc.replace(
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_attention_heads=heads,
+        head_ratio=min(disc.head_ratio, heads),
+    )

@@ -10,8 +10,9 @@ import jax
 from absl import logging
 
 
-def maybe_initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-                     process_id: int | None = None) -> None:
+def maybe_initialize(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
     """Starts the JAX distributed runtime.
 
     Explicit arguments (`--coordinator_address=host:port --num_processes=N --process_id=i`) win. Without them,
@@ -36,11 +37,19 @@ def maybe_initialize(coordinator_address: str | None = None, num_processes: int 
 
 def log_topology() -> dict:
     """Logs and returns process / device counts and the device kind."""
-    info = dict(process_index=jax.process_index(), process_count=jax.process_count(),
-                local_devices=jax.local_device_count(), devices=jax.device_count(),
-                device_kind=jax.devices()[0].device_kind, platform=jax.default_backend())
-    logging.info("topology: process %(process_index)d/%(process_count)d, %(local_devices)d local of %(devices)d "
-                 "devices, %(device_kind)s (%(platform)s)", info)
+    info = dict(
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        local_devices=jax.local_device_count(),
+        devices=jax.device_count(),
+        device_kind=jax.devices()[0].device_kind,
+        platform=jax.default_backend(),
+    )
+    logging.info(
+        "topology: process %(process_index)d/%(process_count)d, %(local_devices)d local of %(devices)d "
+        "devices, %(device_kind)s (%(platform)s)",
+        info,
+    )
     return info
 
 
@@ -48,8 +57,9 @@ def define_flags() -> None:
     """The multi-process flags shared by `pretrain.py` and `finetune_glue.py`."""
     from absl import flags
 
-    flags.DEFINE_string("coordinator_address", None,
-                        "host:port of process 0 (multi-process runs without auto-detection).")
+    flags.DEFINE_string(
+        "coordinator_address", None, "host:port of process 0 (multi-process runs without auto-detection)."
+    )
     flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
     flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 
@@ -63,5 +73,8 @@ def initialize_from_flags(argv, config_flag: str = "config") -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     maybe_initialize(f.coordinator_address, f.num_processes, f.process_id)
-    logging.info("config %s, overrides %s", config_flags.get_config_filename(f[config_flag]),
-                 config_flags.get_override_values(f[config_flag]))
+    logging.info(
+        "config %s, overrides %s",
+        config_flags.get_config_filename(f[config_flag]),
+        config_flags.get_override_values(f[config_flag]),
+    )

@@ -120,24 +120,35 @@ class ElectraModel(nnx.Module):
         self.discriminator = ConvBertModel(disc, rngs=rngs, add_embeddings=False)
         self.discriminator_predictions = ConvBertDiscriminatorPredictions(disc, rngs=rngs)
 
-    def _encode(self, body: ConvBertModel, input_ids: Array, input_mask: Array, segment_ids: Array,
-                dropout_rng: Array | None) -> Array:
+    def _encode(
+        self, body: ConvBertModel, input_ids: Array, input_mask: Array, segment_ids: Array, dropout_rng: Array | None
+    ) -> Array:
         """Shared embeddings -> body; dropout off when `dropout_rng` is None. Returns [B, T, H]."""
         k_emb, k_body = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
         emb = self.embeddings(input_ids, segment_ids, rng=k_emb)
-        return body(attention_mask=input_mask, embedding_output=emb, deterministic=dropout_rng is None,
-                    dropout_rng=k_body).last_hidden_state
+        return body(
+            attention_mask=input_mask, embedding_output=emb, deterministic=dropout_rng is None, dropout_rng=k_body
+        ).last_hidden_state
 
-    def generator_logits(self, input_ids: Array, input_mask: Array, segment_ids: Array, positions: Array, *,
-                         dropout_rng: Array | None = None) -> Array:
+    def generator_logits(
+        self,
+        input_ids: Array,
+        input_mask: Array,
+        segment_ids: Array,
+        positions: Array,
+        *,
+        dropout_rng: Array | None = None,
+    ) -> Array:
         """MLM logits at `positions` [B, N] only: float32 [B, N, V]."""
         hidden = self._encode(self.generator, input_ids, input_mask, segment_ids, dropout_rng)
         hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
-        return self.generator_lm_head(self.generator_predictions(hidden),
-                                      self.embeddings.word_embeddings.embedding[...])
+        return self.generator_lm_head(
+            self.generator_predictions(hidden), self.embeddings.word_embeddings.embedding[...]
+        )
 
-    def discriminator_logits(self, input_ids: Array, input_mask: Array, segment_ids: Array, *,
-                             dropout_rng: Array | None = None) -> Array:
+    def discriminator_logits(
+        self, input_ids: Array, input_mask: Array, segment_ids: Array, *, dropout_rng: Array | None = None
+    ) -> Array:
         """Replaced-token logits, float32 [B, T]."""
         hidden = self._encode(self.discriminator, input_ids, input_mask, segment_ids, dropout_rng)
         return self.discriminator_predictions(hidden)
@@ -160,8 +171,11 @@ class ElectraModel(nnx.Module):
 
     def discriminator_model(self) -> ConvBertForPreTraining:
         """The discriminator with copies of the shared embeddings and its head (HF `ConvBertForPreTraining`)."""
-        return self._export(ConvBertForPreTraining, self.disc_config, self._body_parts(self.discriminator) + [
-            ("discriminator_predictions", self.discriminator_predictions)])
+        return self._export(
+            ConvBertForPreTraining,
+            self.disc_config,
+            self._body_parts(self.discriminator) + [("discriminator_predictions", self.discriminator_predictions)],
+        )
 
     def generator_model(self) -> ConvBertForMaskedLM:
         """The generator with copies of the shared embeddings and its tied MLM head (HF `ConvBertForMaskedLM`).
@@ -169,12 +183,17 @@ class ElectraModel(nnx.Module):
         transformers can only load it when `gen_config.hf_compatible` (not the small generator,
         docs/electra.md#generator-config).
         """
-        return self._export(ConvBertForMaskedLM, self.gen_config, self._body_parts(self.generator) + [
-            ("generator_predictions", self.generator_predictions), ("generator_lm_head", self.generator_lm_head)])
+        return self._export(
+            ConvBertForMaskedLM,
+            self.gen_config,
+            self._body_parts(self.generator)
+            + [("generator_predictions", self.generator_predictions), ("generator_lm_head", self.generator_lm_head)],
+        )
 
 
-def build_electra(model_cfg: ConvBertConfig | Mapping[str, Any], electra_cfg: ElectraConfig, *,
-                  rngs: nnx.Rngs) -> ElectraModel:
+def build_electra(
+    model_cfg: ConvBertConfig | Mapping[str, Any], electra_cfg: ElectraConfig, *, rngs: nnx.Rngs
+) -> ElectraModel:
     """`ElectraModel` for the discriminator `model_cfg` (a `ConvBertConfig` or `config.model`) and the
     generator `generator_config(disc, electra_cfg.generator_fraction)` (docs/electra.md#generator-config)."""
     if not isinstance(model_cfg, ConvBertConfig):
@@ -199,30 +218,44 @@ class ElectraOutputs:
     disc_logits: Array
 
 
-def electra_forward(model: ElectraModel, batch: Mapping[str, Array], rng: Array, cfg: ElectraConfig, *,
-                    deterministic: bool) -> ElectraOutputs:
+def electra_forward(
+    model: ElectraModel, batch: Mapping[str, Array], rng: Array, cfg: ElectraConfig, *, deterministic: bool
+) -> ElectraOutputs:
     """Masking, generator, sampling, replacement and discriminator for a batch of int32 [B, T] arrays
     `input_ids`, `input_mask`, `segment_ids`. `rng` is split into masking, sampling, generator dropout and
     discriminator dropout keys; `deterministic` turns dropout off (masking and sampling stay random)."""
     input_ids, input_mask, segment_ids = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
     k_mask, k_sample, k_gen, k_disc = jax.random.split(rng, 4)
     masked = mask_tokens(k_mask, input_ids, input_mask, cfg)
-    gen_logits = model.generator_logits(masked.input_ids, input_mask, segment_ids, masked.positions,
-                                        dropout_rng=None if deterministic else k_gen)
+    gen_logits = model.generator_logits(
+        masked.input_ids, input_mask, segment_ids, masked.positions, dropout_rng=None if deterministic else k_gen
+    )
     sampled = SAMPLERS[cfg.sampler](k_sample, gen_logits, cfg.temperature)
     disc_ids, updated = scatter_slots(input_ids, masked.positions, masked.weights > 0, sampled)
     is_fake = updated & (disc_ids != input_ids)
-    disc_logits = model.discriminator_logits(disc_ids, input_mask, segment_ids,
-                                             dropout_rng=None if deterministic else k_disc)
-    return ElectraOutputs(masked=masked, gen_logits=gen_logits, sampled=sampled, disc_input_ids=disc_ids,
-                          is_fake=is_fake, disc_logits=disc_logits)
+    disc_logits = model.discriminator_logits(
+        disc_ids, input_mask, segment_ids, dropout_rng=None if deterministic else k_disc
+    )
+    return ElectraOutputs(
+        masked=masked,
+        gen_logits=gen_logits,
+        sampled=sampled,
+        disc_input_ids=disc_ids,
+        is_fake=is_fake,
+        disc_logits=disc_logits,
+    )
 
 
 # Each ratio metric and the count it is a mean over; `aggregate_metrics` weights batches by these counts.
 METRIC_COUNTS = {
-    "gen_loss": "num_masked", "gen_accuracy": "num_masked", "gen_sampled_accuracy": "num_masked",
-    "disc_loss": "num_tokens", "disc_accuracy": "num_tokens", "replaced_fraction": "num_tokens",
-    "disc_precision": "num_predicted_replaced", "disc_recall": "num_replaced",
+    "gen_loss": "num_masked",
+    "gen_accuracy": "num_masked",
+    "gen_sampled_accuracy": "num_masked",
+    "disc_loss": "num_tokens",
+    "disc_accuracy": "num_tokens",
+    "replaced_fraction": "num_tokens",
+    "disc_precision": "num_predicted_replaced",
+    "disc_recall": "num_replaced",
 }
 
 
@@ -232,8 +265,9 @@ def loss_normalizers(batch: Mapping[str, Array], cfg: ElectraConfig) -> dict[str
     the whole batch's denominators is its share of the batch's loss (a ratio of sums), so gradients summed over
     micro-batches equal the gradient of the whole batch."""
     slots = num_prediction_slots(batch["input_ids"], batch["input_mask"], cfg)
-    return dict(num_masked=jnp.sum(slots).astype(jnp.float32),
-                num_tokens=jnp.sum(batch["input_mask"]).astype(jnp.float32))
+    return dict(
+        num_masked=jnp.sum(slots).astype(jnp.float32), num_tokens=jnp.sum(batch["input_mask"]).astype(jnp.float32)
+    )
 
 
 def mlm_metrics(logits: Array, masked: MaskedInputs) -> tuple[Array, dict[str, Array]]:
@@ -241,32 +275,49 @@ def mlm_metrics(logits: Array, masked: MaskedInputs) -> tuple[Array, dict[str, A
     gen_accuracy (argmax), num_masked), from MLM logits [B, N, V] at the slots of `masked`."""
     w = masked.weights
     nll_sum, num_masked = losses.weighted_sum(losses.softmax_cross_entropy(logits, masked.labels), w)
-    return nll_sum, dict(gen_loss=losses.ratio(nll_sum, num_masked, epsilon=1e-6),
-                         gen_accuracy=losses.ratio(jnp.sum((jnp.argmax(logits, -1) == masked.labels) * w),
-                                                   num_masked),
-                         num_masked=num_masked)
+    return nll_sum, dict(
+        gen_loss=losses.ratio(nll_sum, num_masked, epsilon=1e-6),
+        gen_accuracy=losses.ratio(jnp.sum((jnp.argmax(logits, -1) == masked.labels) * w), num_masked),
+        num_masked=num_masked,
+    )
 
 
-def mlm_loss(model: ConvBertForMaskedLM, batch: Mapping[str, Array], rng: Array, cfg: ElectraConfig, *,
-             deterministic: bool, normalizers: Mapping[str, Array] | None = None) -> tuple[Array, dict[str, Array]]:
+def mlm_loss(
+    model: ConvBertForMaskedLM,
+    batch: Mapping[str, Array],
+    rng: Array,
+    cfg: ElectraConfig,
+    *,
+    deterministic: bool,
+    normalizers: Mapping[str, Array] | None = None,
+) -> tuple[Array, dict[str, Array]]:
     """BERT-style masked language modelling of the discriminator-sized encoder, the control objective of
     ELECTRA's comparison (Clark et al. 2020, section 3.2): the same masking as the generator's input, logits at
     the masked slots only. Returns (MLM loss, `mlm_metrics` + loss); the loss divides by
     `normalizers["num_masked"]` (`loss_normalizers` of the whole batch) when given, else by this batch's."""
     k_mask, k_drop = jax.random.split(rng)
     masked = mask_tokens(k_mask, batch["input_ids"], batch["input_mask"], cfg)
-    out, _ = model.body(masked.input_ids, batch["input_mask"], batch["segment_ids"], None, deterministic,
-                        None if deterministic else k_drop, False)
+    out, _ = model.body(
+        masked.input_ids,
+        batch["input_mask"],
+        batch["segment_ids"],
+        None,
+        deterministic,
+        None if deterministic else k_drop,
+        False,
+    )
     hidden = jnp.take_along_axis(out.last_hidden_state, masked.positions[..., None], axis=1)
-    logits = model.generator_lm_head(model.generator_predictions(hidden),
-                                     model.convbert.embeddings.word_embeddings.embedding[...])
+    logits = model.generator_lm_head(
+        model.generator_predictions(hidden), model.convbert.embeddings.word_embeddings.embedding[...]
+    )
     nll_sum, metrics = mlm_metrics(logits, masked)
     num_masked = metrics["num_masked"] if normalizers is None else normalizers["num_masked"]
     return losses.ratio(nll_sum, num_masked, epsilon=1e-6), {"loss": metrics["gen_loss"], **metrics}
 
 
-def electra_losses(out: ElectraOutputs, input_mask: Array, cfg: ElectraConfig,
-                   normalizers: Mapping[str, Array] | None = None) -> tuple[Array, dict[str, Array]]:
+def electra_losses(
+    out: ElectraOutputs, input_mask: Array, cfg: ElectraConfig, normalizers: Mapping[str, Array] | None = None
+) -> tuple[Array, dict[str, Array]]:
     """(total loss, metrics) from `electra_forward`'s outputs (docs/electra.md#losses).
 
     total = gen_weight * MLM sum / num_masked + disc_weight * RTD sum / num_tokens, the denominators those of
@@ -289,25 +340,34 @@ def electra_losses(out: ElectraOutputs, input_mask: Array, cfg: ElectraConfig,
     metrics = dict(
         loss=cfg.gen_weight * mlm["gen_loss"] + cfg.disc_weight * disc_loss,
         **mlm,
-        gen_sampled_accuracy=losses.ratio(jnp.sum((out.sampled == out.masked.labels) * out.masked.weights),
-                                    mlm["num_masked"]),
+        gen_sampled_accuracy=losses.ratio(
+            jnp.sum((out.sampled == out.masked.labels) * out.masked.weights), mlm["num_masked"]
+        ),
         disc_loss=disc_loss,
         disc_accuracy=losses.ratio(jnp.sum((predicted == labels) * m), num_tokens),
         disc_precision=losses.ratio(true_positives, num_predicted),
         disc_recall=losses.ratio(true_positives, num_replaced),
         replaced_fraction=losses.ratio(num_replaced, num_tokens),
-        num_tokens=num_tokens, num_replaced=num_replaced,
+        num_tokens=num_tokens,
+        num_replaced=num_replaced,
         num_predicted_replaced=num_predicted,
     )
     n = dict(num_masked=mlm["num_masked"], num_tokens=num_tokens) if normalizers is None else normalizers
-    loss = (cfg.gen_weight * losses.ratio(nll_sum, n["num_masked"], epsilon=1e-6)
-            + cfg.disc_weight * losses.ratio(bce_sum, n["num_tokens"], epsilon=1e-6))
+    loss = cfg.gen_weight * losses.ratio(nll_sum, n["num_masked"], epsilon=1e-6) + cfg.disc_weight * losses.ratio(
+        bce_sum, n["num_tokens"], epsilon=1e-6
+    )
     return loss, metrics
 
 
-def pretraining_loss(model: ElectraModel, batch: Mapping[str, Array], rng: Array, cfg: ElectraConfig, *,
-                     deterministic: bool, normalizers: Mapping[str, Array] | None = None
-                     ) -> tuple[Array, dict[str, Array]]:
+def pretraining_loss(
+    model: ElectraModel,
+    batch: Mapping[str, Array],
+    rng: Array,
+    cfg: ElectraConfig,
+    *,
+    deterministic: bool,
+    normalizers: Mapping[str, Array] | None = None,
+) -> tuple[Array, dict[str, Array]]:
     """total = gen_weight * MLM + disc_weight * RTD and the metrics of `electra_losses` (`normalizers`: the whole
     batch's `loss_normalizers` when `batch` is one of its micro-batches). Pure: use it inside `jax.jit` on a model
     rebuilt with `nnx.merge` (differentiate w.r.t. the `nnx.Param` state)."""
@@ -342,8 +402,9 @@ def histogram_auc(original: np.ndarray, replaced: np.ndarray) -> float:
     return float(np.sum(replaced * (below + 0.5 * original)) / pairs) if pairs else float("nan")
 
 
-def pretraining_eval_loss(model: ElectraModel, batch: Mapping[str, Array], rng: Array, cfg: ElectraConfig, *,
-                          deterministic: bool) -> tuple[Array, dict[str, Array]]:
+def pretraining_eval_loss(
+    model: ElectraModel, batch: Mapping[str, Array], rng: Array, cfg: ElectraConfig, *, deterministic: bool
+) -> tuple[Array, dict[str, Array]]:
     """`pretraining_loss` whose metrics also hold `rtd_score_histograms` (the eval step's, for the AUC)."""
     out = electra_forward(model, batch, rng, cfg, deterministic=deterministic)
     loss, metrics = electra_losses(out, batch["input_mask"], cfg)
@@ -359,6 +420,8 @@ def aggregate_metrics(metrics: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     out = {k: sum(float(m[k]) * float(m[c]) for m in metrics) / max(counts[c], 1.0) for k, c in present.items()}
     out["loss"] = sum(float(m["loss"]) for m in metrics) / max(len(metrics), 1)
     if "disc_hist_replaced" in metrics[0]:
-        out["disc_auc"] = histogram_auc(sum(np.asarray(m["disc_hist_original"]) for m in metrics),
-                                        sum(np.asarray(m["disc_hist_replaced"]) for m in metrics))
+        out["disc_auc"] = histogram_auc(
+            sum(np.asarray(m["disc_hist_original"]) for m in metrics),
+            sum(np.asarray(m["disc_hist_replaced"]) for m in metrics),
+        )
     return {**out, **counts}

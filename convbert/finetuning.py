@@ -78,21 +78,26 @@ def make_optimizer(config, params, num_layers: int, total_steps: int):
     `convbert` gets multiplier 0 (its update, weight decay included, is exactly zero), so only the head trains, with
     peak lr `config.probe_learning_rate`."""
     peak = config.probe_learning_rate if config.freeze_encoder else config.learning_rate
-    schedule = optim.warmup_linear_decay(peak, total_steps,
-                                         int(total_steps * config.warmup_proportion))
+    schedule = optim.warmup_linear_decay(peak, total_steps, int(total_steps * config.warmup_proportion))
     multipliers = optim.layerwise_lr_multipliers(params, num_layers, config.layerwise_lr_decay)
     if config.freeze_encoder:
         multipliers = jax.tree_util.tree_map_with_path(
-            lambda p, m: 0.0 if optim.path_names(p)[0] == ENCODER else m, multipliers)
-    tx = optim.electra_adamw(schedule, weight_decay=config.weight_decay, clip_norm=config.clip_norm,
-                             params=params, lr_multipliers=multipliers)
+            lambda p, m: 0.0 if optim.path_names(p)[0] == ENCODER else m, multipliers
+        )
+    tx = optim.electra_adamw(
+        schedule,
+        weight_decay=config.weight_decay,
+        clip_norm=config.clip_norm,
+        params=params,
+        lr_multipliers=multipliers,
+    )
     return tx, schedule
 
 
 def local_rows(rows: np.ndarray) -> np.ndarray:
     """This process's part of a global batch of row indices."""
     n = len(rows) // jax.process_count()
-    return rows[jax.process_index() * n:(jax.process_index() + 1) * n]
+    return rows[jax.process_index() * n : (jax.process_index() + 1) * n]
 
 
 def shard_rows(features: dict[str, np.ndarray], rows: np.ndarray, keys: Sequence[str], mesh) -> dict[str, jax.Array]:
@@ -114,8 +119,17 @@ class Trainer(TrainSteps):
     grad_norm, param_norm, learning_rate); `eval_step(params, batch, None)` -> outputs with dropout off.
     """
 
-    def __init__(self, model_fn: Callable[[nnx.Rngs], nnx.Module], forward: Callable, example_losses: Callable,
-                 config, mesh, total_steps: int, num_layers: int, encoder_params: nnx.State | None):
+    def __init__(
+        self,
+        model_fn: Callable[[nnx.Rngs], nnx.Module],
+        forward: Callable,
+        example_losses: Callable,
+        config,
+        mesh,
+        total_steps: int,
+        num_layers: int,
+        encoder_params: nnx.State | None,
+    ):
         self.config, self.total_steps, self.encoder_params = config, total_steps, encoder_params
         reduction, batch_size = config.loss_reduction, config.batch_size
 
@@ -125,10 +139,16 @@ class Trainer(TrainSteps):
             total = per_example.sum()
             return (total if reduction == "sum" else total / batch_size), {"loss": per_example.mean()}
 
-        super().__init__(model_fn, lambda params: make_optimizer(config, params, num_layers, total_steps), loss_fn,
-                         lambda model, batch, rng: forward(model, batch, deterministic=True), mesh,
-                         config.sharding_rules, grad_accum_steps=config.grad_accum_steps,
-                         frozen=(ENCODER,) if config.freeze_encoder else ())
+        super().__init__(
+            model_fn,
+            lambda params: make_optimizer(config, params, num_layers, total_steps),
+            loss_fn,
+            lambda model, batch, rng: forward(model, batch, deterministic=True),
+            mesh,
+            config.sharding_rules,
+            grad_accum_steps=config.grad_accum_steps,
+            frozen=(ENCODER,) if config.freeze_encoder else (),
+        )
 
     def init_keys(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The seed's key for both the head (`nnx.Rngs(key)`) and dropout (`fold_in(key, step)`), the streams of
@@ -144,8 +164,16 @@ class Trainer(TrainSteps):
         return shard_rows(features, rows, keys, self.mesh)
 
 
-def train_epochs(trainer: Trainer, train: dict[str, np.ndarray], keys: Sequence[str], seed: int, epochs: int,
-                 writer: MetricWriter, desc: str, on_epoch_end: Callable[[int, int, TrainState], None]):
+def train_epochs(
+    trainer: Trainer,
+    train: dict[str, np.ndarray],
+    keys: Sequence[str],
+    seed: int,
+    epochs: int,
+    writer: MetricWriter,
+    desc: str,
+    on_epoch_end: Callable[[int, int, TrainState], None],
+):
     """Trains `epochs` passes over `train` (rows [N, ...]; each epoch a permutation from `seed`, its last partial
     batch dropped); calls on_epoch_end(epoch, step, state) after each. Returns (state, train seconds without the
     first step's compilation)."""
@@ -155,10 +183,14 @@ def train_epochs(trainer: Trainer, train: dict[str, np.ndarray], keys: Sequence[
     step, train_time = 0, 0.0
     for epoch in range(1, epochs + 1):
         order, epoch_start = rng.permutation(n), time.time()
-        bar = tqdm(range(n // bs), desc=f"{desc} seed {seed} epoch {epoch}/{epochs}",
-                   disable=jax.process_index() != 0, dynamic_ncols=True)
+        bar = tqdm(
+            range(n // bs),
+            desc=f"{desc} seed {seed} epoch {epoch}/{epochs}",
+            disable=jax.process_index() != 0,
+            dynamic_ncols=True,
+        )
         for i in bar:
-            state, out = trainer.train_step(state, trainer.batch(train, order[i * bs:(i + 1) * bs], keys))
+            state, out = trainer.train_step(state, trainer.batch(train, order[i * bs : (i + 1) * bs], keys))
             step += 1
             if step == 1:  # the throughput leaves out the compilation
                 jax.block_until_ready(out)

@@ -58,20 +58,29 @@ def layer_terms(cfg: ConvBertConfig, seq_len: int) -> list[Term]:
     h, a, nr, k, s = cfg.hidden_size, cfg.branch_size, cfg.num_reduced_heads, cfg.conv_kernel_size, seq_len
     i, g, conv = cfg.intermediate_size, cfg.num_groups, cfg.conv_type
     terms = [
-        Term("qkv", 3 * 2 * h * a, True), Term("qkv_bias", 3 * a, False),
+        Term("qkv", 3 * 2 * h * a, True),
+        Term("qkv_bias", 3 * a, False),
         Term("attention_scores", 2 * a * s, True),
         Term("attention_scale_softmax_dropout", (1 + SOFTMAX_FLOPS + DROPOUT_FLOPS) * nr * s, False),
         Term("attention_weighted_values", 2 * a * s, True),
     ]
     if conv == "sdconv":
-        terms += [Term("span_key_depthwise", 2 * k * h, True), Term("span_key_pointwise", 2 * h * a, True),
-                  Term("span_key_bias_and_query_product", 2 * a, False)]
+        terms += [
+            Term("span_key_depthwise", 2 * k * h, True),
+            Term("span_key_pointwise", 2 * h * a, True),
+            Term("span_key_bias_and_query_product", 2 * a, False),
+        ]
     if conv in ("sdconv", "dconv"):
-        terms += [Term("conv_kernel_generator", 2 * a * nr * k, True),
-                  Term("conv_kernel_bias_softmax", (1 + SOFTMAX_FLOPS) * nr * k, False)]
+        terms += [
+            Term("conv_kernel_generator", 2 * a * nr * k, True),
+            Term("conv_kernel_bias_softmax", (1 + SOFTMAX_FLOPS) * nr * k, False),
+        ]
     if conv != "none":
-        terms += [Term("conv_value", 2 * h * a, True), Term("conv_value_bias", a, False),
-                  Term("dynamic_conv", 2 * k * a, True)]
+        terms += [
+            Term("conv_value", 2 * h * a, True),
+            Term("conv_value_bias", a, False),
+            Term("dynamic_conv", 2 * k * a, True),
+        ]
     terms += [
         Term("attention_output", 2 * cfg.attention_output_size * h, True),
         Term("attention_output_bias_dropout_residual_layer_norm", (2 + DROPOUT_FLOPS + LAYER_NORM_FLOPS) * h, False),
@@ -86,9 +95,11 @@ def layer_terms(cfg: ConvBertConfig, seq_len: int) -> list[Term]:
 def embedding_terms(cfg: ConvBertConfig, seq_len: int) -> list[Term]:
     """Input embeddings per token: dense one-hot lookups (not executed as matmuls), LN, dropout, projection."""
     e, h = cfg.embedding_size, cfg.hidden_size
-    terms = [Term("word_lookup", 2 * e * cfg.vocab_size, False),
-             Term("position_and_type_lookup", 2 * e * (seq_len + 2), False),
-             Term("add_layer_norm_dropout", (2 + LAYER_NORM_FLOPS + DROPOUT_FLOPS) * e, False)]
+    terms = [
+        Term("word_lookup", 2 * e * cfg.vocab_size, False),
+        Term("position_and_type_lookup", 2 * e * (seq_len + 2), False),
+        Term("add_layer_norm_dropout", (2 + LAYER_NORM_FLOPS + DROPOUT_FLOPS) * e, False),
+    ]
     if e != h:
         terms += [Term("embeddings_project", 2 * e * h, True), Term("embeddings_project_bias", h, False)]
     return terms
@@ -98,34 +109,46 @@ def mlm_head_terms(cfg: ConvBertConfig) -> list[Term]:
     """Generator MLM head per PREDICTED token: dense H -> E, gelu, LN, tied output E -> V, softmax
     (docs/electra.md#shared-embeddings)."""
     e, v = cfg.embedding_size, cfg.vocab_size
-    return [Term("mlm_dense", 2 * cfg.hidden_size * e, True),
-            Term("mlm_bias_act_layer_norm", (1 + ACTIVATION_FLOPS + LAYER_NORM_FLOPS) * e, False),
-            Term("mlm_output", 2 * e * v, True),
-            Term("mlm_softmax_target", (SOFTMAX_FLOPS + 2) * v, False)]
+    return [
+        Term("mlm_dense", 2 * cfg.hidden_size * e, True),
+        Term("mlm_bias_act_layer_norm", (1 + ACTIVATION_FLOPS + LAYER_NORM_FLOPS) * e, False),
+        Term("mlm_output", 2 * e * v, True),
+        Term("mlm_softmax_target", (SOFTMAX_FLOPS + 2) * v, False),
+    ]
 
 
 def rtd_head_terms(cfg: ConvBertConfig) -> list[Term]:
     """Discriminator head per token: dense H -> H, gelu, dense H -> 1 (docs/electra.md#shared-embeddings)."""
     h = cfg.hidden_size
-    return [Term("rtd_dense", 2 * h * h, True), Term("rtd_bias_act", (1 + ACTIVATION_FLOPS) * h, False),
-            Term("rtd_logit", 2 * h, True)]
+    return [
+        Term("rtd_dense", 2 * h * h, True),
+        Term("rtd_bias_act", (1 + ACTIVATION_FLOPS) * h, False),
+        Term("rtd_logit", 2 * h, True),
+    ]
 
 
-def forward_breakdown(cfg: ConvBertConfig, seq_len: int = 128, *, head: str = "discriminator",
-                      output_frac: float = OUTPUT_FRAC) -> dict[str, float]:
+def forward_breakdown(
+    cfg: ConvBertConfig, seq_len: int = 128, *, head: str = "discriminator", output_frac: float = OUTPUT_FRAC
+) -> dict[str, float]:
     """ELECTRA-convention forward FLOPs per token by part: 'layers' (all L), 'embeddings', 'head'.
     head: 'discriminator' (RTD head on every token) or 'generator' (MLM head on `output_frac` of tokens)."""
     if head not in ("discriminator", "generator"):
         raise ValueError(f"head must be 'discriminator' or 'generator', got {head!r}")
-    head_flops = (sum(t.flops for t in rtd_head_terms(cfg)) if head == "discriminator"
-                  else output_frac * sum(t.flops for t in mlm_head_terms(cfg)))
-    return {"layers": cfg.num_hidden_layers * sum(t.flops for t in layer_terms(cfg, seq_len)),
-            "embeddings": sum(t.flops for t in embedding_terms(cfg, seq_len)),
-            "head": head_flops}
+    head_flops = (
+        sum(t.flops for t in rtd_head_terms(cfg))
+        if head == "discriminator"
+        else output_frac * sum(t.flops for t in mlm_head_terms(cfg))
+    )
+    return {
+        "layers": cfg.num_hidden_layers * sum(t.flops for t in layer_terms(cfg, seq_len)),
+        "embeddings": sum(t.flops for t in embedding_terms(cfg, seq_len)),
+        "head": head_flops,
+    }
 
 
-def forward_flops_per_token(cfg: ConvBertConfig, seq_len: int = 128, *, head: str = "discriminator",
-                            output_frac: float = OUTPUT_FRAC) -> float:
+def forward_flops_per_token(
+    cfg: ConvBertConfig, seq_len: int = 128, *, head: str = "discriminator", output_frac: float = OUTPUT_FRAC
+) -> float:
     """ELECTRA-convention forward FLOPs per token of one network (see `forward_breakdown`)."""
     return sum(forward_breakdown(cfg, seq_len, head=head, output_frac=output_frac).values())
 
@@ -133,12 +156,18 @@ def forward_flops_per_token(cfg: ConvBertConfig, seq_len: int = 128, *, head: st
 Networks = Sequence[tuple[ConvBertConfig, str]]  # (config, head) of each network one step trains
 
 
-def training_flops_per_step(disc: ConvBertConfig, gen: ConvBertConfig | None, batch_size: int, seq_len: int = 128,
-                            output_frac: float = OUTPUT_FRAC) -> float:
+def training_flops_per_step(
+    disc: ConvBertConfig,
+    gen: ConvBertConfig | None,
+    batch_size: int,
+    seq_len: int = 128,
+    output_frac: float = OUTPUT_FRAC,
+) -> float:
     """ELECTRA-convention training FLOPs of one step: 2 x forward of generator + discriminator (`gen=None`:
     the discriminator-sized encoder with the MLM head, the MLM objective)."""
-    per_token = sum(forward_flops_per_token(cfg, seq_len, head=head, output_frac=output_frac)
-                    for cfg, head in _networks(disc, gen))
+    per_token = sum(
+        forward_flops_per_token(cfg, seq_len, head=head, output_frac=output_frac) for cfg, head in _networks(disc, gen)
+    )
     return 2.0 * batch_size * seq_len * per_token
 
 
@@ -160,24 +189,31 @@ def configs_from(config: Mapping[str, Any]) -> tuple[ConvBertConfig, ConvBertCon
 def total_training_flops(config: Mapping[str, Any]) -> float:
     """The paper's train-FLOPs number for a `configs/pretrain.py` ConfigDict: per step x num_train_steps."""
     disc, gen = configs_from(config)
-    return training_flops_per_step(disc, gen, config["batch_size"], config["max_seq_length"]) * config[
-        "num_train_steps"]
+    return (
+        training_flops_per_step(disc, gen, config["batch_size"], config["max_seq_length"]) * config["num_train_steps"]
+    )
 
 
-def model_flops_per_step(disc: ConvBertConfig, gen: ConvBertConfig | None, batch_size: int, seq_len: int,
-                         num_predictions: int) -> float:
+def model_flops_per_step(
+    disc: ConvBertConfig, gen: ConvBertConfig | None, batch_size: int, seq_len: int, num_predictions: int
+) -> float:
     """Matmul FLOPs a training step executes (for MFU): 3 x forward matmuls of both networks (`gen=None`: the
     MLM objective's one), lookups as gathers, the MLM head on `num_predictions` (max_predictions_per_seq) slots
     per row."""
+
     def matmuls(terms):
         return sum(t.flops for t in terms if t.matmul)
 
     per_row = 0.0
     for cfg, head in _networks(disc, gen):
-        per_row += seq_len * (cfg.num_hidden_layers * matmuls(layer_terms(cfg, seq_len))
-                              + matmuls(embedding_terms(cfg, seq_len)))
-        per_row += (seq_len * matmuls(rtd_head_terms(cfg)) if head == "discriminator"
-                    else num_predictions * matmuls(mlm_head_terms(cfg)))
+        per_row += seq_len * (
+            cfg.num_hidden_layers * matmuls(layer_terms(cfg, seq_len)) + matmuls(embedding_terms(cfg, seq_len))
+        )
+        per_row += (
+            seq_len * matmuls(rtd_head_terms(cfg))
+            if head == "discriminator"
+            else num_predictions * matmuls(mlm_head_terms(cfg))
+        )
     return 3.0 * batch_size * per_row
 
 
@@ -189,14 +225,18 @@ def report(config: Mapping[str, Any]) -> list[str]:
     names = ("discriminator", "generator") if gen is not None else ("mlm encoder",)
     for name, (cfg, head) in zip(names, _networks(disc, gen), strict=True):
         parts = forward_breakdown(cfg, s, head=head)
-        lines.append(f"  {name:13s} H={cfg.hidden_size} L={cfg.num_hidden_layers} A={cfg.branch_size} "
-                     + " ".join(f"{k}={v / 1e6:.2f}M" for k, v in parts.items())
-                     + f" total={sum(parts.values()) / 1e6:.2f}M")
+        lines.append(
+            f"  {name:13s} H={cfg.hidden_size} L={cfg.num_hidden_layers} A={cfg.branch_size} "
+            + " ".join(f"{k}={v / 1e6:.2f}M" for k, v in parts.items())
+            + f" total={sum(parts.values()) / 1e6:.2f}M"
+        )
     per_step = training_flops_per_step(disc, gen, b, s)
-    lines += [f"training FLOPs per step (2 x forward): {per_step:.4e}",
-              f"executed matmul FLOPs per step (3 x forward, for MFU): "
-              f"{model_flops_per_step(disc, gen, b, s, config['electra']['max_predictions_per_seq']):.4e}",
-              f"total training FLOPs: {per_step * steps:.4e}"]
+    lines += [
+        f"training FLOPs per step (2 x forward): {per_step:.4e}",
+        f"executed matmul FLOPs per step (3 x forward, for MFU): "
+        f"{model_flops_per_step(disc, gen, b, s, config['electra']['max_predictions_per_seq']):.4e}",
+        f"total training FLOPs: {per_step * steps:.4e}",
+    ]
     return lines
 
 

@@ -80,11 +80,19 @@ class _HeadModel(ConvBertPreTrainedModel):
         self.config = config
         self.convbert = ConvBertModel(config, rngs=rngs)
 
-    def body(self, input_ids, attention_mask, token_type_ids, position_ids, deterministic, dropout_rng,
-             output_hidden_states) -> tuple[BaseModelOutput, KeyChain]:
+    def body(
+        self, input_ids, attention_mask, token_type_ids, position_ids, deterministic, dropout_rng, output_hidden_states
+    ) -> tuple[BaseModelOutput, KeyChain]:
         keys = KeyChain(None if deterministic else dropout_rng)
-        out = self.convbert(input_ids, attention_mask, token_type_ids, position_ids, deterministic=deterministic,
-                            dropout_rng=keys.next(), output_hidden_states=output_hidden_states)
+        out = self.convbert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            deterministic=deterministic,
+            dropout_rng=keys.next(),
+            output_hidden_states=output_hidden_states,
+        )
         return out, keys
 
 
@@ -110,8 +118,9 @@ class TiedLMHead(nnx.Module):
 
     def __call__(self, x: Array, embedding: Array) -> Array:
         """x [..., E], embedding [V, E] -> float32 logits [..., V]."""
-        logits = jnp.einsum("...e,ve->...v", x.astype(self.dtype), embedding.astype(self.dtype),
-                            preferred_element_type=jnp.float32)
+        logits = jnp.einsum(
+            "...e,ve->...v", x.astype(self.dtype), embedding.astype(self.dtype), preferred_element_type=jnp.float32
+        )
         return logits + self.bias[...]
 
 
@@ -123,10 +132,21 @@ class ConvBertForMaskedLM(_HeadModel):
         self.generator_predictions = ConvBertGeneratorPredictions(config, rngs=rngs)
         self.generator_lm_head = TiedLMHead(config)
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 labels=None, deterministic=True, dropout_rng=None, output_hidden_states=False) -> MaskedLMOutput:
-        out, _ = self.body(input_ids, attention_mask, token_type_ids, position_ids, deterministic, dropout_rng,
-                           output_hidden_states)
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        *,
+        labels=None,
+        deterministic=True,
+        dropout_rng=None,
+        output_hidden_states=False,
+    ) -> MaskedLMOutput:
+        out, _ = self.body(
+            input_ids, attention_mask, token_type_ids, position_ids, deterministic, dropout_rng, output_hidden_states
+        )
         h = self.generator_predictions(out.last_hidden_state)
         logits = self.generator_lm_head(h, self.convbert.embeddings.word_embeddings.embedding[...])
         loss = None if labels is None else losses.mean_softmax_cross_entropy(logits, labels, ignore_index=-100)
@@ -146,8 +166,14 @@ class ConvBertClassificationHead(nnx.Module):
         self.dropout = Dropout(rate, config.kernels)
         if self.form == "hf":
             self.dense = dense(config, h, h, ("embed", None), rngs=rngs)
-        self.out_proj = dense(config, h, config.num_labels, ("embed", None), rngs=rngs,
-                              kernel_init=GLOROT_UNIFORM if self.form == "original" else None)
+        self.out_proj = dense(
+            config,
+            h,
+            config.num_labels,
+            ("embed", None),
+            rngs=rngs,
+            kernel_init=GLOROT_UNIFORM if self.form == "original" else None,
+        )
 
     def __call__(self, hidden: Array, keys: KeyChain) -> Array:
         x = self.dropout(hidden[:, 0], keys.next())
@@ -163,11 +189,21 @@ class ConvBertForSequenceClassification(_HeadModel):
         super().__init__(config, rngs=rngs)
         self.classifier = ConvBertClassificationHead(config, rngs=rngs)
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 labels=None, deterministic=True, dropout_rng=None,
-                 output_hidden_states=False) -> SequenceClassifierOutput:
-        out, keys = self.body(input_ids, attention_mask, token_type_ids, position_ids, deterministic, dropout_rng,
-                              output_hidden_states)
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        *,
+        labels=None,
+        deterministic=True,
+        dropout_rng=None,
+        output_hidden_states=False,
+    ) -> SequenceClassifierOutput:
+        out, keys = self.body(
+            input_ids, attention_mask, token_type_ids, position_ids, deterministic, dropout_rng, output_hidden_states
+        )
         logits = self.classifier(out.last_hidden_state, keys)
         loss = None
         if labels is not None:
@@ -186,13 +222,29 @@ class ConvBertForMultipleChoice(_HeadModel):
         super().__init__(config, rngs=rngs)
         self.classifier = dense(config, config.hidden_size, 1, ("embed", None), rngs=rngs)
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 labels=None, deterministic=True, dropout_rng=None,
-                 output_hidden_states=False) -> MultipleChoiceModelOutput:
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        *,
+        labels=None,
+        deterministic=True,
+        dropout_rng=None,
+        output_hidden_states=False,
+    ) -> MultipleChoiceModelOutput:
         num_choices = input_ids.shape[1]
         flat = lambda a: None if a is None else a.reshape(-1, a.shape[-1])
-        out, _ = self.body(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
-                           deterministic, dropout_rng, output_hidden_states)
+        out, _ = self.body(
+            flat(input_ids),
+            flat(attention_mask),
+            flat(token_type_ids),
+            flat(position_ids),
+            deterministic,
+            dropout_rng,
+            output_hidden_states,
+        )
         h = out.last_hidden_state
         summary = {"last": lambda: h[:, -1], "first": lambda: h[:, 0], "mean": lambda: h.mean(1)}
         logits = self.classifier(summary[self.config.summary_type]()).astype(jnp.float32).reshape(-1, num_choices)
@@ -209,11 +261,21 @@ class ConvBertForTokenClassification(_HeadModel):
         self.dropout = Dropout(rate, config.kernels)
         self.classifier = dense(config, config.hidden_size, config.num_labels, ("embed", None), rngs=rngs)
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 labels=None, deterministic=True, dropout_rng=None,
-                 output_hidden_states=False) -> TokenClassifierOutput:
-        out, keys = self.body(input_ids, attention_mask, token_type_ids, position_ids, deterministic, dropout_rng,
-                              output_hidden_states)
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        *,
+        labels=None,
+        deterministic=True,
+        dropout_rng=None,
+        output_hidden_states=False,
+    ) -> TokenClassifierOutput:
+        out, keys = self.body(
+            input_ids, attention_mask, token_type_ids, position_ids, deterministic, dropout_rng, output_hidden_states
+        )
         logits = self.classifier(self.dropout(out.last_hidden_state, keys.next())).astype(jnp.float32)
         loss = None if labels is None else losses.mean_softmax_cross_entropy(logits, labels, ignore_index=-100)
         return TokenClassifierOutput(logits=logits, loss=loss, hidden_states=out.hidden_states)
@@ -226,21 +288,35 @@ class ConvBertForQuestionAnswering(_HeadModel):
         super().__init__(config, rngs=rngs)
         self.qa_outputs = dense(config, config.hidden_size, config.num_labels, ("embed", None), rngs=rngs)
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 start_positions=None, end_positions=None, deterministic=True, dropout_rng=None,
-                 output_hidden_states=False) -> QuestionAnsweringModelOutput:
-        out, _ = self.body(input_ids, attention_mask, token_type_ids, position_ids, deterministic, dropout_rng,
-                           output_hidden_states)
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        *,
+        start_positions=None,
+        end_positions=None,
+        deterministic=True,
+        dropout_rng=None,
+        output_hidden_states=False,
+    ) -> QuestionAnsweringModelOutput:
+        out, _ = self.body(
+            input_ids, attention_mask, token_type_ids, position_ids, deterministic, dropout_rng, output_hidden_states
+        )
         logits = self.qa_outputs(out.last_hidden_state).astype(jnp.float32)
         start, end = logits[..., 0], logits[..., 1]
         loss = None
         if start_positions is not None and end_positions is not None:
             t = start.shape[1]
             s, e = jnp.clip(start_positions, 0, t), jnp.clip(end_positions, 0, t)
-            loss = (losses.mean_softmax_cross_entropy(start, s, ignore_index=t)
-                    + losses.mean_softmax_cross_entropy(end, e, ignore_index=t)) / 2
-        return QuestionAnsweringModelOutput(start_logits=start, end_logits=end, loss=loss,
-                                            hidden_states=out.hidden_states)
+            loss = (
+                losses.mean_softmax_cross_entropy(start, s, ignore_index=t)
+                + losses.mean_softmax_cross_entropy(end, e, ignore_index=t)
+            ) / 2
+        return QuestionAnsweringModelOutput(
+            start_logits=start, end_logits=end, loss=loss, hidden_states=out.hidden_states
+        )
 
 
 class ConvBertDiscriminatorPredictions(nnx.Module):
@@ -249,8 +325,9 @@ class ConvBertDiscriminatorPredictions(nnx.Module):
 
     def __init__(self, config: ConvBertConfig, *, rngs: nnx.Rngs):
         self.dense = dense(config, config.hidden_size, config.hidden_size, ("embed", None), rngs=rngs)
-        self.dense_prediction = dense(config, config.hidden_size, 1, ("embed", None), rngs=rngs,
-                                      kernel_init=GLOROT_UNIFORM)
+        self.dense_prediction = dense(
+            config, config.hidden_size, 1, ("embed", None), rngs=rngs, kernel_init=GLOROT_UNIFORM
+        )
         self.act = config.hidden_act
         self.impl = config.kernels
 
@@ -265,11 +342,21 @@ class ConvBertForPreTraining(_HeadModel):
         super().__init__(config, rngs=rngs)
         self.discriminator_predictions = ConvBertDiscriminatorPredictions(config, rngs=rngs)
 
-    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, *,
-                 labels=None, deterministic=True, dropout_rng=None,
-                 output_hidden_states=False) -> ReplacedTokenDetectionOutput:
-        out, _ = self.body(input_ids, attention_mask, token_type_ids, position_ids, deterministic, dropout_rng,
-                           output_hidden_states)
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        *,
+        labels=None,
+        deterministic=True,
+        dropout_rng=None,
+        output_hidden_states=False,
+    ) -> ReplacedTokenDetectionOutput:
+        out, _ = self.body(
+            input_ids, attention_mask, token_type_ids, position_ids, deterministic, dropout_rng, output_hidden_states
+        )
         logits = self.discriminator_predictions(out.last_hidden_state)
         loss = None
         if labels is not None:

@@ -28,14 +28,27 @@ logger = logging.getLogger(__name__)
 SAFE_WEIGHTS_NAME = "model.safetensors"
 PT_WEIGHTS_NAME = "pytorch_model.bin"
 NATIVE_WEIGHTS_NAME = "convbert_jax.safetensors"  # models transformers cannot compute (see `save_pretrained`)
-HUB_PATTERNS = [CONFIG_NAME, "*.safetensors", "*.bin", "vocab.txt", "tokenizer_config.json", "tokenizer.json",
-                "special_tokens_map.json"]
+HUB_PATTERNS = [
+    CONFIG_NAME,
+    "*.safetensors",
+    "*.bin",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "special_tokens_map.json",
+]
 BODY = "convbert"  # transformers' base_model_prefix of the task models
 TIED_KEY, TIED_TO = "generator_lm_head.weight", "convbert.embeddings.word_embeddings.weight"
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")  # non-parameter buffers of older checkpoints
 # transformers classes of the same name; `ConvBertForPreTraining` has none.
-HF_CLASSES = ("ConvBertModel", "ConvBertForMaskedLM", "ConvBertForSequenceClassification", "ConvBertForMultipleChoice",
-              "ConvBertForTokenClassification", "ConvBertForQuestionAnswering")
+HF_CLASSES = (
+    "ConvBertModel",
+    "ConvBertForMaskedLM",
+    "ConvBertForSequenceClassification",
+    "ConvBertForMultipleChoice",
+    "ConvBertForTokenClassification",
+    "ConvBertForQuestionAnswering",
+)
 
 Path = tuple  # an NNX state path, e.g. ('convbert', 'encoder', 'layer', 0, 'attention', 'self', 'query', 'kernel')
 
@@ -98,8 +111,9 @@ def split_stacked(flat: Mapping[Path, np.ndarray]) -> dict[Path, np.ndarray]:
     return out
 
 
-def join_stacked(per_layer: Mapping[Path, np.ndarray], shapes: Mapping[Path, tuple[int, ...]]
-                 ) -> dict[Path, np.ndarray]:
+def join_stacked(
+    per_layer: Mapping[Path, np.ndarray], shapes: Mapping[Path, tuple[int, ...]]
+) -> dict[Path, np.ndarray]:
     """The inverse of `split_stacked` for a model whose parameter shapes are `shapes`: the values of its paths
     that `per_layer` holds (a stacked parameter from its L per-layer entries)."""
     out = {}
@@ -122,8 +136,9 @@ def flax_to_hf(flat: Mapping[Path, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def hf_to_flax(state: Mapping[str, np.ndarray], shapes: Mapping[Path, tuple[int, ...]],
-               source: str = "state dict") -> tuple[dict[Path, np.ndarray], list[Path]]:
+def hf_to_flax(
+    state: Mapping[str, np.ndarray], shapes: Mapping[Path, tuple[int, ...]], source: str = "state dict"
+) -> tuple[dict[Path, np.ndarray], list[Path]]:
     """transformers state dict -> ({our path: array} for the paths in `shapes` it holds, [paths it lacks]).
 
     Raises ValueError naming `source`, the transformers key and both shapes when a tensor has the wrong shape.
@@ -153,11 +168,14 @@ def resolve_pretrained(path: str, allow_patterns: list[str] = HUB_PATTERNS) -> s
     if os.path.exists(path) or os.path.isabs(path) or path.startswith("."):
         raise FileNotFoundError(f"{path} is not a directory (expected config.json + weights in it)")
     from huggingface_hub import snapshot_download
+
     try:
         return snapshot_download(repo_id=path, allow_patterns=allow_patterns)
     except Exception as e:  # offline, unknown repo, invalid id: one clear message
-        raise OSError(f"{path!r} is not a local directory and could not be downloaded from the "
-                      f"Hugging Face hub ({type(e).__name__}: {e})") from e
+        raise OSError(
+            f"{path!r} is not a local directory and could not be downloaded from the "
+            f"Hugging Face hub ({type(e).__name__}: {e})"
+        ) from e
 
 
 def read_weights(directory: str) -> tuple[str, dict[str, np.ndarray]]:
@@ -176,6 +194,7 @@ def read_weights(directory: str) -> tuple[str, dict[str, np.ndarray]]:
         raw = torch.load(file, map_location="cpu", weights_only=True)
         return file, {k: t.detach().float().numpy() for k, t in raw.items() if t.is_floating_point()}
     from safetensors import safe_open
+
     with safe_open(file, framework="flax") as f:  # the flax reader handles bfloat16, numpy's does not
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
     return file, {k: np.asarray(t, np.float32) for k, t in tensors.items() if jnp.issubdtype(t.dtype, jnp.floating)}
@@ -198,8 +217,10 @@ def from_pretrained(cls, path: str, *, rngs: nnx.Rngs | None = None, **config_ov
     file, state = read_weights(directory)
     abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
     model_shapes = _param_shapes(abstract)
-    shapes = {p: v.shape for p, v in split_stacked(
-        {p: np.broadcast_to(np.float32(0), s) for p, s in model_shapes.items()}).items()}
+    shapes = {
+        p: v.shape
+        for p, v in split_stacked({p: np.broadcast_to(np.float32(0), s) for p, s in model_shapes.items()}).items()
+    }
     model_prefixed = any(p[0] == BODY for p in shapes)  # a task model: body under `convbert.`
     ckpt_prefixed = any(k.startswith(BODY + ".") for k in state)
     if model_prefixed and not ckpt_prefixed:
@@ -207,20 +228,28 @@ def from_pretrained(cls, path: str, *, rngs: nnx.Rngs | None = None, **config_ov
     elif ckpt_prefixed and not model_prefixed:  # the head's keys stay as they are and go unused
         state = {k.removeprefix(BODY + "."): v for k, v in state.items()}
     tied = state.pop(TIED_KEY, None)
-    if tied is not None and any(p[0] == "generator_lm_head" for p in shapes) and not np.array_equal(
-            tied, state.get(TIED_TO)):
+    if (
+        tied is not None
+        and any(p[0] == "generator_lm_head" for p in shapes)
+        and not np.array_equal(tied, state.get(TIED_TO))
+    ):
         raise ValueError(f"{file}: {TIED_KEY} differs from {TIED_TO}; this ConvBertForMaskedLM ties them")
 
     values, missing = hf_to_flax(state, shapes, source=file)
     used = {hf_name(p)[0] for p in values}
     unexpected = sorted(k for k in state if k not in used and not k.endswith(BUFFERS))
     if unexpected:
-        logger.warning("%s: ignoring %d tensors %s does not use: %s", file, len(unexpected), cls.__name__,
-                       ", ".join(unexpected))
+        logger.warning(
+            "%s: ignoring %d tensors %s does not use: %s", file, len(unexpected), cls.__name__, ", ".join(unexpected)
+        )
     head = [p for p in shapes if p[0] != BODY] if model_prefixed else []
     if missing and set(missing) == set(head):
-        logger.warning("%s has no weights for the %s head (%s); they are newly initialised: train before use",
-                       file, cls.__name__, ", ".join(hf_name(p)[0] for p in missing))
+        logger.warning(
+            "%s has no weights for the %s head (%s); they are newly initialised: train before use",
+            file,
+            cls.__name__,
+            ", ".join(hf_name(p)[0] for p in missing),
+        )
         model = cls(config, rngs=rngs or nnx.Rngs(0))
     elif missing:
         raise ValueError(f"{file}: missing parameters {', '.join(hf_name(p)[0] for p in missing)}")
@@ -255,16 +284,25 @@ def save_pretrained(model: nnx.Module, path: str) -> list[str]:
         reasons.append("classifier_head='original' (transformers' head is dense -> activation -> out_proj)")
     if reasons:
         weights_name = NATIVE_WEIGHTS_NAME
-        warnings.warn(f"transformers cannot compute this {name}: {'; '.join(reasons)}. Writing {weights_name}, "
-                      "which only convbert.hf_io.from_pretrained reads.", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"transformers cannot compute this {name}: {'; '.join(reasons)}. Writing {weights_name}, "
+            "which only convbert.hf_io.from_pretrained reads.",
+            UserWarning,
+            stacklevel=3,
+        )
     else:
         weights_name = SAFE_WEIGHTS_NAME
         if name not in HF_CLASSES:
-            warnings.warn(f"transformers has no {name}; transformers.ConvBertModel.from_pretrained loads the "
-                          "encoder of this checkpoint and drops its head.", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"transformers has no {name}; transformers.ConvBertModel.from_pretrained loads the "
+                "encoder of this checkpoint and drops its head.",
+                UserWarning,
+                stacklevel=3,
+            )
     flat = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     tensors = flax_to_hf(split_stacked(flat))
     from safetensors.numpy import save_file
+
     os.makedirs(path, exist_ok=True)
     weights_file = os.path.join(path, weights_name)
     save_file(tensors, weights_file, metadata={"format": "pt"})

@@ -134,8 +134,15 @@ def activation(name: str, impl: str = "auto") -> Callable[[Array], Array]:
     """The activation `name` (a `ConvBertConfig.hidden_act` value)."""
     if name == "gelu":
         return kernel("gelu", impl)
-    return {"gelu_new": _tanh_gelu, "gelu_pytorch_tanh": _tanh_gelu, "gelu_fast": _tanh_gelu, "relu": jax.nn.relu,
-            "silu": jax.nn.silu, "swish": jax.nn.silu, "tanh": jnp.tanh}[name]
+    return {
+        "gelu_new": _tanh_gelu,
+        "gelu_pytorch_tanh": _tanh_gelu,
+        "gelu_fast": _tanh_gelu,
+        "relu": jax.nn.relu,
+        "silu": jax.nn.silu,
+        "swish": jax.nn.silu,
+        "tanh": jnp.tanh,
+    }[name]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -166,7 +173,7 @@ def dropout_keep_mask_cpu_tuned(rng: Array, shape: tuple[int, ...], keep_prob: f
     row = lax.broadcasted_iota(jnp.uint32, (rows, shape[-1]), 0)
     col = lax.broadcasted_iota(jnp.uint32, (rows, shape[-1]), 1)
     h = _fmix32(_fmix32(row ^ seeds[0]) + col * jnp.uint32(0x9E3779B1) + seeds[1])
-    threshold = min(round(keep_prob * 2.0 ** 32), 2 ** 32 - 1)
+    threshold = min(round(keep_prob * 2.0**32), 2**32 - 1)
     return (h < jnp.uint32(threshold)).reshape(shape)
 
 
@@ -218,8 +225,8 @@ def matmul_cpu_tuned(x: Array, w: Array) -> Array:
     restored after. XLA CPU runs the weight gradient of a dot with two free dims (a contraction over B and T) as a
     transpose and a slower dot; the flattened form is a plain matrix product in both passes (BENCHMARKS.md, "Model
     forward/backward")."""
-    lead = x.shape[:x.ndim - w.ndim + 1]
-    y = matmul_reference(x.reshape(-1, *x.shape[len(lead):]), w)
+    lead = x.shape[: x.ndim - w.ndim + 1]
+    y = matmul_reference(x.reshape(-1, *x.shape[len(lead) :]), w)
     return y.reshape(*lead, *y.shape[1:])
 
 
@@ -242,7 +249,7 @@ def shifted_window_sum_reference(x: Array, weights: Array, kernel_size: int) -> 
     padded = _pad_time(x, (k - 1) // 2, (k - 1) // 2)
     out = padded[:, 0:t] * weights[..., 0]
     for j in range(1, k):
-        out = out + padded[:, j:j + t] * weights[..., j]
+        out = out + padded[:, j : j + t] * weights[..., j]
     return out
 
 
@@ -257,8 +264,8 @@ def _banded_weight_grad(x: Array, g: Array, kernel_size: int, keep: list[bool]) 
     width = bs + 2 * pad
     gb = _pad_time(g, 0, nb * bs - t).reshape(g.shape[0], nb, bs, *g.shape[2:])
     xp = _pad_time(x, pad, pad + nb * bs - t)
-    slab = jnp.stack([xp[:, i * bs:i * bs + width] for i in range(nb)], axis=1)  # [B, nb, width, ...C]
-    chans = "cdefgh"[:nd - 2]
+    slab = jnp.stack([xp[:, i * bs : i * bs + width] for i in range(nb)], axis=1)  # [B, nb, width, ...C]
+    chans = "cdefgh"[: nd - 2]
     kept = ("b" if keep[0] else "") + "".join(c for c, kp in zip(chans, keep[2:], strict=True) if kp)
     band = jnp.einsum(f"bit{chans},bis{chans}->{kept}its", gb, slab, preferred_element_type=jnp.float32)
     lead = band.shape[:-2]
@@ -299,8 +306,8 @@ def shifted_window_sum_cpu_tuned(x: Array, weights: Array, kernel_size: int) -> 
         wp = _pad_time(wf, pad, pad) if keep[1] else None
         dx = 0
         for j in range(k):
-            wj = wp[:, 2 * pad - j:2 * pad - j + t, ..., j] if keep[1] else wf[..., j]
-            dx = dx + gp[:, 2 * pad - j:2 * pad - j + t] * wj
+            wj = wp[:, 2 * pad - j : 2 * pad - j + t, ..., j] if keep[1] else wf[..., j]
+            dx = dx + gp[:, 2 * pad - j : 2 * pad - j + t] * wj
         dw = _banded_weight_grad(x, g, k, keep).reshape(w.shape)
         return dx.astype(x.dtype), dw.astype(w.dtype)
 

@@ -65,5 +65,6 @@ def ratio(total: Array, count: Array, epsilon: float | None = None) -> Array:
 
 def mean_softmax_cross_entropy(logits: Array, labels: Array, ignore_index: int | None = None) -> Array:
     """`softmax_cross_entropy` averaged over the positions whose label counts (0 if none does)."""
-    return ratio(*weighted_sum(softmax_cross_entropy(logits, labels, ignore_index),
-                               label_weights(labels, ignore_index)))
+    return ratio(
+        *weighted_sum(softmax_cross_entropy(logits, labels, ignore_index), label_weights(labels, ignore_index))
+    )

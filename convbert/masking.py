@@ -105,14 +105,16 @@ def mask_tokens(rng: Array, input_ids: Array, input_mask: Array, cfg: ElectraCon
         positions = jax.lax.top_k(scores, n_max)[1]
     in_row = positions < t
     positions = jnp.where(in_row, positions, 0).astype(jnp.int32)
-    valid = (in_row & (jnp.arange(n_max) < mask_budget(input_mask, cfg)[:, None])
-             & jnp.take_along_axis(candidates, positions, axis=1))
+    valid = (
+        in_row
+        & (jnp.arange(n_max) < mask_budget(input_mask, cfg)[:, None])
+        & jnp.take_along_axis(candidates, positions, axis=1)
+    )
     positions = jnp.where(valid, positions, 0)
     labels = jnp.where(valid, jnp.take_along_axis(input_ids, positions, axis=1), 0)
     to_mask = valid & (jax.random.uniform(k_mask, (b, n_max)) < cfg.mask_token_prob)
     masked_ids, _ = scatter_slots(input_ids, positions, to_mask, jnp.full((b, n_max), cfg.mask_id, jnp.int32))
-    return MaskedInputs(input_ids=masked_ids, positions=positions, labels=labels,
-                        weights=valid.astype(jnp.float32))
+    return MaskedInputs(input_ids=masked_ids, positions=positions, labels=labels, weights=valid.astype(jnp.float32))
 
 
 def gumbel_sample(rng: Array, logits: Array, temperature: float = 1.0) -> Array:

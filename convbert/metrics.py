@@ -22,10 +22,22 @@ from etils import epath
 
 # Dense bf16 peak FLOP/s per device, matched as a substring of the lower-cased `device_kind` (first match wins).
 PEAK_FLOPS_PER_DEVICE: tuple[tuple[str, float], ...] = (
-    ("tpu v6", 918e12), ("tpu v5p", 459e12), ("tpu v5 lite", 197e12), ("tpu v5e", 197e12), ("tpu v5", 459e12),
-    ("tpu v4", 275e12), ("tpu v3", 123e12), ("tpu v2", 45e12),
-    ("b200", 2250e12), ("h200", 989e12), ("h100 pcie", 756e12), ("h100", 989e12), ("a100", 312e12),
-    ("l40s", 362e12), ("l4", 121e12), ("v100", 125e12),
+    ("tpu v6", 918e12),
+    ("tpu v5p", 459e12),
+    ("tpu v5 lite", 197e12),
+    ("tpu v5e", 197e12),
+    ("tpu v5", 459e12),
+    ("tpu v4", 275e12),
+    ("tpu v3", 123e12),
+    ("tpu v2", 45e12),
+    ("b200", 2250e12),
+    ("h200", 989e12),
+    ("h100 pcie", 756e12),
+    ("h100", 989e12),
+    ("a100", 312e12),
+    ("l40s", 362e12),
+    ("l4", 121e12),
+    ("v100", 125e12),
 )
 # CPU: measured fp32 matmul throughput of one process on the 2-core development machine (large fp32 matmuls in
 # torch, jax and numpy: 177-215 GFLOP/s; BENCHMARKS.md), shared by all simulated devices of the process.
@@ -77,9 +89,12 @@ class Throughput:
             return {}
         steps_per_s = (step - last[0]) / (now - last[1])
         tokens_per_s = steps_per_s * self.tokens_per_step
-        out = {"perf/steps_per_sec": steps_per_s, "perf/tokens_per_sec": tokens_per_s,
-               "perf/tokens_per_sec_per_device": tokens_per_s / self.num_devices,
-               "perf/eta_seconds": (self.num_train_steps - step) / steps_per_s}
+        out = {
+            "perf/steps_per_sec": steps_per_s,
+            "perf/tokens_per_sec": tokens_per_s,
+            "perf/tokens_per_sec_per_device": tokens_per_s / self.num_devices,
+            "perf/eta_seconds": (self.num_train_steps - step) / steps_per_s,
+        }
         if self.flops_per_step:
             flops_per_device = steps_per_s * self.flops_per_step / self.num_devices
             out["perf/tflops_per_sec_per_device"] = flops_per_device / 1e12

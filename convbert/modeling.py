@@ -29,8 +29,10 @@ MASK_BIAS = -10000.0  # additive bias on padded keys, as the TF original (docs/a
 HIDDEN_AXES = ("batch", "length", "embed")
 LAYERS_AXIS = "layers"  # logical name of the leading axis of stacked layers (`scan_layers`); no rule shards it
 # `ConvBertConfig.remat` (but 'none') -> what `jax.checkpoint` keeps of a layer for its backward pass.
-CHECKPOINT_POLICIES = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-                  "full": jax.checkpoint_policies.nothing_saveable}
+CHECKPOINT_POLICIES = {
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
 # TF1's `tf.layers.dense` default kernel initialiser, for the layers the official code builds without one.
 GLOROT_UNIFORM = nnx.initializers.glorot_uniform()
 
@@ -57,20 +59,44 @@ class Dense(nnx.Linear):
         return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
-def dense(config: ConvBertConfig, fan_in: int, fan_out: int, axes: tuple, *, rngs: nnx.Rngs,
-          use_bias: bool = True, kernel_init: nnx.Initializer | None = None) -> Dense:
+def dense(
+    config: ConvBertConfig,
+    fan_in: int,
+    fan_out: int,
+    axes: tuple,
+    *,
+    rngs: nnx.Rngs,
+    use_bias: bool = True,
+    kernel_init: nnx.Initializer | None = None,
+) -> Dense:
     """A Linear with float32 parameters, compute in `config.dtype`, logical axes and zero bias; the kernel drawn
     from `kernel_init`, by default TF's truncated normal (sigma = initializer_range)."""
-    return Dense(fan_in, fan_out, use_bias=use_bias, dtype=compute_dtype(config), param_dtype=jnp.float32,
-                 kernel_init=kernel_init or _init(config), rngs=rngs, impl=config.kernels,
-                 kernel_metadata={"logical_axes": axes}, bias_metadata={"logical_axes": axes[-1:]})
+    return Dense(
+        fan_in,
+        fan_out,
+        use_bias=use_bias,
+        dtype=compute_dtype(config),
+        param_dtype=jnp.float32,
+        kernel_init=kernel_init or _init(config),
+        rngs=rngs,
+        impl=config.kernels,
+        kernel_metadata={"logical_axes": axes},
+        bias_metadata={"logical_axes": axes[-1:]},
+    )
 
 
 def layer_norm(config: ConvBertConfig, features: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """LayerNorm computed in float32 whatever the compute dtype (its output is cast back by the caller)."""
-    return nnx.LayerNorm(features, epsilon=config.layer_norm_eps, dtype=jnp.float32, param_dtype=jnp.float32,
-                         use_fast_variance=False, rngs=rngs,
-                         scale_metadata={"logical_axes": ("embed",)}, bias_metadata={"logical_axes": ("embed",)})
+    return nnx.LayerNorm(
+        features,
+        epsilon=config.layer_norm_eps,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        use_fast_variance=False,
+        rngs=rngs,
+        scale_metadata={"logical_axes": ("embed",)},
+        bias_metadata={"logical_axes": ("embed",)},
+    )
 
 
 class ConvBertEmbeddings(nnx.Module):
@@ -82,8 +108,15 @@ class ConvBertEmbeddings(nnx.Module):
         e = config.embedding_size
 
         def embed(n, axes):
-            return nnx.Embed(n, e, dtype=compute_dtype(config), param_dtype=jnp.float32, embedding_init=_init(config),
-                             rngs=rngs, embedding_metadata={"logical_axes": axes})
+            return nnx.Embed(
+                n,
+                e,
+                dtype=compute_dtype(config),
+                param_dtype=jnp.float32,
+                embedding_init=_init(config),
+                rngs=rngs,
+                embedding_metadata={"logical_axes": axes},
+            )
 
         self.word_embeddings = embed(config.vocab_size, ("vocab", "embed"))
         self.position_embeddings = embed(config.max_position_embeddings, (None, "embed"))
@@ -91,16 +124,23 @@ class ConvBertEmbeddings(nnx.Module):
         self.LayerNorm = layer_norm(config, e, rngs=rngs)
         self.dropout = Dropout(config.hidden_dropout_prob, config.kernels)
 
-    def __call__(self, input_ids: Array, token_type_ids: Array | None = None, position_ids: Array | None = None,
-                 rng: Array | None = None) -> Array:
+    def __call__(
+        self,
+        input_ids: Array,
+        token_type_ids: Array | None = None,
+        position_ids: Array | None = None,
+        rng: Array | None = None,
+    ) -> Array:
         t = input_ids.shape[-1]
         if position_ids is None:
             position_ids = jnp.arange(t)[None, :]
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = (self.word_embeddings.embedding[...][input_ids]
-             + self.position_embeddings.embedding[...][position_ids]
-             + self.token_type_embeddings.embedding[...][token_type_ids])
+        x = (
+            self.word_embeddings.embedding[...][input_ids]
+            + self.position_embeddings.embedding[...][position_ids]
+            + self.token_type_embeddings.embedding[...][token_type_ids]
+        )
         x = self.LayerNorm(x).astype(compute_dtype(self.config))
         return self.dropout(constrain(x, HIDDEN_AXES), rng)
 
@@ -114,10 +154,12 @@ class SeparableConv1D(nnx.Module):
         self.kernel_size = k
         self.impl = config.kernels
         self.dtype = compute_dtype(config)
-        self.depthwise = nnx.Param(_init(config, 1.0 / k)(rngs.params(), (k, in_features), jnp.float32),
-                                   logical_axes=(None, "embed"))
-        self.pointwise = nnx.Param(_init(config)(rngs.params(), (in_features, out_features), jnp.float32),
-                                   logical_axes=("embed", "heads"))
+        self.depthwise = nnx.Param(
+            _init(config, 1.0 / k)(rngs.params(), (k, in_features), jnp.float32), logical_axes=(None, "embed")
+        )
+        self.pointwise = nnx.Param(
+            _init(config)(rngs.params(), (in_features, out_features), jnp.float32), logical_axes=("embed", "heads")
+        )
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32), logical_axes=("heads",))
 
     def __call__(self, x: Array) -> Array:
@@ -145,8 +187,7 @@ class ConvBertSelfAttention(nnx.Module):
         if config.conv_type in ("sdconv", "dconv"):
             self.conv_kernel_layer = dense(config, a, nr * k, ("heads", None), rngs=rngs)
         if config.conv_type == "lconv":
-            self.conv_kernel = nnx.Param(_init(config)(rngs.params(), (nr, k), jnp.float32),
-                                         logical_axes=(None, None))
+            self.conv_kernel = nnx.Param(_init(config)(rngs.params(), (nr, k), jnp.float32), logical_axes=(None, None))
         if config.conv_type != "none":
             self.conv_out_layer = dense(config, h, a, ("embed", "heads"), rngs=rngs)
         self.dropout = Dropout(config.attention_probs_dropout_prob, config.kernels)
@@ -210,8 +251,10 @@ class GroupedLinear(nnx.Module):
         self.groups = g
         self.dtype = compute_dtype(config)
         self.impl = config.kernels
-        self.kernel = nnx.Param(_init(config)(rngs.params(), (g, in_features // g, out_features // g), jnp.float32),
-                                logical_axes=(None,) + axes)
+        self.kernel = nnx.Param(
+            _init(config)(rngs.params(), (g, in_features // g, out_features // g), jnp.float32),
+            logical_axes=(None,) + axes,
+        )
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32), logical_axes=axes[-1:])
 
     def __call__(self, x: Array) -> Array:
@@ -267,8 +310,9 @@ def stack_layers(layers: Sequence[nnx.Module]) -> nnx.Module:
 
     def stack(*variables: nnx.Variable) -> nnx.Variable:
         axes = variables[0].get_metadata().get("logical_axes")
-        return variables[0].replace(jnp.stack([v.get_value() for v in variables]),
-                                    logical_axes=None if axes is None else (LAYERS_AXIS, *axes))
+        return variables[0].replace(
+            jnp.stack([v.get_value() for v in variables]), logical_axes=None if axes is None else (LAYERS_AXIS, *axes)
+        )
 
     states = [nnx.state(layer) for layer in layers]
     return nnx.merge(graphdef, jax.tree.map(stack, *states, is_leaf=lambda x: isinstance(x, nnx.Variable)))
@@ -305,6 +349,7 @@ class ConvBertEncoder(nnx.Module):
         if c.remat != "none":
             run = jax.checkpoint(run, policy=CHECKPOINT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
         if c.scan_layers:
+
             def body(h, xs):
                 layer_params, index = xs
                 h = run(layer_params, h, mask_bias, key(index))
@@ -337,12 +382,14 @@ class ConvBertPreTrainedModel(nnx.Module):
         """Loads a Hugging Face ConvBERT directory or hub id (`config.json` + safetensors or `.bin`);
         `rngs=` seeds a head the checkpoint lacks, other keywords override config fields."""
         from convbert import hf_io
+
         return hf_io.from_pretrained(cls, path, **config_overrides)
 
     def save_pretrained(self, path: str) -> list[str]:
         """Writes `config.json` + `model.safetensors` that transformers loads into the matching class
         (see `convbert.hf_io.save_pretrained` for models transformers cannot compute); returns the files."""
         from convbert import hf_io
+
         return hf_io.save_pretrained(self, path)
 
 
@@ -366,14 +413,28 @@ class ConvBertModel(ConvBertPreTrainedModel):
         if add_embeddings:
             self.embeddings = ConvBertEmbeddings(config, rngs=rngs)
         if config.embedding_size != config.hidden_size:
-            self.embeddings_project = dense(config, config.embedding_size, config.hidden_size, ("embed", "embed"),
-                                            rngs=rngs, kernel_init=GLOROT_UNIFORM)
+            self.embeddings_project = dense(
+                config,
+                config.embedding_size,
+                config.hidden_size,
+                ("embed", "embed"),
+                rngs=rngs,
+                kernel_init=GLOROT_UNIFORM,
+            )
         self.encoder = ConvBertEncoder(config, rngs=rngs)
 
-    def __call__(self, input_ids: Array | None = None, attention_mask: Array | None = None,
-                 token_type_ids: Array | None = None, position_ids: Array | None = None, *,
-                 embedding_output: Array | None = None, deterministic: bool = True,
-                 dropout_rng: Array | None = None, output_hidden_states: bool = False) -> BaseModelOutput:
+    def __call__(
+        self,
+        input_ids: Array | None = None,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        position_ids: Array | None = None,
+        *,
+        embedding_output: Array | None = None,
+        deterministic: bool = True,
+        dropout_rng: Array | None = None,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutput:
         if not deterministic and dropout_rng is None:
             raise ValueError("training mode (deterministic=False) needs dropout_rng")
         keys = KeyChain(None if deterministic else dropout_rng)

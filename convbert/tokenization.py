@@ -37,8 +37,15 @@ TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 KINDS = ("wordpiece", "sentencepiece")  # `TextTokenizer.kind` of ConvBertTokenizer, SentencePieceTokenizer
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 PADDING = {False: None, "do_not_pad": None, True: "longest", "longest": "longest", "max_length": "max_length"}
-TRUNCATION = {None: None, False: None, "do_not_truncate": None, True: "longest_first",
-              "longest_first": "longest_first", "only_first": "only_first", "only_second": "only_second"}
+TRUNCATION = {
+    None: None,
+    False: None,
+    "do_not_truncate": None,
+    True: "longest_first",
+    "longest_first": "longest_first",
+    "only_first": "only_first",
+    "only_second": "only_second",
+}
 SPECIAL_NAMES = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 SAVED_SETTINGS = ("do_lower_case", "tokenize_chinese_chars", "strip_accents", "model_max_length") + SPECIAL_NAMES
 
@@ -74,8 +81,7 @@ class TextTokenizer(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def vocab_size(self) -> int:
-        ...
+    def vocab_size(self) -> int: ...
 
     @abc.abstractmethod
     def token_to_id(self, token: str) -> int | None:
@@ -106,8 +112,13 @@ class TextTokenizer(abc.ABC):
     def config(self) -> dict:
         """The content of `text_tokenizer.json` (also the prepared data's manifest entry `tokenizer`); `file` is
         relative to the saved directory."""
-        return {"kind": self.kind, "file": self.file_name, "lowercase": self.lowercase,
-                "vocab_size": self.vocab_size, "special_ids": self.special_ids}
+        return {
+            "kind": self.kind,
+            "file": self.file_name,
+            "lowercase": self.lowercase,
+            "vocab_size": self.vocab_size,
+            "special_ids": self.special_ids,
+        }
 
     def save(self, directory: str) -> list[str]:
         """Writes the vocab / model files and `text_tokenizer.json` into `directory`; returns the paths."""
@@ -129,29 +140,52 @@ class ConvBertTokenizer(TextTokenizer):
     kind = "wordpiece"
     file_name = VOCAB_NAME
 
-    def __init__(self, vocab_file: str = BERT_UNCASED_VOCAB, do_lower_case: bool = True, unk_token: str = "[UNK]",
-                 sep_token: str = "[SEP]", pad_token: str = "[PAD]", cls_token: str = "[CLS]",
-                 mask_token: str = "[MASK]", tokenize_chinese_chars: bool = True, strip_accents: bool | None = None,
-                 model_max_length: int = 512):
+    def __init__(
+        self,
+        vocab_file: str = BERT_UNCASED_VOCAB,
+        do_lower_case: bool = True,
+        unk_token: str = "[UNK]",
+        sep_token: str = "[SEP]",
+        pad_token: str = "[PAD]",
+        cls_token: str = "[CLS]",
+        mask_token: str = "[MASK]",
+        tokenize_chinese_chars: bool = True,
+        strip_accents: bool | None = None,
+        model_max_length: int = 512,
+    ):
         self.file = vocab_file
         self.tokens = load_vocab(vocab_file)
         vocab = {token: i for i, token in enumerate(self.tokens)}  # a repeated line keeps its last id, as transformers
         self.do_lower_case, self.tokenize_chinese_chars, self.strip_accents = (
-            do_lower_case, tokenize_chinese_chars, strip_accents)
+            do_lower_case,
+            tokenize_chinese_chars,
+            strip_accents,
+        )
         self.unk_token, self.sep_token, self.pad_token, self.cls_token, self.mask_token = (
-            unk_token, sep_token, pad_token, cls_token, mask_token)
+            unk_token,
+            sep_token,
+            pad_token,
+            cls_token,
+            mask_token,
+        )
         self.model_max_length = model_max_length
         missing = [t for t in self.all_special_tokens if t not in vocab]
         if missing:
             raise ValueError(f"{vocab_file}: special tokens {missing} are not in the vocab")
         tok = Tokenizer(WordPiece(vocab, unk_token=unk_token))
-        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=tokenize_chinese_chars,
-                                                    strip_accents=strip_accents, lowercase=do_lower_case)
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True,
+            handle_chinese_chars=tokenize_chinese_chars,
+            strip_accents=strip_accents,
+            lowercase=do_lower_case,
+        )
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece(prefix="##")
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{cls_token}:0 $A:0 {sep_token}:0", pair=f"{cls_token}:0 $A:0 {sep_token}:0 $B:1 {sep_token}:1",
-            special_tokens=[(cls_token, vocab[cls_token]), (sep_token, vocab[sep_token])])
+            single=f"{cls_token}:0 $A:0 {sep_token}:0",
+            pair=f"{cls_token}:0 $A:0 {sep_token}:0 $B:1 {sep_token}:1",
+            special_tokens=[(cls_token, vocab[cls_token]), (sep_token, vocab[sep_token])],
+        )
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in self.all_special_tokens])
         self._tokenizer = tok
 
@@ -160,6 +194,7 @@ class ConvBertTokenizer(TextTokenizer):
         """From a directory with `vocab.txt` (and optionally `tokenizer_config.json`) or a hub id; keyword
         arguments override the saved settings."""
         from convbert.hf_io import resolve_pretrained
+
         directory = resolve_pretrained(path, [VOCAB_NAME, TOKENIZER_CONFIG_NAME])
         return cls(os.path.join(directory, VOCAB_NAME), **{**_saved_settings(directory), **kwargs})
 
@@ -229,10 +264,18 @@ class ConvBertTokenizer(TextTokenizer):
         """ids (list or 1-D array) -> text; WordPiece '##' pieces are joined."""
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-    def __call__(self, text: str | list[str], text_pair: str | list[str] | None = None, *,
-                 add_special_tokens: bool = True, padding: bool | str = False, truncation: bool | str | None = None,
-                 max_length: int | None = None, pad_to_multiple_of: int | None = None,
-                 return_tensors: str | None = None) -> dict:
+    def __call__(
+        self,
+        text: str | list[str],
+        text_pair: str | list[str] | None = None,
+        *,
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        return_tensors: str | None = None,
+    ) -> dict:
         """Encodes a text, a pair, or lists of them, with transformers' padding/truncation rules.
 
         Returns {'input_ids', 'token_type_ids', 'attention_mask'}: lists of ints (lists of lists for batches),
@@ -258,15 +301,22 @@ class ConvBertTokenizer(TextTokenizer):
         if trunc:
             tok.enable_truncation(max_length, strategy=trunc)
         if pad:
-            tok.enable_padding(length=max_length if pad == "max_length" else None, pad_id=self.pad_token_id,
-                               pad_token=self.pad_token, pad_to_multiple_of=pad_to_multiple_of)
+            tok.enable_padding(
+                length=max_length if pad == "max_length" else None,
+                pad_id=self.pad_token_id,
+                pad_token=self.pad_token,
+                pad_to_multiple_of=pad_to_multiple_of,
+            )
         try:
             encodings = tok.encode_batch(texts, add_special_tokens=add_special_tokens)
         finally:
             tok.no_truncation()
             tok.no_padding()
-        out = {"input_ids": [e.ids for e in encodings], "token_type_ids": [e.type_ids for e in encodings],
-               "attention_mask": [e.attention_mask for e in encodings]}
+        out = {
+            "input_ids": [e.ids for e in encodings],
+            "token_type_ids": [e.type_ids for e in encodings],
+            "attention_mask": [e.attention_mask for e in encodings],
+        }
         if return_tensors is not None:
             return {k: self._as_tensor(v, return_tensors) for k, v in out.items()}
         return out if batched else {k: v[0] for k, v in out.items()}
@@ -279,6 +329,7 @@ class ConvBertTokenizer(TextTokenizer):
             return np.asarray(rows, np.int64)
         if kind == "jax":
             import jax.numpy as jnp
+
             return jnp.asarray(rows, jnp.int32)
         raise ValueError(f"return_tensors must be None, 'np' or 'jax', got {kind!r}")
 
@@ -287,8 +338,9 @@ class ConvBertTokenizer(TextTokenizer):
         cls, sep = [self.cls_token_id], [self.sep_token_id]
         return cls + ids_0 + sep + ([] if ids_1 is None else ids_1 + sep)
 
-    def get_special_tokens_mask(self, ids_0: list[int], ids_1: list[int] | None = None,
-                                already_has_special_tokens: bool = False) -> list[int]:
+    def get_special_tokens_mask(
+        self, ids_0: list[int], ids_1: list[int] | None = None, already_has_special_tokens: bool = False
+    ) -> list[int]:
         """1 at special tokens, 0 at sequence tokens, of the sequence the ids are (or would be) in."""
         if already_has_special_tokens:
             if ids_1 is not None:
@@ -313,9 +365,13 @@ class ConvBertTokenizer(TextTokenizer):
         """`vocab.txt` + `tokenizer_config.json`, loadable here and by transformers' AutoTokenizer."""
         (vocab_path,) = self.save_vocabulary(save_directory)
         settings = {name: getattr(self, name) for name in SPECIAL_NAMES}
-        settings.update(tokenizer_class="ConvBertTokenizer", do_lower_case=self.do_lower_case,
-                        tokenize_chinese_chars=self.tokenize_chinese_chars, strip_accents=self.strip_accents,
-                        model_max_length=self.model_max_length)
+        settings.update(
+            tokenizer_class="ConvBertTokenizer",
+            do_lower_case=self.do_lower_case,
+            tokenize_chinese_chars=self.tokenize_chinese_chars,
+            strip_accents=self.strip_accents,
+            model_max_length=self.model_max_length,
+        )
         config_path = os.path.join(save_directory, TOKENIZER_CONFIG_NAME)
         with open(config_path, "w") as f:
             json.dump(settings, f, indent=2, sort_keys=True)
@@ -339,6 +395,7 @@ class SentencePieceTokenizer(TextTokenizer):
 
     def __init__(self, model_file: str):
         import sentencepiece as spm
+
         self.file = _require_file(model_file)
         self.file_name = os.path.basename(model_file)
         self._sp = spm.SentencePieceProcessor(model_file=model_file)
@@ -362,24 +419,44 @@ class SentencePieceTokenizer(TextTokenizer):
         return [target]
 
 
-def train_sentencepiece(text_files: Sequence[str], output_prefix: str, vocab_size: int = 8000,
-                        model_type: str = "unigram", *, lowercase: bool = True,
-                        max_sentences: int = 2_000_000, seed: int = 0) -> SentencePieceTokenizer:
+def train_sentencepiece(
+    text_files: Sequence[str],
+    output_prefix: str,
+    vocab_size: int = 8000,
+    model_type: str = "unigram",
+    *,
+    lowercase: bool = True,
+    max_sentences: int = 2_000_000,
+    seed: int = 0,
+) -> SentencePieceTokenizer:
     """Trains `{output_prefix}.model` with [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4.
 
     [CLS]/[SEP]/[MASK] are control symbols, so encoding text never yields them. `lowercase` uses the
     case-folding NFKC normaliser. `vocab_size` is an upper bound (small corpora give fewer pieces).
     """
     import sentencepiece as spm
+
     for path in text_files:
         _require_file(path)
     spm.set_random_generator_seed(seed)
     spm.SentencePieceTrainer.train(
-        input=list(text_files), model_prefix=output_prefix, vocab_size=vocab_size, model_type=model_type,
-        pad_id=0, pad_piece=SPECIAL_TOKENS["pad"], unk_id=1, unk_piece=SPECIAL_TOKENS["unk"], bos_id=-1, eos_id=-1,
+        input=list(text_files),
+        model_prefix=output_prefix,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        pad_id=0,
+        pad_piece=SPECIAL_TOKENS["pad"],
+        unk_id=1,
+        unk_piece=SPECIAL_TOKENS["unk"],
+        bos_id=-1,
+        eos_id=-1,
         control_symbols=[SPECIAL_TOKENS[k] for k in ("cls", "sep", "mask")],
-        normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc", hard_vocab_limit=False,
-        input_sentence_size=max_sentences, shuffle_input_sentence=True, minloglevel=2)
+        normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
+        hard_vocab_limit=False,
+        input_sentence_size=max_sentences,
+        shuffle_input_sentence=True,
+        minloglevel=2,
+    )
     return SentencePieceTokenizer(output_prefix + ".model")
 
 

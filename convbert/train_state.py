@@ -65,40 +65,60 @@ class TrainSteps:
     scalars grad_norm, param_norm and learning_rate (of the step taken).
     """
 
-    def __init__(self, model_fn: Callable[[nnx.Rngs], nnx.Module],
-                 optimizer_fn: Callable[[nnx.State], tuple[optax.GradientTransformation, optax.Schedule]],
-                 loss_fn: LossFn, eval_fn: Callable[[nnx.Module, Batch, jax.Array | None], Any],
-                 mesh: jax.sharding.Mesh, rules: Sequence[tuple[str, Any]], *,
-                 normalizers_fn: Callable[[Batch], Any] | None = None, grad_accum_steps: int = 1,
-                 frozen: Sequence[str] = ()):
+    def __init__(
+        self,
+        model_fn: Callable[[nnx.Rngs], nnx.Module],
+        optimizer_fn: Callable[[nnx.State], tuple[optax.GradientTransformation, optax.Schedule]],
+        loss_fn: LossFn,
+        eval_fn: Callable[[nnx.Module, Batch, jax.Array | None], Any],
+        mesh: jax.sharding.Mesh,
+        rules: Sequence[tuple[str, Any]],
+        *,
+        normalizers_fn: Callable[[Batch], Any] | None = None,
+        grad_accum_steps: int = 1,
+        frozen: Sequence[str] = (),
+    ):
         self.model_fn, self.loss_fn, self.eval_fn, self.normalizers_fn = model_fn, loss_fn, eval_fn, normalizers_fn
         self.mesh, self.rules = mesh, tuple(tuple(r) for r in rules)
         self.grad_accum_steps, self.frozen = grad_accum_steps, tuple(frozen)
-        self.graphdef, abstract_params, self.rest = nnx.split(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))),
-                                                              nnx.Param, ...)
+        self.graphdef, abstract_params, self.rest = nnx.split(
+            nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))), nnx.Param, ...
+        )
         self.tx, self.schedule = optimizer_fn(abstract_params)
 
         self.replicated = repl = sharding.replicated(mesh)
         self.batch_sharding = sharding.batch_sharding(mesh)
         self.param_shardings = sharding.param_shardings(abstract_params, mesh, self.rules)
         self.state_shardings = TrainState(
-            step=repl, params=self.param_shardings, rng=repl,
-            opt_state=sharding.optimizer_shardings(self.tx, jax.eval_shape(self.tx.init, abstract_params),
-                                                   abstract_params, mesh, self.rules))
+            step=repl,
+            params=self.param_shardings,
+            rng=repl,
+            opt_state=sharding.optimizer_shardings(
+                self.tx, jax.eval_shape(self.tx.init, abstract_params), abstract_params, mesh, self.rules
+            ),
+        )
         self.init = jax.jit(self._init, out_shardings=self.state_shardings)
-        self.train_step = jax.jit(self._on_mesh(self._train_step),
-                                  in_shardings=(self.state_shardings, self.batch_sharding),
-                                  out_shardings=(self.state_shardings, repl), donate_argnums=0)
-        self.eval_step = jax.jit(self._on_mesh(self._eval_step),
-                                 in_shardings=(self.param_shardings, self.batch_sharding, repl), out_shardings=repl)
+        self.train_step = jax.jit(
+            self._on_mesh(self._train_step),
+            in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings, repl),
+            donate_argnums=0,
+        )
+        self.eval_step = jax.jit(
+            self._on_mesh(self._eval_step),
+            in_shardings=(self.param_shardings, self.batch_sharding, repl),
+            out_shardings=repl,
+        )
 
     def _on_mesh(self, fn: Callable) -> Callable:
         """`fn` traced under `sharding.activation_sharding(mesh, rules)`: the model's activation constraints
         resolve on this mesh."""
+
         @functools.wraps(fn)
         def traced(*args):
             with sharding.activation_sharding(self.mesh, self.rules):
                 return fn(*args)
+
         return traced
 
     def abstract_state(self) -> TrainState:
@@ -107,8 +127,10 @@ class TrainSteps:
 
     def abstract_batch(self, shapes: Mapping[str, tuple[Sequence[int], Any]]) -> dict[str, jax.ShapeDtypeStruct]:
         """{name: (global shape, dtype)} -> ShapeDtypeStructs split over the batch axes (the AOT input)."""
-        return {k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype), sharding=self.batch_sharding)
-                for k, (shape, dtype) in shapes.items()}
+        return {
+            k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype), sharding=self.batch_sharding)
+            for k, (shape, dtype) in shapes.items()
+        }
 
     def model(self, params: nnx.State) -> nnx.Module:
         return nnx.merge(self.graphdef, params, self.rest)
@@ -156,8 +178,11 @@ class TrainSteps:
         grads = sharding.constrain_params(grads, self.mesh, self.rules)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics.update(grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params),
-                       learning_rate=self.schedule(state.step))
+        metrics.update(
+            grad_norm=optax.tree.norm(grads),
+            param_norm=optax.tree.norm(params),
+            learning_rate=self.schedule(state.step),
+        )
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def _eval_step(self, params: nnx.State, batch: Batch, rng: jax.Array | None):

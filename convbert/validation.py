@@ -44,8 +44,9 @@ class Range:
     def contains(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
             return False
-        return ((self.low is None or (value > self.low if self.low_open else value >= self.low))
-                and (self.high is None or (value < self.high if self.high_open else value <= self.high)))
+        return (self.low is None or (value > self.low if self.low_open else value >= self.low)) and (
+            self.high is None or (value < self.high if self.high_open else value <= self.high)
+        )
 
     def __str__(self) -> str:
         kind = "an integer" if self.integer else "a number"
@@ -60,29 +61,56 @@ DECAY = Range(0, 1, high_open=True)
 
 # configs/pretrain.py. The model's fields are checked by `ConvBertConfig`, the objective's by `ElectraConfig`.
 PRETRAINING: dict[str, Range] = {
-    "seed": COUNT, "batch_size": POSITIVE_INT, "max_seq_length": Range(MIN_RANDOM_LENGTH, integer=True),
-    "num_train_steps": POSITIVE_INT, "log_every_steps": POSITIVE_INT, "checkpoint_every_steps": POSITIVE_INT,
-    "eval_every_steps": COUNT, "num_eval_steps": COUNT, "grad_accum_steps": POSITIVE_INT,
+    "seed": COUNT,
+    "batch_size": POSITIVE_INT,
+    "max_seq_length": Range(MIN_RANDOM_LENGTH, integer=True),
+    "num_train_steps": POSITIVE_INT,
+    "log_every_steps": POSITIVE_INT,
+    "checkpoint_every_steps": POSITIVE_INT,
+    "eval_every_steps": COUNT,
+    "num_eval_steps": COUNT,
+    "grad_accum_steps": POSITIVE_INT,
     "export_every_steps": COUNT,
-    "optimizer.learning_rate": POSITIVE, "optimizer.warmup_steps": COUNT, "optimizer.weight_decay": Range(0),
-    "optimizer.b1": DECAY, "optimizer.b2": DECAY, "optimizer.eps": POSITIVE, "optimizer.clip_norm": POSITIVE,
+    "optimizer.learning_rate": POSITIVE,
+    "optimizer.warmup_steps": COUNT,
+    "optimizer.weight_decay": Range(0),
+    "optimizer.b1": DECAY,
+    "optimizer.b2": DECAY,
+    "optimizer.eps": POSITIVE,
+    "optimizer.clip_norm": POSITIVE,
     "optimizer.lr_decay_power": POSITIVE,
-    "electra.generator_fraction": PROBABILITY_OPEN_LOW, "electra.gen_weight": Range(0),
+    "electra.generator_fraction": PROBABILITY_OPEN_LOW,
+    "electra.gen_weight": Range(0),
     "electra.disc_weight": Range(0),
-    "data.eval_fraction": Range(0, 0.5), "data.sp_vocab_size": POSITIVE_INT, "data.num_workers": COUNT,
-    "checkpoint.max_to_keep": POSITIVE_INT, "profile.num_steps": POSITIVE_INT,
+    "data.eval_fraction": Range(0, 0.5),
+    "data.sp_vocab_size": POSITIVE_INT,
+    "data.num_workers": COUNT,
+    "checkpoint.max_to_keep": POSITIVE_INT,
+    "profile.num_steps": POSITIVE_INT,
 }
 # convbert.finetuning.default_config (GLUE and SQuAD).
 FINETUNING: dict[str, Range] = {
-    "learning_rate": POSITIVE, "probe_learning_rate": POSITIVE, "layerwise_lr_decay": Range(0, 1, low_open=True),
+    "learning_rate": POSITIVE,
+    "probe_learning_rate": POSITIVE,
+    "layerwise_lr_decay": Range(0, 1, low_open=True),
     "warmup_proportion": Range(0, 1),
-    "weight_decay": Range(0), "clip_norm": POSITIVE, "num_seeds": POSITIVE_INT, "seed": COUNT,
-    "log_every_steps": POSITIVE_INT, "batch_size": POSITIVE_INT, "eval_batch_size": POSITIVE_INT,
+    "weight_decay": Range(0),
+    "clip_norm": POSITIVE,
+    "num_seeds": POSITIVE_INT,
+    "seed": COUNT,
+    "log_every_steps": POSITIVE_INT,
+    "batch_size": POSITIVE_INT,
+    "eval_batch_size": POSITIVE_INT,
     "max_seq_length": Range(4, integer=True),  # [CLS] a [SEP] b [SEP] with one token
 }
 SQUAD: dict[str, Range] = {
-    **FINETUNING, "num_train_epochs": POSITIVE_INT, "doc_stride": POSITIVE_INT, "max_query_length": POSITIVE_INT,
-    "n_best_size": POSITIVE_INT, "max_answer_length": POSITIVE_INT, "answerable_weight": Range(0),
+    **FINETUNING,
+    "num_train_epochs": POSITIVE_INT,
+    "doc_stride": POSITIVE_INT,
+    "max_query_length": POSITIVE_INT,
+    "n_best_size": POSITIVE_INT,
+    "max_answer_length": POSITIVE_INT,
+    "answerable_weight": Range(0),
 }
 WARMUP_WARNING_FRACTION = 0.5  # a warmup longer than this part of the run gets a warning
 
@@ -95,17 +123,21 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
 
 def check_ranges(config: ml_collections.ConfigDict, ranges: Mapping[str, Range]) -> None:
     """One ValueError listing every key of `ranges` whose value in `config` is outside its range."""
-    errors = [f"config.{key}={value!r} must be {r}" for key, r in ranges.items()
-              if not r.contains(value := _get(config, key))]
+    errors = [
+        f"config.{key}={value!r} must be {r}" for key, r in ranges.items() if not r.contains(value := _get(config, key))
+    ]
     if errors:
         raise ValueError("; ".join(errors))
 
 
 def _warn_long_warmup(warmup: float, total: float, what: str) -> None:
     if warmup > WARMUP_WARNING_FRACTION * total:
-        logging.warning("%s: the learning rate warms up over %.0f%% of training and decays over the rest; the "
-                        "paper's recipes warm up over 1%% (pretraining) or 10%% (fine-tuning)", what,
-                        100 * warmup / total)
+        logging.warning(
+            "%s: the learning rate warms up over %.0f%% of training and decays over the rest; the "
+            "paper's recipes warm up over 1%% (pretraining) or 10%% (fine-tuning)",
+            what,
+            100 * warmup / total,
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,12 +161,16 @@ def check_pretraining(config: ml_collections.ConfigDict) -> None:
     check_ranges(config, PRETRAINING)
     o = config.optimizer
     if o.warmup_steps > config.num_train_steps:
-        raise ValueError(f"config.optimizer.warmup_steps={o.warmup_steps} exceeds config.num_train_steps="
-                         f"{config.num_train_steps}: the learning rate would never reach its peak; set "
-                         f"--config.optimizer.warmup_steps to at most {config.num_train_steps}")
-    _warn_long_warmup(o.warmup_steps, config.num_train_steps,
-                      f"config.optimizer.warmup_steps={o.warmup_steps} of config.num_train_steps="
-                      f"{config.num_train_steps}")
+        raise ValueError(
+            f"config.optimizer.warmup_steps={o.warmup_steps} exceeds config.num_train_steps="
+            f"{config.num_train_steps}: the learning rate would never reach its peak; set "
+            f"--config.optimizer.warmup_steps to at most {config.num_train_steps}"
+        )
+    _warn_long_warmup(
+        o.warmup_steps,
+        config.num_train_steps,
+        f"config.optimizer.warmup_steps={o.warmup_steps} of config.num_train_steps={config.num_train_steps}",
+    )
     allowed_changes(config)
     model = build(ConvBertConfig, "model", config.model.to_dict())
     build(ElectraConfig, "electra", config.electra.to_dict())
@@ -174,7 +210,12 @@ def eval_enabled(config: ml_collections.ConfigDict, manifest: Mapping[str, Any],
         "config.batch_size=%d (it holds every round(1 / eval_fraction)-th document, eval_fraction=%s, and the "
         "corpus has %d training document(s): a single file is one document). Use a corpus of more files or a larger "
         "config.data.eval_fraction to evaluate, or set config.num_eval_steps=0 to silence this.",
-        data_dir, examples, config.batch_size, manifest.get("eval_fraction"), documents)
+        data_dir,
+        examples,
+        config.batch_size,
+        manifest.get("eval_fraction"),
+        documents,
+    )
     return False
 
 
@@ -206,11 +247,16 @@ def unknown_key(config: ml_collections.ConfigDict, key: str) -> str | None:
     keys = _flat_keys(config)
     siblings = [k for k in keys if prefix and k.startswith(prefix + ".")] or keys
     nearest = difflib.get_close_matches(key, siblings, n=1, cutoff=0.0)
-    where = ("" if not prefix else f" (config.{prefix} is a value, not a section)"
-             if not isinstance(node, ml_collections.ConfigDict) else
-             f" (config.{prefix} has no field {key[len(prefix) + 1:].split('.')[0]!r})")
-    return (f"config.{key} is not a key of this config{where}"
-            + (f"; the nearest valid key is config.{nearest[0]}" if nearest else ""))
+    where = (
+        ""
+        if not prefix
+        else f" (config.{prefix} is a value, not a section)"
+        if not isinstance(node, ml_collections.ConfigDict)
+        else f" (config.{prefix} has no field {key[len(prefix) + 1 :].split('.')[0]!r})"
+    )
+    return f"config.{key} is not a key of this config{where}" + (
+        f"; the nearest valid key is config.{nearest[0]}" if nearest else ""
+    )
 
 
 def _load_config(spec: str) -> ml_collections.ConfigDict:

@@ -12,8 +12,14 @@ from convbert.config import ConvBertConfig
 from convbert.modeling import ConvBertModel
 
 # The tiny encoder of the fine-tuning tests (GLUE and SQuAD).
-TINY_ENCODER = ConvBertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                              embedding_size=32, max_position_embeddings=128)
+TINY_ENCODER = ConvBertConfig(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=128,
+    embedding_size=32,
+    max_position_embeddings=128,
+)
 
 
 def randomize(model: nnx.Module, seed: int = 0, scale: float = 0.02) -> nnx.Module:
@@ -21,9 +27,15 @@ def randomize(model: nnx.Module, seed: int = 0, scale: float = 0.02) -> nnx.Modu
     scale * N(0, 1), so layout errors cannot hide behind zero biases. Works on `nnx.eval_shape` models and
     avoids per-shape JAX initialiser compiles."""
     rng = np.random.default_rng(seed)
-    nnx.update(model, nnx.from_flat_state([
-        (p, jnp.asarray((p[-1] == "scale") + scale * rng.standard_normal(v.shape), jnp.float32))
-        for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))]))
+    nnx.update(
+        model,
+        nnx.from_flat_state(
+            [
+                (p, jnp.asarray((p[-1] == "scale") + scale * rng.standard_normal(v.shape), jnp.float32))
+                for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+            ]
+        ),
+    )
     return model
 
 

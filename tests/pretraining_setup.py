@@ -21,8 +21,9 @@ import jax
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-CACHE_DIR = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                                  os.path.join(tempfile.gettempdir(), f"convbert-jax-test-xla-cache-{os.getuid()}"))
+CACHE_DIR = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"convbert-jax-test-xla-cache-{os.getuid()}")
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -41,10 +42,20 @@ SAMPLER_FOR_EQUALITY = "gumbel"
 # these checkpoints include one on another mesh. WordPiece (the bundled BERT vocabulary) in place of the tiny
 # config's SentencePiece, so the two plays are prepared without training a tokenizer.
 SMALL = {
-    "data.tokenizer": "wordpiece", "model.vocab_size": 30522,
-    "model.num_hidden_layers": 1, "batch_size": 8, "max_seq_length": 64, "num_train_steps": 8, "log_every_steps": 1,
-    "checkpoint_every_steps": 2, "eval_every_steps": 0, "num_eval_steps": 0, "export_hf": False,
-    "optimizer.warmup_steps": 2, "checkpoint.max_to_keep": 3, "electra.sampler": SAMPLER_FOR_EQUALITY,
+    "data.tokenizer": "wordpiece",
+    "model.vocab_size": 30522,
+    "model.num_hidden_layers": 1,
+    "batch_size": 8,
+    "max_seq_length": 64,
+    "num_train_steps": 8,
+    "log_every_steps": 1,
+    "checkpoint_every_steps": 2,
+    "eval_every_steps": 0,
+    "num_eval_steps": 0,
+    "export_hf": False,
+    "optimizer.warmup_steps": 2,
+    "checkpoint.max_to_keep": 3,
+    "electra.sampler": SAMPLER_FOR_EQUALITY,
 }
 
 
@@ -85,8 +96,9 @@ def cli_flags(**changes) -> list[str]:
 def subprocess_env(num_devices: int) -> dict:
     """Environment of a pretrain.py subprocess with `num_devices` CPU devices."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(num_devices), PYTHONPATH=REPO)
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                                if "xla_force_host_platform_device_count" not in f)
+    env["XLA_FLAGS"] = " ".join(
+        f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f
+    )
     return env
 
 

@@ -49,12 +49,20 @@ def shrunk_study_file(path) -> str:
     """The head_ratio study's tiny variants γ = 1, 2 and its control, pretrained for 6 steps (1 layer, batch 8 x
     64 tokens on two bundled plays, WordPiece as the other pretraining tests), fine-tuned on the SST-2 sample for
     1 epoch, 2 seeds."""
-    overrides = {"model": {"num_attention_heads": 4, "num_hidden_layers": 1,
-                           "vocab_size": setup.SMALL["model.vocab_size"]}, "batch_size": 8,
-                 "max_seq_length": 64, "num_train_steps": 6, "log_every_steps": 1, "checkpoint_every_steps": 2,
-                 "eval_every_steps": 3, "num_eval_steps": 1, "export_every_steps": 0, "optimizer": {"warmup_steps": 2},
-                 "data": {"data_dir": setup.demo_data_dir(), "tokenizer": setup.SMALL["data.tokenizer"]}}
-    path.write_text(f'''
+    overrides = {
+        "model": {"num_attention_heads": 4, "num_hidden_layers": 1, "vocab_size": setup.SMALL["model.vocab_size"]},
+        "batch_size": 8,
+        "max_seq_length": 64,
+        "num_train_steps": 6,
+        "log_every_steps": 1,
+        "checkpoint_every_steps": 2,
+        "eval_every_steps": 3,
+        "num_eval_steps": 1,
+        "export_every_steps": 0,
+        "optimizer": {"warmup_steps": 2},
+        "data": {"data_dir": setup.demo_data_dir(), "tokenizer": setup.SMALL["data.tokenizer"]},
+    }
+    path.write_text(f"""
 from configs.ablations import head_ratio
 from convbert.ablation.study import variants
 
@@ -69,7 +77,7 @@ def get_config(arg="tiny"):
     c.finetune.overrides = {{"num_train_epochs": 1, "batch_size": 32, "eval_batch_size": 32}}
     c.num_seeds = 2
     return c
-''')
+""")
     return str(path)
 
 
@@ -99,13 +107,18 @@ def test_shipped_studies_resolve_into_driver_commands(scale, tmp_path):
         else:
             assert plan[study.reference].pretrain_config.num_train_steps == study_lib.TINY_PRETRAIN_STEPS
     head_ratio = study_lib.resolve(load_study("head_ratio", scale), str(tmp_path))
-    assert {n: v.knob for n, v in head_ratio.items()} == {"gamma_1": 1, "gamma_2": 2, "gamma_4": 4,
-                                                          "no_pretraining": None}
+    assert {n: v.knob for n, v in head_ratio.items()} == {
+        "gamma_1": 1,
+        "gamma_2": 2,
+        "gamma_4": 4,
+        "no_pretraining": None,
+    }
     assert {v.pretrain_config.model.num_attention_heads for v in head_ratio.values()} == {4}
     components = study_lib.resolve(load_study("components", scale), str(tmp_path))
-    assert [(m.conv_type, m.head_ratio, m.num_groups) for m in
-            (components[n].pretrain_config.model for n in ("self_attention", "bnk", "bnk_gl", "convbert"))] == [
-        ("none", 1, 1), ("none", 2, 1), ("none", 2, 2), ("sdconv", 2, 2)]
+    assert [
+        (m.conv_type, m.head_ratio, m.num_groups)
+        for m in (components[n].pretrain_config.model for n in ("self_attention", "bnk", "bnk_gl", "convbert"))
+    ] == [("none", 1, 1), ("none", 2, 1), ("none", 2, 2), ("sdconv", 2, 2)]
 
 
 def test_variant_order_and_overrides_reach_the_command(tmp_path):
@@ -124,17 +137,23 @@ def test_variant_order_and_overrides_reach_the_command(tmp_path):
 def test_bad_variants_are_reported_by_name_before_anything_runs(tmp_path):
     study = load_study("head_ratio")
     study.variants = study_lib.variants(
-        gamma_2={}, gamma_8={"model": {"head_ratio": 8}}, typo={"model": {"head_ration": 2}},
-        wrong_type={"model": {"conv_type": 3}}, odd_generator={"electra": {"generator_fraction": 0.3}},
-        no_pretraining=study_lib.CONTROL)
+        gamma_2={},
+        gamma_8={"model": {"head_ratio": 8}},
+        typo={"model": {"head_ration": 2}},
+        wrong_type={"model": {"conv_type": 3}},
+        odd_generator={"electra": {"generator_fraction": 0.3}},
+        no_pretraining=study_lib.CONTROL,
+    )
     workdir = tmp_path / "study"
     with pytest.raises(StudyError) as e:
         runner.run(study, "configs/ablations/head_ratio.py:tiny", str(workdir))
     lines = str(e.value).splitlines()
     assert len(lines) == 4, lines
     assert "variant 'gamma_8'" in lines[0] and "head_ratio (8) is larger than num_attention_heads (4)" in lines[0]
-    assert lines[1] == ("variant 'typo': config.model.head_ration is not a key of this config (config.model has no "
-                        "field 'head_ration'); the nearest valid key is config.model.head_ratio")
+    assert lines[1] == (
+        "variant 'typo': config.model.head_ration is not a key of this config (config.model has no "
+        "field 'head_ration'); the nearest valid key is config.model.head_ratio"
+    )
     assert "variant 'wrong_type'" in lines[2] and "model.conv_type" in lines[2]
     assert "variant 'odd_generator'" in lines[3] and "generator fraction 0.3" in lines[3]
     assert not workdir.exists()
@@ -157,8 +176,13 @@ def test_bad_variants_are_reported_by_name_before_anything_runs(tmp_path):
 
 
 def test_a_failing_stage_stops_the_run_with_its_log_and_is_not_finished(tmp_path, capfd):
-    stage = study_lib.Stage("gamma_2", "pretrain", str(tmp_path / "gamma_2" / "pretrain"),
-                            ("python", "-c", "import sys; print('boom'); sys.exit(3)"), ml_collections.ConfigDict())
+    stage = study_lib.Stage(
+        "gamma_2",
+        "pretrain",
+        str(tmp_path / "gamma_2" / "pretrain"),
+        ("python", "-c", "import sys; print('boom'); sys.exit(3)"),
+        ml_collections.ConfigDict(),
+    )
     with pytest.raises(runner.StageFailed, match=r"gamma_2/pretrain failed \(exit code 3\); its output is in"):
         runner.run_stage(str(tmp_path), stage)
     log = Path(study_lib.log_path(str(tmp_path), stage, ".log")).read_text()
@@ -178,12 +202,31 @@ def fake_runs(plan, workdir, scores):
             os.makedirs(v.pretrain.workdir)
             with open(os.path.join(v.pretrain.workdir, "metrics.jsonl"), "w") as f:
                 for step in (1, 2, 3, 4, 5, 6):
-                    f.write(json.dumps({"step": step, "train/loss": 40.0 - step - i,
-                                        "perf/tokens_per_sec": 1000.0 * (i + 1) + step}) + "\n")
+                    f.write(
+                        json.dumps(
+                            {
+                                "step": step,
+                                "train/loss": 40.0 - step - i,
+                                "perf/tokens_per_sec": 1000.0 * (i + 1) + step,
+                            }
+                        )
+                        + "\n"
+                    )
                     if step % 3 == 0:
-                        f.write(json.dumps({"step": step, "eval/loss": 39.0 - step, "eval/gen_accuracy": 0.1 * i,
-                                            "eval/disc_accuracy": 0.85, "eval/disc_precision": 0.5,
-                                            "eval/disc_recall": 0.1, "eval/disc_auc": 0.6 + 0.01 * step}) + "\n")
+                        f.write(
+                            json.dumps(
+                                {
+                                    "step": step,
+                                    "eval/loss": 39.0 - step,
+                                    "eval/gen_accuracy": 0.1 * i,
+                                    "eval/disc_accuracy": 0.85,
+                                    "eval/disc_precision": 0.5,
+                                    "eval/disc_recall": 0.1,
+                                    "eval/disc_auc": 0.6 + 0.01 * step,
+                                }
+                            )
+                            + "\n"
+                        )
         for stage in v.finetune:
             seeds = [{"seed": s, "dev": {"accuracy": a}} for s, a in enumerate(scores[name])]
             path = study_lib.finetune_result_path(stage)
@@ -219,9 +262,20 @@ def test_results_table_json_and_plots_from_finished_runs(tmp_path):
 
     md = Path(workdir, "results.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| Variant"))
-    assert header.split(" | ")[1:] == ["model.head_ratio", "Params", "Train FLOPs / step", "Pretrain tokens/s",
-                                       "Gen MLM acc", "Disc acc", "Disc prec", "Disc rec", "Disc AUC",
-                                       "SST-2 median (mean ± std)", "Headline", "Δ vs gamma_2 |"]
+    assert header.split(" | ")[1:] == [
+        "model.head_ratio",
+        "Params",
+        "Train FLOPs / step",
+        "Pretrain tokens/s",
+        "Gen MLM acc",
+        "Disc acc",
+        "Disc prec",
+        "Disc rec",
+        "Disc AUC",
+        "SST-2 median (mean ± std)",
+        "Headline",
+        "Δ vs gamma_2 |",
+    ]
     assert "| 62.0 (62.0 ± 2.8) | 62.0 ± 2.8 | +11.0 |" in md and "| **gamma_2** | 2 |" in md
     assert "| no_pretraining | – |" in md and "0 (not pretrained)" in md
     assert os.path.join(workdir, "gamma_2", "sst2", "sst2", "result.json") in md  # traceable
@@ -233,8 +287,15 @@ def test_results_table_json_and_plots_from_finished_runs(tmp_path):
 
 
 def ablate(*args, timeout=900, **kw):
-    return subprocess.run([sys.executable, "ablate.py", *args], cwd=REPO, env=setup.subprocess_env(num_devices=1),
-                          capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "ablate.py", *args],
+        cwd=REPO,
+        env=setup.subprocess_env(num_devices=1),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -274,9 +335,16 @@ def test_dry_run_prints_the_commands_that_ran_and_a_rerun_does_no_work(finished)
     dry = ablate(f"--config={spec}", f"--workdir={workdir}", "--dry_run", timeout=300)
     assert dry.returncode == 0, dry.stderr[-3000:]
     printed = dry.stdout.strip().splitlines()
-    ran = [json.loads(Path(workdir, v, "logs", f"{s}.json").read_text())["command"]
-           for v, s in (("gamma_1", "pretrain"), ("gamma_1", "sst2"), ("gamma_2", "pretrain"), ("gamma_2", "sst2"),
-                        ("no_pretraining", "sst2"))]
+    ran = [
+        json.loads(Path(workdir, v, "logs", f"{s}.json").read_text())["command"]
+        for v, s in (
+            ("gamma_1", "pretrain"),
+            ("gamma_1", "sst2"),
+            ("gamma_2", "pretrain"),
+            ("gamma_2", "sst2"),
+            ("no_pretraining", "sst2"),
+        )
+    ]
     assert printed[:-1] == ran  # exactly the commands the run ran (with this interpreter for `python`)
     assert printed[-1] == f"python ablate.py --config={spec} --workdir={workdir}"
     script = Path(workdir, "commands.sh").read_text().splitlines()
@@ -286,8 +354,14 @@ def test_dry_run_prints_the_commands_that_ran_and_a_rerun_does_no_work(finished)
 
     metrics = os.path.join(workdir, "gamma_1", "pretrain", "metrics.jsonl")
     before = os.stat(metrics).st_mtime_ns, os.path.getsize(metrics)
-    rerun = subprocess.run(shlex.split(printed[-1].replace("python", sys.executable, 1)), cwd=REPO,
-                           env=setup.subprocess_env(num_devices=1), capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        shlex.split(printed[-1].replace("python", sys.executable, 1)),
+        cwd=REPO,
+        env=setup.subprocess_env(num_devices=1),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "python pretrain.py" not in rerun.stdout and "python finetune_glue.py" not in rerun.stdout
     assert rerun.stdout.count("finished before") == 5
@@ -297,8 +371,9 @@ def test_dry_run_prints_the_commands_that_ran_and_a_rerun_does_no_work(finished)
 @pytest.mark.slow
 def test_bad_variant_on_the_command_line_fails_before_anything_runs(finished, tmp_path):
     spec, _, _ = finished
-    bad = ablate(f"--config={spec}", f"--workdir={tmp_path / 'bad'}", "--config.variants.gamma_1.model.head_ratio=8",
-                 timeout=300)
+    bad = ablate(
+        f"--config={spec}", f"--workdir={tmp_path / 'bad'}", "--config.variants.gamma_1.model.head_ratio=8", timeout=300
+    )
     assert bad.returncode == 1 and not (tmp_path / "bad").exists()
     assert "variant 'gamma_1'" in bad.stderr and "head_ratio (8) is larger than num_attention_heads (4)" in bad.stderr
 
@@ -309,11 +384,24 @@ def test_killed_study_resumes_from_the_checkpoint(finished, tmp_path):
     checkpoint of gamma_2; the same command resumes that pretraining from the checkpoint and finishes."""
     spec, _, _ = finished
     workdir = str(tmp_path / "run")
-    args = [sys.executable, "ablate.py", f"--config={spec}", f"--workdir={workdir}", "--only=gamma_2",
-            "--config.pretrain.overrides.num_train_steps=100", "--config.pretrain.overrides.checkpoint_every_steps=10",
-            "--config.pretrain.overrides.eval_every_steps=50"]
-    proc = subprocess.Popen(args, cwd=REPO, env=setup.subprocess_env(num_devices=1), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        sys.executable,
+        "ablate.py",
+        f"--config={spec}",
+        f"--workdir={workdir}",
+        "--only=gamma_2",
+        "--config.pretrain.overrides.num_train_steps=100",
+        "--config.pretrain.overrides.checkpoint_every_steps=10",
+        "--config.pretrain.overrides.eval_every_steps=50",
+    ]
+    proc = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env=setup.subprocess_env(num_devices=1),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     checkpoint = os.path.join(workdir, "gamma_2", "pretrain", "checkpoints", "10")
     deadline = time.time() + 600
     while not os.path.isdir(checkpoint):
@@ -323,8 +411,9 @@ def test_killed_study_resumes_from_the_checkpoint(finished, tmp_path):
     proc.wait(timeout=60)
     assert not os.path.isfile(os.path.join(workdir, "gamma_2", "logs", "pretrain.json"))
 
-    done = subprocess.run(args, cwd=REPO, env=setup.subprocess_env(num_devices=1), capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run(
+        args, cwd=REPO, env=setup.subprocess_env(num_devices=1), capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "resumed from" in done.stdout
     metrics = Path(workdir, "gamma_2", "pretrain", "metrics.jsonl").read_text().splitlines()

@@ -17,17 +17,41 @@ from convbert import aot_compile, aot_hlo, aot_topology, kernels, sharding
 from helpers import TINY_ENCODER
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
-JSON_KEYS = ("fits", "per_device_bytes", "hbm_bytes", "flops_per_device", "bytes_accessed_per_device",
-             "compile_seconds", "estimated_step_seconds", "estimated_mfu", "collectives", "kernels", "kernel_impls",
-             "remat", "scan_layers", "compile_cpu_seconds")
+JSON_KEYS = (
+    "fits",
+    "per_device_bytes",
+    "hbm_bytes",
+    "flops_per_device",
+    "bytes_accessed_per_device",
+    "compile_seconds",
+    "estimated_step_seconds",
+    "estimated_mfu",
+    "collectives",
+    "kernels",
+    "kernel_impls",
+    "remat",
+    "scan_layers",
+    "compile_cpu_seconds",
+)
 
 
-@pytest.mark.parametrize("name, generation, shape", [
-    ("v5e-16", "v5e", (4, 4)), ("v5e-256", "v5e", (16, 16)), ("v5litepod-8", "v5e", (2, 4)),
-    ("v6e-256", "v6e", (16, 16)), ("v4-8", "v4", (2, 2, 1)), ("v4-32", "v4", (2, 2, 4)),
-    ("v5p-128", "v5p", (4, 4, 4)), ("v5p-1024", "v5p", (8, 8, 8)), ("v4:2x2x1", "v4", (2, 2, 1)),
-    ("v5e:16x16", "v5e", (16, 16)), ("v6e:8x8", "v6e", (8, 8)), ("cpu:8", "cpu", (8,)),
-])
+@pytest.mark.parametrize(
+    "name, generation, shape",
+    [
+        ("v5e-16", "v5e", (4, 4)),
+        ("v5e-256", "v5e", (16, 16)),
+        ("v5litepod-8", "v5e", (2, 4)),
+        ("v6e-256", "v6e", (16, 16)),
+        ("v4-8", "v4", (2, 2, 1)),
+        ("v4-32", "v4", (2, 2, 4)),
+        ("v5p-128", "v5p", (4, 4, 4)),
+        ("v5p-1024", "v5p", (8, 8, 8)),
+        ("v4:2x2x1", "v4", (2, 2, 1)),
+        ("v5e:16x16", "v5e", (16, 16)),
+        ("v6e:8x8", "v6e", (8, 8)),
+        ("cpu:8", "cpu", (8,)),
+    ],
+)
 def test_parse_topology(name, generation, shape):
     t = aot_topology.parse_topology(name)
     assert (t.generation, t.shape) == (generation, shape)
@@ -35,11 +59,18 @@ def test_parse_topology(name, generation, shape):
         assert t.libtpu_name == f"{generation}:{'x'.join(map(str, shape))}"
 
 
-@pytest.mark.parametrize("name, message", [
-    ("v3-8", "unknown TPU generation 'v3'"), ("v5e:4x4x4", "v5e topologies have 2 positive dimensions"),
-    ("v4-6", "counts TensorCores"), ("v5e-12", "power-of-two chip count"), ("v5p-4", "at least 4"),
-    ("tpu", "expected cpu:N"), ("cpu:0", "expected cpu:N"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("v3-8", "unknown TPU generation 'v3'"),
+        ("v5e:4x4x4", "v5e topologies have 2 positive dimensions"),
+        ("v4-6", "counts TensorCores"),
+        ("v5e-12", "power-of-two chip count"),
+        ("v5p-4", "at least 4"),
+        ("tpu", "expected cpu:N"),
+        ("cpu:0", "expected cpu:N"),
+    ],
+)
 def test_parse_topology_errors(name, message):
     with pytest.raises(ValueError, match=message):
         aot_topology.parse_topology(name)
@@ -117,8 +148,10 @@ def test_tpu_topology_without_libtpu_says_what_to_install(monkeypatch):
 
 
 def test_refused_bytes_reads_both_out_of_memory_messages():
-    temporaries = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
-                   "(57.08G) exceeds available HBM (15.75G).")
+    temporaries = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+        "(57.08G) exceeds available HBM (15.75G)."
+    )
     b = aot_hlo.refused_bytes(temporaries, 2**20)
     assert b["arguments"] == 2**20 and b["temporaries"] == int(57.08 * 2**30)
     assert b["total"] == 2**20 + b["temporaries"] and b["outputs"] is None
@@ -163,8 +196,13 @@ def test_cpu_layouts_compile():
 
 
 def run_cli(*flags: str, json_out) -> tuple[subprocess.CompletedProcess, dict]:
-    proc = subprocess.run([sys.executable, "-m", "convbert.aot", *flags, f"--json_out={json_out}"],
-                          capture_output=True, text=True, cwd=setup.REPO, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, "-m", "convbert.aot", *flags, f"--json_out={json_out}"],
+        capture_output=True,
+        text=True,
+        cwd=setup.REPO,
+        timeout=1200,
+    )
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     with open(json_out) as f:
         return proc, json.load(f)
@@ -179,13 +217,20 @@ def test_cli_cpu_data_parallel(tmp_path):
     assert r["state_bytes_per_device"] == r["per_device_bytes"]["aliased"]
     assert r["collectives"]["all-reduce"]["count"] > 0 and r["collectives"]["all-gather"]["count"] == 0
     assert "pretraining step (electra) on cpu:8" in proc.stdout
-    assert "model: kernels cpu (gelu cpu_tuned, dropout_keep_mask cpu_tuned, shifted_window_sum cpu_tuned, matmul " \
-           "cpu_tuned), remat none, layers unrolled" in proc.stdout
+    assert (
+        "model: kernels cpu (gelu cpu_tuned, dropout_keep_mask cpu_tuned, shifted_window_sum cpu_tuned, matmul "
+        "cpu_tuned), remat none, layers unrolled" in proc.stdout
+    )
 
 
 def test_cli_bad_input_exits_2_before_compiling():
-    proc = subprocess.run([sys.executable, "-m", "convbert.aot", "--topology=v5e-12"], capture_output=True,
-                          text=True, cwd=setup.REPO, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "convbert.aot", "--topology=v5e-12"],
+        capture_output=True,
+        text=True,
+        cwd=setup.REPO,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "convbert.aot: --topology='v5e-12'" in proc.stderr
 
@@ -194,8 +239,14 @@ def test_cli_bad_input_exits_2_before_compiling():
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -r requirements-tpu.txt)")
 def test_tpu_v5e_compile(tmp_path):
     """The TPU compiler's view of the tiny step on v5e:2x2 (2 x FSDP, 2 x tensor parallel), with the estimate."""
-    proc, r = run_cli("--config=configs/pretrain.py:tiny", "--topology=v5e:2x2", "--config.mesh.data=1",
-                      "--config.mesh.fsdp=2", "--config.mesh.model=2", json_out=tmp_path / "r.json")
+    proc, r = run_cli(
+        "--config=configs/pretrain.py:tiny",
+        "--topology=v5e:2x2",
+        "--config.mesh.data=1",
+        "--config.mesh.fsdp=2",
+        "--config.mesh.model=2",
+        json_out=tmp_path / "r.json",
+    )
     assert proc.returncode == 0
     check_report(r, 4)
     assert (r["chip"], r["hbm_bytes"], r["fits"]) == ("TPU v5 lite", 16 * 2**30, True)
@@ -227,8 +278,12 @@ def test_finetune_step_compiles(tmp_path):
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -r requirements-tpu.txt)")
 def test_tpu_out_of_memory_exits_1_with_the_numbers_and_knobs(tmp_path):
     """8192 sequences per chip: the TPU compiler refuses the program; the report says why and what would help."""
-    proc, r = run_cli("--config=configs/pretrain.py:tiny", "--topology=v5e:2x2", "--config.batch_size=32768",
-                      json_out=tmp_path / "r.json")
+    proc, r = run_cli(
+        "--config=configs/pretrain.py:tiny",
+        "--topology=v5e:2x2",
+        "--config.batch_size=32768",
+        json_out=tmp_path / "r.json",
+    )
     assert proc.returncode == 1 and r["fits"] is False
     assert r["compile_error"].startswith("RESOURCE_EXHAUSTED")
     assert r["per_device_bytes"]["total"] > r["hbm_bytes"] == 16 * 2**30

@@ -14,24 +14,60 @@ def test_layout_meshes():
             aot_layouts.layout_mesh(bad)
 
 
-def result(layout: str, fits: bool | None, mfu: float | None, step: float = 0.25, gathered: float = 0.0,
-           **extra) -> dict:
+def result(
+    layout: str, fits: bool | None, mfu: float | None, step: float = 0.25, gathered: float = 0.0, **extra
+) -> dict:
     """A report of the layout search; `gathered`: bytes of all-gathers (the communication estimate's input)."""
     collectives = {"all-reduce": {"count": 1, "bytes": 1e9}, "all-gather": {"count": 1, "bytes": gathered}}
-    report = {"fits": fits, "per_device_bytes": {"total": 3 * 2**30}, "hbm_bytes": 16 * 2**30,
-              "estimated_step_seconds": step, "estimated_tokens_per_second": 1e6, "estimated_mfu": mfu,
-              "compile_seconds": 99.6, "global_batch": 256, "collectives": collectives}
-    return {"size": "base", "topology": "v5e-16", "layout": layout, "remat": "n/a", "batch_size": 256,
-            "command": "python -m benchmarks.aot_layouts", "report": report, **extra}
+    report = {
+        "fits": fits,
+        "per_device_bytes": {"total": 3 * 2**30},
+        "hbm_bytes": 16 * 2**30,
+        "estimated_step_seconds": step,
+        "estimated_tokens_per_second": 1e6,
+        "estimated_mfu": mfu,
+        "compile_seconds": 99.6,
+        "global_batch": 256,
+        "collectives": collectives,
+    }
+    return {
+        "size": "base",
+        "topology": "v5e-16",
+        "layout": layout,
+        "remat": "n/a",
+        "batch_size": 256,
+        "command": "python -m benchmarks.aot_layouts",
+        "report": report,
+        **extra,
+    }
 
 
 def test_table_marks_the_best_fitting_layout_and_keeps_the_latest_result():
-    rows = [result("dp", True, 0.30, step=0.3), result("fsdp", True, 0.40), result("fsdp", True, 0.35),
-            result("fsdp+tp2", False, 0.50, step=0.2),
-            {"size": "base", "topology": "v5e-16", "layout": "fsdp+tp4", "remat": "n/a", "batch_size": 256,
-             "rc": None, "error": "timed out after 60 s"},
-            {"size": "base", "topology": "v5e-16", "layout": "fsdp+tp8", "remat": "n/a", "batch_size": 256,
-             "rc": -11, "error": "Extension modules: numpy", "wall_seconds": 1861.2}]
+    rows = [
+        result("dp", True, 0.30, step=0.3),
+        result("fsdp", True, 0.40),
+        result("fsdp", True, 0.35),
+        result("fsdp+tp2", False, 0.50, step=0.2),
+        {
+            "size": "base",
+            "topology": "v5e-16",
+            "layout": "fsdp+tp4",
+            "remat": "n/a",
+            "batch_size": 256,
+            "rc": None,
+            "error": "timed out after 60 s",
+        },
+        {
+            "size": "base",
+            "topology": "v5e-16",
+            "layout": "fsdp+tp8",
+            "remat": "n/a",
+            "batch_size": 256,
+            "rc": -11,
+            "error": "Extension modules: numpy",
+            "wall_seconds": 1861.2,
+        },
+    ]
     lines = aot_layouts.table(rows).splitlines()
     assert len(lines) == 2 + 5  # header, rule, one row per layout (the later fsdp result replaces the first)
     body = {line.split(" | ")[2]: line for line in lines[2:]}

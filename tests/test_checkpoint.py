@@ -33,8 +33,10 @@ def state_on(mesh, spec, scale=1.0):
 
 
 def abstract(mesh, spec):
-    return {"w": jax.ShapeDtypeStruct((64, 16), jnp.float32, sharding=NamedSharding(mesh, spec)),
-            "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh))}
+    return {
+        "w": jax.ShapeDtypeStruct((64, 16), jnp.float32, sharding=NamedSharding(mesh, spec)),
+        "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh)),
+    }
 
 
 @pytest.fixture
@@ -66,9 +68,11 @@ def test_roundtrip_with_meta_and_iterator_state(tmp_path, mesh8):
 def test_restore_onto_other_meshes(tmp_path, mesh8):
     save_steps(str(tmp_path), mesh8, [1])
     expected = np.asarray(state_on(mesh8, P("data"))["w"])
-    for mesh, spec in ((sharding.create_mesh({"data": 2, "fsdp": 2, "model": 2}), P("fsdp", "model")),
-                       (sharding.create_mesh({}, jax.devices()[:1]), P()),
-                       (sharding.create_mesh({"model": 4}, jax.devices()[4:]), P(None, "model"))):
+    for mesh, spec in (
+        (sharding.create_mesh({"data": 2, "fsdp": 2, "model": 2}), P("fsdp", "model")),
+        (sharding.create_mesh({}, jax.devices()[:1]), P()),
+        (sharding.create_mesh({"model": 4}, jax.devices()[4:]), P(None, "model")),
+    ):
         ckpt = Checkpointer(str(tmp_path), handle_sigterm=False)
         _, state, _ = ckpt.restore(abstract(mesh, spec))
         ckpt.close()
@@ -116,9 +120,13 @@ def test_another_model_is_named_not_unreadable(tmp_path, mesh8):
     save_steps(str(tmp_path), mesh8, [1, 2])
     ckpt = Checkpointer(str(tmp_path), handle_sigterm=False)
     target = abstract(mesh8, P("data"))
-    for other, says in (({**target, "w": jax.ShapeDtypeStruct((64, 8), jnp.float32, sharding=target["w"].sharding)},
-                         r"1 have other shapes \(e\.g\. w: saved \(64, 16\), model \(64, 8\)\)"),
-                        ({**target, "extra": target["step"]}, r"1 arrays of the model are not in it \(e\.g\. extra\)")):
+    for other, says in (
+        (
+            {**target, "w": jax.ShapeDtypeStruct((64, 8), jnp.float32, sharding=target["w"].sharding)},
+            r"1 have other shapes \(e\.g\. w: saved \(64, 16\), model \(64, 8\)\)",
+        ),
+        ({**target, "extra": target["step"]}, r"1 arrays of the model are not in it \(e\.g\. extra\)"),
+    ):
         with pytest.raises(ValueError, match=rf"checkpoint {tmp_path}/2 holds another model .*{says}"):
             ckpt.restore(other)
     ckpt.close()
@@ -136,8 +144,9 @@ def test_event_loop_noise_is_dropped_other_unraisables_are_not(monkeypatch):
     assert installed is not seen.append and sys.unraisablehook is installed
 
     def unraisable(error):
-        return types.SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=None, err_msg=None,
-                                     object=None)
+        return types.SimpleNamespace(
+            exc_type=type(error), exc_value=error, exc_traceback=None, err_msg=None, object=None
+        )
 
     noise, other = unraisable(RuntimeError("Event loop is closed")), unraisable(RuntimeError("something else"))
     same_text = unraisable(ValueError("Event loop is closed"))
@@ -171,8 +180,14 @@ def test_fallback_is_one_warning_in_the_run_log(tmp_path):
     command = [sys.executable, "pretrain.py", f"--workdir={workdir}", *setup.cli_flags(num_train_steps=4)]
 
     def run():
-        done = subprocess.run(command, cwd=setup.REPO, env=setup.subprocess_env(num_devices=1), capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run(
+            command,
+            cwd=setup.REPO,
+            env=setup.subprocess_env(num_devices=1),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stderr.splitlines()
 
@@ -182,9 +197,11 @@ def test_fallback_is_one_warning_in_the_run_log(tmp_path):
     warnings = [line for line in log if line.startswith("W")]
     assert len(warnings) == 1 and re.search(
         rf"checkpoint {workdir}/checkpoints/4 is unreadable \(ValueError: .+\); resuming from step 2 instead; "
-        rf"moved it to {workdir}/checkpoints/4\.unreadable-\d+-\d+$", warnings[0]), warnings
+        rf"moved it to {workdir}/checkpoints/4\.unreadable-\d+-\d+$",
+        warnings[0],
+    ), warnings
     first = next((i for i, line in enumerate(log) if "Traceback" in line or "Event loop is closed" in line), None)
-    assert first is None, "\n".join(log[max(first - 5, 0):first + 40])
+    assert first is None, "\n".join(log[max(first - 5, 0) : first + 40])
     assert len(log) < 30, log
 
 

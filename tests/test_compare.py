@@ -32,8 +32,9 @@ def test_run_all_and_table_over_stand_in_results(tmp_path, monkeypatch):
         calls.append((config.init_checkpoint, config.freeze_encoder, config.task, workdir))
         base = 50.0 if config.init_checkpoint.startswith(finetune.RANDOM_INIT) else 60.0
         tasks = ["replaced_word", "word_order", "fill_blank"] if config.task == "transfer" else [config.task]
-        return {"tasks": {t: {"seeds": [{"seed": s, "accuracy": base + s} for s in range(config.num_seeds)]}
-                          for t in tasks}}
+        return {
+            "tasks": {t: {"seeds": [{"seed": s, "accuracy": base + s} for s in range(config.num_seeds)]} for t in tasks}
+        }
 
     monkeypatch.setattr(compare.finetune, "run", run)
     result = compare.compare({"electra": "ckpt"}, str(tmp_path), num_seeds=3)
@@ -65,8 +66,14 @@ def test_the_tiny_recipe_beats_the_random_control_on_word_order(tmp_path):
     corpus = str(tmp_path / "corpus")
     transfer.build_suite(str(tmp_path / "suite"), corpus_dir=corpus)
     config = pretrain_configs.get_config("tiny")
-    config.update(num_train_steps=1500, checkpoint_every_steps=1500, eval_every_steps=0, num_eval_steps=0,
-                  export_every_steps=0, log_every_steps=150)
+    config.update(
+        num_train_steps=1500,
+        checkpoint_every_steps=1500,
+        eval_every_steps=0,
+        num_eval_steps=0,
+        export_every_steps=0,
+        log_every_steps=150,
+    )
     config.data.corpus = corpus
     workdir = str(tmp_path / "pretrain")
     train_and_evaluate(config, workdir)

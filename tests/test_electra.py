@@ -26,8 +26,15 @@ from convbert.electra import (
     rtd_score_histograms,
 )
 
-DISC = ConvBertConfig(vocab_size=256, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=64, embedding_size=8, max_position_embeddings=64)
+DISC = ConvBertConfig(
+    vocab_size=256,
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=64,
+    embedding_size=8,
+    max_position_embeddings=64,
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +55,7 @@ def test_model_structure(model):
     assert not hasattr(model.generator, "embeddings") and not hasattr(model.discriminator, "embeddings")
     with pytest.raises(ValueError, match="share the embeddings"):
         from convbert.electra import ElectraModel
+
         ElectraModel(DISC, DISC.replace(embedding_size=12), rngs=nnx.Rngs(0))
 
 
@@ -86,22 +94,25 @@ def test_loss_weights(model):
         loss, m = jit_run(state, b, jax.random.key(5), cfg, graphdef)
         assert float(loss) == pytest.approx(gen_w * float(m["gen_loss"]) + disc_w * float(m["disc_loss"]), rel=1e-5)
     assert float(m["num_tokens"]) == 146 and float(m["replaced_fraction"]) == pytest.approx(
-        float(m["num_replaced"]) / 146)
+        float(m["num_replaced"]) / 146
+    )
 
 
 def test_micro_batch_losses_over_the_whole_batch_denominators_add_up_to_the_batch_loss(model):
     """With the whole batch's `loss_normalizers`, the losses of the micro-batches sum to the batch's loss (draws made
     deterministic: every candidate a slot, no [MASK], argmax sampling; no dropout). The gradients:
     tests/test_train_state.py."""
-    cfg = ElectraConfig(mask_prob=1.0, max_predictions_per_seq=48, upstream_quirks=False, mask_token_prob=0.0,
-                        temperature=1e-7)
+    cfg = ElectraConfig(
+        mask_prob=1.0, max_predictions_per_seq=48, upstream_quirks=False, mask_token_prob=0.0, temperature=1e-7
+    )
     b = make_batch([48, 10, 40, 7], 48)
     graphdef, state = nnx.split(model)
 
     @jax.jit
     def loss(batch, normalizers):
-        return pretraining_loss(nnx.merge(graphdef, state), batch, jax.random.key(8), cfg, deterministic=True,
-                                normalizers=normalizers)
+        return pretraining_loss(
+            nnx.merge(graphdef, state), batch, jax.random.key(8), cfg, deterministic=True, normalizers=normalizers
+        )
 
     whole, metrics = loss(b, None)
     normalizers = loss_normalizers(b, cfg)
@@ -116,8 +127,11 @@ def grads_by_part(model, cfg, batch):
 
     @jax.jit
     def grad(params):
-        return jax.grad(lambda p: pretraining_loss(nnx.merge(graphdef, p, rest), batch, jax.random.key(6), cfg,
-                                                   deterministic=False)[0])(params)
+        return jax.grad(
+            lambda p: pretraining_loss(
+                nnx.merge(graphdef, p, rest), batch, jax.random.key(6), cfg, deterministic=False
+            )[0]
+        )(params)
 
     norms = {}
     for path, g in nnx.to_flat_state(grad(params)):
@@ -151,6 +165,7 @@ def test_tree_mode_split_merge_and_jit(model):
         def step(params, rest, batch, rng):
             def loss_fn(p):
                 return pretraining_loss(nnx.merge(graphdef, p, rest), batch, rng, cfg, deterministic=False)
+
             return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
         (loss, _), grads = step(params, rest, b, jax.random.key(7))
@@ -161,15 +176,19 @@ def test_tree_mode_split_merge_and_jit(model):
 def test_export_hf_shaped_models(model):
     b = make_batch([48, 30], 48)
     disc = model.discriminator_model()
-    np.testing.assert_allclose(disc(b["input_ids"], b["input_mask"], b["segment_ids"]).logits,
-                               model.discriminator_logits(b["input_ids"], b["input_mask"], b["segment_ids"]),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        disc(b["input_ids"], b["input_mask"], b["segment_ids"]).logits,
+        model.discriminator_logits(b["input_ids"], b["input_mask"], b["segment_ids"]),
+        atol=1e-5,
+    )
     gen = model.generator_model()
     positions = jnp.array([[1, 5, 9], [2, 3, 29]])
     full = gen(b["input_ids"], b["input_mask"], b["segment_ids"]).logits
-    np.testing.assert_allclose(jnp.take_along_axis(full, positions[..., None], 1),
-                               model.generator_logits(b["input_ids"], b["input_mask"], b["segment_ids"], positions),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        jnp.take_along_axis(full, positions[..., None], 1),
+        model.generator_logits(b["input_ids"], b["input_mask"], b["segment_ids"], positions),
+        atol=1e-4,
+    )
     word = disc.convbert.embeddings.word_embeddings.embedding
     assert word[...] is not model.embeddings.word_embeddings.embedding[...]  # copies survive buffer donation
 
@@ -190,9 +209,21 @@ def test_config_from_pretrain_config():
 
 
 def test_aggregate_metrics():
-    a = dict(loss=2.0, gen_loss=1.0, gen_accuracy=0.5, gen_sampled_accuracy=0.2, disc_loss=0.1,
-             disc_accuracy=0.9, disc_precision=1.0, disc_recall=0.5, replaced_fraction=0.1, num_masked=10.0,
-             num_tokens=100.0, num_replaced=10.0, num_predicted_replaced=5.0)
+    a = dict(
+        loss=2.0,
+        gen_loss=1.0,
+        gen_accuracy=0.5,
+        gen_sampled_accuracy=0.2,
+        disc_loss=0.1,
+        disc_accuracy=0.9,
+        disc_precision=1.0,
+        disc_recall=0.5,
+        replaced_fraction=0.1,
+        num_masked=10.0,
+        num_tokens=100.0,
+        num_replaced=10.0,
+        num_predicted_replaced=5.0,
+    )
     b = dict(a, loss=4.0, gen_accuracy=1.0, num_masked=30.0, disc_precision=0.0, num_predicted_replaced=0.0)
     agg = aggregate_metrics([a, b])
     assert agg["gen_accuracy"] == pytest.approx((0.5 * 10 + 30) / 40)
@@ -214,7 +245,8 @@ def test_histogram_auc_is_the_roc_auc_up_to_the_bin_width():
         assert float(hist["disc_hist_replaced"].sum()) == np.sum(real & labels)
         expected = roc_auc_score(labels[real], logits[real])
         assert histogram_auc(hist["disc_hist_original"], hist["disc_hist_replaced"]) == pytest.approx(
-            expected, abs=2e-3)
+            expected, abs=2e-3
+        )
     assert np.isnan(histogram_auc(np.ones(4), np.zeros(4)))
 
 

@@ -15,8 +15,10 @@ def _builder(variant="electra", seed=0, max_len=T):
 
 def _random_documents(seed, num_docs=40, lines=(5, 40), line_len=(3, 30)):
     rng = np.random.default_rng(seed)
-    return [[list(rng.integers(1000, 2000, rng.integers(*line_len))) for _ in range(rng.integers(*lines))]
-            for _ in range(num_docs)]
+    return [
+        [list(rng.integers(1000, 2000, rng.integers(*line_len))) for _ in range(rng.integers(*lines))]
+        for _ in range(num_docs)
+    ]
 
 
 def _segments(ex):
@@ -28,7 +30,7 @@ def _segments(ex):
     a_end = int((seg[:n] == 0).sum())  # [CLS] A [SEP]
     assert (seg[a_end:n] == 1).all() and n - a_end != 1
     assert ids[0] == CLS and ids[a_end - 1] == SEP and ids[n - 1] == SEP
-    a, b = list(ids[1:a_end - 1]), list(ids[a_end:n - 1])
+    a, b = list(ids[1 : a_end - 1]), list(ids[a_end : n - 1])
     assert CLS not in a + b and SEP not in a + b
     return a, b
 

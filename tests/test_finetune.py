@@ -77,16 +77,15 @@ def test_layerwise_lr_per_parameter_of_the_classification_model(scan_layers):
     params = jax.tree.map(lambda x: jnp.zeros(x.shape), nnx.state(model, nnx.Param))
     c = glue_config.get_config("sst2,base")
     c.update(weight_decay=0.0, warmup_proportion=0.0)
-    tx, _ = finetune.make_optimizer(c, params, num_layers=2, total_steps=10 ** 9)
+    tx, _ = finetune.make_optimizer(c, params, num_layers=2, total_steps=10**9)
     updates = jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[0])(jax.tree.map(jnp.ones_like, params), params)
     updates = hf_io.split_stacked({p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(updates)})
     first = {tuple(map(str, p)): float(u.reshape(-1)[0]) for p, u in updates.items()}
     ratios = {path: u / first["classifier", "out_proj", "kernel"] for path, u in first.items()}
-    assert len(ratios) == len(hf_io.split_stacked({p: np.asarray(v.get_value()) for p, v in
-                                                  nnx.to_flat_state(params)}))
+    assert len(ratios) == len(hf_io.split_stacked({p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(params)}))
     for path, ratio in ratios.items():
         if path[:2] == ("convbert", "embeddings") or path[:2] == ("convbert", "embeddings_project"):
-            expected = 0.8 ** 4
+            expected = 0.8**4
         elif path[:2] == ("convbert", "encoder"):
             expected = 0.8 ** (3 - int(path[3]))
         else:
@@ -111,8 +110,9 @@ def test_loss_is_summed_over_the_batch_by_default():
     logits = jnp.log(jnp.array([[0.5, 0.5], [0.25, 0.75]]))
     losses = finetune.example_losses(logits, jnp.array([0, 1]), regression=False)
     np.testing.assert_allclose(losses, [np.log(2), -np.log(0.75)], rtol=1e-6)
-    np.testing.assert_allclose(finetune.example_losses(jnp.array([[0.5], [0.1]]), jnp.array([0.2, 0.4]), True),
-                               [0.09, 0.09], rtol=1e-5)
+    np.testing.assert_allclose(
+        finetune.example_losses(jnp.array([[0.5], [0.1]]), jnp.array([0.2, 0.4]), True), [0.09, 0.09], rtol=1e-5
+    )
     assert glue_config.get_config("sst2,small").loss_reduction == "sum"
 
 
@@ -133,8 +133,9 @@ def test_pretraining_workdir_and_hf_head_detection(tmp_path, checkpoint):
     encoder = finetune.load_encoder(source, config)
     assert encoder.head == "original" and encoder.config.hidden_size == 64
     hf_dir = str(tmp_path / "hf_classifier")
-    randomize(nnx.eval_shape(lambda: ConvBertForSequenceClassification(TINY.replace(classifier_head="hf"),
-                                                                       rngs=nnx.Rngs(0)))).save_pretrained(hf_dir)
+    randomize(
+        nnx.eval_shape(lambda: ConvBertForSequenceClassification(TINY.replace(classifier_head="hf"), rngs=nnx.Rngs(0)))
+    ).save_pretrained(hf_dir)
     assert finetune.load_encoder(finetune.Source(hf_dir, checkpoint), config).head == "hf"
     assert finetune.resolve_source(checkpoint, tokenizer="vocab.txt").tokenizer_dir == "vocab.txt"
 
@@ -146,8 +147,15 @@ def test_tiny_finetune_learns_the_sample_task(tmp_path, checkpoint):
     """A random tiny encoder on the bundled SST-2 sample, data parallel over 8 CPU devices: 6 epochs of 15
     steps (batch 16, lr 1e-3: fewer steps than the tiny config) gave 81-86% dev accuracy for seeds 1-5."""
     workdir = str(tmp_path / "run")
-    config = tiny_config("sst2", checkpoint, data_dir=os.path.join(ROOT, "data", "glue_sample"), batch_size=16,
-                         eval_batch_size=16, learning_rate=1e-3, num_train_epochs=6)
+    config = tiny_config(
+        "sst2",
+        checkpoint,
+        data_dir=os.path.join(ROOT, "data", "glue_sample"),
+        batch_size=16,
+        eval_batch_size=16,
+        learning_rate=1e-3,
+        num_train_epochs=6,
+    )
     summary = finetune.run(config, workdir)
     assert jax.device_count() == 8
     accuracy = summary["tasks"]["sst2"]["median"]["accuracy"]
@@ -255,20 +263,25 @@ def test_random_init_starts_from_fresh_weights_with_the_same_config_and_tokenize
     assert random_src.random_init and not src.random_init
     assert (random_src.model_dir, random_src.tokenizer_dir) == (src.model_dir, src.tokenizer_dir)
     assert control.encoder.params is None and control.encoder.config == pretrained.encoder.config
-    ours, fresh, fresh_again = (_encoder_arrays(t.init_state(seed).params) for t, seed in
-                                ((pretrained, 0), (control, 0), (control, 1)))
+    ours, fresh, fresh_again = (
+        _encoder_arrays(t.init_state(seed).params) for t, seed in ((pretrained, 0), (control, 0), (control, 1))
+    )
     assert ours.keys() == fresh.keys() and all(ours[k].shape == fresh[k].shape for k in ours)
     kernels = [k for k in ours if k[-1] == "kernel"]
     assert kernels and not any(np.array_equal(ours[k], fresh[k]) for k in kernels)  # not the checkpoint's weights
     assert not any(np.array_equal(fresh[k], fresh_again[k]) for k in kernels)  # every seed draws its own encoder
     expected = ConvBertModel.from_pretrained(checkpoint)
-    np.testing.assert_array_equal(ours[("encoder", "layer", 0, "attention", "self", "query", "kernel")],
-                                  np.asarray(expected.encoder.layer[0].attention.self.query.kernel[...]))
+    np.testing.assert_array_equal(
+        ours[("encoder", "layer", 0, "attention", "self", "query", "kernel")],
+        np.asarray(expected.encoder.layer[0].attention.self.query.kernel[...]),
+    )
 
 
 def test_random_init_results_say_so(tmp_path, checkpoint, fake_training):
-    summary = finetune.run(tiny_config("sst2", finetune.RANDOM_INIT + checkpoint,
-                                       data_dir=os.path.join(ROOT, "data", "glue_sample")), str(tmp_path / "r"))
+    summary = finetune.run(
+        tiny_config("sst2", finetune.RANDOM_INIT + checkpoint, data_dir=os.path.join(ROOT, "data", "glue_sample")),
+        str(tmp_path / "r"),
+    )
     assert (summary["init"], summary["freeze_encoder"]) == ("random", False)
     assert "random initialisation" in (tmp_path / "r" / "results.md").read_text()
 

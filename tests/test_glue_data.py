@@ -60,8 +60,8 @@ def test_cola_has_no_header_and_four_columns():
 
 def test_quote_characters_are_plain_text():
     assert load("cola").text_a[3] == '"Everybody," said the teacher, "sit down."'
-    assert load("cola").text_a[5] == 'He said that "it\'s raining.'  # an unbalanced quote
-    assert load("sst2").text_a[3] == "\" the emperor 's new clothes \" is a fun ride "
+    assert load("cola").text_a[5] == "He said that \"it's raining."  # an unbalanced quote
+    assert load("sst2").text_a[3] == '" the emperor \'s new clothes " is a fun ride '
     qqp = load("qqp", "test")
     assert qqp.text_a[2] == 'What is "the" best way to learn "coding?'
     assert qqp.index == ["0", "1", "2"]  # QQP's test index column is `id`
@@ -79,8 +79,7 @@ def test_mnli_two_dev_sets_test_sets_and_diagnostic():
     assert list(mnli.dev) == ["m", "mm"]
     matched, mismatched = load("mnli", "dev_matched"), load("mnli", "dev_mismatched")
     assert [mnli.labels[i] for i in matched.labels] == ["neutral", "contradiction", "entailment"]
-    assert [mnli.labels[i] for i in mismatched.labels] == ["contradiction", "contradiction", "entailment",
-                                                           "entailment"]
+    assert [mnli.labels[i] for i in mismatched.labels] == ["contradiction", "contradiction", "entailment", "entailment"]
     assert mismatched.text_a[2] == '"We\'ve got to have a plan," he said.'
     assert len(load("mnli", "test_matched")) == 3 and len(load("mnli", "test_mismatched")) == 2
     ax = load("mnli", "diagnostic")
@@ -96,8 +95,12 @@ def test_hf_loader_maps_columns_and_labels(monkeypatch):
     import datasets
 
     tables = {
-        ("mnli", "validation_mismatched"): {"premise": ["p0", "p1"], "hypothesis": ["h0", "h1"], "label": [2, 0],
-                                            "idx": [0, 1]},
+        ("mnli", "validation_mismatched"): {
+            "premise": ["p0", "p1"],
+            "hypothesis": ["h0", "h1"],
+            "label": [2, 0],
+            "idx": [0, 1],
+        },
         ("stsb", "train"): {"sentence1": ["a"], "sentence2": ["b"], "label": [3.25], "idx": [7]},
         ("cola", "test"): {"sentence": ["x", "y"], "label": [-1, -1], "idx": [0, 1]},
     }
@@ -137,8 +140,9 @@ def test_featurize_pairs_singles_segments_and_padding():
     np.testing.assert_array_equal(f["input_ids"][1], [101, 7, 102, 10, 11, 102, 0, 0])
     np.testing.assert_array_equal(f["token_type_ids"][1], [0, 0, 0, 1, 1, 1, 0, 0])
     np.testing.assert_array_equal(f["attention_mask"][1], [1, 1, 1, 1, 1, 1, 0, 0])
-    single = data.featurize(data.Examples([words(*range(1, 10))], None, np.array([1]), ["0"]), WordTokenizer(), 6,
-                            TASKS["sst2"])
+    single = data.featurize(
+        data.Examples([words(*range(1, 10))], None, np.array([1]), ["0"]), WordTokenizer(), 6, TASKS["sst2"]
+    )
     np.testing.assert_array_equal(single["input_ids"][0], [101, 1, 2, 3, 4, 102])  # truncated to 6 - 2
     np.testing.assert_array_equal(single["token_type_ids"][0], 0)
     assert {f[k].dtype for k in data.FEATURES} == {np.dtype(np.int32)}
@@ -158,8 +162,12 @@ def test_doubling_swaps_pairs_and_stsb_labels_are_scaled():
     ex = load("stsb").doubled_unordered()
     assert len(ex) == 8
     assert ex.text_a[4:] == load("stsb").text_b and ex.text_b[4:] == load("stsb").text_a
-    feats = data.featurize(data.Examples([words(1)] * 2, [words(2)] * 2, np.array([5.0, 1.9], np.float32),
-                                         ["0", "1"]), WordTokenizer(), 8, TASKS["stsb"])
+    feats = data.featurize(
+        data.Examples([words(1)] * 2, [words(2)] * 2, np.array([5.0, 1.9], np.float32), ["0", "1"]),
+        WordTokenizer(),
+        8,
+        TASKS["stsb"],
+    )
     np.testing.assert_allclose(feats["labels"], [1.0, 0.38], rtol=1e-6)
     assert TASKS["mrpc"].double_unordered and TASKS["stsb"].double_unordered
     assert not any(t.double_unordered for n, t in TASKS.items() if n not in ("mrpc", "stsb"))
@@ -189,8 +197,11 @@ def append(path, line):
 def test_wrong_column_count_names_file_and_line(glue_copy):
     path = glue_copy / "RTE" / "train.tsv"
     append(path, "4\tonly one sentence\tentailment")  # 1 of 5 rows: more than the 1% that are skipped
-    with pytest.raises(ValueError, match=rf"{path}: 1 of 5 rows are malformed .*{path}:6: expected 4 tab-separated "
-                                         "columns, found 3"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{path}: 1 of 5 rows are malformed .*{path}:6: expected 4 tab-separated "
+        "columns, found 3",
+    ):
         load("rte", data_dir=glue_copy)
     with pytest.raises(ValueError, match=rf"^{path}:6: expected 4"):
         load("rte", data_dir=glue_copy, strict=True)

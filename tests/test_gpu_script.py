@@ -12,8 +12,14 @@ from pretraining_setup import REPO
 
 @pytest.mark.slow
 def test_gpu_script_smoke(tmp_path):
-    proc = subprocess.run(["bash", "benchmarks/gpu.sh", str(tmp_path)], env={**os.environ, "GPU_SMOKE": "1"},
-                          cwd=REPO, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu.sh", str(tmp_path)],
+        env={**os.environ, "GPU_SMOKE": "1"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(tmp_path / "pretrain_tiny.json") as f:
         results = json.load(f)["results"]

@@ -22,15 +22,41 @@ transformers = pytest.importorskip("transformers")
 TOL = 1e-4
 B, T = 3, 16
 LENGTHS = (16, 11, 6)  # real padding in two rows
-TINY = dict(vocab_size=1000, embedding_size=32, hidden_size=64, num_attention_heads=4, intermediate_size=128,
-            num_hidden_layers=2, num_groups=2)
+TINY = dict(
+    vocab_size=1000,
+    embedding_size=32,
+    hidden_size=64,
+    num_attention_heads=4,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_groups=2,
+)
 SHAPES = {
-    "small": dict(vocab_size=1000, embedding_size=128, hidden_size=256, num_attention_heads=4, intermediate_size=1024,
-                  num_hidden_layers=2),
-    "medium_small": dict(vocab_size=1000, embedding_size=128, hidden_size=384, num_attention_heads=8,
-                         intermediate_size=1536, num_groups=2, num_hidden_layers=2),
-    "base": dict(vocab_size=1000, embedding_size=768, hidden_size=768, num_attention_heads=12,
-                 intermediate_size=3072, num_hidden_layers=2),
+    "small": dict(
+        vocab_size=1000,
+        embedding_size=128,
+        hidden_size=256,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        num_hidden_layers=2,
+    ),
+    "medium_small": dict(
+        vocab_size=1000,
+        embedding_size=128,
+        hidden_size=384,
+        num_attention_heads=8,
+        intermediate_size=1536,
+        num_groups=2,
+        num_hidden_layers=2,
+    ),
+    "base": dict(
+        vocab_size=1000,
+        embedding_size=768,
+        hidden_size=768,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        num_hidden_layers=2,
+    ),
 }
 HEADS = {  # class name -> (extra config, output fields)
     "ConvBertModel": ({}, ("last_hidden_state",)),
@@ -50,8 +76,11 @@ def make_inputs(multiple_choice=False, seed=0):
     arrays = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
     if multiple_choice:  # [B, 3 choices, T]: shift the ids per choice
         arrays = {k: np.stack([v, v, v], 1) for k, v in arrays.items()}
-        arrays["input_ids"] = np.where(arrays["attention_mask"] > 0, (arrays["input_ids"] + np.arange(3)[None, :, None]
-                                                                      ) % TINY["vocab_size"] + 1, 0)
+        arrays["input_ids"] = np.where(
+            arrays["attention_mask"] > 0,
+            (arrays["input_ids"] + np.arange(3)[None, :, None]) % TINY["vocab_size"] + 1,
+            0,
+        )
     return arrays
 
 
@@ -76,8 +105,7 @@ def perturb_hf(model, seed=0):
 def random_ours(name, config, seed=0):
     """Our model with random weights everywhere (built abstractly, filled from NumPy; stacked layers get their
     own draws)."""
-    return randomize(nnx.eval_shape(lambda: getattr(convbert, name)(ConvBertConfig(**config), rngs=nnx.Rngs(0))),
-                     seed)
+    return randomize(nnx.eval_shape(lambda: getattr(convbert, name)(ConvBertConfig(**config), rngs=nnx.Rngs(0))), seed)
 
 
 def hf_model(name, seed=0, **config):
@@ -107,8 +135,10 @@ def check_both_directions(tmp_path, name, config, **runtime):
         assert max(d.values()) <= TOL, d
 
 
-@pytest.mark.parametrize("shape, scan_layers", [("small", False), ("medium_small", False), ("small", True),
-                                                pytest.param("base", False, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "shape, scan_layers",
+    [("small", False), ("medium_small", False), ("small", True), pytest.param("base", False, marks=pytest.mark.slow)],
+)
 def test_parity_sizes(tmp_path, shape, scan_layers):
     """Also a scan_layers model: loading stacks transformers' per-layer weights, saving splits them."""
     check_both_directions(tmp_path, "ConvBertModel", SHAPES[shape], scan_layers=scan_layers)
@@ -126,11 +156,14 @@ def test_scanned_and_plain_models_read_each_others_files(tmp_path, changes):
             warnings.simplefilter("ignore", UserWarning)  # lconv: the native file (tested above)
             files = model.save_pretrained(str(tmp_path / str(saved)))
         assert "scan_layers" not in json.loads(Path(files[0]).read_text())
-        back = convbert.ConvBertForSequenceClassification.from_pretrained(str(tmp_path / str(saved)),
-                                                                         scan_layers=loaded)
+        back = convbert.ConvBertForSequenceClassification.from_pretrained(
+            str(tmp_path / str(saved)), scan_layers=loaded
+        )
         assert back.config.scan_layers == loaded
-        ours, theirs = (hf_io.split_stacked({p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(
-            nnx.state(m, nnx.Param))}) for m in (model, back))
+        ours, theirs = (
+            hf_io.split_stacked({p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))})
+            for m in (model, back)
+        )
         assert ours.keys() == theirs.keys() and all(np.array_equal(ours[p], theirs[p]) for p in ours)
         np.testing.assert_allclose(back(**inputs).logits, model(**inputs).logits, rtol=1e-6, atol=1e-6)
 
@@ -158,8 +191,10 @@ def loss_labels(name, num_labels):
     return {"labels": rng.integers(0, 3 if name == "ConvBertForMultipleChoice" else num_labels, B)}
 
 
-@pytest.mark.parametrize("name, num_labels", [(n, HEADS[n][0].get("num_labels", 2)) for n in list(HEADS)[1:]]
-                         + [("ConvBertForSequenceClassification", 1)])
+@pytest.mark.parametrize(
+    "name, num_labels",
+    [(n, HEADS[n][0].get("num_labels", 2)) for n in list(HEADS)[1:]] + [("ConvBertForSequenceClassification", 1)],
+)
 def test_loss_parity(tmp_path, name, num_labels):
     """The heads' losses (cross-entropy with transformers' ignore rules, MSE for regression) equal transformers'."""
     hf = hf_model(name, **TINY, num_labels=num_labels)
@@ -200,8 +235,7 @@ def test_bare_checkpoint_into_head_and_back(tmp_path, caplog):
     hf = hf_model("ConvBertModel", **TINY)
     hf.save_pretrained(tmp_path / "bare")
     with caplog.at_level(logging.WARNING, logger="convbert.hf_io"):
-        cls_model = convbert.ConvBertForSequenceClassification.from_pretrained(str(tmp_path / "bare"),
-                                                                              num_labels=4)
+        cls_model = convbert.ConvBertForSequenceClassification.from_pretrained(str(tmp_path / "bare"), num_labels=4)
     assert "newly initialised" in caplog.text and "classifier.out_proj.weight" in caplog.text
     assert max_diffs(cls_model.convbert, hf, "ConvBertModel", ("last_hidden_state",))["last_hidden_state"] <= TOL
     assert cls_model(jnp.ones((1, 4), jnp.int32)).logits.shape == (1, 4)
@@ -212,12 +246,15 @@ def test_bare_checkpoint_into_head_and_back(tmp_path, caplog):
     assert max_diffs(bare, hf_cls.convbert, "ConvBertModel", ("last_hidden_state",))["last_hidden_state"] <= TOL
 
 
-@pytest.mark.parametrize("changes, reason", [
-    (dict(conv_type="lconv"), "conv_type='lconv'"),
-    (dict(conv_type="dconv"), "conv_type='dconv'"),
-    (dict(num_attention_heads=4, head_ratio=4), "head_ratio=4"),
-    (dict(classifier_head="original"), "classifier_head='original'"),
-])
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        (dict(conv_type="lconv"), "conv_type='lconv'"),
+        (dict(conv_type="dconv"), "conv_type='dconv'"),
+        (dict(num_attention_heads=4, head_ratio=4), "head_ratio=4"),
+        (dict(classifier_head="original"), "classifier_head='original'"),
+    ],
+)
 def test_non_hf_models_round_trip_natively(tmp_path, changes, reason):
     model = random_ours("ConvBertForSequenceClassification", {**TINY, **changes})
     with pytest.warns(UserWarning, match=reason):
@@ -264,11 +301,15 @@ def test_loader_errors(tmp_path):
         convbert.ConvBertModel.from_pretrained(str(tmp_path))
 
     from safetensors.numpy import load_file, save_file
+
     state = load_file(tmp_path / "moved")
     key = "encoder.layer.1.attention.self.query.weight"
     save_file({**state, key: state[key][:5]}, weights_file, metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=rf"{weights_file}: {key} has shape \(5, 64\), but this config needs "
-                                         r"\(32, 64\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{weights_file}: {key} has shape \(5, 64\), but this config needs "
+        r"\(32, 64\)",
+    ):
         convbert.ConvBertModel.from_pretrained(str(tmp_path))
     del state[key]
     save_file(state, weights_file, metadata={"format": "pt"})

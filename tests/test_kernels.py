@@ -19,7 +19,7 @@ from convbert.pretraining import Pretrainer
 
 # Largest error allowed, relative to the largest reference entry: a few units in the last place of float32, and
 # 5 units of bfloat16's 8-bit mantissa (inputs, products and sums are rounded to bfloat16 on both paths).
-REL_TOL = {jnp.float32: 1e-6, jnp.bfloat16: 5 * 2.0 ** -8}
+REL_TOL = {jnp.float32: 1e-6, jnp.bfloat16: 5 * 2.0**-8}
 SPECIAL = {"pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask": 103}
 
 
@@ -110,8 +110,9 @@ def test_shifted_window_sum_custom_vjp_under_jit():
     w = jnp.asarray(rng.standard_normal((12, 9)), jnp.float32)
 
     def grads(impl):
-        return jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.sin(shifted_window_sum(a, b, 9, impl=impl))),
-                                argnums=(0, 1)))(x, w)
+        return jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.sin(shifted_window_sum(a, b, 9, impl=impl))), argnums=(0, 1)))(
+            x, w
+        )
 
     for a, r in zip(grads("cpu_tuned"), grads("reference"), strict=True):
         assert _max_rel_err(a, r) < REL_TOL[jnp.float32]
@@ -127,8 +128,9 @@ def test_gelu_cpu_tuned_matches_autodiff_of_jax_gelu_float32():
     np.testing.assert_allclose(kernels.gelu_cpu_tuned(x), kernels.gelu_reference(x), atol=1e-6)
     value, vjp = jax.vjp(kernels.gelu_cpu_tuned, x)
     np.testing.assert_allclose(value, kernels.gelu_reference(x), atol=1e-6)
-    np.testing.assert_allclose(vjp(jnp.ones_like(x))[0], jax.grad(lambda v: kernels.gelu_reference(v).sum())(x),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        vjp(jnp.ones_like(x))[0], jax.grad(lambda v: kernels.gelu_reference(v).sum())(x), atol=1e-6
+    )
 
 
 def test_gelu_cpu_tuned_matches_autodiff_of_jax_gelu_bfloat16():
@@ -141,7 +143,7 @@ def test_gelu_cpu_tuned_matches_autodiff_of_jax_gelu_bfloat16():
     grad = vjp(jnp.ones_like(x))[0]
     assert value.dtype == grad.dtype == jnp.bfloat16
     for a, r in ((kernels.gelu_cpu_tuned(x), value_ref), (value, value_ref), (grad, grad_ref)):
-        np.testing.assert_allclose(_f32(a), _f32(r), rtol=2.0 ** -7, atol=2.0 ** -6)
+        np.testing.assert_allclose(_f32(a), _f32(r), rtol=2.0**-7, atol=2.0**-6)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -186,8 +188,10 @@ def test_dropout_value_and_gradient_follow_the_mask(impl):
 # matmul
 
 
-@pytest.mark.parametrize(("x_shape", "w_shape"), [((3, 5, 8), (8, 6)), ((2, 3, 5, 8), (8, 6)), ((8,), (8, 6)),
-                                                  ((3, 5, 2, 4), (2, 4, 3)), ((2, 4), (2, 4, 3))])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape"),
+    [((3, 5, 8), (8, 6)), ((2, 3, 5, 8), (8, 6)), ((8,), (8, 6)), ((3, 5, 2, 4), (2, 4, 3)), ((2, 4), (2, 4, 3))],
+)
 def test_matmul_cpu_tuned_matches_the_reference(x_shape, w_shape):
     """Values and gradients (x and w) of the flattened product equal those of the one dot_general, for dense
     ([..., I] @ [I, O]) and grouped ([..., G, I] with [G, I, O]) weights, under jit."""
@@ -209,9 +213,11 @@ def test_matmul_cpu_tuned_is_one_plain_matrix_product():
     """The point of the tuned form: a [B, T, I] input reaches the dot as [B*T, I] (one free dimension), so XLA
     CPU's weight gradient is a plain matrix product."""
     args = jax.ShapeDtypeStruct((4, 16, 8), jnp.float32), jax.ShapeDtypeStruct((8, 6), jnp.float32)
+
     def dims(impl):
         jaxpr = jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(kernels.matmul(x, w, impl)), argnums=1))(*args)
         return {v.aval.ndim for e in jaxpr.eqns if e.primitive.name == "dot_general" for v in e.invars}
+
     assert dims("cpu_tuned") == {2} and 3 in dims("reference")
 
 
@@ -221,7 +227,11 @@ def test_matmul_cpu_tuned_is_one_plain_matrix_product():
 
 def test_choices_resolve_per_kernel_and_names_are_checked():
     assert {name: kernels.resolve_impl("tpu", name) for name in kernels.KERNELS} == {
-        "gelu": "cpu_tuned", "dropout_keep_mask": "cpu_tuned", "shifted_window_sum": "reference", "matmul": "reference"}
+        "gelu": "cpu_tuned",
+        "dropout_keep_mask": "cpu_tuned",
+        "shifted_window_sum": "reference",
+        "matmul": "reference",
+    }
     for name in kernels.KERNELS:
         assert kernels.resolve_impl("cpu", name) == "cpu_tuned" and kernels.resolve_impl("gpu", name) == "reference"
         assert kernels.resolve_impl("auto", name, "other") == kernels.AUTO_DEFAULT == "reference"
@@ -242,6 +252,7 @@ def test_choices_resolve_per_kernel_and_names_are_checked():
 def _custom_gradients_traced() -> int:
     """How many custom-gradient (cpu_tuned) kernels gelu -> convolution traces with impl 'auto': 2 with CPU's
     choice, 1 (gelu) with TPU's."""
+
     def loss(x, w):
         return jnp.sum(shifted_window_sum(kernels.gelu(x), w, 3))
 
@@ -259,8 +270,10 @@ def test_auto_follows_the_target_devices_not_the_host():
     assert ConvBertConfig(kernels="cpu_tuned").resolve_kernels(tpu).kernels == "cpu_tuned"  # explicit choices stay
     assert ConvBertConfig().resolve_kernels([types.SimpleNamespace(platform="metal")]).kernels == "reference"
     assert ConvBertConfig().resolve_kernels(sharding.create_mesh({"data": -1})).kernels == "cpu"
-    assert Pretrainer(pretrain.get_config("tiny"), sharding.create_mesh({"data": -1}), SPECIAL).model_config.kernels \
+    assert (
+        Pretrainer(pretrain.get_config("tiny"), sharding.create_mesh({"data": -1}), SPECIAL).model_config.kernels
         == "cpu"
+    )
     with pytest.raises(ValueError, match=r"one platform, got platforms \['cpu', 'tpu'\]"):
         kernels.platform_of(tpu + jax.devices())
 
@@ -276,8 +289,9 @@ def test_auto_on_a_real_tpu_topology(monkeypatch):
     from jax.experimental import topologies
 
     monkeypatch.setenv("TPU_SKIP_MDS_QUERY", "1")
-    mesh = sharding.create_mesh({"data": -1}, topologies.get_topology_desc(platform="tpu",
-                                                                           topology_name="v5e:2x2").devices)
+    mesh = sharding.create_mesh(
+        {"data": -1}, topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2").devices
+    )
     assert kernels.platform_of(mesh) == "tpu"
     assert ConvBertConfig().resolve_kernels(mesh).kernels == "tpu"
     assert Pretrainer(pretrain.get_config("tiny"), mesh, SPECIAL).model_config.kernels == "tpu"

@@ -58,8 +58,14 @@ def test_processes_split_each_global_batch(data_dir, process_count):
     examples once per epoch, and the same global batches whatever the process count."""
     src = PretrainingData(data_dir)
     one = list(make_iterator(data_dir, global_batch_size=4, seed=5, process_index=0, process_count=1, num_epochs=1))
-    shares = [list(make_iterator(data_dir, global_batch_size=4, seed=5, process_index=i,
-                                 process_count=process_count, num_epochs=1)) for i in range(process_count)]
+    shares = [
+        list(
+            make_iterator(
+                data_dir, global_batch_size=4, seed=5, process_index=i, process_count=process_count, num_epochs=1
+            )
+        )
+        for i in range(process_count)
+    ]
     assert len(one) == len(src) // 4 and all(len(s) == len(one) for s in shares)
     for step, batch in enumerate(one):
         for k in batch:
@@ -91,6 +97,7 @@ def test_position_is_the_global_step(data_dir):
 
 def test_orbax_checkpoint_roundtrip(data_dir, tmp_path):
     import orbax.checkpoint as ocp
+
     make = lambda: make_iterator(data_dir, global_batch_size=4, seed=3, process_index=0, process_count=1)
     it = make()
     _take(it, 5)
@@ -131,6 +138,7 @@ def test_batches_become_global_arrays(data_dir):
 def test_merged_parts_resume(tmp_path):
     """A data set merged from two parts loads as one; the iterator position restores on it."""
     from convbert.data.prepare import merge_parts
+
     kwargs = dict(max_seq_length=32, eval_fraction=0.5, num_shards=2, unit_mb=0.05, num_workers=1)
     for part in (0, 1):
         prepare_corpus(None, str(tmp_path / "data"), part=part, num_parts=2, **kwargs)
@@ -155,8 +163,9 @@ def _concat(batches):
 def test_example_offset_continues_the_same_batches(data_dir):
     """An iterator started at example offset s G reads exactly the batches s, s + 1, ... of one started at 0 (how
     a run resumes its data position)."""
-    make = lambda offset: make_iterator(data_dir, global_batch_size=4, seed=2, process_index=0, process_count=1,
-                                        example_offset=offset)
+    make = lambda offset: make_iterator(
+        data_dir, global_batch_size=4, seed=2, process_index=0, process_count=1, example_offset=offset
+    )
     whole = _take(make(0), 6)
     for x, y in zip(whole[3:], _take(make(3 * 4), 3), strict=True):
         for k in x:
@@ -170,15 +179,29 @@ def test_batch_size_change_reads_every_example_exactly_once(data_dir, process_co
     """Three batches of 4, then (example offset 12, as `convbert.resume.DataPosition` converts it) batches of 6
     to the end of the epoch, on `process_count` processes: the rows read are the epoch's global order, in order,
     each once, up to a last partial batch of 6."""
-    order = _concat(list(make_iterator(data_dir, global_batch_size=1, seed=4, process_index=0, process_count=1,
-                                       num_epochs=1)))
+    order = _concat(
+        list(make_iterator(data_dir, global_batch_size=1, seed=4, process_index=0, process_count=1, num_epochs=1))
+    )
     n = len(order["input_ids"])
-    before = _take(make_iterator(data_dir, global_batch_size=4, seed=4, process_index=0, process_count=1,
-                                 num_epochs=1), 3)
-    shares = [list(make_iterator(data_dir, global_batch_size=6, seed=4, process_index=p, process_count=process_count,
-                                 num_epochs=1, example_offset=12)) for p in range(process_count)]
+    before = _take(
+        make_iterator(data_dir, global_batch_size=4, seed=4, process_index=0, process_count=1, num_epochs=1), 3
+    )
+    shares = [
+        list(
+            make_iterator(
+                data_dir,
+                global_batch_size=6,
+                seed=4,
+                process_index=p,
+                process_count=process_count,
+                num_epochs=1,
+                example_offset=12,
+            )
+        )
+        for p in range(process_count)
+    ]
     after = [_concat([share[step] for share in shares]) for step in range(len(shares[0]))]
     read = _concat(before + after)
     assert len(after) == (n - 12) // 6 and n - len(read["input_ids"]) < 6
     for k in read:
-        np.testing.assert_array_equal(read[k], order[k][:len(read[k])])
+        np.testing.assert_array_equal(read[k], order[k][: len(read[k])])

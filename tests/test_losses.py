@@ -38,8 +38,11 @@ def test_softmax_cross_entropy(logits_labels):
     np.testing.assert_allclose(out, np.where(ignored == -100, 0.0, ref), rtol=1e-6)
     weights = losses.label_weights(jnp.asarray(ignored), -100)
     np.testing.assert_array_equal(weights, (ignored != -100).astype(np.float32))
-    np.testing.assert_allclose(losses.mean_softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(ignored), -100),
-                               ref[ignored != -100].mean(), rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.mean_softmax_cross_entropy(jnp.asarray(logits), jnp.asarray(ignored), -100),
+        ref[ignored != -100].mean(),
+        rtol=1e-6,
+    )
     np.testing.assert_array_equal(losses.label_weights(jnp.asarray(labels)), np.ones(labels.shape, np.float32))
 
 
@@ -50,13 +53,16 @@ def test_sigmoid_binary_cross_entropy_is_stable():
         out = losses.sigmoid_binary_cross_entropy(jnp.asarray(x), jnp.full(x.shape, y))
         np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-30)
     # integer and boolean labels
-    np.testing.assert_allclose(losses.sigmoid_binary_cross_entropy(jnp.asarray(x), jnp.ones(x.shape, bool)),
-                               losses.sigmoid_binary_cross_entropy(jnp.asarray(x), jnp.ones(x.shape)))
+    np.testing.assert_allclose(
+        losses.sigmoid_binary_cross_entropy(jnp.asarray(x), jnp.ones(x.shape, bool)),
+        losses.sigmoid_binary_cross_entropy(jnp.asarray(x), jnp.ones(x.shape)),
+    )
 
 
 def test_squared_error():
-    np.testing.assert_allclose(losses.squared_error(jnp.array([0.5, 0.1]), jnp.array([0.2, 0.4])), [0.09, 0.09],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.squared_error(jnp.array([0.5, 0.1]), jnp.array([0.2, 0.4])), [0.09, 0.09], rtol=1e-5
+    )
 
 
 def test_weighted_sum_and_ratio():
@@ -99,16 +105,25 @@ def test_primitives_reproduce_the_previous_arithmetic_exactly(logits_labels):
     def before():
         nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[..., None], axis=-1)[..., 0]
         bce = jnp.logaddexp(0.0, disc_logits) - is_fake * disc_logits
-        return (jnp.sum(nll * w) / (jnp.sum(w) + 1e-6), jnp.sum(bce * w) / (jnp.sum(w) + 1e-6),
-                jnp.sum(bce * w) / jnp.maximum(jnp.sum(w), 1.0), jnp.mean((logits[:, 0, 0] - targets) ** 2), nll)
+        return (
+            jnp.sum(nll * w) / (jnp.sum(w) + 1e-6),
+            jnp.sum(bce * w) / (jnp.sum(w) + 1e-6),
+            jnp.sum(bce * w) / jnp.maximum(jnp.sum(w), 1.0),
+            jnp.mean((logits[:, 0, 0] - targets) ** 2),
+            nll,
+        )
 
     @jax.jit
     def after():
         nll = losses.softmax_cross_entropy(logits, labels)
         bce = losses.sigmoid_binary_cross_entropy(disc_logits, is_fake)
-        return (losses.ratio(*losses.weighted_sum(nll, w), epsilon=1e-6),
-                losses.ratio(*losses.weighted_sum(bce, w), epsilon=1e-6), losses.ratio(*losses.weighted_sum(bce, w)),
-                losses.ratio(*losses.weighted_sum(losses.squared_error(logits[:, 0, 0], targets))), nll)
+        return (
+            losses.ratio(*losses.weighted_sum(nll, w), epsilon=1e-6),
+            losses.ratio(*losses.weighted_sum(bce, w), epsilon=1e-6),
+            losses.ratio(*losses.weighted_sum(bce, w)),
+            losses.ratio(*losses.weighted_sum(losses.squared_error(logits[:, 0, 0], targets))),
+            nll,
+        )
 
     for a, b in zip(after(), before(), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -37,8 +37,7 @@ def test_masking_statistics_with_replacement():
     assert distinct.min() < 19  # duplicates do occur
     # A drawn position is [MASK]ed if any of its draws chose [MASK]: P = 1 - 0.15^c over its c draws.
     p, ids = np.asarray(m.positions), np.asarray(m.input_ids)
-    expected_masked = np.mean([sum(1 - 0.15 ** c for c in np.unique(p[i], return_counts=True)[1])
-                               for i in range(ROWS)])
+    expected_masked = np.mean([sum(1 - 0.15**c for c in np.unique(p[i], return_counts=True)[1]) for i in range(ROWS)])
     assert abs((ids == MASK).sum(1).mean() - expected_masked) < 0.1
 
 
@@ -89,8 +88,14 @@ def test_budget_for_short_rows(quirks):
     # "[CLS] [SEP]" and all-padding rows have no candidate and so no slot.
     empty = make_batch([2, 2], 8)
     empty["input_mask"] = empty["input_mask"].at[1].set(0)
-    assert float(jit_mask(jax.random.key(0), empty["input_ids"], empty["input_mask"],
-                          ElectraConfig(upstream_quirks=quirks)).weights.sum()) == 0
+    assert (
+        float(
+            jit_mask(
+                jax.random.key(0), empty["input_ids"], empty["input_mask"], ElectraConfig(upstream_quirks=quirks)
+            ).weights.sum()
+        )
+        == 0
+    )
     cfg = ElectraConfig(upstream_quirks=quirks)
     np.testing.assert_array_equal(num_prediction_slots(b["input_ids"], b["input_mask"], cfg), n)
     np.testing.assert_array_equal(num_prediction_slots(empty["input_ids"], empty["input_mask"], cfg), [0, 0])
@@ -109,8 +114,9 @@ def test_scatter_slots_merges_duplicates_like_upstream():
 def test_samplers_draw_from_the_softmax(sampler):
     v = 600  # > 2 blocks of the inverse-CDF sampler, the last one partial
     logits = 2.0 * jax.random.normal(jax.random.key(0), (v,))
-    draws = jax.jit(SAMPLERS[sampler], static_argnums=2)(jax.random.key(1), jnp.broadcast_to(logits, (100, 2000, v)),
-                                                        0.5)
+    draws = jax.jit(SAMPLERS[sampler], static_argnums=2)(
+        jax.random.key(1), jnp.broadcast_to(logits, (100, 2000, v)), 0.5
+    )
     counts = np.bincount(np.asarray(draws).ravel(), minlength=v)
     expected = np.asarray(jax.nn.softmax(logits / 0.5)) * draws.size
     big = expected > 20

@@ -24,12 +24,21 @@ from convbert.hf_io import join_stacked, split_stacked
 from convbert.modeling import CHECKPOINT_POLICIES, LAYERS_AXIS, ConvBertSelfAttention, attention_mask_bias, count_params
 from helpers import randomize
 
-TINY = dict(vocab_size=100, embedding_size=16, hidden_size=16, num_attention_heads=4, intermediate_size=32,
-            num_hidden_layers=1, max_position_embeddings=32)
+TINY = dict(
+    vocab_size=100,
+    embedding_size=16,
+    hidden_size=16,
+    num_attention_heads=4,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    max_position_embeddings=32,
+)
 
 
-@pytest.mark.parametrize("size, expected", [("small", 13_143_768), ("medium_small", 17_475_888),
-                                            ("base", 105_680_520), ("large", 322_604_736)])
+@pytest.mark.parametrize(
+    "size, expected",
+    [("small", 13_143_768), ("medium_small", 17_475_888), ("base", 105_680_520), ("large", 322_604_736)],
+)
 def test_parameter_counts(size, expected):
     """The released sizes; large (ELECTRA-large's shape with ConvBERT's bottleneck) 323M against ELECTRA's 335M."""
     for scan_layers in (False, True):
@@ -39,14 +48,18 @@ def test_parameter_counts(size, expected):
 
 # Every conv_type meets every value of head_ratio, kernel size and groups (a Latin-square cover of the grid).
 RATIOS, KERNELS, GROUPS = (1, 2, 4), (1, 5, 9), (1, 2, 4)
-KNOBS = [(conv, RATIOS[j], KERNELS[(j + i) % 3], GROUPS[(j + 2 * i) % 3])
-         for i, conv in enumerate(("sdconv", "dconv", "lconv", "none")) for j in range(3)]
+KNOBS = [
+    (conv, RATIOS[j], KERNELS[(j + i) % 3], GROUPS[(j + 2 * i) % 3])
+    for i, conv in enumerate(("sdconv", "dconv", "lconv", "none"))
+    for j in range(3)
+]
 
 
 @pytest.mark.parametrize("conv_type, head_ratio, kernel, groups", KNOBS)
 def test_every_knob_builds_and_runs(conv_type, head_ratio, kernel, groups):
-    config = ConvBertConfig(**TINY, conv_type=conv_type, head_ratio=head_ratio, conv_kernel_size=kernel,
-                            num_groups=groups)
+    config = ConvBertConfig(
+        **TINY, conv_type=conv_type, head_ratio=head_ratio, conv_kernel_size=kernel, num_groups=groups
+    )
     model = ConvBertModel(config, rngs=nnx.Rngs(0))
     layer = model.encoder.layer[0]
     assert layer.attention.output.dense.kernel.shape == (config.attention_output_size, 16)
@@ -121,8 +134,9 @@ def np_mixed_attention(attn, x, mask):
 
 @pytest.mark.parametrize("conv_type", ["sdconv", "dconv", "lconv", "none"])
 def test_mixed_attention_matches_numpy_reference(conv_type):
-    config = ConvBertConfig(**{**TINY, "hidden_size": 24, "num_attention_heads": 6}, conv_type=conv_type,
-                            conv_kernel_size=5)
+    config = ConvBertConfig(
+        **{**TINY, "hidden_size": 24, "num_attention_heads": 6}, conv_type=conv_type, conv_kernel_size=5
+    )
     attn = randomize(ConvBertSelfAttention(config, rngs=nnx.Rngs(0)), scale=0.3)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 9, 24))
@@ -184,7 +198,7 @@ def test_padding_semantics(conv_type):
     if conv_type == "none":
         assert diff.max() == 0.0
     else:
-        assert diff[:length - 4].max() == 0.0 and diff[length - 4:].min() > 1e-4, diff
+        assert diff[: length - 4].max() == 0.0 and diff[length - 4 :].min() > 1e-4, diff
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,8 +225,9 @@ def test_initialisers_follow_the_official_code():
     """embeddings_project (E -> H), the discriminator's H -> 1 and the 'original' classifier's H -> labels are
     `tf.layers.dense` without an initialiser upstream (Glorot-uniform); the other kernels truncated normal 0.02,
     as is the 'hf' classifier (transformers' form)."""
-    config = ConvBertConfig(**{**TINY, "embedding_size": 128, "hidden_size": 256, "intermediate_size": 256,
-                               "num_labels": 3})
+    config = ConvBertConfig(
+        **{**TINY, "embedding_size": 128, "hidden_size": 256, "intermediate_size": 256, "num_labels": 3}
+    )
     disc = ConvBertForPreTraining(config, rngs=nnx.Rngs(0))
     assert_init(disc.convbert.embeddings_project.kernel, "glorot")  # std 0.072 for 128 -> 256
     assert_init(disc.discriminator_predictions.dense_prediction.kernel, "glorot")
@@ -224,8 +239,11 @@ def test_initialisers_follow_the_official_code():
     hf = ConvBertForSequenceClassification(config, rngs=nnx.Rngs(2))
     assert_init(hf.classifier.out_proj.kernel, "normal")
     assert_init(hf.classifier.dense.kernel, "normal")
-    for linear in (disc.convbert.embeddings_project, disc.discriminator_predictions.dense_prediction,
-                   original.classifier.out_proj):
+    for linear in (
+        disc.convbert.embeddings_project,
+        disc.discriminator_predictions.dense_prediction,
+        original.classifier.out_proj,
+    ):
         assert not np.any(np.asarray(linear.bias[...]))
 
 
@@ -257,8 +275,9 @@ def flat_params(tree) -> dict:
 
 def random_params(config) -> dict:
     """Random parameters of ConvBertModel(config) in the plain model's paths (`flat_params`)."""
-    return flat_params(nnx.state(randomize(nnx.eval_shape(lambda: ConvBertModel(config, rngs=nnx.Rngs(0))), 1, 0.3),
-                                 nnx.Param))
+    return flat_params(
+        nnx.state(randomize(nnx.eval_shape(lambda: ConvBertModel(config, rngs=nnx.Rngs(0))), 1, 0.3), nnx.Param)
+    )
 
 
 def run_model(config, params: dict, dropout_key=None):
@@ -272,8 +291,9 @@ def run_model(config, params: dict, dropout_key=None):
     mask = jnp.asarray((np.arange(10)[None] < np.array([[10], [6]])).astype(np.int32))
 
     def loss(params):
-        out = nnx.merge(graphdef, params, rest)(ids, mask, deterministic=dropout_key is None, dropout_rng=dropout_key,
-                                                output_hidden_states=True)
+        out = nnx.merge(graphdef, params, rest)(
+            ids, mask, deterministic=dropout_key is None, dropout_rng=dropout_key, output_hidden_states=True
+        )
         weights = jnp.cos(jnp.arange(out.last_hidden_state.size)).reshape(out.last_hidden_state.shape)
         return sum(jnp.sum(h * weights) for h in out.hidden_states), out.hidden_states
 
@@ -318,8 +338,11 @@ def test_config_kernels_reach_every_call_site(monkeypatch):
             assert all(impl == kernels.resolve_impl(choice, name) for name, impl in calls), (cls.__name__, calls)
             assert {c[0] for c in calls} == set(kernels.KERNELS)
             # per layer: 3 dropouts, 2 convolutions, 1 gelu; + the embedding dropout and the heads' gelu / dropouts
-            heads = {ConvBertForPreTraining: (1, 0), ConvBertForMaskedLM: (1, 0), ConvBertForSequenceClassification:
-                     (1, 2)}[cls]
+            heads = {
+                ConvBertForPreTraining: (1, 0),
+                ConvBertForMaskedLM: (1, 0),
+                ConvBertForSequenceClassification: (1, 2),
+            }[cls]
             assert [c[0] for c in calls].count("shifted_window_sum") == 2
             assert [c[0] for c in calls].count("gelu") == 1 + heads[0]
             assert [c[0] for c in calls].count("dropout_keep_mask") == 4 + heads[1]
@@ -373,10 +396,10 @@ def test_scan_draws_different_dropout_per_layer(monkeypatch):
     per_form = []
     for scan_layers in (False, True):
         masks.clear()
-        model = ConvBertModel(ConvBertConfig(**SCAN, kernels="cpu_tuned", scan_layers=scan_layers),
-                              rngs=nnx.Rngs(0))
-        jax.block_until_ready(jax.jit(lambda m: m(ids, deterministic=False, dropout_rng=jax.random.key(0))
-                                      .last_hidden_state)(model))
+        model = ConvBertModel(ConvBertConfig(**SCAN, kernels="cpu_tuned", scan_layers=scan_layers), rngs=nnx.Rngs(0))
+        jax.block_until_ready(
+            jax.jit(lambda m: m(ids, deterministic=False, dropout_rng=jax.random.key(0)).last_hidden_state)(model)
+        )
         jax.effects_barrier()
         per_form.append(list(masks))
     plain, scanned = per_form

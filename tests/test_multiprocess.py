@@ -25,8 +25,14 @@ SPECIAL = {"pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask": 103}
 def one_process_losses(config):
     """Losses of one process on one device, reading the data alone (the global batches do not depend on the
     process count)."""
-    it = loader.make_iterator(setup.demo_data_dir(), "train", global_batch_size=config.batch_size,
-                              seed=config.seed, process_index=0, process_count=1)
+    it = loader.make_iterator(
+        setup.demo_data_dir(),
+        "train",
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        process_index=0,
+        process_count=1,
+    )
     mesh = sharding.create_mesh({}, jax.devices()[:1])
     trainer = Pretrainer(config, mesh, SPECIAL)
     state = trainer.init(jax.random.PRNGKey(config.seed))
@@ -42,11 +48,21 @@ def launch_two(tmp_path, workdir: str, flags: list[str]) -> list[subprocess.Pope
     port = portpicker.pick_unused_port()
     procs = []
     for i in range(2):
-        cmd = [sys.executable, "pretrain.py", f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
-               "--num_processes=2", f"--process_id={i}", *flags]
+        cmd = [
+            sys.executable,
+            "pretrain.py",
+            f"--workdir={workdir}",
+            f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+            *flags,
+        ]
         with open(tmp_path / f"process_{i}.log", "w") as log:
-            procs.append(subprocess.Popen(cmd, cwd=setup.REPO, env=setup.subprocess_env(num_devices=2),
-                                          stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    cmd, cwd=setup.REPO, env=setup.subprocess_env(num_devices=2), stdout=log, stderr=subprocess.STDOUT
+                )
+            )
     return procs
 
 
@@ -76,10 +92,12 @@ def test_two_processes_match_one(tmp_path):
     config = setup.tiny_config()
     expected, params = one_process_losses(config)
     got = setup.losses(workdir)
-    np.testing.assert_allclose([got[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)],
-                               rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-6),
-                 setup.load_state(workdir, 8, config).params, params)
+    np.testing.assert_allclose([got[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)], rtol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-6),
+        setup.load_state(workdir, 8, config).params,
+        params,
+    )
 
 
 def logged_steps(workdir: str) -> dict[int, float]:
@@ -94,8 +112,11 @@ def test_sigterm_on_one_process_stops_both_at_one_step(tmp_path):
     """SIGTERM to process 1 only (a preempted host): through JAX's preemption sync both processes save the same
     step, say so, and exit 0."""
     workdir = str(tmp_path / "run")
-    procs = launch_two(tmp_path, workdir, setup.cli_flags(mesh__data=2, mesh__fsdp=2, num_train_steps=100_000,
-                                                          checkpoint_every_steps=100_000))
+    procs = launch_two(
+        tmp_path,
+        workdir,
+        setup.cli_flags(mesh__data=2, mesh__fsdp=2, num_train_steps=100_000, checkpoint_every_steps=100_000),
+    )
     try:
         deadline = time.time() + 400
         while not logged_steps(workdir) and time.time() < deadline and procs[0].poll() is None:

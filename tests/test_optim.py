@@ -75,17 +75,18 @@ def test_weight_decay_mask_by_name(abstract_params):
 
 def test_layerwise_multipliers_follow_the_original(abstract_params):
     mult = _flat(optim.layerwise_lr_multipliers(abstract_params, num_layers=12, decay=0.8))
-    get = lambda *path: next(v for k, v in mult.items() if k[:len(path)] == path)
-    np.testing.assert_allclose(get("convbert", "embeddings", "word_embeddings"), 0.8 ** 14)
-    np.testing.assert_allclose(get("convbert", "embeddings_project"), 0.8 ** 14)
-    np.testing.assert_allclose(get("convbert", "encoder", "layer", "0"), 0.8 ** 13)
-    np.testing.assert_allclose(get("convbert", "encoder", "layer", "11"), 0.8 ** 2)
+    get = lambda *path: next(v for k, v in mult.items() if k[: len(path)] == path)
+    np.testing.assert_allclose(get("convbert", "embeddings", "word_embeddings"), 0.8**14)
+    np.testing.assert_allclose(get("convbert", "embeddings_project"), 0.8**14)
+    np.testing.assert_allclose(get("convbert", "encoder", "layer", "0"), 0.8**13)
+    np.testing.assert_allclose(get("convbert", "encoder", "layer", "11"), 0.8**2)
     np.testing.assert_allclose(get("classifier", "out_proj"), 1.0)
 
 
 def test_layerwise_multipliers_of_stacked_layers():
     """A scan_layers model's stacked layer parameters [L, ...] get multipliers [L, 1, ...]: layer i's value of the
     plain model, broadcast over the parameter; everything else as in the plain model."""
+
     def multipliers(scan_layers):
         config = size_config("small", num_hidden_layers=3, scan_layers=scan_layers)
         model = nnx.eval_shape(lambda: ConvBertForSequenceClassification(config, rngs=nnx.Rngs(0)))

@@ -75,8 +75,9 @@ def test_prepare_sentencepiece_and_blank_separated_docs(tmp_path):
     text = tmp_path / "docs.txt"
     text.write_text("\n\n".join(play(n, 150) for n in ("hamlet", "lear", "macbeth")))
     out = tmp_path / "sp"
-    m = prepare_corpus(str(text), str(out), tokenizer="sentencepiece", sp_vocab_size=300, blanks_separate_docs=True,
-                       eval_fraction=0)
+    m = prepare_corpus(
+        str(text), str(out), tokenizer="sentencepiece", sp_vocab_size=300, blanks_separate_docs=True, eval_fraction=0
+    )
     assert m["tokenizer"]["kind"] == "sentencepiece" and m["tokenizer"]["special_ids"]["cls"] == 2
     assert m["splits"]["train"]["documents"] > 3 and m["splits"]["eval"]["examples"] == 0
     assert (out / "spm.model").exists() and load_tokenizer(str(out)).kind == "sentencepiece"
@@ -85,8 +86,9 @@ def test_prepare_sentencepiece_and_blank_separated_docs(tmp_path):
 def test_command_line_defaults_are_the_pretraining_configs():
     """`python -m convbert.data.prepare` and pretrain.py's own preparation (config.data) hold out, tokenize and cut
     the same way unless told otherwise."""
-    out = subprocess.run([sys.executable, "-m", "convbert.data.prepare", "--help"], capture_output=True,
-                         text=True).stdout  # absl exits with 1 after --help
+    out = subprocess.run(
+        [sys.executable, "-m", "convbert.data.prepare", "--help"], capture_output=True, text=True
+    ).stdout  # absl exits with 1 after --help
     blocks = re.findall(r"^ +--(?:\[no\])?(\w+):(.*?)(?=^ +--|\Z)", out, re.M | re.S)
     cli = {name: m[1] for name, text in blocks if (m := re.search(r"\(default: '([^']*)'\)", text))}
     config = get_config("small")
@@ -112,16 +114,24 @@ def test_crash_leaves_no_output(corpus, tmp_path, monkeypatch):
 
 def test_hf_dataset_path(tmp_path):
     import datasets
+
     docs = [play(n, 120) for n in ("hamlet", "lear", "tempest", "othello")]
     ds = datasets.Dataset.from_dict({"text": docs, "id": list(range(4))})
     ds.to_json(str(tmp_path / "docs.jsonl"))
-    m = prepare_corpus(None, str(tmp_path / "hub"), hf_dataset="json", hf_data_files=str(tmp_path / "docs.jsonl"),
-                       eval_fraction=0.5, max_documents=3)
+    m = prepare_corpus(
+        None,
+        str(tmp_path / "hub"),
+        hf_dataset="json",
+        hf_data_files=str(tmp_path / "docs.jsonl"),
+        eval_fraction=0.5,
+        max_documents=3,
+    )
     assert m["sources"]["hf_dataset"] == "json"
     assert (m["splits"]["train"]["documents"], m["splits"]["eval"]["documents"]) == (2, 1)
     ds.save_to_disk(str(tmp_path / "saved"))
-    m2 = prepare_corpus(None, str(tmp_path / "disk"), hf_dataset=str(tmp_path / "saved"), eval_fraction=0.5,
-                        max_documents=3)
+    m2 = prepare_corpus(
+        None, str(tmp_path / "disk"), hf_dataset=str(tmp_path / "saved"), eval_fraction=0.5, max_documents=3
+    )
     assert m2["splits"] == m["splits"]
     with pytest.raises(ValueError, match="no column 'body'"):
         prepare_corpus(None, str(tmp_path / "bad"), hf_dataset=str(tmp_path / "saved"), hf_text_column="body")
@@ -137,6 +147,7 @@ def test_demo_corpus_is_default(tmp_path):
 def jsonl_files(tmp_path):
     """The six plays as rows of two JSON-lines files (a streamed dataset of two shards)."""
     import datasets
+
     paths = []
     for i, names in enumerate((PLAYS[:4], PLAYS[4:])):
         paths.append(str(tmp_path / f"docs-{i}.jsonl"))
@@ -146,8 +157,11 @@ def jsonl_files(tmp_path):
 
 def _dataset(data_dir):
     """Every split's examples in the loader's order, and the first batches of a shuffled loader."""
-    rows = {s: np.stack([np.stack(list(src[i].values())) for i in range(len(src))])
-            for s in ("train", "eval") for src in [PretrainingData(str(data_dir), s)]}
+    rows = {
+        s: np.stack([np.stack(list(src[i].values())) for i in range(len(src))])
+        for s in ("train", "eval")
+        for src in [PretrainingData(str(data_dir), s)]
+    }
     it = make_iterator(str(data_dir), global_batch_size=4, seed=1, process_index=0, process_count=1)
     return rows, [next(it)["input_ids"] for _ in range(3)]
 
@@ -188,8 +202,13 @@ def test_fingerprint_follows_the_inputs(plays, tmp_path):
     with open(plays / "hamlet.txt", "a") as f:
         f.write("One more line.\n")
     changes = prepare.fingerprint_changes(m["fingerprint"], prepare.fingerprint(str(plays), **dict(FAST, seed=1)))
-    assert changes[0] == "seed: 0 -> 1" and re.fullmatch(rf"input {plays}: 6 files of [\d,]+ bytes -> 6 files of "
-                                                         r"[\d,]+ bytes", changes[1]), changes
+    assert changes[0] == "seed: 0 -> 1" and re.fullmatch(
+        rf"input {plays}: 6 files of [\d,]+ bytes -> 6 files of "
+        r"[\d,]+ bytes",
+        changes[1],
+    ), changes
     other = prepare.fingerprint(str(plays / "hamlet.txt"), **FAST)
-    assert prepare.fingerprint_changes(m["fingerprint"], other) == [f"input {plays} no longer used",
-                                                                    f"input {plays / 'hamlet.txt'} added"]
+    assert prepare.fingerprint_changes(m["fingerprint"], other) == [
+        f"input {plays} no longer used",
+        f"input {plays / 'hamlet.txt'} added",
+    ]

@@ -94,8 +94,9 @@ def test_resume_after_sigkill_is_bitwise(tmp_path):
 
     reference, workdir = str(tmp_path / "reference"), str(tmp_path / "run")
     run(reference)
-    proc = subprocess.Popen(command(workdir), cwd=setup.REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        command(workdir), cwd=setup.REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 300
     while not os.path.isdir(os.path.join(workdir, "checkpoints", "2")):
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
@@ -132,8 +133,11 @@ def test_resume_onto_another_mesh(straight, tmp_path):
     train(config, workdir, devices=jax.devices())
     got = setup.losses(workdir)
     np.testing.assert_allclose([got[7], got[8]], [straight[1][7], straight[1][8]], rtol=1e-5)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6),
-                 setup.load_state(workdir, 8, config).params, straight[2].params)
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6),
+        setup.load_state(workdir, 8, config).params,
+        straight[2].params,
+    )
 
 
 def test_scanned_layers_with_remat_train_resume_and_export(straight, tmp_path, monkeypatch):
@@ -145,8 +149,7 @@ def test_scanned_layers_with_remat_train_resume_and_export(straight, tmp_path, m
 
     config, workdir = setup.tiny_config(model__scan_layers=True, model__remat="dots", export_hf=True), str(tmp_path)
     original = Checkpointer.reached_preemption
-    monkeypatch.setattr(Checkpointer, "reached_preemption",
-                        lambda self, step: step == 3 or original(self, step))
+    monkeypatch.setattr(Checkpointer, "reached_preemption", lambda self, step: step == 3 or original(self, step))
     train(config, workdir)
     assert steps(workdir) == [2, 3]
     monkeypatch.undo()
@@ -161,8 +164,10 @@ def test_scanned_layers_with_remat_train_resume_and_export(straight, tmp_path, m
     for p in plain:
         np.testing.assert_allclose(ours[p], plain[p], rtol=1e-4, atol=1e-6)
     exported = ConvBertModel.from_pretrained(os.path.join(workdir, "export", "discriminator"))
-    np.testing.assert_array_equal(exported.encoder.layer[0].output.dense.kernel[...],
-                                  ours[("discriminator", "encoder", "layer", 0, "output", "dense", "kernel")])
+    np.testing.assert_array_equal(
+        exported.encoder.layer[0].output.dense.kernel[...],
+        ours[("discriminator", "encoder", "layer", 0, "output", "dense", "kernel")],
+    )
 
 
 def _tree_hash(path):
@@ -193,15 +198,18 @@ def test_nan_loss_stops_without_saving(straight, tmp_path, monkeypatch):
     assert _tree_hash(os.path.join(workdir, "checkpoints")) == before
 
 
-@pytest.mark.parametrize("changes, key", [
-    (dict(mesh__data=3), "config.mesh"),
-    (dict(batch_size=6), "config.batch_size"),
-    (dict(grad_accum_steps=3), "config.grad_accum_steps"),
-    (dict(grad_accum_steps=2), "config.grad_accum_steps"),  # micro-batch 4 over 8 devices
-    (dict(model__vocab_size=1000), "config.model.vocab_size"),
-    (dict(model__max_position_embeddings=32), "config.model.max_position_embeddings"),
-    (dict(max_seq_length=32), "config.max_seq_length"),
-])
+@pytest.mark.parametrize(
+    "changes, key",
+    [
+        (dict(mesh__data=3), "config.mesh"),
+        (dict(batch_size=6), "config.batch_size"),
+        (dict(grad_accum_steps=3), "config.grad_accum_steps"),
+        (dict(grad_accum_steps=2), "config.grad_accum_steps"),  # micro-batch 4 over 8 devices
+        (dict(model__vocab_size=1000), "config.model.vocab_size"),
+        (dict(model__max_position_embeddings=32), "config.model.max_position_embeddings"),
+        (dict(max_seq_length=32), "config.max_seq_length"),
+    ],
+)
 def test_config_errors_name_the_key_before_compiling(changes, key, tmp_path, monkeypatch):
     monkeypatch.setattr(pretraining, "Pretrainer", lambda *a: pytest.fail("reached the model"))
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -217,8 +225,16 @@ def test_smoke_prepares_data_evaluates_exports(tmp_path):
     from convbert.modeling import ConvBertModel
 
     corpus = ",".join(os.path.join(DEMO_CORPUS_DIR, f) for f in ("macbeth.txt", "tempest.txt"))
-    config = setup.tiny_config(data__data_dir="", data__corpus=corpus, data__eval_fraction=0.5, num_eval_steps=2,
-                               eval_every_steps=4, export_hf=True, profile__start_step=3, profile__num_steps=2)
+    config = setup.tiny_config(
+        data__data_dir="",
+        data__corpus=corpus,
+        data__eval_fraction=0.5,
+        num_eval_steps=2,
+        eval_every_steps=4,
+        export_hf=True,
+        profile__start_step=3,
+        profile__num_steps=2,
+    )
     result = train(config, tmp_path)
     losses = setup.losses(tmp_path)
     assert np.mean([losses[7], losses[8]]) < np.mean([losses[1], losses[2]]) - 2.0, losses
@@ -231,7 +247,8 @@ def test_smoke_prepares_data_evaluates_exports(tmp_path):
     assert glob.glob(str(tmp_path / "profile" / "plugins" / "profile" / "*" / "*.xplane.pb"))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {"train/gen_loss", "train/disc_accuracy", "perf/tokens_per_sec_per_device", "perf/mfu"} <= set(
-        records[-2]) and [r["step"] for r in records if "eval/loss" in r] == [4, 8]
+        records[-2]
+    ) and [r["step"] for r in records if "eval/loss" in r] == [4, 8]
     assert steps(tmp_path) == [4, 6, 8]
 
     disc = str(tmp_path / "export" / "discriminator")
@@ -248,8 +265,9 @@ def test_smoke_prepares_data_evaluates_exports(tmp_path):
 def test_bfloat16_compute_with_float32_state():
     """model.dtype=bfloat16: the step's matmuls run in bfloat16; parameters and Adam moments stay float32."""
     mesh = sharding.create_mesh({}, ONE)
-    trainer = pretraining.Pretrainer(setup.tiny_config(model__dtype="bfloat16"), mesh,
-                                     {"pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask": 103})
+    trainer = pretraining.Pretrainer(
+        setup.tiny_config(model__dtype="bfloat16"), mesh, {"pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask": 103}
+    )
     state = trainer.abstract_state()
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
     assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.ndim} == {jnp.dtype("float32")}
@@ -274,8 +292,14 @@ def test_mlm_objective_learns_and_exports_an_encoder_fine_tuning_finds(tmp_path)
     from convbert import ConvBertForMaskedLM, flops
     from convbert.glue import finetune
 
-    config = setup.tiny_config(objective="mlm", export_hf=True, num_train_steps=12, eval_every_steps=12,
-                               num_eval_steps=1, **{"optimizer__learning_rate": 1e-3})
+    config = setup.tiny_config(
+        objective="mlm",
+        export_hf=True,
+        num_train_steps=12,
+        eval_every_steps=12,
+        num_eval_steps=1,
+        **{"optimizer__learning_rate": 1e-3},
+    )
     result = train(config, tmp_path)
     losses = setup.losses(tmp_path)
     assert np.mean([losses[11], losses[12]]) < np.mean([losses[1], losses[2]]) - 0.5, losses
@@ -287,6 +311,7 @@ def test_mlm_objective_learns_and_exports_an_encoder_fine_tuning_finds(tmp_path)
     disc, gen = flops.configs_from(config)
     electra_config = setup.tiny_config()
     assert gen is None and flops.training_flops_per_step(disc, None, 8, 64) < flops.training_flops_per_step(
-        *flops.configs_from(electra_config), 8, 64)
+        *flops.configs_from(electra_config), 8, 64
+    )
     with pytest.raises(ValueError, match=r"config\.objective='bert'"):
         pretraining.check_config(setup.tiny_config(objective="bert"))

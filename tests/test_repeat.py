@@ -25,9 +25,25 @@ def test_median_and_spread_over_invocations(tmp_path):
     script = tmp_path / "fake_bench.py"
     script.write_text(FAKE)
     out = tmp_path / "summary.json"
-    done = subprocess.run([sys.executable, "-m", "benchmarks.repeat", "--times", "3", "--json_out", str(out), "--",
-                           sys.executable, str(script), str(tmp_path / "counter")],
-                          capture_output=True, text=True, check=True, cwd=repeat.__file__.rsplit("/benchmarks/", 1)[0])
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.repeat",
+            "--times",
+            "3",
+            "--json_out",
+            str(out),
+            "--",
+            sys.executable,
+            str(script),
+            str(tmp_path / "counter"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=repeat.__file__.rsplit("/benchmarks/", 1)[0],
+    )
     summary = json.loads(out.read_text())["summary"]
     assert summary == [dict(key=["small", "train", "jax"], ratios=[1.1, 0.9, 1.3], median=1.1, min=0.9, max=1.3)]
     assert "| small / train / jax | **1.10x** | 0.90-1.30 | 1.10, 0.90, 1.30 |" in done.stdout

@@ -50,8 +50,9 @@ def test_changes_a_resume_may_not_make_are_listed_with_the_way_on(tmp_path):
     """Issue 14 case 1: batch size, model depth and corpus changed on restart: one error lists each change with
     its old and new value and says how to go on; run-length and logging changes pass and are returned."""
     fake_checkpoint(tmp_path, setup.tiny_config())
-    changed = setup.tiny_config(batch_size=16, model__num_hidden_layers=2, data__corpus="other.txt",
-                                num_train_steps=20, log_every_steps=5)
+    changed = setup.tiny_config(
+        batch_size=16, model__num_hidden_layers=2, data__corpus="other.txt", num_train_steps=20, log_every_steps=5
+    )
     with pytest.raises(ValueError) as error:
         resume.check_config(changed, str(tmp_path))
     assert str(error.value) == (
@@ -61,18 +62,27 @@ def test_changes_a_resume_may_not_make_are_listed_with_the_way_on(tmp_path):
         "  config.data.corpus: 'data/pretrain_corpus' -> 'other.txt': changes the data\n"
         "  config.model.num_hidden_layers: 1 -> 2: changes the model\n"
         "Nothing was written. To go on: rerun with the checkpoint's values, start a new --workdir, or accept the "
-        "changes with --config.resume.allow_changes=batch_size,data.corpus,model.num_hidden_layers")
+        "changes with --config.resume.allow_changes=batch_size,data.corpus,model.num_hidden_layers"
+    )
     assert sorted(os.listdir(tmp_path)) == ["checkpoints"]
 
     changed.resume.allow_changes = "batch_size, data ,model.num_hidden_layers"
     accepted = resume.check_config(changed, str(tmp_path))
     assert accepted.step == 2 and accepted.allows("data.corpus") and accepted.allows("data")
-    assert [c.key for c in accepted.changes] == ["batch_size", "data.corpus", "log_every_steps",
-                                                 "model.num_hidden_layers", "num_train_steps",
-                                                 "resume.allow_changes"]
+    assert [c.key for c in accepted.changes] == [
+        "batch_size",
+        "data.corpus",
+        "log_every_steps",
+        "model.num_hidden_layers",
+        "num_train_steps",
+        "resume.allow_changes",
+    ]
     changed.resume.allow_changes = "batch_sise"
-    with pytest.raises(ValueError, match=r"config\.resume\.allow_changes='batch_sise': config\.batch_sise is not a "
-                                         r"key of this config; the nearest valid key is config\.batch_size"):
+    with pytest.raises(
+        ValueError,
+        match=r"config\.resume\.allow_changes='batch_sise': config\.batch_sise is not a "
+        r"key of this config; the nearest valid key is config\.batch_size",
+    ):
         resume.check_config(changed, str(tmp_path))
     assert resume.check_config(setup.tiny_config(), str(tmp_path / "fresh")) is None
     assert not os.path.exists(tmp_path / "fresh")
@@ -120,16 +130,20 @@ def test_batch_size_change_is_refused_then_converted(first_run, tmp_path, monkey
 
     offsets = []
     make_iterator = loader.make_iterator
-    monkeypatch.setattr(loader, "make_iterator", lambda *a, **kw: offsets.append(kw.get("example_offset"))
-                        or make_iterator(*a, **kw))
+    monkeypatch.setattr(
+        loader, "make_iterator", lambda *a, **kw: offsets.append(kw.get("example_offset")) or make_iterator(*a, **kw)
+    )
     changed.resume.allow_changes = "batch_size"
     train(changed, workdir)
     assert offsets[0] == 32 and meta(workdir, 6)["data"]["examples_read"] == 32 + 2 * 4
     assert meta(workdir, 6)["data"]["batch_size"] == 4 and steps(workdir) == [2, 4, 6]
     history = starts(workdir)
     assert [s["step"] for s in history] == [0, 4] and history[0]["config"]["batch_size"] == 8
-    assert history[1]["changes"] == {"batch_size": [8, 4], "num_train_steps": [4, 6],
-                                     "resume.allow_changes": ["", "batch_size"]}
+    assert history[1]["changes"] == {
+        "batch_size": [8, 4],
+        "num_train_steps": [4, 6],
+        "resume.allow_changes": ["", "batch_size"],
+    }
 
 
 @pytest.mark.slow
@@ -139,8 +153,11 @@ def test_changed_model_is_a_config_diff_not_an_unreadable_checkpoint(first_run, 
     workdir = copy_of(first_run, tmp_path)
     with pytest.raises(ValueError, match=r"config\.model\.num_hidden_layers: 1 -> 2: changes the model"):
         train(setup.tiny_config(model__num_hidden_layers=2), workdir)
-    with pytest.raises(ValueError, match=r"checkpoints/4 holds another model than this config builds: \d+ arrays "
-                                         r"of the model are not in it \(e\.g\. .*layer\.1\."):
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoints/4 holds another model than this config builds: \d+ arrays "
+        r"of the model are not in it \(e\.g\. .*layer\.1\.",
+    ):
         train(setup.tiny_config(model__num_hidden_layers=2, resume__allow_changes="model"), workdir)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"] and len(starts(workdir)) == 1
 
@@ -181,9 +198,12 @@ def test_prepared_data_is_rebuilt_or_refused_when_its_inputs_change(tmp_path, ca
     assert pretraining.prepare_data(config, workdir) == data_dir and built == []  # reused
     with open(corpus / "tempest.txt", "a") as f:
         f.write("A line added after the preparation.\n")
-    with pytest.raises(ValueError, match=rf"{data_dir} was prepared from other inputs than the config names: "
-                                         rf"input {corpus}: 2 files of [\d,]+ bytes -> 2 files of [\d,]+ bytes\. "
-                                         r"The checkpoints were trained on it: .*allow_changes=data$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{data_dir} was prepared from other inputs than the config names: "
+        rf"input {corpus}: 2 files of [\d,]+ bytes -> 2 files of [\d,]+ bytes\. "
+        r"The checkpoints were trained on it: .*allow_changes=data$",
+    ):
         pretraining.prepare_data(config, workdir, resume.Resume(2, {}, (), ()))
     assert built == [] and loader.load_manifest(data_dir) == first
     other = setup.tiny_config(data__data_dir="", data__corpus=plays[0], data__eval_fraction=0.5)
@@ -191,13 +211,20 @@ def test_prepared_data_is_rebuilt_or_refused_when_its_inputs_change(tmp_path, ca
         pretraining.prepare_data(other, workdir)
     assert built == [plays[0]] and f"input {plays[0]} added" in caplog.text
     assert loader.load_manifest(data_dir)["fingerprint"] == prepare.fingerprint(
-        plays[0], max_seq_length=64, eval_fraction=0.5, seed=0, sp_vocab_size=other.data.sp_vocab_size)
+        plays[0], max_seq_length=64, eval_fraction=0.5, seed=0, sp_vocab_size=other.data.sp_vocab_size
+    )
     pretraining.prepare_data(config, workdir, resume.Resume(2, {}, (), ("data",)))
     assert built == [plays[0], str(corpus)]
-    with pytest.raises(ValueError, match=rf"{data_dir} holds other prepared data than checkpoint step 2 was trained "
-                                         r"on .*allow_changes=data$"):
-        resume.check_data(resume.Resume(2, {"data": {"manifest": resume.manifest_id(first)}}, (), ()),
-                          loader.load_manifest(data_dir), data_dir)
+    with pytest.raises(
+        ValueError,
+        match=rf"{data_dir} holds other prepared data than checkpoint step 2 was trained "
+        r"on .*allow_changes=data$",
+    ):
+        resume.check_data(
+            resume.Resume(2, {"data": {"manifest": resume.manifest_id(first)}}, (), ()),
+            loader.load_manifest(data_dir),
+            data_dir,
+        )
 
 
 # ---- config.json and fine-tuning reruns ------------------------------------------------------------
@@ -226,8 +253,13 @@ def test_finetuning_rerun_records_its_config_and_an_interrupted_seed_logs_afresh
     from helpers import save_random_encoder
 
     config = get_config("sst2,tiny")
-    config.update(init_checkpoint=save_random_encoder(str(tmp_path / "encoder")), num_train_epochs=1,
-                  data_dir=os.path.join(setup.REPO, "data", "glue_sample"), batch_size=16, eval_batch_size=16)
+    config.update(
+        init_checkpoint=save_random_encoder(str(tmp_path / "encoder")),
+        num_train_epochs=1,
+        data_dir=os.path.join(setup.REPO, "data", "glue_sample"),
+        batch_size=16,
+        eval_batch_size=16,
+    )
     workdir = tmp_path / "glue"
     (workdir / "sst2" / "seed_0").mkdir(parents=True)
     (workdir / "sst2" / "seed_0" / "metrics.jsonl").write_text('{"step": 500, "train/loss": 9.9}\n')

@@ -44,11 +44,14 @@ def test_logical_to_spec():
     assert sharding.logical_to_spec(("layers", "embed", "mlp"), RULES, mesh) == P(None, "fsdp", "model")
 
 
-@pytest.mark.parametrize("mesh_shape, embedding, ffn", [
-    ({"data": -1}, P(None, None), P(None, None)),           # pure data parallel: all replicated
-    ({"fsdp": -1}, P(None, "fsdp"), P("fsdp", None)),       # FSDP: embed dims split
-    ({"data": 4, "model": 2}, P("model", None), P(None, "model")),  # tensor parallel: vocab / mlp split
-])
+@pytest.mark.parametrize(
+    "mesh_shape, embedding, ffn",
+    [
+        ({"data": -1}, P(None, None), P(None, None)),  # pure data parallel: all replicated
+        ({"fsdp": -1}, P(None, "fsdp"), P("fsdp", None)),  # FSDP: embed dims split
+        ({"data": 4, "model": 2}, P("model", None), P(None, "model")),  # tensor parallel: vocab / mlp split
+    ],
+)
 def test_parameter_layouts(mesh_shape, embedding, ffn):
     mesh = sharding.create_mesh(mesh_shape)
     trainer = Pretrainer(setup.tiny_config(), mesh, SPECIAL)
@@ -60,7 +63,8 @@ def test_parameter_layouts(mesh_shape, embedding, ffn):
     scanned = Pretrainer(setup.tiny_config(model__scan_layers=True), mesh, SPECIAL)  # stacked [L, ...]
     stacked = P(None, *ffn)
     assert scanned.param_shardings["discriminator"]["encoder"]["layer"]["intermediate"]["dense"]["kernel"].spec == (
-        stacked)
+        stacked
+    )
     assert {s.spec for s in jax.tree.leaves(scanned.state_shardings.opt_state)} >= {stacked}
 
 
@@ -70,8 +74,10 @@ def test_constrain_pins_activations_under_activation_sharding():
     x = jnp.ones((8, 4, 16))
     assert sharding.constrain(x, HIDDEN_AXES) is x
     pin = jax.jit(lambda a: sharding.constrain(a * 2, HIDDEN_AXES))
-    for shape, spec, rows in [({"fsdp": -1}, P("fsdp", None, None), 1),
-                              ({"data": 2, "fsdp": 2, "model": 2}, P(("data", "fsdp"), None, None), 2)]:
+    for shape, spec, rows in [
+        ({"fsdp": -1}, P("fsdp", None, None), 1),
+        ({"data": 2, "fsdp": 2, "model": 2}, P(("data", "fsdp"), None, None), 2),
+    ]:
         mesh = sharding.create_mesh(shape)
         with sharding.activation_sharding(mesh, RULES):
             y = pin(jax.device_put(x, sharding.replicated(mesh)))
@@ -124,8 +130,9 @@ def test_2x2x2_mesh_matches_one_device(grad_accum_steps):
     the order of the sums); with gradient accumulation over 2 micro-batches too. Sampler: Gumbel-max (see
     `SAMPLER_FOR_EQUALITY`)."""
     config = setup.tiny_config(grad_accum_steps=grad_accum_steps)
-    it = loader.make_iterator(setup.demo_data_dir(), "train", global_batch_size=8, seed=0, process_index=0,
-                              process_count=1)
+    it = loader.make_iterator(
+        setup.demo_data_dir(), "train", global_batch_size=8, seed=0, process_index=0, process_count=1
+    )
     batches = [next(it) for _ in range(3)]
     one, one_params = losses_and_params(sharding.create_mesh({}, jax.devices()[:1]), config, batches)
     many, many_params = losses_and_params(sharding.create_mesh({"data": 2, "fsdp": 2, "model": 2}), config, batches)

@@ -43,8 +43,13 @@ def test_long_line_is_cut_into_sentences_in_bounded_memory(tmp_path):
     """A 10 MB file without a newline (issue 14: 50 MB cost 8.6 GB and became one 128-token example): it is read
     in pieces of max_line_chars and cut at sentence ends, counted; the peak memory of the process preparing it
     grows by far less than the file's tokenizer output (1.2 GB before this change for this file)."""
-    done = subprocess.run([sys.executable, "-c", LONG_LINE, str(tmp_path), "10"], capture_output=True, text=True,
-                          timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run(
+        [sys.executable, "-c", LONG_LINE, str(tmp_path), "10"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.splitlines()[-1])
     assert out["long_lines"] == 1 and out["lines"] > 50_000 and out["grown_mb"] < 150, out

@@ -38,7 +38,7 @@ def round_trip(examples, **sizes):
             assert e == 0
             continue
         text, start = ex.answers[0]
-        span = ex.context[evaluation["offsets"][w, s, 0]:evaluation["offsets"][w, e, 1]]
+        span = ex.context[evaluation["offsets"][w, s, 0] : evaluation["offsets"][w, e, 1]]
         assert span == text, (ex.qid, span, text)
         assert evaluation["offsets"][w, s, 0] == start
     return train, evaluation, counts
@@ -50,8 +50,10 @@ def test_fixture_is_reproducible_and_matches_the_committed_files(tmp_path):
             assert Path(path).read_text(encoding="utf-8") == committed.read(), path
 
 
-@pytest.mark.parametrize("version, name", [("v1", "train-v1.1.json"), ("v1", "dev-v1.1.json"),
-                                           ("v2", "train-v2.0.json"), ("v2", "dev-v2.0.json")])
+@pytest.mark.parametrize(
+    "version, name",
+    [("v1", "train-v1.1.json"), ("v1", "dev-v1.1.json"), ("v2", "train-v2.0.json"), ("v2", "dev-v2.0.json")],
+)
 def test_every_fixture_answer_round_trips_through_the_windows(version, name):
     examples = data.load_json(os.path.join(FIXTURES, name), version)
     assert data.check_answers(examples, name) == []
@@ -76,8 +78,14 @@ def test_every_fixture_answer_round_trips_through_the_windows(version, name):
 def test_windows_slide_by_the_stride_and_answers_at_window_edges_round_trip():
     words = [w for w in TOKENIZER.tokens[2000:2300] if w.isalpha()][:60]  # one token each
     context = " ".join(words)
-    qas = [{"id": f"q{i}", "question": "which word?",
-            "answers": [{"text": words[i], "answer_start": len(" ".join(words[:i])) + (i > 0)}]} for i in range(60)]
+    qas = [
+        {
+            "id": f"q{i}",
+            "question": "which word?",
+            "answers": [{"text": words[i], "answer_start": len(" ".join(words[:i])) + (i > 0)}],
+        }
+        for i in range(60)
+    ]
     examples = data.parse_squad(squad(context, qas), "v1", "edge")
     sizes = dict(max_seq_length=24, doc_stride=8, max_query_length=8)  # question 3 tokens -> 18 per window
     spans = data.doc_spans(60, 18, 8)
@@ -90,7 +98,7 @@ def test_windows_slide_by_the_stride_and_answers_at_window_edges_round_trip():
     best = data.max_context_window(spans, 60)
     assert (best[0], best[12], best[13], best[47], best[59]) == (0, 0, 1, 5, 6)
     windows = evaluation["example_index"] == 0
-    assert evaluation["max_context"][windows][:, q:q + 18].sum(axis=1).tolist() == np.bincount(best).tolist()
+    assert evaluation["max_context"][windows][:, q : q + 18].sum(axis=1).tolist() == np.bincount(best).tolist()
 
 
 def test_question_truncation_and_special_layout():
@@ -106,9 +114,11 @@ def test_question_truncation_and_special_layout():
 
 def test_mismatched_answers_are_counted_and_dropped_from_training_never_shifted(caplog):
     context = "The cat sat on the mat."
-    qas = [{"id": "ok", "question": "where?", "answers": [{"text": "the mat", "answer_start": 15}]},
-           {"id": "shifted", "question": "who?", "answers": [{"text": "cat", "answer_start": 3}]},
-           {"id": "wrong", "question": "what?", "answers": [{"text": "dog", "answer_start": 4}]}]
+    qas = [
+        {"id": "ok", "question": "where?", "answers": [{"text": "the mat", "answer_start": 15}]},
+        {"id": "shifted", "question": "who?", "answers": [{"text": "cat", "answer_start": 3}]},
+        {"id": "wrong", "question": "what?", "answers": [{"text": "dog", "answer_start": 4}]},
+    ]
     examples = data.parse_squad(squad(context, qas), "v1", "x.json")
     assert [(q, t) for q, t, _ in data.check_answers(examples, "x.json")] == [("shifted", "cat"), ("wrong", "dog")]
     assert "x.json: 2 answer(s) do not match" in caplog.text
@@ -124,8 +134,10 @@ def test_malformed_files_name_the_file_and_the_failing_key(tmp_path):
         ({"version": "1.1"}, r"bad.json: missing key 'data'"),
         ({"data": [{"title": "t"}]}, r"bad.json: data\[0\]: missing key 'paragraphs'"),
         (squad("x", [ok, {"id": "b", "answers": []}]), r"bad.json: data\[0\].paragraphs\[0\].qas\[1\]: missing key"),
-        (squad("x", [{**ok, "answers": [{"text": "x", "answer_start": "0"}]}]),
-         r"qas\[0\].answers\[0\].answer_start: expected int, got str"),
+        (
+            squad("x", [{**ok, "answers": [{"text": "x", "answer_start": "0"}]}]),
+            r"qas\[0\].answers\[0\].answer_start: expected int, got str",
+        ),
         (squad("x", [{**ok, "answers": []}]), r"qas\[0\].answers: empty .*use version v2"),
     ]
     for obj, message in cases:
@@ -142,10 +154,15 @@ def test_malformed_files_name_the_file_and_the_failing_key(tmp_path):
 def test_hub_rows_become_examples(monkeypatch):
     import datasets
 
-    rows = [{"id": "1", "context": "ab cd", "question": "q", "answers": {"text": ["cd"], "answer_start": [3]}},
-            {"id": "2", "context": "ab cd", "question": "q", "answers": {"text": [], "answer_start": []}}]
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: rows if (name, split) == (
-        "rajpurkar/squad_v2", "validation") else None)
+    rows = [
+        {"id": "1", "context": "ab cd", "question": "q", "answers": {"text": ["cd"], "answer_start": [3]}},
+        {"id": "2", "context": "ab cd", "question": "q", "answers": {"text": [], "answer_start": []}},
+    ]
+    monkeypatch.setattr(
+        datasets,
+        "load_dataset",
+        lambda name, split: rows if (name, split) == ("rajpurkar/squad_v2", "validation") else None,
+    )
     examples = data.load_split("v2", "dev", "")
     assert examples == [data.Example("1", "q", "ab cd", (("cd", 3),), False), data.Example("2", "q", "ab cd", (), True)]
 
@@ -154,7 +171,7 @@ def test_pretraining_tokenizer_folder_gives_the_same_offsets(tmp_path):
     """The tokenizer a pretraining workdir saves, loaded as fine-tuning loads it; special-token strings in the text
     are ordinary characters with their own spans."""
     TOKENIZER.save(str(tmp_path))
-    texts = ["Zoë's café, 1895-1943!", "Who says \"Où est\"? [SEP] here"]
+    texts = ["Zoë's café, 1895-1943!", 'Who says "Où est"? [SEP] here']
     ours = load_tokenizer(str(tmp_path)).encode_offsets(texts)
     assert ours == TOKENIZER.encode_offsets(texts)
     _, offsets = ours[0]

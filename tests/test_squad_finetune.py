@@ -42,8 +42,11 @@ def test_config_recipe_per_size():
     with pytest.raises(ValueError, match="unknown version 'v3'"):
         squad_config.get_config("v3,base")
     large = squad_config.get_config("v1,large")  # ELECTRA-large's fine-tuning recipe
-    assert (large.learning_rate, large.layerwise_lr_decay, large.init_checkpoint) == (5e-5, 0.9,
-                                                                                      "workdirs/pretrain_large")
+    assert (large.learning_rate, large.layerwise_lr_decay, large.init_checkpoint) == (
+        5e-5,
+        0.9,
+        "workdirs/pretrain_large",
+    )
     with pytest.raises(ValueError, match="unknown size 'huge'"):
         squad_config.get_config("v1,huge")
 
@@ -55,8 +58,9 @@ def test_loss_is_the_mean_span_cross_entropy_plus_the_weighted_answerability_los
     span = (-np.log(0.25) - np.log(0.8)) / 2
     out = finetune.example_losses({"start_logits": start, "end_logits": end}, batch, 0.5)
     np.testing.assert_allclose(out, [span], rtol=1e-6)
-    out = finetune.example_losses({"start_logits": start, "end_logits": end, "null_logits": jnp.array([0.3])},
-                                  batch, 0.5)
+    out = finetune.example_losses(
+        {"start_logits": start, "end_logits": end, "null_logits": jnp.array([0.3])}, batch, 0.5
+    )
     np.testing.assert_allclose(out, [span + 0.5 * np.log1p(np.exp(-0.3))], rtol=1e-6)
 
 
@@ -84,7 +88,9 @@ def test_tiny_finetune_beats_the_trivial_baselines_and_writes_valid_files(tmp_pa
     assert metrics.evaluate_v1(gold, predictions)["f1"] == pytest.approx(summary["f1"])
     results = json.loads(Path(workdir, "results.json").read_text(encoding="utf-8"))
     assert {"exact_match", "f1", "seeds", "median"} <= set(results) and results["answer_mismatches"] == {
-        "train": 0, "dev": 0}
+        "train": 0,
+        "dev": 0,
+    }
     assert "| ours, median of 1 |" in Path(workdir, "results.md").read_text()
     seed_dir = os.path.join(workdir, "seed_0")
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(seed_dir))
@@ -100,9 +106,19 @@ def test_tiny_finetune_beats_the_trivial_baselines_and_writes_valid_files(tmp_pa
 def test_v2_writes_null_odds_and_the_threshold_numbers(tmp_path, checkpoint):
     """One epoch of a freshly initialised encoder (random:SRC) at length 64 on the v2.0 fixture: the files."""
     workdir = str(tmp_path / "v2")
-    summary = finetune.run(tiny_config("v2", f"random:{checkpoint}", num_train_epochs=1, batch_size=32,
-                                       eval_batch_size=64, max_seq_length=64, doc_stride=16, max_query_length=16),
-                           workdir)
+    summary = finetune.run(
+        tiny_config(
+            "v2",
+            f"random:{checkpoint}",
+            num_train_epochs=1,
+            batch_size=32,
+            eval_batch_size=64,
+            max_seq_length=64,
+            doc_stride=16,
+            max_query_length=16,
+        ),
+        workdir,
+    )
     predictions = json.loads(Path(workdir, "predictions.json").read_text(encoding="utf-8"))
     odds = json.loads(Path(workdir, "null_odds.json").read_text(encoding="utf-8"))
     assert set(predictions) == set(odds) and all(isinstance(v, float) for v in odds.values())

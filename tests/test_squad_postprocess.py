@@ -37,8 +37,11 @@ def test_decode_scores_across_windows_and_cuts_the_context():
     o1, m1 = window(context=range(3, 7), starts=(0, 3, 6, 9))  # window 0: tokens ab cd ef gh
     o2, m2 = window(context=range(3, 7), starts=(6, 9, 12, 15), max_context=[False, True, True, True])
     o3, m3 = window(context=[], starts=())  # q2: no context token at all
-    features = {"example_index": np.array([0, 0, 1]), "offsets": np.stack([o1, o2, o3]),
-                "max_context": np.stack([m1, m2, m3])}
+    features = {
+        "example_index": np.array([0, 0, 1]),
+        "offsets": np.stack([o1, o2, o3]),
+        "max_context": np.stack([m1, m2, m3]),
+    }
     start, end = np.zeros((3, 8)), np.zeros((3, 8))
     start[0, 5], end[0, 6] = 2.0, 2.0  # "ef gh", score 4
     start[1, 4], end[1, 5] = 3.0, 3.0  # "gh ij" in window 1, score 6: wins

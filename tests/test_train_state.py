@@ -56,17 +56,24 @@ def assert_same_gradient(got, expected, rtol: float = 1e-5):
 def electra_gradients(k: int, own_denominators: bool = False):
     """(gradients, metrics) of `Pretrainer.gradients` on one device, `grad_accum_steps = k`, deterministic draws;
     `own_denominators`: each micro-batch divides by its own counts (the mean of ratios, for contrast)."""
-    config = setup.tiny_config(grad_accum_steps=k, model__hidden_dropout_prob=0.0,
-                               model__attention_probs_dropout_prob=0.0, electra__mask_prob=1.0,
-                               electra__max_predictions_per_seq=T, electra__upstream_quirks=False,
-                               electra__mask_token_prob=0.0, electra__temperature=1e-7)
+    config = setup.tiny_config(
+        grad_accum_steps=k,
+        model__hidden_dropout_prob=0.0,
+        model__attention_probs_dropout_prob=0.0,
+        electra__mask_prob=1.0,
+        electra__max_predictions_per_seq=T,
+        electra__upstream_quirks=False,
+        electra__mask_token_prob=0.0,
+        electra__temperature=1e-7,
+    )
     mesh = sharding.create_mesh({}, jax.devices()[:1])
     trainer = Pretrainer(config, mesh, SPECIAL)
     if own_denominators:
         trainer.normalizers_fn = None
     rows = padded_rows()
-    batch = sharding.shard_batch({"input_ids": rows["ids"], "input_mask": rows["mask"],
-                                  "segment_ids": np.zeros_like(rows["ids"])}, mesh)
+    batch = sharding.shard_batch(
+        {"input_ids": rows["ids"], "input_mask": rows["mask"], "segment_ids": np.zeros_like(rows["ids"])}, mesh
+    )
     state = trainer.init(jax.random.PRNGKey(0))
     return jax.device_get(jax.jit(trainer.gradients)(state.params, batch, jax.random.PRNGKey(1)))
 
@@ -103,17 +110,29 @@ def finetuning_trainer(k: int, reduction: str) -> finetuning.Trainer:
     def forward(model, batch, **kw):
         return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], **kw).logits
 
-    return finetuning.Trainer(lambda rngs: ConvBertForSequenceClassification(model_config, rngs=rngs), forward,
-                              lambda logits, batch: glue.example_losses(logits, batch["labels"], False), config,
-                              sharding.create_mesh({"data": 2}, jax.devices()[:2]), total_steps=10, num_layers=2,
-                              encoder_params=None)
+    return finetuning.Trainer(
+        lambda rngs: ConvBertForSequenceClassification(model_config, rngs=rngs),
+        forward,
+        lambda logits, batch: glue.example_losses(logits, batch["labels"], False),
+        config,
+        sharding.create_mesh({"data": 2}, jax.devices()[:2]),
+        total_steps=10,
+        num_layers=2,
+        encoder_params=None,
+    )
 
 
 def classification_batch(trainer: finetuning.Trainer) -> dict[str, jax.Array]:
     rows = padded_rows(seed=1)
-    return sharding.shard_batch({"input_ids": rows["ids"], "attention_mask": rows["mask"],
-                                 "token_type_ids": np.zeros_like(rows["ids"]),
-                                 "labels": (LENGTHS % 2).astype(np.int32)}, trainer.mesh)
+    return sharding.shard_batch(
+        {
+            "input_ids": rows["ids"],
+            "attention_mask": rows["mask"],
+            "token_type_ids": np.zeros_like(rows["ids"]),
+            "labels": (LENGTHS % 2).astype(np.int32),
+        },
+        trainer.mesh,
+    )
 
 
 def test_finetuning_accumulation_gives_the_whole_batch_gradient():
@@ -122,8 +141,9 @@ def test_finetuning_accumulation_gives_the_whole_batch_gradient():
     for k, reduction in ((1, "mean"), (4, "mean"), (4, "sum")):
         trainer = finetuning_trainer(k, reduction)
         state = trainer.init_state(0)
-        grads[k, reduction], metrics = jax.jit(trainer.gradients)(state.params, classification_batch(trainer),
-                                                                  jax.random.PRNGKey(1))
+        grads[k, reduction], metrics = jax.jit(trainer.gradients)(
+            state.params, classification_batch(trainer), jax.random.PRNGKey(1)
+        )
         assert metrics["loss"].shape == (k,)
     assert_same_gradient(grads[4, "mean"], grads[1, "mean"])
     assert_same_gradient(grads[4, "sum"], jax.tree.map(lambda g: len(LENGTHS) * g, grads[1, "mean"]))
@@ -136,10 +156,12 @@ def test_abstract_state_and_an_ahead_of_time_compiled_train_step():
     abstract = trainer.abstract_state()
     state = trainer.init(jax.random.PRNGKey(0))
     assert jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), abstract) == jax.tree.map(
-        lambda x: (x.shape, x.dtype, x.sharding), state)
+        lambda x: (x.shape, x.dtype, x.sharding), state
+    )
     batch = classification_batch(trainer)
-    compiled = trainer.train_step.lower(abstract, trainer.abstract_batch(
-        {k: (v.shape, v.dtype) for k, v in batch.items()})).compile()
+    compiled = trainer.train_step.lower(
+        abstract, trainer.abstract_batch({k: (v.shape, v.dtype) for k, v in batch.items()})
+    ).compile()
     before = jax.tree.leaves(state)
     new, metrics = compiled(state, batch)
     assert all(x.is_deleted() for x in before)  # donated

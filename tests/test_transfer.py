@@ -25,8 +25,11 @@ def suite(tmp_path_factory):
 
 
 def _tree_digest(path):
-    return {os.path.relpath(os.path.join(r, f), path): hashlib.sha256(open(os.path.join(r, f), "rb").read()).hexdigest()
-            for r, _, files in os.walk(path) for f in files}
+    return {
+        os.path.relpath(os.path.join(r, f), path): hashlib.sha256(open(os.path.join(r, f), "rb").read()).hexdigest()
+        for r, _, files in os.walk(path)
+        for f in files
+    }
 
 
 def test_deterministic_and_equal_to_the_shipped_files(suite, tmp_path):
@@ -42,8 +45,9 @@ def test_sizes_labels_and_loading(suite):
         info = manifest["tasks"][name]
         assert info["sizes"] == transfer.SIZES and info["chance"] == 0.5
         for split in ("train", "dev"):
-            ex = glue_data.load_tsv_split(str(root / "suite"), task, getattr(task, split) if split == "train"
-                                          else task.dev[""])
+            ex = glue_data.load_tsv_split(
+                str(root / "suite"), task, getattr(task, split) if split == "train" else task.dev[""]
+            )
             assert len(ex) == transfer.SIZES[split]
             assert np.bincount(ex.labels).tolist() == [len(ex) // 2] * 2  # balanced exactly
         test = glue_data.load_tsv_split(str(root / "suite"), task, next(iter(task.test.values())))
@@ -80,16 +84,24 @@ def test_no_sentence_shared_between_the_splits_of_a_task_and_none_from_the_pretr
                 for text in ex.text_a + (ex.text_b or []):
                     words = transfer.normalise(text).split()
                     for i in range(len(words)):
-                        key = tuple(words[:i] + words[i + 1:])
+                        key = tuple(words[:i] + words[i + 1 :])
                         assert seen.setdefault(key, split) == split, (name, text)
     corpus_files = sorted(os.listdir(root / "corpus"))
     assert corpus_files and not any(transfer.is_held_out(f) for f in corpus_files)
     corpus = " ".join(transfer.normalise(Path(root / "corpus" / f).read_text()) for f in corpus_files)
-    originals = [transfer.normalise(t) for (name, _), ex in _sources(root).items() if ex.labels is not None
-                 for t, label in zip(ex.text_a, ex.labels, strict=True) if label == 1 and name != "fill_blank"]
-    originals += [transfer.normalise(a if label == 0 else b) for (name, _), ex in _sources(root).items()
-                  if name == "fill_blank" and ex.labels is not None
-                  for a, b, label in zip(ex.text_a, ex.text_b, ex.labels, strict=True)]
+    originals = [
+        transfer.normalise(t)
+        for (name, _), ex in _sources(root).items()
+        if ex.labels is not None
+        for t, label in zip(ex.text_a, ex.labels, strict=True)
+        if label == 1 and name != "fill_blank"
+    ]
+    originals += [
+        transfer.normalise(a if label == 0 else b)
+        for (name, _), ex in _sources(root).items()
+        if name == "fill_blank" and ex.labels is not None
+        for a, b, label in zip(ex.text_a, ex.text_b, ex.labels, strict=True)
+    ]
     assert originals and not [t for t in originals if f" {t} " in f" {corpus} "]
 
 

@@ -28,6 +28,7 @@ def _files(root):
 def test_workers_do_not_change_the_bytes(plays, tmp_path, monkeypatch):
     """1 and 2 workers write identical folders, from files (six units) and from a saved dataset (three)."""
     import datasets
+
     one = prepare_corpus(str(plays), str(tmp_path / "one"), num_workers=1, **FAST)
     prepare_corpus(str(plays), str(tmp_path / "two"), num_workers=2, **FAST)
     assert one["units"] == 6 and one["splits"]["eval"]["documents"] == 2
@@ -117,4 +118,3 @@ def test_interrupted_preparation_leaves_nothing_behind(plays, tmp_path):
     (tmp_path / ".data.tmp-abc123" / "train").mkdir(parents=True)
     prepare_corpus(str(plays), str(tmp_path / "data"), num_workers=1, overwrite=True, **FAST)
     assert sorted(os.listdir(tmp_path)) == ["data", "plays"]
-

@@ -15,10 +15,14 @@ from convbert.ablation.study import CONTROL, base_study, variants
 def get_config(arg: str = "tiny"):
     scale = arg or "tiny"
     c = base_study(scale, "configs/ablations/generator_size.py")
-    fractions = {"gen_1_4": 0.25, "gen_1_2": 0.5, "gen_1_1": 1.0} if scale == "tiny" else {
-        "gen_1_4": 0.25, "gen_1_2": 0.5, "gen_3_4": 0.75, "gen_1_1": 1.0}
-    c.variants = variants(**{name: {"electra": {"generator_fraction": f}} for name, f in fractions.items()},
-                          no_pretraining=CONTROL)
+    fractions = (
+        {"gen_1_4": 0.25, "gen_1_2": 0.5, "gen_1_1": 1.0}
+        if scale == "tiny"
+        else {"gen_1_4": 0.25, "gen_1_2": 0.5, "gen_3_4": 0.75, "gen_1_1": 1.0}
+    )
+    c.variants = variants(
+        **{name: {"electra": {"generator_fraction": f}} for name, f in fractions.items()}, no_pretraining=CONTROL
+    )
     c.reference = "gen_1_2" if scale == "tiny" else "gen_1_4"
     c.knob = "electra.generator_fraction"
     return c

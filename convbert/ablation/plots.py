@@ -16,8 +16,12 @@ from collections.abc import Mapping
 
 from convbert.glue.tasks import DISPLAY_NAMES
 
-CURVES = (("train/loss", "training loss (total)"), ("eval/loss", "eval loss (total)"),
-          ("eval/gen_accuracy", "eval generator MLM accuracy"), ("eval/disc_auc", "eval discriminator AUC"))
+CURVES = (
+    ("train/loss", "training loss (total)"),
+    ("eval/loss", "eval loss (total)"),
+    ("eval/gen_accuracy", "eval generator MLM accuracy"),
+    ("eval/disc_auc", "eval discriminator AUC"),
+)
 
 
 def _colors(names):
@@ -30,8 +34,10 @@ def _colors(names):
 def _split(result: Mapping) -> tuple[dict, dict]:
     """(pretrained variants, controls) of the results."""
     rows = result["variants"]
-    return ({n: r for n, r in rows.items() if r["init"] != "random"},
-            {n: r for n, r in rows.items() if r["init"] == "random"})
+    return (
+        {n: r for n, r in rows.items() if r["init"] != "random"},
+        {n: r for n, r in rows.items() if r["init"] == "random"},
+    )
 
 
 def _knob_axis(ax, result: Mapping, pretrained: Mapping) -> dict[str, float]:
@@ -74,9 +80,15 @@ def pretraining_curves(result: Mapping, curves: Mapping[str, Mapping[int, Mappin
             points = [(s, r[key]) for s, r in curves.get(name, {}).items() if r.get(key) is not None]
             if points:
                 steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, marker="o" if key.startswith("eval") else None, markersize=4,
-                        color=colors[name], linewidth=2.2 if name == result["reference"] else 1.3,
-                        label=name + (" (reference)" if name == result["reference"] else ""))
+                ax.plot(
+                    steps,
+                    values,
+                    marker="o" if key.startswith("eval") else None,
+                    markersize=4,
+                    color=colors[name],
+                    linewidth=2.2 if name == result["reference"] else 1.3,
+                    label=name + (" (reference)" if name == result["reference"] else ""),
+                )
         ax.set_title(title, fontsize=11)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -96,9 +108,16 @@ def _score_panel(ax, result, pretrained, controls, colors, title, scores) -> Non
             continue
         center, spread, seeds = score
         ax.scatter([xs[name]] * len(seeds), seeds, s=14, color=colors[name], alpha=0.45, linewidth=0)
-        ax.errorbar([xs[name]], [center], yerr=[spread or 0.0], fmt="D" if name == result["reference"] else "o",
-                    markersize=8 if name == result["reference"] else 6, color=colors[name], capsize=4,
-                    label=name + (" (reference)" if name == result["reference"] else ""))
+        ax.errorbar(
+            [xs[name]],
+            [center],
+            yerr=[spread or 0.0],
+            fmt="D" if name == result["reference"] else "o",
+            markersize=8 if name == result["reference"] else 6,
+            color=colors[name],
+            capsize=4,
+            label=name + (" (reference)" if name == result["reference"] else ""),
+        )
     _controls(ax, controls, lambda row: (lambda s: (s[0], s[1]) if s else (None, None))(scores(row)))
     ax.margins(x=0.15)
     ax.set_title(title, fontsize=11)
@@ -111,18 +130,29 @@ def headline(result: Mapping, path: str) -> None:
 
     pretrained, controls = _split(result)
     colors = _colors(result["variants"])
-    panels = [("headline: mean of " + ", ".join(DISPLAY_NAMES[t] for t in result["headline_tasks"]),
-               lambda r: None if r["headline"] is None else (r["headline"], r["headline_std"], r["headline_seeds"]))]
+    panels = [
+        (
+            "headline: mean of " + ", ".join(DISPLAY_NAMES[t] for t in result["headline_tasks"]),
+            lambda r: None if r["headline"] is None else (r["headline"], r["headline_std"], r["headline_seeds"]),
+        )
+    ]
     for task in result["tasks"]:
-        panels.append((f"{DISPLAY_NAMES[task]} (dev, median ± std over seeds)",
-                       lambda r, t=task: None if t not in r["tasks"] else (
-                           r["tasks"][t]["median"], r["tasks"][t]["std"], r["tasks"][t]["seeds"])))
+        panels.append(
+            (
+                f"{DISPLAY_NAMES[task]} (dev, median ± std over seeds)",
+                lambda r, t=task: (
+                    None
+                    if t not in r["tasks"]
+                    else (r["tasks"][t]["median"], r["tasks"][t]["std"], r["tasks"][t]["seeds"])
+                ),
+            )
+        )
     cols = min(len(panels), 3)
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.9 * rows), squeeze=False)
     for ax, (title, scores) in zip(axes.flat, panels, strict=False):
         _score_panel(ax, result, pretrained, controls, colors, title, scores)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     axes.flat[0].set_ylabel("dev score")
     axes.flat[0].legend(fontsize=8)
@@ -141,10 +171,23 @@ def score_vs_flops(result: Mapping, path: str) -> None:
     for name, row in pretrained.items():
         if row["headline"] is None:
             continue
-        ax.errorbar([row["pretrain_flops"]], [row["headline"]], yerr=[row["headline_std"] or 0.0],
-                    fmt="D" if name == result["reference"] else "o", color=colors[name], capsize=4, markersize=7)
-        ax.annotate(name, (row["pretrain_flops"], row["headline"]), textcoords="offset points", xytext=(7, 5),
-                    fontsize=9, color=colors[name])
+        ax.errorbar(
+            [row["pretrain_flops"]],
+            [row["headline"]],
+            yerr=[row["headline_std"] or 0.0],
+            fmt="D" if name == result["reference"] else "o",
+            color=colors[name],
+            capsize=4,
+            markersize=7,
+        )
+        ax.annotate(
+            name,
+            (row["pretrain_flops"], row["headline"]),
+            textcoords="offset points",
+            xytext=(7, 5),
+            fontsize=9,
+            color=colors[name],
+        )
     _controls(ax, controls, lambda row: (row["headline"], row["headline_std"]))
     ax.margins(x=0.2)
     ax.set_xlabel("pretraining FLOPs (ELECTRA accounting, convbert.flops)")

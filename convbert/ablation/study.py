@@ -67,18 +67,40 @@ def base_study(scale: str, where: str) -> ml_collections.ConfigDict:
         raise ValueError(f"{where}: unknown scale {scale!r}; choose from {', '.join(SCALES)}")
     c = ml_collections.ConfigDict()
     if scale == "tiny":
-        c.pretrain = ml_collections.ConfigDict(dict(config="configs/pretrain.py:tiny", overrides=dict(
-            num_train_steps=TINY_PRETRAIN_STEPS, checkpoint_every_steps=150, eval_every_steps=150,
-            export_every_steps=0)))
-        c.finetune = ml_collections.ConfigDict(dict(config="configs/finetune_glue.py:transfer,tiny", tasks=TINY_TASKS,
-                                                    data_dir="data/transfer", overrides={}, task_data_dirs={}))
+        c.pretrain = ml_collections.ConfigDict(
+            dict(
+                config="configs/pretrain.py:tiny",
+                overrides=dict(
+                    num_train_steps=TINY_PRETRAIN_STEPS,
+                    checkpoint_every_steps=150,
+                    eval_every_steps=150,
+                    export_every_steps=0,
+                ),
+            )
+        )
+        c.finetune = ml_collections.ConfigDict(
+            dict(
+                config="configs/finetune_glue.py:transfer,tiny",
+                tasks=TINY_TASKS,
+                data_dir="data/transfer",
+                overrides={},
+                task_data_dirs={},
+            )
+        )
     else:
         # data.data_dir: a corpus prepared by `python -m convbert.data.prepare` (set it on the command line).
-        c.pretrain = ml_collections.ConfigDict(dict(config="configs/pretrain.py:small", overrides=dict(
-            num_train_steps=1_000_000, data=dict(data_dir=""))))
-        c.finetune = ml_collections.ConfigDict(dict(
-            config="configs/finetune_glue.py:all,small", tasks=(*PAPER_TASKS, *TRANSFER_TASKS), data_dir="",
-            overrides={}, task_data_dirs={t: "data/transfer" for t in TRANSFER_TASKS}))
+        c.pretrain = ml_collections.ConfigDict(
+            dict(config="configs/pretrain.py:small", overrides=dict(num_train_steps=1_000_000, data=dict(data_dir="")))
+        )
+        c.finetune = ml_collections.ConfigDict(
+            dict(
+                config="configs/finetune_glue.py:all,small",
+                tasks=(*PAPER_TASKS, *TRANSFER_TASKS),
+                data_dir="",
+                overrides={},
+                task_data_dirs={t: "data/transfer" for t in TRANSFER_TASKS},
+            )
+        )
         c.headline_tasks = PAPER_TASKS  # the paper's GLUE score, on dev
     c.num_seeds = NUM_SEEDS
     c.knob = ""
@@ -232,8 +254,10 @@ def _check_study_keys(study: ml_collections.ConfigDict) -> list[str]:
         errors.append(f"reference {study.reference!r} is the no-pretraining control; choose a pretrained variant")
     set_by_runner = sorted(set(flatten(study.finetune.get("overrides"))) & set(FINETUNE_KEYS))
     if set_by_runner:
-        errors.append(f"finetune.overrides sets {', '.join(set_by_runner)}, which the study sets per stage "
-                      "(finetune.tasks, the variant's checkpoint, finetune.data_dir, num_seeds)")
+        errors.append(
+            f"finetune.overrides sets {', '.join(set_by_runner)}, which the study sets per stage "
+            "(finetune.tasks, the variant's checkpoint, finetune.data_dir, num_seeds)"
+        )
     return errors
 
 
@@ -289,15 +313,25 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
         stages = []
         if not random_init:
             wd = os.path.join(workdir, name, PRETRAIN)
-            argv = ("python", PRETRAIN_SCRIPT, f"--config={study.pretrain.config}", f"--workdir={wd}",
-                    *config_flags({**overrides, **flat}))
+            argv = (
+                "python",
+                PRETRAIN_SCRIPT,
+                f"--config={study.pretrain.config}",
+                f"--workdir={wd}",
+                *config_flags({**overrides, **flat}),
+            )
             stages.append(Stage(name, PRETRAIN, wd, argv, configs[name]))
         source = RANDOM_INIT + reference_dir if random_init else os.path.join(workdir, name, PRETRAIN)
         for task in tasks_of(study):
             wd = os.path.join(workdir, name, task)
             data_dir = task_dirs.get(task, study.finetune.data_dir)
-            flat_ft = {"task": task, "init_checkpoint": source, "data_dir": data_dir, "num_seeds": study.num_seeds,
-                       **ft_overrides}
+            flat_ft = {
+                "task": task,
+                "init_checkpoint": source,
+                "data_dir": data_dir,
+                "num_seeds": study.num_seeds,
+                **ft_overrides,
+            }
             config = load_config_file(study.finetune.config)
             problems = apply_overrides(config, flat_ft, "finetune")
             if not problems:
@@ -306,8 +340,13 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
                 except (ValueError, FileNotFoundError) as e:
                     problems.append(f"finetune {task}: {e}")
             errors += problems
-            argv = ("python", FINETUNE_SCRIPT, f"--config={study.finetune.config}", f"--workdir={wd}",
-                    *config_flags(flat_ft))
+            argv = (
+                "python",
+                FINETUNE_SCRIPT,
+                f"--config={study.finetune.config}",
+                f"--workdir={wd}",
+                *config_flags(flat_ft),
+            )
             stages.append(Stage(name, task, wd, argv, config))
         pretrain_config = configs[study.reference] if random_init else configs[name]
         knob = None if random_init or not study.get("knob") else _lookup(pretrain_config, study.knob)
@@ -364,7 +403,8 @@ def _same(saved: Any, wanted: Any) -> bool:
         return False
     random_saved, random_wanted = saved.startswith(RANDOM_INIT), wanted.startswith(RANDOM_INIT)
     return random_saved == random_wanted and (
-        os.path.realpath(saved.removeprefix(RANDOM_INIT)) == os.path.realpath(wanted.removeprefix(RANDOM_INIT)))
+        os.path.realpath(saved.removeprefix(RANDOM_INIT)) == os.path.realpath(wanted.removeprefix(RANDOM_INIT))
+    )
 
 
 def config_mismatch(stage: Stage) -> str | None:
@@ -379,8 +419,10 @@ def config_mismatch(stage: Stage) -> str | None:
     if not keys:
         return None
     shown = "; ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in keys[:4])
-    return (f"variant {stage.variant!r}: {stage.workdir} holds a {stage.name} run of another configuration ({shown}"
-            f"{'; ...' if len(keys) > 4 else ''}); use another --workdir or delete that folder")
+    return (
+        f"variant {stage.variant!r}: {stage.workdir} holds a {stage.name} run of another configuration ({shown}"
+        f"{'; ...' if len(keys) > 4 else ''}); use another --workdir or delete that folder"
+    )
 
 
 def check_workdir(workdir: str, plan: dict[str, Variant], selected: dict[str, Variant], reference: str) -> None:
@@ -388,10 +430,15 @@ def check_workdir(workdir: str, plan: dict[str, Variant], selected: dict[str, Va
     selected without the reference, whose pretraining it needs, being pretrained or selected."""
     errors = [m for v in selected.values() for s in v.stages if (m := config_mismatch(s))]
     ref = plan[reference]
-    if (any(v.random_init for v in selected.values()) and reference not in selected
-            and not is_done(workdir, ref.pretrain)):
+    if (
+        any(v.random_init for v in selected.values())
+        and reference not in selected
+        and not is_done(workdir, ref.pretrain)
+    ):
         control = next(n for n, v in selected.items() if v.random_init)
-        errors.append(f"variant {control!r} fine-tunes a fresh encoder of the reference's config and tokenizer, read "
-                      f"from {ref.pretrain.workdir}, which is not pretrained yet: add {reference!r} to --only")
+        errors.append(
+            f"variant {control!r} fine-tunes a fresh encoder of the reference's config and tokenizer, read "
+            f"from {ref.pretrain.workdir}, which is not pretrained yet: add {reference!r} to --only"
+        )
     if errors:
         raise StudyError("\n".join(errors))

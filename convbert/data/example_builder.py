@@ -30,8 +30,16 @@ class ExampleBuilder:
     `input_mask` (1 on real tokens) and `segment_ids` (0 for [CLS] A [SEP], 1 for B [SEP], 0 on padding).
     """
 
-    def __init__(self, max_seq_length: int, *, cls_id: int, sep_id: int, pad_id: int = 0,
-                 variant: str = "electra", seed: int | Sequence[int] = 0):
+    def __init__(
+        self,
+        max_seq_length: int,
+        *,
+        cls_id: int,
+        sep_id: int,
+        pad_id: int = 0,
+        variant: str = "electra",
+        seed: int | Sequence[int] = 0,
+    ):
         if variant not in VARIANTS:
             raise ValueError(f"builder variant must be one of {VARIANTS}, got {variant!r}")
         if max_seq_length < MIN_RANDOM_LENGTH:
@@ -67,9 +75,11 @@ class ExampleBuilder:
     def _goes_to_first(self, first: list[int], second: list[int], line: Sequence[int], first_target: int) -> bool:
         # Fixed logic: conditions 1 and 3 are "A empty" / "B empty"; ConvBERT repo: "A non-empty" / "B non-empty".
         fixed = self.variant == "electra"
-        return ((len(first) == 0) == fixed
-                or len(first) + len(line) < first_target
-                or ((len(second) == 0) == fixed and len(first) < first_target and self._rng.random() < 0.5))
+        return (
+            (len(first) == 0) == fixed
+            or len(first) + len(line) < first_target
+            or ((len(second) == 0) == fixed and len(first) < first_target and self._rng.random() < 0.5)
+        )
 
     def _create_example(self) -> dict[str, np.ndarray]:
         # -3: [CLS], [SEP], [SEP]
@@ -77,8 +87,8 @@ class ExampleBuilder:
         first, second = [], []
         for line in self._lines:
             (first if self._goes_to_first(first, second, line, first_target) else second).extend(line)
-        first = first[:self.max_seq_length - 2]
-        second = second[:max(0, self.max_seq_length - len(first) - 3)]
+        first = first[: self.max_seq_length - 2]
+        second = second[: max(0, self.max_seq_length - len(first) - 3)]
 
         self._lines, self._length = [], 0
         if self._rng.random() < RANDOM_LENGTH_PROB:
@@ -94,6 +104,8 @@ class ExampleBuilder:
             ids += [*second, self._sep]
             segments += [1] * (len(second) + 1)
         n, pad = len(ids), self.max_seq_length - len(ids)
-        return {"input_ids": np.array(ids + [self._pad] * pad, np.int32),
-                "input_mask": np.array([1] * n + [0] * pad, np.int32),
-                "segment_ids": np.array(segments + [0] * pad, np.int32)}
+        return {
+            "input_ids": np.array(ids + [self._pad] * pad, np.int32),
+            "input_mask": np.array([1] * n + [0] * pad, np.int32),
+            "segment_ids": np.array(segments + [0] * pad, np.int32),
+        }

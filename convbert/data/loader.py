@@ -74,10 +74,20 @@ def _own_row(i: int, *, examples, global_batch_size: int, batch_size: int, start
     return examples[start + i // batch_size * global_batch_size + i % batch_size]
 
 
-def make_iterator(data_dir: str, split: str = "train", *, global_batch_size: int, seed: int,
-                  process_index: int | None = None, process_count: int | None = None, shuffle: bool = True,
-                  num_epochs: int | None = None, num_workers: int = 0, example_offset: int = 0,
-                  read_options: grain.ReadOptions | None = None) -> grain.DatasetIterator:
+def make_iterator(
+    data_dir: str,
+    split: str = "train",
+    *,
+    global_batch_size: int,
+    seed: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    num_workers: int = 0,
+    example_offset: int = 0,
+    read_options: grain.ReadOptions | None = None,
+) -> grain.DatasetIterator:
     """Batches of this process's share of `split` (see module docstring); `num_epochs=None` repeats forever;
     `example_offset`: the first example of the (repeated) global order to read.
 
@@ -86,6 +96,7 @@ def make_iterator(data_dir: str, split: str = "train", *, global_batch_size: int
     """
     if process_index is None or process_count is None:
         import jax
+
         process_index, process_count = jax.process_index(), jax.process_count()
     if global_batch_size % process_count:
         raise ValueError(f"global batch_size {global_batch_size} is not divisible by process_count {process_count}")
@@ -101,12 +112,17 @@ def make_iterator(data_dir: str, split: str = "train", *, global_batch_size: int
         raise ValueError(f"example_offset {example_offset} is outside the {len(examples)} examples of {source!r}")
     # batches run across epochs; a last partial one is dropped
     steps = (len(examples) - example_offset) // global_batch_size
-    ds = grain.MapDataset.range(steps * batch_size).map(functools.partial(
-        _own_row, examples=examples, global_batch_size=global_batch_size, batch_size=batch_size,
-        start=example_offset + process_index * batch_size))
+    ds = grain.MapDataset.range(steps * batch_size).map(
+        functools.partial(
+            _own_row,
+            examples=examples,
+            global_batch_size=global_batch_size,
+            batch_size=batch_size,
+            start=example_offset + process_index * batch_size,
+        )
+    )
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.to_iter_dataset(read_options or grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
     if num_workers:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(ds)
-

@@ -107,13 +107,19 @@ def fingerprint(inputs: str | Sequence[str] | None, **options: Any) -> dict:
     if options["hf_dataset"]:
         data_files = options["hf_data_files"] or []
         local = [options["hf_dataset"], *([data_files] if isinstance(data_files, str) else data_files)]
-        entries = [_files_digest(p, sorted(os.path.join(r, n) for r, _, ns in os.walk(p) for n in ns)
-                                 if os.path.isdir(p) else [p]) for p in local if os.path.exists(p)]
+        entries = [
+            _files_digest(
+                p, sorted(os.path.join(r, n) for r, _, ns in os.walk(p) for n in ns) if os.path.isdir(p) else [p]
+            )
+            for p in local
+            if os.path.exists(p)
+        ]
     else:
         entries = [_files_digest(p, find_text_files([p])) for p in input_list(inputs, None)]
     vocab = options["vocab"] or (BERT_UNCASED_VOCAB if options["tokenizer"] == "wordpiece" else None)
-    out = dict(inputs=entries, vocab=vocab and dict(path=os.path.abspath(vocab), sha256=_sha256_file(vocab)),
-               options=options)
+    out = dict(
+        inputs=entries, vocab=vocab and dict(path=os.path.abspath(vocab), sha256=_sha256_file(vocab)), options=options
+    )
     return dict(out, sha256=hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest())
 
 
@@ -121,21 +127,26 @@ def fingerprint_changes(old: dict, new: dict) -> list[str]:
     """What differs between two `fingerprint`s, one readable line each ([] when they are equal)."""
     if old["sha256"] == new["sha256"]:
         return []
-    changes = [f"{k}: {old['options'].get(k)!r} -> {new['options'].get(k)!r}"
-               for k in sorted(old["options"].keys() | new["options"].keys())
-               if old["options"].get(k) != new["options"].get(k)]
+    changes = [
+        f"{k}: {old['options'].get(k)!r} -> {new['options'].get(k)!r}"
+        for k in sorted(old["options"].keys() | new["options"].keys())
+        if old["options"].get(k) != new["options"].get(k)
+    ]
     before, after = ({e["path"]: e for e in f["inputs"]} for f in (old, new))
     for path in sorted(before.keys() | after.keys()):
         a, b = before.get(path), after.get(path)
         if a is None or b is None:
             changes.append(f"input {path} {'added' if a is None else 'no longer used'}")
         elif a["sha256"] != b["sha256"]:
-            changes.append(f"input {path}: {a['files']} files of {a['bytes']:,} bytes -> {b['files']} files of "
-                           f"{b['bytes']:,} bytes" + (" (modified since)" if (a["files"], a["bytes"]) ==
-                                                       (b["files"], b["bytes"]) else ""))
+            changes.append(
+                f"input {path}: {a['files']} files of {a['bytes']:,} bytes -> {b['files']} files of "
+                f"{b['bytes']:,} bytes"
+                + (" (modified since)" if (a["files"], a["bytes"]) == (b["files"], b["bytes"]) else "")
+            )
     if old["vocab"] != new["vocab"]:
-        changes.append(f"vocabulary: {(old['vocab'] or {}).get('path')} -> {(new['vocab'] or {}).get('path')} "
-                       "(content differs)")
+        changes.append(
+            f"vocabulary: {(old['vocab'] or {}).get('path')} -> {(new['vocab'] or {}).get('path')} (content differs)"
+        )
     return changes or ["the fingerprints differ"]
 
 
@@ -144,8 +155,9 @@ def part_name(part: int, num_parts: int) -> str:
     return f"part-{part:05d}-of-{num_parts:05d}"
 
 
-def _write_shards(root: str, split: str, num_shards: int, chunks: Iterable[np.ndarray], total: int,
-                  seq_len: int, dtype: np.dtype) -> list[dict]:
+def _write_shards(
+    root: str, split: str, num_shards: int, chunks: Iterable[np.ndarray], total: int, seq_len: int, dtype: np.dtype
+) -> list[dict]:
     """Cuts the split's examples (`chunks`, [n, 3, T] each, in order) into `num_shards` contiguous .npy files."""
     os.makedirs(os.path.join(root, split), exist_ok=True)
     files = [f"{split}/shard-{i:05d}-of-{num_shards:05d}.npy" for i in range(num_shards)]
@@ -153,8 +165,14 @@ def _write_shards(root: str, split: str, num_shards: int, chunks: Iterable[np.nd
     chunks, pending = iter(chunks), np.empty((0, len(FIELDS), seq_len), dtype)
     for file, size in zip(files, sizes, strict=True):
         with open(os.path.join(root, file), "wb") as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                     "fortran_order": False, "shape": (size, len(FIELDS), seq_len)})
+            np.lib.format.write_array_header_1_0(
+                f,
+                {
+                    "descr": np.lib.format.dtype_to_descr(dtype),
+                    "fortran_order": False,
+                    "shape": (size, len(FIELDS), seq_len),
+                },
+            )
             while size:
                 if not len(pending):
                     pending = next(chunks)
@@ -179,16 +197,36 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, tokenizer: str = "wordpiece",
-                   vocab: str | None = None, lowercase: bool = True, sp_vocab_size: int = 8000,
-                   sp_model_type: str = "unigram", sp_max_lines: int = 2_000_000, max_seq_length: int = 128,
-                   eval_fraction: float = 0.02, num_shards: int = 8, builder_variant: str = "electra",
-                   seed: int = 0, blanks_separate_docs: bool = False, hf_dataset: str | None = None,
-                   hf_config: str | None = None, hf_split: str = "train", hf_text_column: str = "text",
-                   hf_data_files: str | Sequence[str] | None = None, max_documents: int | None = None,
-                   overwrite: bool = False, num_workers: int | None = None, part: int = 0, num_parts: int = 1,
-                   unit_mb: float = UNIT_MB, strict_utf8: bool = False,
-                   max_line_chars: int = MAX_LINE_CHARS) -> dict:
+def prepare_corpus(
+    inputs: str | Sequence[str] | None,
+    output_dir: str,
+    *,
+    tokenizer: str = "wordpiece",
+    vocab: str | None = None,
+    lowercase: bool = True,
+    sp_vocab_size: int = 8000,
+    sp_model_type: str = "unigram",
+    sp_max_lines: int = 2_000_000,
+    max_seq_length: int = 128,
+    eval_fraction: float = 0.02,
+    num_shards: int = 8,
+    builder_variant: str = "electra",
+    seed: int = 0,
+    blanks_separate_docs: bool = False,
+    hf_dataset: str | None = None,
+    hf_config: str | None = None,
+    hf_split: str = "train",
+    hf_text_column: str = "text",
+    hf_data_files: str | Sequence[str] | None = None,
+    max_documents: int | None = None,
+    overwrite: bool = False,
+    num_workers: int | None = None,
+    part: int = 0,
+    num_parts: int = 1,
+    unit_mb: float = UNIT_MB,
+    strict_utf8: bool = False,
+    max_line_chars: int = MAX_LINE_CHARS,
+) -> dict:
     """Tokenises documents, builds ELECTRA examples (`ExampleBuilder`) and writes shards + manifest; returns the
     manifest. Resumes a partial preparation of the same options (see the module docstring).
 
@@ -238,57 +276,117 @@ def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, token
         shutil.rmtree(stale, ignore_errors=True)
 
     if hf_dataset:
-        sources = dict(hf_dataset=hf_dataset, hf_config=hf_config, hf_split=hf_split, hf_text_column=hf_text_column,
-                       hf_data_files=hf_data_files)
+        sources = dict(
+            hf_dataset=hf_dataset,
+            hf_config=hf_config,
+            hf_split=hf_split,
+            hf_text_column=hf_text_column,
+            hf_data_files=hf_data_files,
+        )
         hf = open_hf(hf_dataset, hf_config, hf_split, hf_text_column, hf_data_files)
     else:
         hf = None
-    ctx = Context(max_seq_length, builder_variant, seed, round(1 / eval_fraction) if eval_fraction else 0,
-                  blanks_separate_docs, os.path.join(work, UNITS), max_line_chars, hf, hf_text_column)
+    ctx = Context(
+        max_seq_length,
+        builder_variant,
+        seed,
+        round(1 / eval_fraction) if eval_fraction else 0,
+        blanks_separate_docs,
+        os.path.join(work, UNITS),
+        max_line_chars,
+        hf,
+        hf_text_column,
+    )
     units, skipped, replaced = plan_units(inputs, hf, seed, unit_mb, strict_utf8)
     if not hf_dataset:
         sources = dict(inputs=[os.path.abspath(p) for p in inputs], files=sum(len(u.files) for u in units))
     if max_documents is not None:
         units = limit_units(ctx, units, max_documents)
-    mine = units[len(units) * part // num_parts:len(units) * (part + 1) // num_parts]
-    plan = dict(format_version=FORMAT_VERSION, sources=sources, tokenizer=tokenizer, vocab=vocab, lowercase=lowercase,
-                sp=[sp_vocab_size, sp_model_type, sp_max_lines], max_seq_length=max_seq_length,
-                eval_fraction=eval_fraction, builder_variant=builder_variant, seed=seed,
-                blanks_separate_docs=blanks_separate_docs, max_documents=max_documents, unit_mb=unit_mb, part=part,
-                num_parts=num_parts, units=hashlib.sha256(repr(units).encode()).hexdigest(),
-                fingerprint=inputs_fingerprint["sha256"])
+    mine = units[len(units) * part // num_parts : len(units) * (part + 1) // num_parts]
+    plan = dict(
+        format_version=FORMAT_VERSION,
+        sources=sources,
+        tokenizer=tokenizer,
+        vocab=vocab,
+        lowercase=lowercase,
+        sp=[sp_vocab_size, sp_model_type, sp_max_lines],
+        max_seq_length=max_seq_length,
+        eval_fraction=eval_fraction,
+        builder_variant=builder_variant,
+        seed=seed,
+        blanks_separate_docs=blanks_separate_docs,
+        max_documents=max_documents,
+        unit_mb=unit_mb,
+        part=part,
+        num_parts=num_parts,
+        units=hashlib.sha256(repr(units).encode()).hexdigest(),
+        fingerprint=inputs_fingerprint["sha256"],
+    )
     if os.path.isdir(work):
         old = _read_json(os.path.join(work, PLAN)) if os.path.isfile(os.path.join(work, PLAN)) else None
         if old is not None and old != plan and not overwrite:
-            raise FileExistsError(f"{work} holds a partial preparation with other options (pass overwrite=True / "
-                                  f"--overwrite to discard it)")
+            raise FileExistsError(
+                f"{work} holds a partial preparation with other options (pass overwrite=True / "
+                f"--overwrite to discard it)"
+            )
         if old != plan:
             shutil.rmtree(work)
     os.makedirs(ctx.units_dir, exist_ok=True)
     _write_json(os.path.join(work, PLAN), plan)
 
     try:
-        ctx.tokenizer = tok = make_tokenizer(work, ctx, units, tokenizer, vocab, lowercase, sp_vocab_size,
-                                             sp_model_type, sp_max_lines, seed)
+        ctx.tokenizer = tok = make_tokenizer(
+            work, ctx, units, tokenizer, vocab, lowercase, sp_vocab_size, sp_model_type, sp_max_lines, seed
+        )
         ctx.dtype = dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.int32)
-        infos = build_units(ctx, mine, num_workers, os.path.basename(final),
-                            expected_documents(hf, hf_split, mine, blanks_separate_docs, max_documents, num_parts))
+        infos = build_units(
+            ctx,
+            mine,
+            num_workers,
+            os.path.basename(final),
+            expected_documents(hf, hf_split, mine, blanks_separate_docs, max_documents, num_parts),
+        )
 
         splits = {}
         for split in SPLITS:
             counts = {k: sum(infos[u.index]["splits"][split][k] for u in mine) for k in STAT_KEYS}
             chunks = split_arrays(ctx.units_dir, mine, split)
-            splits[split] = dict(counts, shards=_write_shards(work, split, num_shards if split == "train" else 1,
-                                                              chunks, counts["examples"], max_seq_length, dtype))
+            splits[split] = dict(
+                counts,
+                shards=_write_shards(
+                    work,
+                    split,
+                    num_shards if split == "train" else 1,
+                    chunks,
+                    counts["examples"],
+                    max_seq_length,
+                    dtype,
+                ),
+            )
         manifest = dict(
-            format=FORMAT, format_version=FORMAT_VERSION, created=_now(), max_seq_length=max_seq_length,
-            fields=list(FIELDS), dtype=dtype.name, tokenizer=tok.config(), builder_variant=builder_variant, seed=seed,
-            eval_fraction=eval_fraction, blanks_separate_docs=blanks_separate_docs, sources=sources,
-            max_documents=max_documents, unit_mb=unit_mb, units=len(mine), part=part, num_parts=num_parts,
+            format=FORMAT,
+            format_version=FORMAT_VERSION,
+            created=_now(),
+            max_seq_length=max_seq_length,
+            fields=list(FIELDS),
+            dtype=dtype.name,
+            tokenizer=tok.config(),
+            builder_variant=builder_variant,
+            seed=seed,
+            eval_fraction=eval_fraction,
+            blanks_separate_docs=blanks_separate_docs,
+            sources=sources,
+            max_documents=max_documents,
+            unit_mb=unit_mb,
+            units=len(mine),
+            part=part,
+            num_parts=num_parts,
             skipped_files={r: dict(count=len(p), paths=p[:20]) for r, p in skipped.items()},
             replaced_utf8=dict(files=len(replaced), bytes=sum(replaced.values()), paths=list(replaced)[:20]),
             long_lines=dict(count=sum(infos[u.index]["long_lines"] for u in mine), max_line_chars=max_line_chars),
-            fingerprint=inputs_fingerprint, splits=splits)
+            fingerprint=inputs_fingerprint,
+            splits=splits,
+        )
         if not splits["train"]["examples"] and num_parts == 1:
             raise ValueError(f"no training examples from {sources}")
         _write_json(os.path.join(work, MANIFEST), manifest)
@@ -305,16 +403,22 @@ def prepare_corpus(inputs: str | Sequence[str] | None, output_dir: str, *, token
     shutil.rmtree(os.path.join(final, UNITS))
     os.remove(os.path.join(final, PLAN))
     if manifest["long_lines"]["count"]:
-        logging.warning("cut %d line(s) longer than max_line_chars=%d characters into sentences (or at spaces)",
-                        manifest["long_lines"]["count"], max_line_chars)
+        logging.warning(
+            "cut %d line(s) longer than max_line_chars=%d characters into sentences (or at spaces)",
+            manifest["long_lines"]["count"],
+            max_line_chars,
+        )
     logging.info("prepared %s: %s", final, {s: v["examples"] for s, v in manifest["splits"].items()})
     return manifest
 
 
 # `prepare_corpus`'s keyword defaults: also those of the command line and of configs/pretrain.py's `config.data` and
 # `config.max_seq_length`, so data prepared either way is the same.
-DEFAULTS: dict[str, Any] = {name: p.default for name, p in inspect.signature(prepare_corpus).parameters.items()
-                            if p.default is not inspect.Parameter.empty}
+DEFAULTS: dict[str, Any] = {
+    name: p.default
+    for name, p in inspect.signature(prepare_corpus).parameters.items()
+    if p.default is not inspect.Parameter.empty
+}
 
 
 def merge_parts(output_dir: str) -> dict:
@@ -341,17 +445,34 @@ def merge_parts(output_dir: str) -> dict:
             raise ValueError(f"{name} was prepared with other options than {names[0]}")
         for f in tok_files:
             if not filecmp.cmp(os.path.join(output_dir, name, f), os.path.join(output_dir, names[0], f), False):
-                raise ValueError(f"{name}/{f} differs from {names[0]}/{f}: every part needs the same tokenizer "
-                                 "(pass one --vocab to all parts)")
+                raise ValueError(
+                    f"{name}/{f} differs from {names[0]}/{f}: every part needs the same tokenizer "
+                    "(pass one --vocab to all parts)"
+                )
     load_tokenizer(os.path.join(output_dir, names[0])).save(output_dir)
-    splits = {s: dict({k: sum(m["splits"][s][k] for m in manifests) for k in STAT_KEYS},
-                      shards=[dict(sh, file=f"{n}/{sh['file']}") for n, m in zip(names, manifests, strict=True)
-                              for sh in m["splits"][s]["shards"]]) for s in SPLITS}
+    splits = {
+        s: dict(
+            {k: sum(m["splits"][s][k] for m in manifests) for k in STAT_KEYS},
+            shards=[
+                dict(sh, file=f"{n}/{sh['file']}")
+                for n, m in zip(names, manifests, strict=True)
+                for sh in m["splits"][s]["shards"]
+            ],
+        )
+        for s in SPLITS
+    }
     if not splits["train"]["examples"]:
         raise ValueError(f"no training examples in the parts of {output_dir}")
-    merged = dict(common, created=_now(), part=None, parts=names, units=sum(m["units"] for m in manifests),
-                  long_lines=dict(manifests[0]["long_lines"], count=sum(m["long_lines"]["count"] for m in manifests)),
-                  fingerprint=manifests[0]["fingerprint"], splits=splits)
+    merged = dict(
+        common,
+        created=_now(),
+        part=None,
+        parts=names,
+        units=sum(m["units"] for m in manifests),
+        long_lines=dict(manifests[0]["long_lines"], count=sum(m["long_lines"]["count"] for m in manifests)),
+        fingerprint=manifests[0]["fingerprint"],
+        splits=splits,
+    )
     _write_json(os.path.join(output_dir, MANIFEST), merged)
     logging.info("merged %d parts into %s: %s", len(names), output_dir, {s: v["examples"] for s, v in splits.items()})
     return merged
@@ -367,38 +488,52 @@ def _define_flags():
     flags.DEFINE_list("input", None, "Text files or folders (*.txt, recursive); default: the bundled demo corpus.")
     flags.DEFINE_string("output_dir", None, "Where to write shards and manifest.json.")
     flags.DEFINE_enum("tokenizer", d["tokenizer"], list(KINDS), "Tokenizer kind.")
-    flags.DEFINE_string("vocab", d["vocab"], "WordPiece vocab or SentencePiece .model (default: BERT uncased / train "
-                        "one).")
+    flags.DEFINE_string(
+        "vocab", d["vocab"], "WordPiece vocab or SentencePiece .model (default: BERT uncased / train one)."
+    )
     flags.DEFINE_bool("lowercase", d["lowercase"], "Lowercase (and strip accents for WordPiece).")
     flags.DEFINE_integer("sp_vocab_size", d["sp_vocab_size"], "SentencePiece vocabulary size when training one.")
     flags.DEFINE_enum("sp_model_type", d["sp_model_type"], ["unigram", "bpe"], "SentencePiece model type.")
     flags.DEFINE_integer("max_seq_length", d["max_seq_length"], "Example length T.")
-    flags.DEFINE_float("eval_fraction", d["eval_fraction"],
-                       "Fraction of documents held out as the eval split (0 to 0.5).")
+    flags.DEFINE_float(
+        "eval_fraction", d["eval_fraction"], "Fraction of documents held out as the eval split (0 to 0.5)."
+    )
     flags.DEFINE_integer("num_shards", d["num_shards"], "Train shards (eval has one).")
-    flags.DEFINE_enum("builder_variant", d["builder_variant"], list(VARIANTS),
-                      "Segment logic (docs/electra.md#builder-variants).")
+    flags.DEFINE_enum(
+        "builder_variant", d["builder_variant"], list(VARIANTS), "Segment logic (docs/electra.md#builder-variants)."
+    )
     flags.DEFINE_integer("seed", d["seed"], "Seed for file order, builder randomness and tokenizer training.")
-    flags.DEFINE_bool("blanks_separate_docs", d["blanks_separate_docs"], "Blank lines separate documents inside a "
-                      "file.")
-    flags.DEFINE_string("hf_dataset", d["hf_dataset"], "Hugging Face dataset name or a save_to_disk folder (replaces "
-                        "--input).")
+    flags.DEFINE_bool(
+        "blanks_separate_docs", d["blanks_separate_docs"], "Blank lines separate documents inside a file."
+    )
+    flags.DEFINE_string(
+        "hf_dataset", d["hf_dataset"], "Hugging Face dataset name or a save_to_disk folder (replaces --input)."
+    )
     flags.DEFINE_string("hf_config", d["hf_config"], "Dataset config, e.g. 20231101.en for wikimedia/wikipedia.")
     flags.DEFINE_string("hf_split", d["hf_split"], "Dataset split.")
     flags.DEFINE_string("hf_text_column", d["hf_text_column"], "Column holding the document text.")
     flags.DEFINE_list("hf_data_files", d["hf_data_files"], "data_files for builders such as json/text/parquet.")
     flags.DEFINE_integer("max_documents", d["max_documents"], "Use at most this many documents.")
     flags.DEFINE_bool("overwrite", d["overwrite"], "Replace an existing output directory.")
-    flags.DEFINE_integer("num_workers", d["num_workers"], "Worker processes (unset or 0: all cores); the output does "
-                         "not depend on it.")
+    flags.DEFINE_integer(
+        "num_workers", d["num_workers"], "Worker processes (unset or 0: all cores); the output does not depend on it."
+    )
     flags.DEFINE_integer("part", d["part"], "With --num_parts: the slice of the units this host prepares (0-based).")
-    flags.DEFINE_integer("num_parts", d["num_parts"], "Split the corpus into this many parts (one per host), merged "
-                         "by --merge.")
+    flags.DEFINE_integer(
+        "num_parts", d["num_parts"], "Split the corpus into this many parts (one per host), merged by --merge."
+    )
     flags.DEFINE_float("unit_mb", d["unit_mb"], "MB of input files per unit of work (the resume granularity).")
-    flags.DEFINE_bool("strict_utf8", d["strict_utf8"], "Skip files with any invalid UTF-8 byte (default: read them "
-                      "with U+FFFD, counted, unless over 1% of their bytes are invalid).")
-    flags.DEFINE_integer("max_line_chars", d["max_line_chars"], "Lines longer than this many characters are cut into "
-                         "sentences (else at spaces) as they are read, counted.")
+    flags.DEFINE_bool(
+        "strict_utf8",
+        d["strict_utf8"],
+        "Skip files with any invalid UTF-8 byte (default: read them "
+        "with U+FFFD, counted, unless over 1% of their bytes are invalid).",
+    )
+    flags.DEFINE_integer(
+        "max_line_chars",
+        d["max_line_chars"],
+        "Lines longer than this many characters are cut into sentences (else at spaces) as they are read, counted.",
+    )
     flags.DEFINE_bool("merge", False, "Only write the manifest over the finished parts in --output_dir.")
 
 
@@ -409,10 +544,32 @@ def main(argv):
     if FLAGS.merge:
         merge_parts(FLAGS.output_dir)
         return
-    options = ("tokenizer", "vocab", "lowercase", "sp_vocab_size", "sp_model_type", "max_seq_length", "eval_fraction",
-               "num_shards", "builder_variant", "seed", "blanks_separate_docs", "hf_dataset", "hf_config", "hf_split",
-               "hf_text_column", "hf_data_files", "max_documents", "overwrite", "num_workers", "part", "num_parts",
-               "unit_mb", "strict_utf8", "max_line_chars")
+    options = (
+        "tokenizer",
+        "vocab",
+        "lowercase",
+        "sp_vocab_size",
+        "sp_model_type",
+        "max_seq_length",
+        "eval_fraction",
+        "num_shards",
+        "builder_variant",
+        "seed",
+        "blanks_separate_docs",
+        "hf_dataset",
+        "hf_config",
+        "hf_split",
+        "hf_text_column",
+        "hf_data_files",
+        "max_documents",
+        "overwrite",
+        "num_workers",
+        "part",
+        "num_parts",
+        "unit_mb",
+        "strict_utf8",
+        "max_line_chars",
+    )
     prepare_corpus(FLAGS.input, FLAGS.output_dir, **{name: FLAGS[name].value for name in options})
 
 

@@ -20,8 +20,9 @@ from typing import Any
 
 from absl import logging
 
-DEMO_CORPUS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                               "data", "demo_corpus")
+DEMO_CORPUS_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data", "demo_corpus"
+)
 SKIP_REASONS = ("empty", "binary", "non_utf8")
 MAX_LINE_CHARS = 100_000  # a longer line (a file without newlines) is cut into sentences as it is read
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -40,8 +41,9 @@ def find_text_files(inputs: Sequence[str]) -> list[str]:
     files = []
     for path in inputs:
         if os.path.isdir(path):
-            files += sorted(os.path.join(root, name) for root, _, names in os.walk(path)
-                            for name in names if name.endswith(".txt"))
+            files += sorted(
+                os.path.join(root, name) for root, _, names in os.walk(path) for name in names if name.endswith(".txt")
+            )
         elif os.path.isfile(path):
             files.append(path)
         else:
@@ -97,12 +99,23 @@ def readable_files(inputs: Sequence[str], strict_utf8: bool) -> tuple[list[str],
             replaced[path] = invalid
     for reason, paths in skipped.items():
         if paths:
-            logging.warning("skipped %d %s file(s), e.g. %s%s", len(paths), reason, paths[0],
-                            "" if reason != "non_utf8" else f" (strict_utf8={strict_utf8}; without it a file is "
-                            f"read with U+FFFD for up to {MAX_INVALID_FRACTION:.0%} invalid bytes)")
+            logging.warning(
+                "skipped %d %s file(s), e.g. %s%s",
+                len(paths),
+                reason,
+                paths[0],
+                ""
+                if reason != "non_utf8"
+                else f" (strict_utf8={strict_utf8}; without it a file is "
+                f"read with U+FFFD for up to {MAX_INVALID_FRACTION:.0%} invalid bytes)",
+            )
     if replaced:
-        logging.warning("read %d file(s) with %d invalid UTF-8 byte(s) decoded as U+FFFD, e.g. %s (strict_utf8 "
-                        "skips them)", len(replaced), sum(replaced.values()), next(iter(replaced)))
+        logging.warning(
+            "read %d file(s) with %d invalid UTF-8 byte(s) decoded as U+FFFD, e.g. %s (strict_utf8 skips them)",
+            len(replaced),
+            sum(replaced.values()),
+            next(iter(replaced)),
+        )
     return files, skipped, replaced
 
 
@@ -159,6 +172,7 @@ def open_hf(name: str, config: str | None, split: str, text_column: str, data_fi
     """A `save_to_disk` folder as a Dataset, anything else streamed as an IterableDataset (`reshard`: one shard per
     parquet row group)."""
     import datasets
+
     if any(os.path.isfile(os.path.join(name, f)) for f in ("state.json", "dataset_dict.json")):
         ds = datasets.load_from_disk(name)
         ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
@@ -172,6 +186,7 @@ def open_hf(name: str, config: str | None, split: str, text_column: str, data_fi
 def is_streamed(hf: Any) -> bool:
     """Whether `open_hf` streams the dataset (an IterableDataset, read by shards) rather than loading it from disk."""
     import datasets
+
     return isinstance(hf, datasets.IterableDataset)
 
 

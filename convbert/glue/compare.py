@@ -53,9 +53,16 @@ def parse_checkpoints(values: list[str]) -> dict[str, str]:
     return out
 
 
-def run_all(checkpoints: dict[str, str], workdir: str, *, size: str = "tiny", num_seeds: int = 5,
-            suites: tuple[str, ...] = tuple(SUITES), modes: tuple[str, ...] = tuple(MODES),
-            overrides: dict | None = None) -> dict:
+def run_all(
+    checkpoints: dict[str, str],
+    workdir: str,
+    *,
+    size: str = "tiny",
+    num_seeds: int = 5,
+    suites: tuple[str, ...] = tuple(SUITES),
+    modes: tuple[str, ...] = tuple(MODES),
+    overrides: dict | None = None,
+) -> dict:
     """{init: {mode: {task: [dev accuracy (%) per seed]}}} for every checkpoint and the control."""
     inits = {**checkpoints, CONTROL: finetune.RANDOM_INIT + next(iter(checkpoints.values()))}
     scores = {}
@@ -64,8 +71,13 @@ def run_all(checkpoints: dict[str, str], workdir: str, *, size: str = "tiny", nu
             for suite in suites:
                 task, data_dir = SUITES[suite]
                 c = glue_config(task, size)
-                c.update(init_checkpoint=source, data_dir=os.path.join(ROOT, data_dir), num_seeds=num_seeds,
-                         freeze_encoder=MODES[mode], **(overrides or {}))
+                c.update(
+                    init_checkpoint=source,
+                    data_dir=os.path.join(ROOT, data_dir),
+                    num_seeds=num_seeds,
+                    freeze_encoder=MODES[mode],
+                    **(overrides or {}),
+                )
                 logging.info("compare: %s / %s / %s", init, mode, suite)
                 summary = finetune.run(c, os.path.join(workdir, init, mode, suite))
                 for name, result in summary["tasks"].items():
@@ -86,20 +98,33 @@ def table(scores: dict) -> tuple[dict, str]:
     checkpoint's gap to the control."""
     names = [n for n in scores if n != CONTROL]
     rows, lines = [], []
-    header = ["Task", "Mode", *(f"{n} median" for n in names), f"{CONTROL} median",
-              *(f"{n} gap (mean ± s.e.)" for n in names), *(f"{n} z" for n in names)]
+    header = [
+        "Task",
+        "Mode",
+        *(f"{n} median" for n in names),
+        f"{CONTROL} median",
+        *(f"{n} gap (mean ± s.e.)" for n in names),
+        *(f"{n} z" for n in names),
+    ]
     lines += ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for mode in scores[CONTROL]:
         for task, control in scores[CONTROL][mode].items():
-            row = {"task": task, "mode": mode, "seeds": len(control),
-                   "median": {n: float(np.median(scores[n][mode][task])) for n in (*names, CONTROL)},
-                   "scores": {n: scores[n][mode][task] for n in (*names, CONTROL)},
-                   "gap": {n: gap(scores[n][mode][task], control) for n in names}}
+            row = {
+                "task": task,
+                "mode": mode,
+                "seeds": len(control),
+                "median": {n: float(np.median(scores[n][mode][task])) for n in (*names, CONTROL)},
+                "scores": {n: scores[n][mode][task] for n in (*names, CONTROL)},
+                "gap": {n: gap(scores[n][mode][task], control) for n in names},
+            }
             rows.append(row)
-            cells = [DISPLAY_NAMES[task] + (" (sample)" if task == "sst2" else ""), mode,
-                     *(f"{row['median'][n]:.1f}" for n in (*names, CONTROL)),
-                     *(f"{row['gap'][n]['gap']:+.1f} ± {row['gap'][n]['se']:.1f}" for n in names),
-                     *(f"{row['gap'][n]['z']:.1f}" for n in names)]
+            cells = [
+                DISPLAY_NAMES[task] + (" (sample)" if task == "sst2" else ""),
+                mode,
+                *(f"{row['median'][n]:.1f}" for n in (*names, CONTROL)),
+                *(f"{row['gap'][n]['gap']:+.1f} ± {row['gap'][n]['se']:.1f}" for n in names),
+                *(f"{row['gap'][n]['z']:.1f}" for n in names),
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     return {"rows": rows}, "\n".join(lines) + "\n"
 
@@ -109,16 +134,22 @@ def compare(checkpoints: dict[str, str], workdir: str, **kw) -> dict:
     result, md = table(scores)
     result["checkpoints"] = checkpoints
     write_atomic(os.path.join(workdir, "comparison.json"), json.dumps(result, indent=2) + "\n")
-    intro = (f"Dev accuracy (%) over {result['rows'][0]['seeds']} seeds; `{CONTROL}` = the same config and tokenizer "
-             "with freshly initialised weights; probe = encoder frozen, only the head trained.\n\n")
+    intro = (
+        f"Dev accuracy (%) over {result['rows'][0]['seeds']} seeds; `{CONTROL}` = the same config and tokenizer "
+        "with freshly initialised weights; probe = encoder frozen, only the head trained.\n\n"
+    )
     write_atomic(os.path.join(workdir, "comparison.md"), intro + md)
     print("\n" + intro + md, flush=True)
     return result
 
 
 def _define_flags():
-    flags.DEFINE_multi_string("checkpoint", None, "name=SRC or SRC (a pretraining workdir, Hugging Face directory "
-                              "or hub id); repeat to compare several.", required=True)
+    flags.DEFINE_multi_string(
+        "checkpoint",
+        None,
+        "name=SRC or SRC (a pretraining workdir, Hugging Face directory or hub id); repeat to compare several.",
+        required=True,
+    )
     flags.DEFINE_string("workdir", None, "Where the fine-tuning runs and comparison.{json,md} go.", required=True)
     flags.DEFINE_string("size", "tiny", "The fine-tuning recipe of configs/finetune_glue.py.")
     flags.DEFINE_integer("num_seeds", 5, "Fine-tuning seeds per task, mode and checkpoint.")
@@ -133,8 +164,14 @@ def main(argv):
         bad = [v for v in getattr(f, name) if v not in choices]
         if bad:
             raise app.UsageError(f"--{name}: unknown {', '.join(bad)}; choose from {', '.join(choices)}")
-    compare(parse_checkpoints(f.checkpoint), f.workdir, size=f.size, num_seeds=f.num_seeds,
-            suites=tuple(f.suites), modes=tuple(f.modes))
+    compare(
+        parse_checkpoints(f.checkpoint),
+        f.workdir,
+        size=f.size,
+        num_seeds=f.num_seeds,
+        suites=tuple(f.suites),
+        modes=tuple(f.modes),
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,12 @@ class Examples:
 
     def doubled_unordered(self) -> Examples:
         """Every pair again with its sentences swapped (MRPC and STS-B training, docs/recipes.md#glue-inputs)."""
-        return Examples(self.text_a + self.text_b, self.text_b + self.text_a,
-                        np.concatenate([self.labels, self.labels]), self.index + self.index)
+        return Examples(
+            self.text_a + self.text_b,
+            self.text_b + self.text_a,
+            np.concatenate([self.labels, self.labels]),
+            self.index + self.index,
+        )
 
 
 def parse_label(task: Task, raw, where: str):
@@ -96,8 +100,9 @@ def load_tsv_split(data_dir: str, task: Task, split: Split, strict: bool = False
         try:
             if len(row) != num_columns:
                 raise ValueError(f"{path}:{line}: expected {num_columns} tab-separated columns, found {len(row)}")
-            values = {k: parse_label(task, row[i], f"{path}:{line}") if k == "label" else row[i]
-                      for k, i in positions.items()}
+            values = {
+                k: parse_label(task, row[i], f"{path}:{line}") if k == "label" else row[i] for k, i in positions.items()
+            }
         except ValueError as e:
             if strict:
                 raise
@@ -108,14 +113,25 @@ def load_tsv_split(data_dir: str, task: Task, split: Split, strict: bool = False
     if malformed:
         lines = ", ".join(str(line) for line, _ in malformed[:20]) + (", ..." if len(malformed) > 20 else "")
         if len(malformed) > MAX_MALFORMED_FRACTION * len(rows):
-            raise ValueError(f"{path}: {len(malformed)} of {len(rows)} rows are malformed (more than "
-                             f"{MAX_MALFORMED_FRACTION:.0%}; lines {lines}); first: {malformed[0][1]}")
-        logging.warning("%s: skipped %d malformed row(s) of %d (lines %s); first: %s", path, len(malformed),
-                        len(rows), lines, malformed[0][1])
+            raise ValueError(
+                f"{path}: {len(malformed)} of {len(rows)} rows are malformed (more than "
+                f"{MAX_MALFORMED_FRACTION:.0%}; lines {lines}); first: {malformed[0][1]}"
+            )
+        logging.warning(
+            "%s: skipped %d malformed row(s) of %d (lines %s); first: %s",
+            path,
+            len(malformed),
+            len(rows),
+            lines,
+            malformed[0][1],
+        )
     n = len(out["text_a"])
-    return Examples(out["text_a"], out.get("text_b"),
-                    _label_array(task, out["label"]) if "label" in out else None,
-                    out.get("index", [str(i) for i in range(n)]))
+    return Examples(
+        out["text_a"],
+        out.get("text_b"),
+        _label_array(task, out["label"]) if "label" in out else None,
+        out.get("index", [str(i) for i in range(n)]),
+    )
 
 
 def load_hf_split(hf_dataset: str, task: Task, split: Split) -> Examples:
@@ -178,13 +194,13 @@ def featurize(examples: Examples, tokenizer: TextTokenizer, max_seq_length: int,
     cls, sep = [tokenizer.cls_token_id], [tokenizer.sep_token_id]
     for i in range(n):
         if not ids_b[i]:
-            tokens, first = cls + ids_a[i][:max_seq_length - 2] + sep, max_seq_length
+            tokens, first = cls + ids_a[i][: max_seq_length - 2] + sep, max_seq_length
         else:
             a, b = truncate_pair(ids_a[i], ids_b[i], max_seq_length - 3)
             tokens, first = cls + a + sep + b + sep, len(a) + 2
-        out["input_ids"][i, :len(tokens)] = tokens
-        out["attention_mask"][i, :len(tokens)] = 1
-        out["token_type_ids"][i, first:len(tokens)] = 1
+        out["input_ids"][i, : len(tokens)] = tokens
+        out["attention_mask"][i, : len(tokens)] = 1
+        out["token_type_ids"][i, first : len(tokens)] = 1
     if examples.labels is None:
         out["labels"] = np.zeros(n, np.float32 if task.labels is None else np.int32)
     else:

@@ -68,9 +68,11 @@ def resolve_source(init_checkpoint: str, tokenizer: str = "") -> Source:
     random_init = init_checkpoint.startswith(RANDOM_INIT)
     init_checkpoint = init_checkpoint.removeprefix(RANDOM_INIT)
     if not init_checkpoint:
-        raise ValueError("config.init_checkpoint is empty: pass a pretraining workdir, a Hugging Face ConvBERT "
-                         "directory or a hub id such as YituTech/conv-bert-base (random:SRC for a freshly "
-                         "initialised encoder of SRC's config)")
+        raise ValueError(
+            "config.init_checkpoint is empty: pass a pretraining workdir, a Hugging Face ConvBERT "
+            "directory or a hub id such as YituTech/conv-bert-base (random:SRC for a freshly "
+            "initialised encoder of SRC's config)"
+        )
     export = next((e for e in (os.path.join(init_checkpoint, x) for x in PRETRAIN_EXPORTS) if os.path.isdir(e)), None)
     if not export and os.path.isdir(os.path.join(init_checkpoint, "checkpoints")):
         steps = glob.glob(os.path.join(init_checkpoint, "export", "step_*", "discriminator"))
@@ -79,7 +81,8 @@ def resolve_source(init_checkpoint: str, tokenizer: str = "") -> Source:
             f"config.init_checkpoint={init_checkpoint} is a pretraining workdir without "
             f"{' or '.join(os.path.join(init_checkpoint, x) for x in PRETRAIN_EXPORTS)} (deleted, or the run has not "
             "finished: it exports at its last step). Rerun its `python pretrain.py --workdir=...` to finish and export"
-            + (f", or pass an intermediate export such as {latest}" if latest else ""))
+            + (f", or pass an intermediate export such as {latest}" if latest else "")
+        )
     if export:
         own_tokenizer = os.path.join(init_checkpoint, PRETRAIN_TOKENIZER)
         model_dir, tokenizer_dir = export, own_tokenizer if os.path.isdir(own_tokenizer) else export
@@ -109,12 +112,22 @@ def load_encoder(source: Source, config: ml_collections.ConfigDict) -> Encoder:
     head = "hf" if has_hf_head(source.model_dir) else config.get("classifier_head", "original")
     if source.random_init:
         model_config = ConvBertConfig.load(os.path.join(source.model_dir, hf_io.CONFIG_NAME), dtype=config.dtype)
-        logging.info("encoder: RANDOM initialisation with the config of %s (%d layers, hidden %d), classifier "
-                     "head %r", source.model_dir, model_config.num_hidden_layers, model_config.hidden_size, head)
+        logging.info(
+            "encoder: RANDOM initialisation with the config of %s (%d layers, hidden %d), classifier head %r",
+            source.model_dir,
+            model_config.num_hidden_layers,
+            model_config.hidden_size,
+            head,
+        )
         return Encoder(model_config, None, head)
     body = ConvBertModel.from_pretrained(source.model_dir, dtype=config.dtype)
-    logging.info("encoder from %s (%d layers, hidden %d), classifier head %r", source.model_dir,
-                 body.config.num_hidden_layers, body.config.hidden_size, head)
+    logging.info(
+        "encoder from %s (%d layers, hidden %d), classifier head %r",
+        source.model_dir,
+        body.config.num_hidden_layers,
+        body.config.hidden_size,
+        head,
+    )
     return Encoder(body.config, jax.tree.map(np.asarray, nnx.state(body, nnx.Param)), head)
 
 
@@ -131,23 +144,35 @@ class TaskData:
 
 def needed_test_files(task: Task, config, require_ax: bool) -> list[str]:
     """The submission files this run writes: all of the task's, AX only where the diagnostic set exists."""
-    return [name for name, split in task.test.items()
-            if name not in task.optional_test or require_ax or data.split_available(split, config.data_dir)]
+    return [
+        name
+        for name, split in task.test.items()
+        if name not in task.optional_test or require_ax or data.split_available(split, config.data_dir)
+    ]
 
 
 def prepare_task(task: Task, config, tokenizer, test_files: list[str]) -> TaskData:
-    load = functools.partial(data.load_split, task, data_dir=config.data_dir, hf_dataset=config.hf_dataset,
-                             strict=config.strict_tsv)
+    load = functools.partial(
+        data.load_split, task, data_dir=config.data_dir, hf_dataset=config.hf_dataset, strict=config.strict_tsv
+    )
     feats = functools.partial(data.featurize, tokenizer=tokenizer, max_seq_length=config.max_seq_length, task=task)
     train = load(task.train)
     if task.double_unordered:
         train = train.doubled_unordered()
     test = {name: load(task.test[name]) for name in test_files}
-    out = TaskData(feats(train), {s: feats(load(split)) for s, split in task.dev.items()},
-                   {name: (feats(ex), ex.index) for name, ex in test.items()})
-    logging.info("%s: %d training examples%s, dev %s, test %s", task.name, len(train),
-                 " (pairs doubled)" if task.double_unordered else "",
-                 {s: len(f["labels"]) for s, f in out.dev.items()}, {n: len(ix) for n, (_, ix) in out.test.items()})
+    out = TaskData(
+        feats(train),
+        {s: feats(load(split)) for s, split in task.dev.items()},
+        {name: (feats(ex), ex.index) for name, ex in test.items()},
+    )
+    logging.info(
+        "%s: %d training examples%s, dev %s, test %s",
+        task.name,
+        len(train),
+        " (pairs doubled)" if task.double_unordered else "",
+        {s: len(f["labels"]) for s, f in out.dev.items()},
+        {n: len(ix) for n, (_, ix) in out.test.items()},
+    )
     return out
 
 
@@ -176,33 +201,42 @@ def train_steps(task: Task, config, task_data: TaskData) -> int:
     return n // config.batch_size * task_epochs(task, config)
 
 
-
-
 class TaskTrainer(finetuning.Trainer):
     """`finetuning.Trainer` for one GLUE task: ConvBertForSequenceClassification, the task's loss; built once
     and reused by every seed (the steps compile once per task)."""
 
     def __init__(self, task: Task, encoder: Encoder, config, mesh, task_data: TaskData):
         self.task, self.encoder = task, encoder
-        self.model_config = model_config = encoder.config.replace(num_labels=task.num_labels,
-                                                                  classifier_head=encoder.head, dtype=config.dtype)
+        self.model_config = model_config = encoder.config.replace(
+            num_labels=task.num_labels, classifier_head=encoder.head, dtype=config.dtype
+        )
         regression = task.labels is None
 
         def forward(model, batch, **kw):
             return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], **kw).logits
 
-        super().__init__(lambda rngs: ConvBertForSequenceClassification(model_config, rngs=rngs), forward,
-                         lambda logits, batch: example_losses(logits, batch["labels"], regression), config, mesh,
-                         train_steps(task, config, task_data), model_config.num_hidden_layers, encoder.params)
+        super().__init__(
+            lambda rngs: ConvBertForSequenceClassification(model_config, rngs=rngs),
+            forward,
+            lambda logits, batch: example_losses(logits, batch["labels"], regression),
+            config,
+            mesh,
+            train_steps(task, config, task_data),
+            model_config.num_hidden_layers,
+            encoder.params,
+        )
 
     def predict(self, params, features: dict[str, np.ndarray]) -> np.ndarray:
         """Label ids (or normalised STS-B scores) for every row; the eval set is padded with ignored dummy rows
         to a multiple of the eval batch size (docs/recipes.md#glue-inputs)."""
         n, bs = len(features["input_ids"]), self.config.eval_batch_size
         padded = data.pad_to_multiple(features, bs)
-        logits = np.concatenate([
-            np.asarray(self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES), None))
-            for i in range(0, len(padded["input_ids"]), bs)])[:n]
+        logits = np.concatenate(
+            [
+                np.asarray(self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES), None))
+                for i in range(0, len(padded["input_ids"]), bs)
+            ]
+        )[:n]
         return logits[:, 0] if self.task.labels is None else logits.argmax(-1)
 
     def evaluate(self, params, dev: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
@@ -212,8 +246,7 @@ class TaskTrainer(finetuning.Trainer):
         return out
 
 
-def train_seed(trainer: TaskTrainer, task_data: TaskData, seed: int, logdir: str
-               ) -> tuple[dict, dict[str, np.ndarray]]:
+def train_seed(trainer: TaskTrainer, task_data: TaskData, seed: int, logdir: str) -> tuple[dict, dict[str, np.ndarray]]:
     """Fine-tunes one seed, scoring the dev sets after every epoch; returns (result, {submission file: test
     predictions})."""
     task, config = trainer.task, trainer.config
@@ -228,13 +261,26 @@ def train_seed(trainer: TaskTrainer, task_data: TaskData, seed: int, logdir: str
         writer.write_scalars(step, {f"dev/{k}": v for k, v in dev.items()})
         logging.info("%s seed %d epoch %d: %s", task.name, seed, epoch, report.format_metrics(dev))
 
-    state, train_time = finetuning.train_epochs(trainer, task_data.train, (*data.FEATURES, "labels"), seed,
-                                                task_epochs(task, config), writer, task.name, on_epoch_end)
+    state, train_time = finetuning.train_epochs(
+        trainer,
+        task_data.train,
+        (*data.FEATURES, "labels"),
+        seed,
+        task_epochs(task, config),
+        writer,
+        task.name,
+        on_epoch_end,
+    )
     predictions = {name: trainer.predict(state.params, features) for name, (features, _) in task_data.test.items()}
     writer.close()
-    result = {"seed": seed, "dev": dict(dev), "epochs": history, "train_steps": total,
-              "train_examples_per_sec": (total - 1) * bs / train_time if total > 1 else None,  # after step 1
-              "wall_time_s": time.time() - start}
+    result = {
+        "seed": seed,
+        "dev": dict(dev),
+        "epochs": history,
+        "train_steps": total,
+        "train_examples_per_sec": (total - 1) * bs / train_time if total > 1 else None,  # after step 1
+        "wall_time_s": time.time() - start,
+    }
     return result, predictions
 
 
@@ -259,18 +305,24 @@ def check_files(names: list[str], config, require_ax: bool) -> None:
     if not config.data_dir:
         local = [name for name in names if name in TRANSFER_TASKS]
         if local:
-            raise ValueError(f"{', '.join(local)}: transfer-suite tasks are read from config.data_dir only; set "
-                             "--config.data_dir=data/transfer (built by python -m convbert.data.transfer)")
+            raise ValueError(
+                f"{', '.join(local)}: transfer-suite tasks are read from config.data_dir only; set "
+                "--config.data_dir=data/transfer (built by python -m convbert.data.transfer)"
+            )
         return
     missing = []
     for name in names:
         task = get_task(name)
         tests = [task.test[f] for f in needed_test_files(task, config, require_ax)]
-        missing += [os.path.join(config.data_dir, s.file) for s in (task.train, *task.dev.values(), *tests)
-                    if not data.split_available(s, config.data_dir)]
+        missing += [
+            os.path.join(config.data_dir, s.file)
+            for s in (task.train, *task.dev.values(), *tests)
+            if not data.split_available(s, config.data_dir)
+        ]
     if missing:
-        raise FileNotFoundError("GLUE files not found (expected the original GLUE layout under config.data_dir): "
-                                + ", ".join(missing))
+        raise FileNotFoundError(
+            "GLUE files not found (expected the original GLUE layout under config.data_dir): " + ", ".join(missing)
+        )
 
 
 def run_task(task: Task, config, workdir: str, encoder_fn, tokenizer_fn, mesh, test_files: list[str]) -> dict:
@@ -300,8 +352,13 @@ def run_task(task: Task, config, workdir: str, encoder_fn, tokenizer_fn, mesh, t
         for name in test_files:
             with open(os.path.join(task_dir, f"seed_{chosen['seed']}", "submission", name)) as f:
                 write_atomic(os.path.join(workdir, "submission", name), f.read())
-    result = {"task": task.name, "median": median, "seeds": seeds, "submission_seed": chosen["seed"],
-              "submission_files": test_files}
+    result = {
+        "task": task.name,
+        "median": median,
+        "seeds": seeds,
+        "submission_seed": chosen["seed"],
+        "submission_files": test_files,
+    }
     write_json(os.path.join(task_dir, "result.json"), result)
     logging.info("%s: median over %d seeds %s", task.name, len(seeds), report.format_metrics(median))
     return result
@@ -329,8 +386,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         test_files = needed_test_files(task, config, require_ax)
         done = read_json(os.path.join(workdir, name, "result.json"))
         if done and set(test_files) <= set(done["submission_files"]):
-            logging.info("%s: finished before (%s), skipped; delete that folder to rerun it", name,
-                         os.path.join(workdir, name))
+            logging.info(
+                "%s: finished before (%s), skipped; delete that folder to rerun it", name, os.path.join(workdir, name)
+            )
             continue
         run_task(task, config, workdir, encoder_fn, tokenizer_fn, mesh, test_files)
     if jax.process_index() == 0:

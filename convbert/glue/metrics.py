@@ -71,5 +71,4 @@ def leaderboard_score(results: Mapping[str, Mapping[str, float]]) -> float | Non
     """The leaderboard-style score (nine tasks incl. WNLI); None unless all nine are present."""
     if missing_tasks(results, LEADERBOARD_TASKS):
         return None
-    return float(np.mean([np.mean([results[t][m] for m in TASKS[t].leaderboard_metrics])
-                          for t in LEADERBOARD_TASKS]))
+    return float(np.mean([np.mean([results[t][m] for m in TASKS[t].leaderboard_metrics]) for t in LEADERBOARD_TASKS]))

@@ -18,10 +18,19 @@ from convbert.glue.reference import REFERENCES
 from convbert.glue.submission import write_atomic
 from convbert.glue.tasks import ALL_TASKS, DISPLAY_NAMES, PAPER_TASKS
 
-METRIC_NAMES = {"accuracy": "acc", "accuracy_m": "acc matched", "accuracy_mm": "acc mismatched", "f1": "F1",
-                "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
-SCORES = (("glue_score", metrics.glue_score, "GLUE score (paper: 8 tasks, no WNLI)"),
-          ("leaderboard_score", metrics.leaderboard_score, "Leaderboard-style score (9 tasks)"))
+METRIC_NAMES = {
+    "accuracy": "acc",
+    "accuracy_m": "acc matched",
+    "accuracy_mm": "acc mismatched",
+    "f1": "F1",
+    "mcc": "MCC",
+    "pearson": "Pearson",
+    "spearman": "Spearman",
+}
+SCORES = (
+    ("glue_score", metrics.glue_score, "GLUE score (paper: 8 tasks, no WNLI)"),
+    ("leaderboard_score", metrics.leaderboard_score, "Leaderboard-style score (9 tasks)"),
+)
 
 
 def format_metrics(values: dict[str, float]) -> str:
@@ -39,24 +48,41 @@ def collect(workdir: str) -> dict[str, dict]:
     return out
 
 
-def summarize(task_results: dict[str, dict], size: str, init_checkpoint: str = "", random_init: bool = False,
-              freeze_encoder: bool = False) -> dict:
+def summarize(
+    task_results: dict[str, dict],
+    size: str,
+    init_checkpoint: str = "",
+    random_init: bool = False,
+    freeze_encoder: bool = False,
+) -> dict:
     medians = {t: r["median"] for t, r in task_results.items()}
     num_seeds = max((len(r["seeds"]) for r in task_results.values()), default=0)
-    per_seed = [{t: r["seeds"][i]["dev"] for t, r in task_results.items() if i < len(r["seeds"])}
-                for i in range(num_seeds)]
-    summary = {"size": size, "init_checkpoint": init_checkpoint, "init": "random" if random_init else "pretrained",
-               "freeze_encoder": freeze_encoder,
-               "split": "dev",
-               "missing_for_glue_score": metrics.missing_tasks(medians, PAPER_TASKS)}
+    per_seed = [
+        {t: r["seeds"][i]["dev"] for t, r in task_results.items() if i < len(r["seeds"])} for i in range(num_seeds)
+    ]
+    summary = {
+        "size": size,
+        "init_checkpoint": init_checkpoint,
+        "init": "random" if random_init else "pretrained",
+        "freeze_encoder": freeze_encoder,
+        "split": "dev",
+        "missing_for_glue_score": metrics.missing_tasks(medians, PAPER_TASKS),
+    }
     for key, fn, _ in SCORES:
         summary[key] = fn(medians)
         summary[f"{key}_per_seed"] = [fn(r) for r in per_seed]
-    summary["tasks"] = {t: {"median": r["median"], "submission_seed": r["submission_seed"],
-                            "seeds": [{"seed": s["seed"], **s["dev"]} for s in r["seeds"]]}
-                        for t, r in task_results.items()}
-    summary["references"] = [{"title": ref.title, "results": ref.results,
-                              **{key: fn(ref.results) for key, fn, _ in SCORES}} for ref in REFERENCES.get(size, [])]
+    summary["tasks"] = {
+        t: {
+            "median": r["median"],
+            "submission_seed": r["submission_seed"],
+            "seeds": [{"seed": s["seed"], **s["dev"]} for s in r["seeds"]],
+        }
+        for t, r in task_results.items()
+    }
+    summary["references"] = [
+        {"title": ref.title, "results": ref.results, **{key: fn(ref.results) for key, fn, _ in SCORES}}
+        for ref in REFERENCES.get(size, [])
+    ]
     return summary
 
 
@@ -67,10 +93,10 @@ def _cell(value: float | None) -> str:
 def markdown(summary: dict) -> str:
     num_seeds = len(summary["glue_score_per_seed"])
     refs = summary["references"]
-    columns = ["Task", "Metric", *(f"seed #{i + 1}" for i in range(num_seeds)), "Median",
-               *(r["title"] for r in refs)]
+    columns = ["Task", "Metric", *(f"seed #{i + 1}" for i in range(num_seeds)), "Median", *(r["title"] for r in refs)]
     lines = [
-        "# GLUE results", "",
+        "# GLUE results",
+        "",
         f"Fine-tuned from `{summary['init_checkpoint']}` (size `{summary['size']}`"
         + ("; **random initialisation**, the no-pretraining control" if summary.get("init") == "random" else "")
         + ("; **encoder frozen**, only the head trained" if summary.get("freeze_encoder") else "")
@@ -79,7 +105,8 @@ def markdown(summary: dict) -> str:
         "initialisation, data order and dropout stream) and their median. Reported numbers: the paper's table "
         "(ConvBERT, arXiv 2008.02496, Table 3) and the GLUE leaderboard are **test**-set numbers; the third-party "
         "numbers are dev numbers with best-checkpoint selection (JunnYu/paddle_convbert README). `*` marks the "
-        "metric of the paper's GLUE score.", "",
+        "metric of the paper's GLUE score.",
+        "",
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * 2 + "---:|" * (len(columns) - 2),
     ]
@@ -87,17 +114,31 @@ def markdown(summary: dict) -> str:
         task = ALL_TASKS[name]
         for key in task.metric_keys():
             star = "*" if key == task.paper_metric else ""
-            row = [DISPLAY_NAMES[name], METRIC_NAMES[key] + star, *(_cell(s[key]) for s in result["seeds"]),
-                   *[""] * (num_seeds - len(result["seeds"])), _cell(result["median"][key]),
-                   *(_cell(r["results"].get(name, {}).get(key)) for r in refs)]
+            row = [
+                DISPLAY_NAMES[name],
+                METRIC_NAMES[key] + star,
+                *(_cell(s[key]) for s in result["seeds"]),
+                *[""] * (num_seeds - len(result["seeds"])),
+                _cell(result["median"][key]),
+                *(_cell(r["results"].get(name, {}).get(key)) for r in refs),
+            ]
             lines.append("| " + " | ".join(row) + " |")
     for key, _, title in SCORES:
-        row = [title, "", *(_cell(v) for v in summary[f"{key}_per_seed"]), _cell(summary[key]),
-               *(_cell(r[key]) for r in refs)]
+        row = [
+            title,
+            "",
+            *(_cell(v) for v in summary[f"{key}_per_seed"]),
+            _cell(summary[key]),
+            *(_cell(r[key]) for r in refs),
+        ]
         lines.append("| " + " | ".join(row) + " |")
     if summary["missing_for_glue_score"]:
-        lines += ["", "The GLUE score needs all eight tasks; missing: "
-                  + ", ".join(DISPLAY_NAMES[t] for t in summary["missing_for_glue_score"]) + "."]
+        lines += [
+            "",
+            "The GLUE score needs all eight tasks; missing: "
+            + ", ".join(DISPLAY_NAMES[t] for t in summary["missing_for_glue_score"])
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -58,8 +58,23 @@ class Task:
         return [f"{m}_{s}" if s else m for s in self.dev for m in self.metrics]
 
 
-def _task(name, folder, hf_config, labels, metrics, paper_metric, leaderboard_metrics, hf_text, train_cols,
-          test_cols, submission, dev_files=None, test_files=None, extra_test=None, **kw) -> Task:
+def _task(
+    name,
+    folder,
+    hf_config,
+    labels,
+    metrics,
+    paper_metric,
+    leaderboard_metrics,
+    hf_text,
+    train_cols,
+    test_cols,
+    submission,
+    dev_files=None,
+    test_files=None,
+    extra_test=None,
+    **kw,
+) -> Task:
     """Builds a task whose train/dev files share `train_cols` and whose test files use `test_cols`;
     `dev_files` / `test_files` map a metric suffix / submission file to (file stem, HF split)."""
     dev_files = dev_files or {"": ("dev", "validation")}
@@ -69,11 +84,17 @@ def _task(name, folder, hf_config, labels, metrics, paper_metric, leaderboard_me
         return Split(stem, f"{folder}/{stem}.tsv", cols, (hf_config, hf_split))
 
     return Task(
-        name=name, labels=labels, metrics=metrics, paper_metric=paper_metric,
-        leaderboard_metrics=leaderboard_metrics, hf_text=hf_text,
+        name=name,
+        labels=labels,
+        metrics=metrics,
+        paper_metric=paper_metric,
+        leaderboard_metrics=leaderboard_metrics,
+        hf_text=hf_text,
         train=split("train", train_cols, "train"),
         dev={suffix: split(f, train_cols, hf) for suffix, (f, hf) in dev_files.items()},
-        test={**{sub: split(f, test_cols, hf) for sub, (f, hf) in test_files.items()}, **(extra_test or {})}, **kw)
+        test={**{sub: split(f, test_cols, hf) for sub, (f, hf) in test_files.items()}, **(extra_test or {})},
+        **kw,
+    )
 
 
 BINARY = ("0", "1")
@@ -89,48 +110,188 @@ def unlabelled(a, b=None, index="index") -> Columns:
 # diagnostic/diagnostic.tsv: the AX set, predicted by the MNLI model.
 DIAGNOSTIC = Split("diagnostic", "diagnostic/diagnostic.tsv", unlabelled("sentence1", "sentence2"), ("ax", "test"))
 
-TASKS: dict[str, Task] = {t.name: t for t in [
-    _task("cola", "CoLA", "cola", BINARY, ("mcc",), "mcc", ("mcc",), ("sentence", None),
-          Columns(3, None, 1, num_columns=4), unlabelled("sentence"), "CoLA.tsv"),
-    _task("sst2", "SST-2", "sst2", BINARY, ("accuracy",), "accuracy", ("accuracy",), ("sentence", None),
-          Columns("sentence", None, "label"), unlabelled("sentence"), "SST-2.tsv"),
-    _task("mrpc", "MRPC", "mrpc", BINARY, ("accuracy", "f1"), "accuracy", ("f1", "accuracy"),
-          ("sentence1", "sentence2"), Columns("#1 String", "#2 String", "Quality"),
-          unlabelled("#1 String", "#2 String"), "MRPC.tsv", double_unordered=True),
-    _task("stsb", "STS-B", "stsb", None, ("pearson", "spearman"), "spearman", ("pearson", "spearman"),
-          ("sentence1", "sentence2"), Columns("sentence1", "sentence2", "score"),
-          unlabelled("sentence1", "sentence2"), "STS-B.tsv", epochs=10, double_unordered=True),
-    _task("qqp", "QQP", "qqp", BINARY, ("accuracy", "f1"), "accuracy", ("f1", "accuracy"),
-          ("question1", "question2"), Columns("question1", "question2", "is_duplicate"),
-          unlabelled("question1", "question2", index="id"), "QQP.tsv"),
-    _task("mnli", "MNLI", "mnli", NLI, ("accuracy",), "accuracy_m", ("accuracy_m", "accuracy_mm"),
-          ("premise", "hypothesis"), Columns("sentence1", "sentence2", "gold_label"),
-          unlabelled("sentence1", "sentence2"), "MNLI-m.tsv",
-          dev_files={"m": ("dev_matched", "validation_matched"), "mm": ("dev_mismatched", "validation_mismatched")},
-          test_files={"MNLI-m.tsv": ("test_matched", "test_matched"),
-                      "MNLI-mm.tsv": ("test_mismatched", "test_mismatched")},
-          extra_test={"AX.tsv": DIAGNOSTIC}, optional_test=("AX.tsv",)),
-    _task("qnli", "QNLI", "qnli", ENTAIL, ("accuracy",), "accuracy", ("accuracy",), ("question", "sentence"),
-          Columns("question", "sentence", "label"), unlabelled("question", "sentence"), "QNLI.tsv"),
-    _task("rte", "RTE", "rte", ENTAIL, ("accuracy",), "accuracy", ("accuracy",), ("sentence1", "sentence2"),
-          Columns("sentence1", "sentence2", "label"), unlabelled("sentence1", "sentence2"), "RTE.tsv", epochs=10),
-    # WNLI: HF id 0 = not_entailment, 1 = entailment, as the TSV's 0/1.
-    _task("wnli", "WNLI", "wnli", BINARY, ("accuracy",), "accuracy", ("accuracy",), ("sentence1", "sentence2"),
-          Columns("sentence1", "sentence2", "label"), unlabelled("sentence1", "sentence2"), "WNLI.tsv"),
-]}
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in [
+        _task(
+            "cola",
+            "CoLA",
+            "cola",
+            BINARY,
+            ("mcc",),
+            "mcc",
+            ("mcc",),
+            ("sentence", None),
+            Columns(3, None, 1, num_columns=4),
+            unlabelled("sentence"),
+            "CoLA.tsv",
+        ),
+        _task(
+            "sst2",
+            "SST-2",
+            "sst2",
+            BINARY,
+            ("accuracy",),
+            "accuracy",
+            ("accuracy",),
+            ("sentence", None),
+            Columns("sentence", None, "label"),
+            unlabelled("sentence"),
+            "SST-2.tsv",
+        ),
+        _task(
+            "mrpc",
+            "MRPC",
+            "mrpc",
+            BINARY,
+            ("accuracy", "f1"),
+            "accuracy",
+            ("f1", "accuracy"),
+            ("sentence1", "sentence2"),
+            Columns("#1 String", "#2 String", "Quality"),
+            unlabelled("#1 String", "#2 String"),
+            "MRPC.tsv",
+            double_unordered=True,
+        ),
+        _task(
+            "stsb",
+            "STS-B",
+            "stsb",
+            None,
+            ("pearson", "spearman"),
+            "spearman",
+            ("pearson", "spearman"),
+            ("sentence1", "sentence2"),
+            Columns("sentence1", "sentence2", "score"),
+            unlabelled("sentence1", "sentence2"),
+            "STS-B.tsv",
+            epochs=10,
+            double_unordered=True,
+        ),
+        _task(
+            "qqp",
+            "QQP",
+            "qqp",
+            BINARY,
+            ("accuracy", "f1"),
+            "accuracy",
+            ("f1", "accuracy"),
+            ("question1", "question2"),
+            Columns("question1", "question2", "is_duplicate"),
+            unlabelled("question1", "question2", index="id"),
+            "QQP.tsv",
+        ),
+        _task(
+            "mnli",
+            "MNLI",
+            "mnli",
+            NLI,
+            ("accuracy",),
+            "accuracy_m",
+            ("accuracy_m", "accuracy_mm"),
+            ("premise", "hypothesis"),
+            Columns("sentence1", "sentence2", "gold_label"),
+            unlabelled("sentence1", "sentence2"),
+            "MNLI-m.tsv",
+            dev_files={"m": ("dev_matched", "validation_matched"), "mm": ("dev_mismatched", "validation_mismatched")},
+            test_files={
+                "MNLI-m.tsv": ("test_matched", "test_matched"),
+                "MNLI-mm.tsv": ("test_mismatched", "test_mismatched"),
+            },
+            extra_test={"AX.tsv": DIAGNOSTIC},
+            optional_test=("AX.tsv",),
+        ),
+        _task(
+            "qnli",
+            "QNLI",
+            "qnli",
+            ENTAIL,
+            ("accuracy",),
+            "accuracy",
+            ("accuracy",),
+            ("question", "sentence"),
+            Columns("question", "sentence", "label"),
+            unlabelled("question", "sentence"),
+            "QNLI.tsv",
+        ),
+        _task(
+            "rte",
+            "RTE",
+            "rte",
+            ENTAIL,
+            ("accuracy",),
+            "accuracy",
+            ("accuracy",),
+            ("sentence1", "sentence2"),
+            Columns("sentence1", "sentence2", "label"),
+            unlabelled("sentence1", "sentence2"),
+            "RTE.tsv",
+            epochs=10,
+        ),
+        # WNLI: HF id 0 = not_entailment, 1 = entailment, as the TSV's 0/1.
+        _task(
+            "wnli",
+            "WNLI",
+            "wnli",
+            BINARY,
+            ("accuracy",),
+            "accuracy",
+            ("accuracy",),
+            ("sentence1", "sentence2"),
+            Columns("sentence1", "sentence2", "label"),
+            unlabelled("sentence1", "sentence2"),
+            "WNLI.tsv",
+        ),
+    ]
+}
 
 # The transfer suite (`python -m convbert.data.transfer`, docs/transfer.md): tasks built from held-out English text
 # in the GLUE layout, read from `data_dir` only (there is no hub copy). Label 1 = as written (single sentences);
 # FillBlank: 0 = the first candidate fills the blank, 1 = the second.
-TRANSFER_TASKS: dict[str, Task] = {t.name: t for t in [
-    _task("replaced_word", "ReplacedWord", None, BINARY, ("accuracy",), "accuracy", ("accuracy",), ("sentence", None),
-          Columns("sentence", None, "label"), unlabelled("sentence"), "ReplacedWord.tsv"),
-    _task("word_order", "WordOrder", None, BINARY, ("accuracy",), "accuracy", ("accuracy",), ("sentence", None),
-          Columns("sentence", None, "label"), unlabelled("sentence"), "WordOrder.tsv"),
-    _task("fill_blank", "FillBlank", None, BINARY, ("accuracy",), "accuracy", ("accuracy",),
-          ("sentence1", "sentence2"), Columns("sentence1", "sentence2", "label"),
-          unlabelled("sentence1", "sentence2"), "FillBlank.tsv"),
-]}
+TRANSFER_TASKS: dict[str, Task] = {
+    t.name: t
+    for t in [
+        _task(
+            "replaced_word",
+            "ReplacedWord",
+            None,
+            BINARY,
+            ("accuracy",),
+            "accuracy",
+            ("accuracy",),
+            ("sentence", None),
+            Columns("sentence", None, "label"),
+            unlabelled("sentence"),
+            "ReplacedWord.tsv",
+        ),
+        _task(
+            "word_order",
+            "WordOrder",
+            None,
+            BINARY,
+            ("accuracy",),
+            "accuracy",
+            ("accuracy",),
+            ("sentence", None),
+            Columns("sentence", None, "label"),
+            unlabelled("sentence"),
+            "WordOrder.tsv",
+        ),
+        _task(
+            "fill_blank",
+            "FillBlank",
+            None,
+            BINARY,
+            ("accuracy",),
+            "accuracy",
+            ("accuracy",),
+            ("sentence1", "sentence2"),
+            Columns("sentence1", "sentence2", "label"),
+            unlabelled("sentence1", "sentence2"),
+            "FillBlank.tsv",
+        ),
+    ]
+}
 
 # Tasks of the paper's GLUE score (WNLI excluded) and of the leaderboard score (docs/recipes.md#glue-metrics-and-score).
 PAPER_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
@@ -139,9 +300,20 @@ LEADERBOARD_TASKS = PAPER_TASKS + ("wnli",)
 # diagnostic set, which must then exist), `all` (GLUE) and `transfer` (the transfer suite).
 ALL_TASKS: dict[str, Task] = {**TASKS, **TRANSFER_TASKS}
 TASK_CHOICES = (*ALL_TASKS, "ax", "all", "transfer")
-DISPLAY_NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP", "mnli": "MNLI",
-                 "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI", "replaced_word": "ReplacedWord",
-                 "word_order": "WordOrder", "fill_blank": "FillBlank"}
+DISPLAY_NAMES = {
+    "cola": "CoLA",
+    "sst2": "SST-2",
+    "mrpc": "MRPC",
+    "stsb": "STS-B",
+    "qqp": "QQP",
+    "mnli": "MNLI",
+    "qnli": "QNLI",
+    "rte": "RTE",
+    "wnli": "WNLI",
+    "replaced_word": "ReplacedWord",
+    "word_order": "WordOrder",
+    "fill_blank": "FillBlank",
+}
 
 
 def get_task(name: str) -> Task:

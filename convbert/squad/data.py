@@ -15,8 +15,10 @@ from absl import logging
 
 from convbert.tokenization import TextTokenizer
 
-FILES = {"v1": {"train": "train-v1.1.json", "dev": "dev-v1.1.json"},
-         "v2": {"train": "train-v2.0.json", "dev": "dev-v2.0.json"}}
+FILES = {
+    "v1": {"train": "train-v1.1.json", "dev": "dev-v1.1.json"},
+    "v2": {"train": "train-v2.0.json", "dev": "dev-v2.0.json"},
+}
 HF_DATASETS = {"v1": "rajpurkar/squad", "v2": "rajpurkar/squad_v2"}
 HF_SPLITS = {"train": "train", "dev": "validation"}
 FEATURES = ("input_ids", "attention_mask", "token_type_ids")
@@ -60,12 +62,14 @@ def parse_squad(dataset: dict, version: str, where: str) -> list[Example]:
                 qid, question = _get(qa, "id", str, q_at), _get(qa, "question", str, q_at)
                 answers = tuple(
                     (_get(a, "text", str, f"{q_at}.answers[{m}]"), _get(a, "answer_start", int, f"{q_at}.answers[{m}]"))
-                    for m, a in enumerate(_get(qa, "answers", list, q_at)))
+                    for m, a in enumerate(_get(qa, "answers", list, q_at))
+                )
                 impossible = bool(qa.get("is_impossible", not answers)) if version == "v2" else False
                 if not answers and not impossible:
-                    raise ValueError(f"{q_at}.answers: empty for an answerable question"
-                                     + (" (SQuAD v1.1 has no unanswerable questions: use version v2)"
-                                        if version == "v1" else ""))
+                    raise ValueError(
+                        f"{q_at}.answers: empty for an answerable question"
+                        + (" (SQuAD v1.1 has no unanswerable questions: use version v2)" if version == "v1" else "")
+                    )
                 out.append(Example(qid, question, context, () if impossible else answers, impossible))
     return out
 
@@ -86,9 +90,16 @@ def load_hf(version: str, split: str) -> list[Example]:
     import datasets
 
     ds = datasets.load_dataset(HF_DATASETS[version], split=HF_SPLITS[split])
-    return [Example(r["id"], r["question"], r["context"],
-                    tuple(zip(r["answers"]["text"], r["answers"]["answer_start"], strict=True)),
-                    version == "v2" and not r["answers"]["text"]) for r in ds]
+    return [
+        Example(
+            r["id"],
+            r["question"],
+            r["context"],
+            tuple(zip(r["answers"]["text"], r["answers"]["answer_start"], strict=True)),
+            version == "v2" and not r["answers"]["text"],
+        )
+        for r in ds
+    ]
 
 
 def load_split(version: str, split: str, data_dir: str) -> list[Example]:
@@ -100,17 +111,22 @@ def load_split(version: str, split: str, data_dir: str) -> list[Example]:
 
 def answer_matches(example: Example, answer: tuple[str, int]) -> bool:
     text, start = answer
-    return bool(text) and example.context[start:start + len(text)] == text
+    return bool(text) and example.context[start : start + len(text)] == text
 
 
 def check_answers(examples: list[Example], where: str) -> list[tuple[str, str, int]]:
     """(question id, answer text, offset) of every answer whose text is not the context at its offset; logged
     with the first few cases (training drops such questions, see `featurize`; nothing is shifted)."""
-    bad = [(ex.qid, text, start) for ex in examples for text, start in ex.answers
-           if not answer_matches(ex, (text, start))]
+    bad = [
+        (ex.qid, text, start) for ex in examples for text, start in ex.answers if not answer_matches(ex, (text, start))
+    ]
     if bad:
-        logging.warning("%s: %d answer(s) do not match the context at their offset, e.g. %s", where, len(bad),
-                        "; ".join(f"{q}: {t!r} at {s}" for q, t, s in bad[:3]))
+        logging.warning(
+            "%s: %d answer(s) do not match the context at their offset, e.g. %s",
+            where,
+            len(bad),
+            "; ".join(f"{q}: {t!r} at {s}" for q, t, s in bad[:3]),
+        )
     return bad
 
 
@@ -148,8 +164,14 @@ def answer_token_span(offsets: list[tuple[int, int]], start: int, end: int) -> t
     return (inside[0], inside[-1]) if inside else None
 
 
-def featurize(examples: list[Example], tokenizer: TextTokenizer, max_seq_length: int, doc_stride: int,
-              max_query_length: int, training: bool) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def featurize(
+    examples: list[Example],
+    tokenizer: TextTokenizer,
+    max_seq_length: int,
+    doc_stride: int,
+    max_query_length: int,
+    training: bool,
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Windows `[CLS] question [SEP] context window [SEP]` (segment ids 0 / 1, padded with 0) of every example.
 
     `tokenizer`: its `encode_offsets` gives each token's character span (WordPiece). Returns (features, counts).
@@ -161,8 +183,10 @@ def featurize(examples: list[Example], tokenizer: TextTokenizer, max_seq_length:
     does not match the context (counted in counts['answer_mismatch']).
     """
     if max_seq_length - max_query_length - 3 < 1:
-        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for the context after max_query_length="
-                         f"{max_query_length} and [CLS] [SEP] [SEP]")
+        raise ValueError(
+            f"max_seq_length={max_seq_length} leaves no room for the context after max_query_length="
+            f"{max_query_length} and [CLS] [SEP] [SEP]"
+        )
     contexts = list(dict.fromkeys(ex.context for ex in examples))
     encoded = dict(zip(contexts, tokenizer.encode_offsets(contexts), strict=True))
     questions = tokenizer.encode_offsets([ex.question for ex in examples])
@@ -184,7 +208,7 @@ def featurize(examples: list[Example], tokenizer: TextTokenizer, max_seq_length:
         best = max_context_window(spans, len(ids))
         shift = len(q_ids) + 2  # window token i sits at position shift + i
         for w, (start, length) in enumerate(spans):
-            tokens = [cls, *q_ids, sep, *ids[start:start + length], sep]
+            tokens = [cls, *q_ids, sep, *ids[start : start + length], sep]
             n = len(tokens)
             rows["input_ids"].append(tokens + [pad] * (max_seq_length - n))
             rows["attention_mask"].append([1] * n + [0] * (max_seq_length - n))
@@ -198,10 +222,12 @@ def featurize(examples: list[Example], tokenizer: TextTokenizer, max_seq_length:
                 rows["is_impossible"].append(int(ex.is_impossible))
             else:
                 span_offsets = np.full((max_seq_length, 2), -1, np.int32)
-                span_offsets[shift:shift + length] = np.asarray(offsets[start:start + length], np.int32).reshape(-1, 2)
+                span_offsets[shift : shift + length] = np.asarray(offsets[start : start + length], np.int32).reshape(
+                    -1, 2
+                )
                 rows["offsets"].append(span_offsets)
                 is_max = np.zeros(max_seq_length, bool)
-                is_max[shift:shift + length] = best[start:start + length] == w
+                is_max[shift : shift + length] = best[start : start + length] == w
                 rows["max_context"].append(is_max)
     out = {k: np.asarray(v, bool if k == "max_context" else np.int32) for k, v in rows.items()}
     if not rows["input_ids"]:  # keep the shapes of an empty split

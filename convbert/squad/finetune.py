@@ -58,8 +58,9 @@ class SquadModel(ConvBertForQuestionAnswering):
             self.answerable_hidden = dense(config, 2 * config.hidden_size, 512, ("embed", "mlp"), rngs=rngs)
             self.answerable_output = dense(config, 512, 1, ("mlp", None), rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids, *, deterministic=True, dropout_rng=None
-                 ) -> dict[str, jax.Array]:
+    def __call__(
+        self, input_ids, attention_mask, token_type_ids, *, deterministic=True, dropout_rng=None
+    ) -> dict[str, jax.Array]:
         """{'start_logits', 'end_logits'} [B, T] float32 and, with the classifier, 'null_logits' [B]."""
         out, _ = self.body(input_ids, attention_mask, token_type_ids, None, deterministic, dropout_rng, False)
         hidden = out.last_hidden_state
@@ -74,11 +75,12 @@ class SquadModel(ConvBertForQuestionAnswering):
         return result
 
 
-def example_losses(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], answerable_weight: float
-                   ) -> jax.Array:
+def example_losses(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], answerable_weight: float) -> jax.Array:
     """[B]: mean of the start and end cross-entropies, + weight x the answerability sigmoid cross-entropy."""
-    loss = (losses.softmax_cross_entropy(outputs["start_logits"], batch["start_positions"])
-            + losses.softmax_cross_entropy(outputs["end_logits"], batch["end_positions"])) / 2
+    loss = (
+        losses.softmax_cross_entropy(outputs["start_logits"], batch["start_positions"])
+        + losses.softmax_cross_entropy(outputs["end_logits"], batch["end_positions"])
+    ) / 2
     if "null_logits" in outputs:
         loss += answerable_weight * losses.sigmoid_binary_cross_entropy(outputs["null_logits"], batch["is_impossible"])
     return loss
@@ -99,26 +101,42 @@ class SquadData:
 def check_files(config) -> None:
     """Fails before any training when a file of the run is missing from `config.data_dir`."""
     if config.data_dir:
-        missing = [p for p in (os.path.join(config.data_dir, f) for f in data.FILES[config.version].values())
-                   if not os.path.isfile(p)]
+        missing = [
+            p
+            for p in (os.path.join(config.data_dir, f) for f in data.FILES[config.version].values())
+            if not os.path.isfile(p)
+        ]
         if missing:
-            raise FileNotFoundError("SQuAD files not found (expected the official JSON files in config.data_dir): "
-                                    + ", ".join(missing))
+            raise FileNotFoundError(
+                "SQuAD files not found (expected the official JSON files in config.data_dir): " + ", ".join(missing)
+            )
 
 
 def prepare_data(config, tokenizer) -> SquadData:
-    feats = functools.partial(data.featurize, tokenizer=tokenizer, max_seq_length=config.max_seq_length,
-                              doc_stride=config.doc_stride, max_query_length=config.max_query_length)
+    feats = functools.partial(
+        data.featurize,
+        tokenizer=tokenizer,
+        max_seq_length=config.max_seq_length,
+        doc_stride=config.doc_stride,
+        max_query_length=config.max_query_length,
+    )
     train_examples = data.load_split(config.version, "train", config.data_dir)
     dev_examples = data.load_split(config.version, "dev", config.data_dir)
     data.check_answers(train_examples, f"SQuAD {config.version} train")
     dev_mismatches = len(data.check_answers(dev_examples, f"SQuAD {config.version} dev"))
     train, counts = feats(train_examples, training=True)
     dev, _ = feats(dev_examples, training=False)
-    logging.info("SQuAD %s: %d training questions -> %d windows (%d dropped: answer not at its offset; %d windows "
-                 "without the answer), %d dev questions -> %d windows", config.version, len(train_examples),
-                 len(train["input_ids"]), counts["answer_mismatch"], counts["windows_without_answer"],
-                 len(dev_examples), len(dev["input_ids"]))
+    logging.info(
+        "SQuAD %s: %d training questions -> %d windows (%d dropped: answer not at its offset; %d windows "
+        "without the answer), %d dev questions -> %d windows",
+        config.version,
+        len(train_examples),
+        len(train["input_ids"]),
+        counts["answer_mismatch"],
+        counts["windows_without_answer"],
+        len(dev_examples),
+        len(dev["input_ids"]),
+    )
     return SquadData(train, dev_examples, dev, {"train": counts["answer_mismatch"], "dev": dev_mismatches})
 
 
@@ -135,37 +153,55 @@ class SquadTrainer(finetuning.Trainer):
 
     def __init__(self, encoder, config, mesh, num_train_windows: int):
         if num_train_windows < config.batch_size:
-            raise ValueError(f"SQuAD: {num_train_windows} training windows are fewer than config.batch_size="
-                             f"{config.batch_size}")
+            raise ValueError(
+                f"SQuAD: {num_train_windows} training windows are fewer than config.batch_size={config.batch_size}"
+            )
         if config.max_seq_length > encoder.config.max_position_embeddings:
-            raise ValueError(f"config.max_seq_length={config.max_seq_length} exceeds the checkpoint's "
-                             f"max_position_embeddings={encoder.config.max_position_embeddings}")
+            raise ValueError(
+                f"config.max_seq_length={config.max_seq_length} exceeds the checkpoint's "
+                f"max_position_embeddings={encoder.config.max_position_embeddings}"
+            )
         self.v2 = v2 = config.version == "v2"
         model_config = encoder.config.replace(dtype=config.dtype)
 
         def forward(model, batch, **kw):
             return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], **kw)
 
-        super().__init__(lambda rngs: SquadModel(model_config, answerable=v2, rngs=rngs), forward,
-                         functools.partial(example_losses, answerable_weight=config.answerable_weight), config,
-                         mesh, num_train_windows // config.batch_size * config.num_train_epochs,
-                         model_config.num_hidden_layers, encoder.params)
+        super().__init__(
+            lambda rngs: SquadModel(model_config, answerable=v2, rngs=rngs),
+            forward,
+            functools.partial(example_losses, answerable_weight=config.answerable_weight),
+            config,
+            mesh,
+            num_train_windows // config.batch_size * config.num_train_epochs,
+            model_config.num_hidden_layers,
+            encoder.params,
+        )
 
     def logits(self, params, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Model outputs for every window; padded with ignored all-zero windows to a multiple of the eval batch."""
         n, bs = len(features["input_ids"]), self.config.eval_batch_size
         padded = pad_to_multiple({k: features[k] for k in data.FEATURES}, bs)
-        outs = [jax.tree.map(np.asarray,
-                             self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES), None))
-                for i in range(0, len(padded["input_ids"]), bs)]
+        outs = [
+            jax.tree.map(
+                np.asarray, self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES), None)
+            )
+            for i in range(0, len(padded["input_ids"]), bs)
+        ]
         return {k: np.concatenate([o[k] for o in outs])[:n] for k in outs[0]}
 
     def evaluate(self, params, squad: SquadData) -> tuple[dict[str, float], dict[str, str], dict[str, float] | None]:
         """(metrics, predictions with '' above the no-answer threshold, null odds or None) on the dev set."""
         out = self.logits(params, squad.dev)
-        preds, odds = postprocess.decode(squad.dev_examples, squad.dev, out["start_logits"], out["end_logits"],
-                                         out.get("null_logits"), self.config.n_best_size,
-                                         self.config.max_answer_length)
+        preds, odds = postprocess.decode(
+            squad.dev_examples,
+            squad.dev,
+            out["start_logits"],
+            out["end_logits"],
+            out.get("null_logits"),
+            self.config.n_best_size,
+            self.config.max_answer_length,
+        )
         gold = gold_answers(squad.dev_examples)
         if not self.v2:
             return metrics.evaluate_v1(gold, preds), preds, None
@@ -173,8 +209,9 @@ class SquadTrainer(finetuning.Trainer):
         return scores, postprocess.apply_threshold(preds, odds, self.config.null_threshold), odds
 
 
-def train_seed(trainer: SquadTrainer, squad: SquadData, seed: int, logdir: str
-               ) -> tuple[dict, dict[str, str], dict[str, float] | None]:
+def train_seed(
+    trainer: SquadTrainer, squad: SquadData, seed: int, logdir: str
+) -> tuple[dict, dict[str, str], dict[str, float] | None]:
     """Fine-tunes one seed, scoring dev after every epoch; returns (result, predictions, null odds)."""
     config, start = trainer.config, time.time()
     resume.clear_interrupted_logs(logdir)  # a seed without result.json starts over
@@ -187,13 +224,26 @@ def train_seed(trainer: SquadTrainer, squad: SquadData, seed: int, logdir: str
         writer.write_scalars(step, {f"dev/{k}": v for k, v in scores.items()})
         logging.info("SQuAD %s seed %d epoch %d: %s", config.version, seed, epoch, _format(scores))
 
-    _, train_time = finetuning.train_epochs(trainer, squad.train, (*data.FEATURES, *data.LABELS), seed,
-                                            config.num_train_epochs, writer, f"SQuAD {config.version}", on_epoch_end)
+    _, train_time = finetuning.train_epochs(
+        trainer,
+        squad.train,
+        (*data.FEATURES, *data.LABELS),
+        seed,
+        config.num_train_epochs,
+        writer,
+        f"SQuAD {config.version}",
+        on_epoch_end,
+    )
     writer.close()
     total = trainer.total_steps
-    result = {"seed": seed, "dev": last["dev"], "epochs": history, "train_steps": total,
-              "train_windows_per_sec": (total - 1) * config.batch_size / train_time if total > 1 else None,
-              "wall_time_s": time.time() - start}
+    result = {
+        "seed": seed,
+        "dev": last["dev"],
+        "epochs": history,
+        "train_steps": total,
+        "train_windows_per_sec": (total - 1) * config.batch_size / train_time if total > 1 else None,
+        "wall_time_s": time.time() - start,
+    }
     return result, last["predictions"], last["null_odds"]
 
 
@@ -211,9 +261,17 @@ def _write_json(path: str, obj) -> None:
         write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-TABLE_METRICS = {"v1": (("exact_match", "EM"), ("f1", "F1")),
-                 "v2": (("exact_match", "EM"), ("f1", "F1"), ("best_exact", "best EM"), ("best_f1", "best F1"),
-                        ("HasAns_f1", "HasAns F1"), ("NoAns_f1", "NoAns F1"))}
+TABLE_METRICS = {
+    "v1": (("exact_match", "EM"), ("f1", "F1")),
+    "v2": (
+        ("exact_match", "EM"),
+        ("f1", "F1"),
+        ("best_exact", "best EM"),
+        ("best_f1", "best F1"),
+        ("HasAns_f1", "HasAns F1"),
+        ("NoAns_f1", "NoAns F1"),
+    ),
+}
 
 
 def markdown(summary: dict) -> str:
@@ -221,12 +279,22 @@ def markdown(summary: dict) -> str:
     version = summary["version"]
     keys = TABLE_METRICS[version]
     name = {"v1": "SQuAD v1.1", "v2": "SQuAD v2.0"}[version]
-    lines = [f"# {name} dev results", "",
-             f"Fine-tuned from `{summary['init_checkpoint']}` (size `{summary['size']}`): the official evaluation "
-             "script's numbers on the dev set after the final epoch"
-             + (f"; EM / F1 answer '' when the no-answer odds exceed {summary['null_threshold']:g}, best EM / F1 "
-                "with the threshold chosen on dev" if version == "v2" else "") + ".", "",
-             "| run | " + " | ".join(title for _, title in keys) + " |", "|---|" + "---:|" * len(keys)]
+    lines = [
+        f"# {name} dev results",
+        "",
+        f"Fine-tuned from `{summary['init_checkpoint']}` (size `{summary['size']}`): the official evaluation "
+        "script's numbers on the dev set after the final epoch"
+        + (
+            f"; EM / F1 answer '' when the no-answer odds exceed {summary['null_threshold']:g}, best EM / F1 "
+            "with the threshold chosen on dev"
+            if version == "v2"
+            else ""
+        )
+        + ".",
+        "",
+        "| run | " + " | ".join(title for _, title in keys) + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
 
     def row(title, values):
         return f"| {title} | " + " | ".join("" if values.get(k) is None else f"{values[k]:.1f}" for k, _ in keys) + " |"
@@ -235,9 +303,12 @@ def markdown(summary: dict) -> str:
     lines.append(row(f"ours, median of {len(summary['seeds'])}", summary["median"]))
     lines += [row(r["title"], r["results"]) for r in summary["references"]]
     if any(summary["answer_mismatches"].values()):
-        lines += ["", "Answers whose text is not the context at their offset: "
-                  + ", ".join(f"{k} {v}" for k, v in summary["answer_mismatches"].items())
-                  + " (training drops those questions)."]
+        lines += [
+            "",
+            "Answers whose text is not the context at their offset: "
+            + ", ".join(f"{k} {v}" for k, v in summary["answer_mismatches"].items())
+            + " (training drops those questions).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -281,12 +352,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             with open(path, encoding="utf-8") as f:
                 write_atomic(os.path.join(workdir, name), f.read())
     median = {k: float(np.median([s["dev"][k] for s in seeds])) for k in seeds[0]["dev"]}
-    summary = {**median, "version": config.version, "size": config.size, "init_checkpoint": config.init_checkpoint,
-               "split": "dev", "null_threshold": config.null_threshold if config.version == "v2" else None,
-               "median": median, "prediction_seed": chosen["seed"], "answer_mismatches": mismatches,
-               "seeds": [{"seed": s["seed"], "dev": s["dev"]} for s in seeds],
-               "references": [{"title": r.title, "results": r.results[config.version]}
-                              for r in REFERENCES.get(config.size, [])]}
+    summary = {
+        **median,
+        "version": config.version,
+        "size": config.size,
+        "init_checkpoint": config.init_checkpoint,
+        "split": "dev",
+        "null_threshold": config.null_threshold if config.version == "v2" else None,
+        "median": median,
+        "prediction_seed": chosen["seed"],
+        "answer_mismatches": mismatches,
+        "seeds": [{"seed": s["seed"], "dev": s["dev"]} for s in seeds],
+        "references": [
+            {"title": r.title, "results": r.results[config.version]} for r in REFERENCES.get(config.size, [])
+        ],
+    }
     _write_json(os.path.join(workdir, "results.json"), summary)
     if jax.process_index() == 0:
         write_atomic(os.path.join(workdir, "results.md"), markdown(summary))

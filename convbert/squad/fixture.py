@@ -29,9 +29,12 @@ MIN_SPEAKERS = 3  # distinct speakers per passage, so that no fixed position ans
 NON_ASCII = {  # a hand-written paragraph: accents, a ligature, CJK, typographic punctuation
     "title": "Non-ASCII",
     "context": "ZOË. Où est le café, señor — près de la Straße?\n"
-               "MÜLLER. Ich wohne in Tōkyō, nahe 東京駅.\nRENÉE. Cœur naïve, « déjà vu » encore!",
-    "questions": (("Who says \"Où est le café\"?", "ZOË"), ("Who says \"Ich wohne in Tōkyō\"?", "MÜLLER"),
-                  ("Who says \"Cœur naïve\"?", "RENÉE")),
+    "MÜLLER. Ich wohne in Tōkyō, nahe 東京駅.\nRENÉE. Cœur naïve, « déjà vu » encore!",
+    "questions": (
+        ('Who says "Où est le café"?', "ZOË"),
+        ('Who says "Ich wohne in Tōkyō"?', "MÜLLER"),
+        ('Who says "Cœur naïve"?', "RENÉE"),
+    ),
 }
 
 
@@ -74,8 +77,8 @@ def passages(corpus_dir: str, rng: random.Random) -> list[list[tuple[str, str]]]
             i = 0
             while i < len(run):
                 k = rng.choice(PASSAGE_SPEECHES)
-                if i + k <= len(run) and len({s for s, _ in run[i:i + k]}) >= MIN_SPEAKERS:
-                    out.append(run[i:i + k])
+                if i + k <= len(run) and len({s for s, _ in run[i : i + k]}) >= MIN_SPEAKERS:
+                    out.append(run[i : i + k])
                 i += k
     return out
 
@@ -84,8 +87,9 @@ def opening(text: str) -> str:
     return " ".join(text.split()[:QUOTED_WORDS])
 
 
-def paragraph(passage: list[tuple[str, str]], pid: str, version: str, rng: random.Random,
-              other_openings: list[str]) -> dict:
+def paragraph(
+    passage: list[tuple[str, str]], pid: str, version: str, rng: random.Random, other_openings: list[str]
+) -> dict:
     """One SQuAD paragraph: the first and last speaker, `QUOTES` speeches whose opening is unique in the passage
     (+ `QUOTES` unanswerable questions for v2, quoting other passages)."""
     lines, starts = [], []
@@ -94,27 +98,38 @@ def paragraph(passage: list[tuple[str, str]], pid: str, version: str, rng: rando
         lines.append(f"{speaker}. {text}")
     context = "\n".join(lines)
     (first, _), (last, _) = passage[0], passage[-1]
-    qas = [{"id": f"{pid}f", "question": "Who speaks first?", "answers": [{"text": first, "answer_start": 0}]},
-           {"id": f"{pid}l", "question": "Who speaks last?", "answers": [{"text": last, "answer_start": starts[-1]}]}]
+    qas = [
+        {"id": f"{pid}f", "question": "Who speaks first?", "answers": [{"text": first, "answer_start": 0}]},
+        {"id": f"{pid}l", "question": "Who speaks last?", "answers": [{"text": last, "answer_start": starts[-1]}]},
+    ]
     unique = [i for i, (_, text) in enumerate(passage) if context.count(opening(text)) == 1]
     for i in sorted(rng.sample(unique, min(QUOTES, len(unique)))):
-        qas.append({"id": f"{pid}q{i}", "question": f"Who says \"{opening(passage[i][1])}\"?",
-                    "answers": [{"text": passage[i][0], "answer_start": starts[i]}]})
+        qas.append(
+            {
+                "id": f"{pid}q{i}",
+                "question": f'Who says "{opening(passage[i][1])}"?',
+                "answers": [{"text": passage[i][0], "answer_start": starts[i]}],
+            }
+        )
     if version == "v2":
         for q in qas:
             q["is_impossible"] = False
         for i, quote in enumerate(rng.sample(other_openings, QUOTES)):
             if quote not in context:
-                qas.append({"id": f"{pid}n{i}", "question": f"Who says \"{quote}\"?", "answers": [],
-                            "is_impossible": True})
+                qas.append(
+                    {"id": f"{pid}n{i}", "question": f'Who says "{quote}"?', "answers": [], "is_impossible": True}
+                )
     return {"context": context, "qas": qas}
 
 
 def non_ascii_paragraph(version: str, split: str) -> dict:
     context, qas = NON_ASCII["context"], []
     for i, (question, name) in enumerate(NON_ASCII["questions"]):
-        qa = {"id": f"{split}-nonascii-q{i}", "question": question,
-              "answers": [{"text": name, "answer_start": context.index(name)}]}
+        qa = {
+            "id": f"{split}-nonascii-q{i}",
+            "question": question,
+            "answers": [{"text": name, "answer_start": context.index(name)}],
+        }
         qas.append({**qa, "is_impossible": False} if version == "v2" else qa)
     return {"context": context, "qas": qas}
 
@@ -126,12 +141,16 @@ def build(corpus_dir: str, version: str) -> dict[str, dict]:
     rng.shuffle(pool)
     out, used = {}, 0
     for split, n in SIZES.items():
-        chosen, used = pool[used:used + n], used + n
+        chosen, used = pool[used : used + n], used + n
         openings = [opening(t) for p in chosen for _, t in p]
         paragraphs = [paragraph(p, f"{split}{i}", version, rng, openings) for i, p in enumerate(chosen)]
-        out[split] = {"version": {"v1": "1.1", "v2": "v2.0"}[version],
-                      "data": [{"title": "Shakespeare", "paragraphs": paragraphs},
-                               {"title": NON_ASCII["title"], "paragraphs": [non_ascii_paragraph(version, split)]}]}
+        out[split] = {
+            "version": {"v1": "1.1", "v2": "v2.0"}[version],
+            "data": [
+                {"title": "Shakespeare", "paragraphs": paragraphs},
+                {"title": NON_ASCII["title"], "paragraphs": [non_ascii_paragraph(version, split)]},
+            ],
+        }
     return out
 
 

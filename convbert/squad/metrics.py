@@ -59,8 +59,9 @@ def evaluate_v1(gold: Mapping[str, Sequence[str]], preds: Mapping[str, str]) -> 
     return {"exact_match": 100.0 * em / len(gold), "f1": 100.0 * f1 / len(gold), "total": len(gold)}
 
 
-def raw_scores_v2(gold: Mapping[str, Sequence[str]], preds: Mapping[str, str]
-                  ) -> tuple[dict[str, float], dict[str, float]]:
+def raw_scores_v2(
+    gold: Mapping[str, Sequence[str]], preds: Mapping[str, str]
+) -> tuple[dict[str, float], dict[str, float]]:
     """({id: exact}, {id: F1}) of the predicted questions; unanswerable questions have the one answer ''."""
     exact, f1 = {}, {}
     for qid, answers in gold.items():
@@ -72,14 +73,16 @@ def raw_scores_v2(gold: Mapping[str, Sequence[str]], preds: Mapping[str, str]
     return exact, f1
 
 
-def apply_no_answer_threshold(scores: Mapping[str, float], na_probs: Mapping[str, float],
-                              has_answer: Mapping[str, bool], threshold: float) -> dict[str, float]:
+def apply_no_answer_threshold(
+    scores: Mapping[str, float], na_probs: Mapping[str, float], has_answer: Mapping[str, bool], threshold: float
+) -> dict[str, float]:
     """Scores when every question with odds > `threshold` is answered '' (1 for unanswerable ones, else 0)."""
     return {qid: float(not has_answer[qid]) if na_probs[qid] > threshold else s for qid, s in scores.items()}
 
 
-def best_threshold(preds: Mapping[str, str], scores: Mapping[str, float], na_probs: Mapping[str, float],
-                   has_answer: Mapping[str, bool]) -> tuple[float, float]:
+def best_threshold(
+    preds: Mapping[str, str], scores: Mapping[str, float], na_probs: Mapping[str, float], has_answer: Mapping[str, bool]
+) -> tuple[float, float]:
     """(best score in percent, its threshold): sweeps the questions in increasing odds, from all answered ''
     to answering every question up to the current one (the official `find_best_thresh`)."""
     cur = best = sum(1 for v in has_answer.values() if not v)
@@ -94,12 +97,19 @@ def best_threshold(preds: Mapping[str, str], scores: Mapping[str, float], na_pro
 
 
 def _mean(exact: Mapping[str, float], f1: Mapping[str, float], qids: Sequence[str]) -> dict[str, float]:
-    return {"exact": 100.0 * sum(exact[q] for q in qids) / len(qids),
-            "f1": 100.0 * sum(f1[q] for q in qids) / len(qids), "total": len(qids)}
+    return {
+        "exact": 100.0 * sum(exact[q] for q in qids) / len(qids),
+        "f1": 100.0 * sum(f1[q] for q in qids) / len(qids),
+        "total": len(qids),
+    }
 
 
-def evaluate_v2(gold: Mapping[str, Sequence[str]], preds: Mapping[str, str],
-                na_probs: Mapping[str, float] | None = None, threshold: float = 1.0) -> dict[str, float]:
+def evaluate_v2(
+    gold: Mapping[str, Sequence[str]],
+    preds: Mapping[str, str],
+    na_probs: Mapping[str, float] | None = None,
+    threshold: float = 1.0,
+) -> dict[str, float]:
     """The v2.0 script's numbers, 'exact' named 'exact_match': exact_match, f1, total, HasAns_* and NoAns_*
     (exact, f1, total) with questions whose odds exceed `threshold` answered ''; with `na_probs` also best_exact,
     best_exact_thresh, best_f1, best_f1_thresh."""

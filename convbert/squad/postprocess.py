@@ -13,16 +13,26 @@ import numpy as np
 from convbert.squad.data import Example
 
 
-def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray, max_context: np.ndarray,
-              n_best_size: int, max_answer_length: int) -> tuple[float, int, int] | None:
+def best_span(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    offsets: np.ndarray,
+    max_context: np.ndarray,
+    n_best_size: int,
+    max_answer_length: int,
+) -> tuple[float, int, int] | None:
     """(score, start, end) of the best valid pair of one window (logits [T], offsets [T, 2], max_context [T]),
     or None; ties keep the better-ranked start, then end."""
     starts = np.argsort(-start_logits, kind="stable")[:n_best_size]
     ends = np.argsort(-end_logits, kind="stable")[:n_best_size]
     in_context = offsets[:, 0] >= 0
     length = ends[None, :] - starts[:, None] + 1
-    valid = ((in_context[starts] & max_context[starts])[:, None] & in_context[ends][None, :]
-             & (length >= 1) & (length <= max_answer_length))
+    valid = (
+        (in_context[starts] & max_context[starts])[:, None]
+        & in_context[ends][None, :]
+        & (length >= 1)
+        & (length <= max_answer_length)
+    )
     if not valid.any():
         return None
     scores = np.where(valid, start_logits[starts][:, None] + end_logits[ends][None, :], -np.inf)
@@ -30,17 +40,29 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndar
     return float(scores[i, j]), int(starts[i]), int(ends[j])
 
 
-def decode(examples: list[Example], features: dict[str, np.ndarray], start_logits: np.ndarray,
-           end_logits: np.ndarray, null_logits: np.ndarray | None, n_best_size: int = 20,
-           max_answer_length: int = 30) -> tuple[dict[str, str], dict[str, float] | None]:
+def decode(
+    examples: list[Example],
+    features: dict[str, np.ndarray],
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    null_logits: np.ndarray | None,
+    n_best_size: int = 20,
+    max_answer_length: int = 30,
+) -> tuple[dict[str, str], dict[str, float] | None]:
     """({question id: best non-null answer text, '' when no window has a valid span}, {question id: no-answer
     odds} or None without `null_logits`). features: example_index [W], offsets [W, T, 2], max_context [W, T]
     from `data.featurize(training=False)`; logits [W, T], null_logits [W]."""
     best: dict[int, tuple[float, int, int, int]] = {}  # example -> (score, window, start, end)
     odds: dict[int, float] = {}
     for w, index in enumerate(features["example_index"].tolist()):
-        span = best_span(start_logits[w], end_logits[w], features["offsets"][w], features["max_context"][w],
-                         n_best_size, max_answer_length)
+        span = best_span(
+            start_logits[w],
+            end_logits[w],
+            features["offsets"][w],
+            features["max_context"][w],
+            n_best_size,
+            max_answer_length,
+        )
         if span is not None and (index not in best or span[0] > best[index][0]):
             best[index] = (span[0], w, span[1], span[2])
         if null_logits is not None:
@@ -49,7 +71,7 @@ def decode(examples: list[Example], features: dict[str, np.ndarray], start_logit
     for index, ex in enumerate(examples):
         if index in best:
             _, w, s, e = best[index]
-            predictions[ex.qid] = ex.context[features["offsets"][w, s, 0]:features["offsets"][w, e, 1]]
+            predictions[ex.qid] = ex.context[features["offsets"][w, s, 0] : features["offsets"][w, e, 1]]
         else:
             predictions[ex.qid] = ""
     if null_logits is None:
