@@ -28,8 +28,8 @@ import tempfile
 import time
 
 from benchmarks.common import ROOT
-from convbert.aot_compile import communication_seconds
-from convbert.aot_topology import CHIPS, parse_topology
+from convbert.aot.steps import communication_seconds
+from convbert.aot.topology import CHIPS, parse_topology
 
 SIZES = ("small", "medium_small", "base", "large")
 TOPOLOGIES = ("v4-32", "v5e-16", "v5e-256", "v5p-128", "v6e-256")
@@ -171,7 +171,7 @@ def write_table(results: list[dict], path: str) -> None:
             f"# Layout search by ahead-of-time compilation\n\n{commands}\n\n"
             "Step time, tokens/s and MFU are ESTIMATES: max(FLOPs / peak, bytes accessed / HBM bandwidth) per "
             "chip from XLA's cost analysis, without communication. Comm: the ESTIMATED time of the step's "
-            "collectives, the bytes each chip sends over its inter-chip bandwidth (convbert/aot_compile.py "
+            "collectives, the bytes each chip sends over its inter-chip bandwidth (convbert/aot/steps.py "
             "`communication_seconds`). Memory per chip: XLA's memory analysis (arguments + outputs - aliased + "
             "temporaries + code) against the chip's HBM. Bold: the fitting layout with the shortest step + comm "
             "(no overlap) for its size and topology. Compile: wall seconds (CPU "

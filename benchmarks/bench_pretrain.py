@@ -60,8 +60,7 @@ def electra_setup(size: str, dtype: str = "config", **overrides):
     import dataclasses
 
     from configs.pretrain import get_config
-    from convbert.config import RUNTIME_FIELDS
-    from convbert.electra import ElectraConfig
+    from convbert.config import RUNTIME_FIELDS, ElectraConfig
     from convbert.flops import configs_from
 
     config = get_config(size)

@@ -51,9 +51,8 @@ import dataclasses
 
 import ml_collections
 
-from convbert.config import SIZES, ConvBertConfig
+from convbert.config import SIZES, SPECIAL_ID_FIELDS, ConvBertConfig, ElectraConfig
 from convbert.data.prepare import DEFAULTS as PREPARE
-from convbert.electra import SPECIAL_ID_FIELDS, ElectraConfig
 from convbert.sharding import DEFAULT_RULES
 
 # Paper recipe per size (docs/recipes.md#pretraining-recipe; yitu-opensource/ConvBert configure_pretraining.py): peak

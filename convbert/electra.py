@@ -23,7 +23,6 @@ split/merge pattern; everything has static shapes (B batch, T length, N = max_pr
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ import numpy as np
 from flax import nnx, struct
 
 from convbert import losses
-from convbert.config import ConvBertConfig, generator_config
+from convbert.config import ConvBertConfig, ElectraConfig, generator_config
 from convbert.heads import (
     ConvBertDiscriminatorPredictions,
     ConvBertForMaskedLM,
@@ -45,54 +44,6 @@ from convbert.masking import SAMPLERS, MaskedInputs, mask_tokens, num_prediction
 from convbert.modeling import ConvBertEmbeddings, ConvBertModel
 
 Array = jax.Array
-SPECIAL_ID_FIELDS = ("mask_id", "cls_id", "sep_id", "pad_id")
-
-
-@dataclasses.dataclass(frozen=True)
-class ElectraConfig:
-    """The replaced-token-detection objective (docs/electra.md); defaults are the paper's, ids the BERT vocab's."""
-
-    generator_fraction: float = 0.25
-    mask_prob: float = 0.15
-    max_predictions_per_seq: int = 19
-    mask_token_prob: float = 0.85
-    gen_weight: float = 1.0
-    disc_weight: float = 50.0
-    temperature: float = 1.0
-    upstream_quirks: bool = True
-    sampler: str = "inverse_cdf"  # or "gumbel" (upstream's exact Gumbel-max formula); see `convbert.masking`
-    mask_id: int = 103
-    cls_id: int = 101
-    sep_id: int = 102
-    pad_id: int = 0
-
-    def __post_init__(self):
-        if not 0.0 < self.mask_prob <= 1.0:
-            raise ValueError(f"ElectraConfig.mask_prob must be in (0, 1], got {self.mask_prob}")
-        if not 0.0 <= self.mask_token_prob <= 1.0:
-            raise ValueError(f"ElectraConfig.mask_token_prob must be in [0, 1], got {self.mask_token_prob}")
-        if self.max_predictions_per_seq < 1:
-            raise ValueError(f"ElectraConfig.max_predictions_per_seq must be >= 1, got {self.max_predictions_per_seq}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"ElectraConfig.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
-        if self.temperature <= 0.0:
-            raise ValueError(f"ElectraConfig.temperature must be > 0, got {self.temperature}")
-
-    @classmethod
-    def from_config(cls, electra: Mapping[str, Any], special_ids: Any = None) -> ElectraConfig:
-        """From `config.electra` (a ConfigDict or dict) and the special token ids: a tokenizer (attributes
-        `mask_id`, `cls_id`, `sep_id`, `pad_id`), a dict keyed `mask_id`/... or `mask`/... (the tokenizer's
-        `special_ids`), or None for the BERT vocab's."""
-        fields = {f.name for f in dataclasses.fields(cls)} - set(SPECIAL_ID_FIELDS)
-        kwargs = {k: electra[k] for k in fields if k in electra}
-        for name in SPECIAL_ID_FIELDS if special_ids is not None else ():
-            if isinstance(special_ids, Mapping):
-                kwargs[name] = int(special_ids[name] if name in special_ids else special_ids[name[:-3]])
-            else:
-                kwargs[name] = int(getattr(special_ids, name))
-        return cls(**kwargs)
-
-
 # ------------------------------------------------------------------------------------------------
 # Model
 

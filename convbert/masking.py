@@ -31,14 +31,11 @@ Two deviations from upstream, for rows that real data never produces:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-if TYPE_CHECKING:  # electra.py imports this module (its config validates `sampler` against SAMPLERS)
-    from convbert.electra import ElectraConfig
+from convbert.config import ElectraConfig
 
 Array = jax.Array
 

@@ -33,7 +33,7 @@ from jax.experimental import multihost_utils
 
 from convbert import distributed, electra, flops, optim, resume, sharding, validation
 from convbert.checkpoint import Checkpointer
-from convbert.config import ConvBertConfig
+from convbert.config import ConvBertConfig, ElectraConfig
 from convbert.data import loader, prepare
 from convbert.data.example_builder import FIELDS
 from convbert.heads import ConvBertForMaskedLM
@@ -61,7 +61,7 @@ class Pretrainer(TrainSteps):
 
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, special_ids: Mapping[str, int]):
         self.model_config = ConvBertConfig(**config.model.to_dict()).resolve_kernels(mesh)  # the mesh's platform
-        self.electra_config = cfg = electra.ElectraConfig.from_config(config.electra, special_ids)
+        self.electra_config = cfg = ElectraConfig.from_config(config.electra, special_ids)
         self.objective = config.objective
         self.batch_shapes = {k: ((config.batch_size, config.max_seq_length), np.int32) for k in FIELDS}
         objective = electra.pretraining_loss if self.objective == "electra" else electra.mlm_loss

@@ -23,9 +23,8 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from convbert.config import ConvBertConfig, generator_config
+from convbert.config import ConvBertConfig, ElectraConfig, generator_config
 from convbert.data.example_builder import MIN_RANDOM_LENGTH
-from convbert.electra import ElectraConfig
 
 # ------------------------------------------------------------------------------------------------
 # Ranges

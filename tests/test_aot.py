@@ -13,7 +13,10 @@ import pytest
 import pretraining_setup as setup
 from configs.finetune_glue import get_config as glue_config
 from configs.pretrain import get_config
-from convbert import aot_compile, aot_hlo, aot_topology, kernels, sharding
+from convbert import kernels, sharding
+from convbert.aot import hlo as aot_hlo
+from convbert.aot import steps as aot_compile
+from convbert.aot import topology as aot_topology
 from helpers import TINY_ENCODER
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None

@@ -13,8 +13,7 @@ from ml_collections import config_flags
 
 from configs import finetune_glue, pretrain
 from convbert import ConvBertConfig, generator_config, size_config
-from convbert.config import RUNTIME_FIELDS
-from convbert.electra import SPECIAL_ID_FIELDS, ElectraConfig
+from convbert.config import RUNTIME_FIELDS, SPECIAL_ID_FIELDS, ElectraConfig
 from convbert.pretraining import check_config
 from convbert.sharding import DEFAULT_RULES
 

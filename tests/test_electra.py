@@ -12,10 +12,8 @@ from electra_setup import CLS, MASK, PAD, SEP, make_batch
 from flax import nnx
 
 from configs.pretrain import get_config
-from convbert.config import ConvBertConfig
+from convbert.config import SPECIAL_ID_FIELDS, ConvBertConfig, ElectraConfig
 from convbert.electra import (
-    SPECIAL_ID_FIELDS,
-    ElectraConfig,
     aggregate_metrics,
     build_electra,
     electra_forward,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from electra_setup import CLS, MASK, SEP, make_batch
 
-from convbert.electra import ElectraConfig
+from convbert.config import SAMPLER_NAMES, ElectraConfig
 from convbert.masking import SAMPLERS, mask_tokens, num_prediction_slots, scatter_slots
 
 ROWS = 2000  # rows for the masking statistics
@@ -124,3 +124,8 @@ def test_samplers_draw_from_the_softmax(sampler):
     assert chi2 < big.sum() + 5 * np.sqrt(2 * big.sum())  # mean dof, sd sqrt(2 dof)
     tail = float(expected[~big].sum())
     assert abs(counts[~big].sum() - tail) < 5 * np.sqrt(tail) + 5
+
+
+def test_sampler_names_are_the_samplers():
+    """`ElectraConfig` validates `sampler` against the names in convbert.config, which must be these samplers."""
+    assert set(SAMPLER_NAMES) == set(SAMPLERS)

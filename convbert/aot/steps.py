@@ -17,8 +17,8 @@ import ml_collections
 import numpy as np
 
 from convbert import flops, kernels, metrics, pretraining, sharding
-from convbert.aot_hlo import collectives, cost, memory_bytes, per_device_bytes, refused_bytes
-from convbert.aot_topology import Chip, Topology, topology_devices
+from convbert.aot.hlo import collectives, cost, memory_bytes, per_device_bytes, refused_bytes
+from convbert.aot.topology import Chip, Topology, topology_devices
 from convbert.config import ConvBertConfig
 
 STEPS = ("pretrain", "finetune")
@@ -27,7 +27,7 @@ ESTIMATE_NOTE = (
     "(estimated apart: collective traffic / inter-chip bandwidth) and imperfect overlap are left out, so "
     "real steps are slower"
 )
-# Bytes each device sends per byte of a collective's `bytes` (convbert.aot_hlo.collectives), ring algorithms over
+# Bytes each device sends per byte of a collective's `bytes` (convbert.aot.hlo.collectives), ring algorithms over
 # large groups: an all-reduce is a reduce-scatter then an all-gather.
 TRAFFIC = {"all-reduce": 2.0, "all-gather": 1.0, "reduce-scatter": 1.0, "all-to-all": 1.0, "collective-permute": 1.0}
 
@@ -256,7 +256,7 @@ def estimate(
 
 def communication_seconds(collectives_: Mapping[str, Mapping[str, int]], chip: Chip) -> float:
     """ESTIMATE of one step's time in collectives per chip: the bytes each chip sends (`TRAFFIC` x the bytes of
-    `convbert.aot_hlo.collectives`) over the chip's inter-chip bandwidth. It does not overlap with the roofline
+    `convbert.aot.hlo.collectives`) over the chip's inter-chip bandwidth. It does not overlap with the roofline
     estimate here; on a TPU, XLA overlaps asynchronous collectives with compute, so roofline + this is an upper
     estimate and the larger of the two a lower one. Trip counts of loops are included (the collectives are)."""
     return sum(TRAFFIC[kind] * c["bytes"] for kind, c in collectives_.items()) / chip.ici_bytes_per_second
