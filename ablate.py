@@ -12,11 +12,11 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from convbert import validation
+from convbert import config_file
 from convbert.ablation import runner
-from convbert.ablation.study import StudyError, flag_value
+from convbert.ablation.study import StudyError
 
-validation.define_config_file(None, "Study config (configs/ablations/NAME.py:SCALE, SCALE tiny or small).")
+_CONFIG = config_file.define(None, "Study config (configs/ablations/NAME.py:SCALE, SCALE tiny or small).")
 flags.DEFINE_string("workdir", None, "The study's runs, results.md / results.json and plots; rerun to resume.")
 flags.DEFINE_list("only", [], "Run only these variants (comma-separated names).")
 flags.DEFINE_bool(
@@ -26,15 +26,6 @@ flags.DEFINE_bool(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
-
-
-def override_flags() -> list[str]:
-    """The --config.KEY=VALUE flags given, as flags again (tuples as repeated flags)."""
-    out = []
-    for key, value in config_flags.get_override_values(FLAGS["config"]).items():
-        for v in value if isinstance(value, tuple) else (value,):
-            out.append(f"--config.{key}={flag_value(v)}")
-    return out
 
 
 def main(argv):
@@ -47,7 +38,7 @@ def main(argv):
             FLAGS.workdir,
             only=FLAGS.only,
             dry_run=FLAGS.dry_run,
-            overrides=override_flags(),
+            overrides=config_file.override_flags(_CONFIG),
         )
     except (StudyError, runner.StageFailed) as e:
         sys.exit(f"ablate.py: {e}")

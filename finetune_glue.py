@@ -7,10 +7,10 @@
 
 from absl import app, flags
 
-from convbert import distributed, validation
+from convbert import config_file, distributed
 from convbert.glue import finetune
 
-validation.define_config_file("configs/finetune_glue.py:sst2,tiny", "Fine-tuning config (file:task,size).")
+config_file.define("configs/finetune_glue.py:sst2,tiny", "Fine-tuning config (file:task,size).")
 flags.DEFINE_string("workdir", None, "Results, submission files and logs; rerun to skip finished tasks.", required=True)
 distributed.define_flags()
 FLAGS = flags.FLAGS

@@ -8,10 +8,10 @@
 
 from absl import app, flags
 
-from convbert import distributed, validation
+from convbert import config_file, distributed
 from convbert.squad import finetune
 
-validation.define_config_file("configs/finetune_squad.py:v1,tiny", "Fine-tuning config (file:version,size).")
+config_file.define("configs/finetune_squad.py:v1,tiny", "Fine-tuning config (file:version,size).")
 flags.DEFINE_string("workdir", None, "Results, predictions and logs; rerun to skip finished seeds.", required=True)
 distributed.define_flags()
 FLAGS = flags.FLAGS

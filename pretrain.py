@@ -6,9 +6,9 @@ python pretrain.py --config=configs/pretrain.py:small --workdir=/ckpt/small --co
 
 from absl import app, flags
 
-from convbert import distributed, pretraining, validation
+from convbert import config_file, distributed, pretraining
 
-validation.define_config_file("configs/pretrain.py:tiny", "Pretraining config (file:size).")
+config_file.define("configs/pretrain.py:tiny", "Pretraining config (file:size).")
 flags.DEFINE_string("workdir", "workdirs/pretrain_tiny", "Checkpoints, logs and exports; rerun to resume.")
 distributed.define_flags()
 FLAGS = flags.FLAGS

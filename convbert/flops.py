@@ -248,8 +248,8 @@ def main(argv):
 if __name__ == "__main__":
     from absl import app, flags
 
-    from convbert import validation
+    from convbert import config_file
 
     FLAGS = flags.FLAGS
-    validation.define_config_file("configs/pretrain.py:small", "pretraining config file")
+    config_file.define("configs/pretrain.py:small", "pretraining config file")
     app.run(main)

@@ -31,7 +31,7 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from convbert import distributed, electra, flops, optim, resume, sharding, validation
+from convbert import config_checks, config_file, distributed, electra, flops, optim, resume, sharding
 from convbert.checkpoint import Checkpointer
 from convbert.config import ConvBertConfig, ElectraConfig
 from convbert.data import loader, prepare
@@ -219,7 +219,7 @@ def check_config(config: ml_collections.ConfigDict, manifest: Mapping[str, Any] 
     m = config.model
     if config.objective not in OBJECTIVES:
         raise ValueError(f"config.objective={config.objective!r}: choose from {', '.join(OBJECTIVES)}")
-    validation.check_pretraining(config)
+    config_checks.check_pretraining(config)
     if config.max_seq_length > m.max_position_embeddings:
         raise ValueError(
             f"config.max_seq_length={config.max_seq_length} exceeds config.model."
@@ -340,7 +340,7 @@ def train_and_evaluate(
     manifest = loader.load_manifest(data_dir)
     check_config(config, manifest)
     resume.check_data(resumed, manifest, data_dir)
-    eval_on = validation.eval_enabled(config, manifest, data_dir)
+    eval_on = config_checks.eval_enabled(config, manifest, data_dir)
     tokenizer = load_tokenizer(data_dir)
     if jax.process_index() == 0:
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -358,7 +358,7 @@ def train_and_evaluate(
     root_key = jax.random.PRNGKey(config.seed)
     eval_key = jax.random.fold_in(root_key, 1)  # fixed eval masks; `init` splits root_key for params and steps
     meta = dict(
-        config=resume.to_json(config),
+        config=config_file.to_json(config),
         mesh=dict(mesh.shape),
         process_count=jax.process_count(),
         device_count=jax.device_count(),

@@ -34,7 +34,8 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from convbert import checkpoint, validation
+from convbert import checkpoint, config_checks
+from convbert.config_file import flatten, to_json
 
 # Keys (or sections) a resumed run may change freely; `model.kernels` and `model.remat` choose how the same model
 # is computed (`model.scan_layers` changes the checkpoint's layout and is refused).
@@ -73,21 +74,6 @@ DATA = "data"  # the allow_changes entry that also accepts other prepared data
 MISSING = "<absent>"
 
 
-def to_json(config: ml_collections.ConfigDict) -> dict:
-    """The config as the JSON the checkpoints and config.json store (tuples become lists)."""
-    return json.loads(config.to_json_best_effort())
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def _covers(patterns: Sequence[str], key: str) -> bool:
     return any(key == p or key.startswith(p + ".") for p in patterns)
 
@@ -104,7 +90,7 @@ class Change:
 
 def diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
     """The leaves of two JSON configs that differ (a key absent on one side: `MISSING`)."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     return [
         Change(k, a.get(k, MISSING), b.get(k, MISSING))
         for k in sorted(a.keys() | b.keys())
@@ -133,7 +119,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> Resume | No
     if found is None:
         return None
     step, meta = found
-    allowed = validation.allowed_changes(config)
+    allowed = config_checks.allowed_changes(config)
     if "config" not in meta:
         logging.warning(
             "checkpoint %s records no config: the resumed run's config cannot be compared with it",

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import pretraining_setup as setup
+from convbert import config_file
 from convbert.ablation import results, runner
 from convbert.ablation import study as study_lib
 from convbert.ablation.study import StudyError
@@ -42,7 +43,7 @@ def assert_png(path):
 
 
 def load_study(name: str, scale: str = "tiny") -> ml_collections.ConfigDict:
-    return study_lib.load_config_file(f"configs/ablations/{name}.py:{scale}")
+    return config_file.load(f"configs/ablations/{name}.py:{scale}")
 
 
 def shrunk_study_file(path) -> str:
@@ -236,7 +237,7 @@ def fake_runs(plan, workdir, scores):
 
 
 def test_results_table_json_and_plots_from_finished_runs(tmp_path):
-    study = study_lib.load_config_file(shrunk_study_file(tmp_path / "study.py"))
+    study = config_file.load(shrunk_study_file(tmp_path / "study.py"))
     workdir = str(tmp_path / "run")
     plan = study_lib.resolve(study, workdir)
     fake_runs(plan, workdir, {"gamma_1": [60.0, 64.0], "gamma_2": [50.0, 52.0], "no_pretraining": [48.0, 49.0]})

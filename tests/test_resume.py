@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import pretraining_setup as setup
-from convbert import pretraining, resume
+from convbert import config_file, pretraining, resume
 from convbert.checkpoint import Checkpointer
 from convbert.data import loader, prepare
 from convbert.data.sources import DEMO_CORPUS_DIR
@@ -39,7 +39,7 @@ def meta(workdir, step):
 def fake_checkpoint(workdir, config, step=2):
     """A checkpoint whose meta records `config` (the state is a stand-in: the contract reads only the meta)."""
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), handle_sigterm=False)
-    checkpoints.save(step, {"x": np.zeros(2)}, meta={"step": step, "config": resume.to_json(config)})
+    checkpoints.save(step, {"x": np.zeros(2)}, meta={"step": step, "config": config_file.to_json(config)})
     checkpoints.close()
 
 

@@ -23,7 +23,6 @@ Every stage is one driver command run from the repository root: `python pretrain
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -33,7 +32,8 @@ from typing import Any
 
 import ml_collections
 
-from convbert import validation
+from convbert import config_file
+from convbert.config_file import apply_overrides, flatten, lookup
 from convbert.glue.tasks import PAPER_TASKS, TRANSFER_TASKS
 
 RANDOM = "random"
@@ -115,61 +115,6 @@ class StudyError(ValueError):
 # configs
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """`path.py:arg` -> the file's `get_config(arg)` (`get_config()` without `:arg`), as `config_flags` loads it."""
-    path, sep, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} not found (paths are relative to the repository root)")
-    module_spec = importlib.util.spec_from_file_location(f"_study_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if sep else module.get_config()
-
-
-def flatten(tree: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
-    """{'model': {'head_ratio': 1}} -> {'model.head_ratio': 1} (ConfigDicts and dicts; dotted keys kept)."""
-    out = {}
-    for key, value in (tree or {}).items():
-        if isinstance(value, (Mapping, ml_collections.ConfigDict)):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def apply_overrides(config: ml_collections.ConfigDict, flat: Mapping[str, Any], where: str) -> list[str]:
-    """Sets every dotted key of `flat` in `config` (which must have it, with a compatible type); returns the
-    problems, each naming `where` and the key (an unknown key with the nearest valid one)."""
-    errors = []
-    for key, value in flat.items():
-        if (unknown := validation.unknown_key(config, key)) is not None:
-            errors.append(f"{where}: {unknown}")
-            continue
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        if isinstance(node[leaf], ml_collections.ConfigDict):
-            errors.append(f"{where}: {key!r} is a group; set its fields ({key}.FIELD)")
-        elif not isinstance(value, (bool, int, float, str)):
-            errors.append(f"{where}: {key!r}: only single values can be set, got {value!r}")
-        else:
-            try:
-                node[leaf] = value
-            except TypeError as e:
-                errors.append(f"{where}: {key!r}: {e}")
-    return errors
-
-
-def flag_value(value: bool | int | float | str) -> str:
-    """A value as `config_flags` reads it back (floats by repr, so they round-trip)."""
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def config_flags(flat: Mapping[str, Any]) -> list[str]:
-    return [f"--config.{key}={flag_value(value)}" for key, value in flat.items()]
-
-
 # ------------------------------------------------------------------------------------------------
 # the plan: variants and stages
 
@@ -215,12 +160,6 @@ def tasks_of(study: ml_collections.ConfigDict) -> tuple[str, ...]:
 def headline_tasks(study: ml_collections.ConfigDict) -> tuple[str, ...]:
     chosen = study.get("headline_tasks") or tasks_of(study)
     return (chosen,) if isinstance(chosen, str) else tuple(chosen)
-
-
-def _lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:
-    for name in dotted.split("."):
-        config = config[name]
-    return config
 
 
 def _check_study_keys(study: ml_collections.ConfigDict) -> list[str]:
@@ -271,7 +210,7 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
     if errors:
         raise StudyError("\n".join(errors))
     overrides = flatten(study.pretrain.get("overrides"))
-    errors += apply_overrides(load_config_file(study.pretrain.config), overrides, "pretrain.overrides")
+    errors += apply_overrides(config_file.load(study.pretrain.config), overrides, "pretrain.overrides")
     if errors:
         raise StudyError("\n".join(errors))
     flats, configs = {}, {}
@@ -285,7 +224,7 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
                 errors.append(f"{where}: 'init' only takes {RANDOM!r} and stands alone ({CONTROL}), got {flat}")
             flats[name] = flat
             continue
-        config = load_config_file(study.pretrain.config)  # as the driver builds it: the file, then the flags in order
+        config = config_file.load(study.pretrain.config)  # as the driver builds it: the file, then the flags in order
         apply_overrides(config, overrides, "pretrain.overrides")  # checked above
         problems = apply_overrides(config, flat, where)
         if not problems:
@@ -297,7 +236,7 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
                 problems.append(f"{where}: {e}")
         if not problems and study.get("knob"):
             try:
-                _lookup(config, study.knob)
+                lookup(config, study.knob)
             except (KeyError, AttributeError):
                 problems.append(f"knob {study.knob!r} is not a key of the pretraining config")
         errors += problems
@@ -318,7 +257,7 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
                 PRETRAIN_SCRIPT,
                 f"--config={study.pretrain.config}",
                 f"--workdir={wd}",
-                *config_flags({**overrides, **flat}),
+                *config_file.as_flags({**overrides, **flat}),
             )
             stages.append(Stage(name, PRETRAIN, wd, argv, configs[name]))
         source = RANDOM_INIT + reference_dir if random_init else os.path.join(workdir, name, PRETRAIN)
@@ -332,7 +271,7 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
                 "num_seeds": study.num_seeds,
                 **ft_overrides,
             }
-            config = load_config_file(study.finetune.config)
+            config = config_file.load(study.finetune.config)
             problems = apply_overrides(config, flat_ft, "finetune")
             if not problems:
                 try:
@@ -345,11 +284,11 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
                 FINETUNE_SCRIPT,
                 f"--config={study.finetune.config}",
                 f"--workdir={wd}",
-                *config_flags(flat_ft),
+                *config_file.as_flags(flat_ft),
             )
             stages.append(Stage(name, task, wd, argv, config))
         pretrain_config = configs[study.reference] if random_init else configs[name]
-        knob = None if random_init or not study.get("knob") else _lookup(pretrain_config, study.knob)
+        knob = None if random_init or not study.get("knob") else lookup(pretrain_config, study.knob)
         plan[name] = Variant(name, random_init, pretrain_config, stages, knob)
     if errors:
         raise StudyError("\n".join(dict.fromkeys(errors)))  # fine-tuning problems repeat per variant

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 from absl import app, flags
 
-from convbert import validation
+from convbert import config_file
 from convbert.aot.steps import STEPS, compile_report, format_bytes
 from convbert.aot.topology import parse_topology
 
@@ -77,7 +77,7 @@ def format_report(r: Mapping[str, Any]) -> str:
 
 
 def _define_flags() -> None:
-    validation.define_config_file(
+    config_file.define(
         "configs/pretrain.py:tiny",
         "Config file (file:arg), e.g. configs/pretrain.py:base or configs/finetune_glue.py:mnli,base.",
     )

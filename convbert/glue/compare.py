@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 from absl import app, flags, logging
 
+from convbert import config_file
 from convbert.glue import finetune
 from convbert.glue.submission import write_atomic
 from convbert.glue.tasks import DISPLAY_NAMES, get_task
@@ -34,11 +34,7 @@ SUITES = {"transfer": ("transfer", "data/transfer"), "sst2_sample": ("sst2", "da
 
 def glue_config(task: str, size: str):
     """configs/finetune_glue.py's `get_config("TASK,SIZE")`, the config users run."""
-    if os.path.join(ROOT, "configs") not in sys.path:
-        sys.path.insert(0, os.path.join(ROOT, "configs"))
-    import finetune_glue
-
-    return finetune_glue.get_config(f"{task},{size}")
+    return config_file.load(f"{os.path.join(ROOT, 'configs', 'finetune_glue.py')}:{task},{size}")
 
 
 def parse_checkpoints(values: list[str]) -> dict[str, str]:

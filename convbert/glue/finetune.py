@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from convbert import finetuning, hf_io, losses, resume, sharding, validation
+from convbert import config_checks, finetuning, hf_io, losses, resume, sharding
 from convbert.config import ConvBertConfig
 from convbert.finetuning import ENCODER, make_optimizer  # noqa: F401 (re-exported: this module's API)
 from convbert.glue import data, metrics, report
@@ -370,7 +370,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"unknown GLUE task {config.task!r}; valid tasks: {', '.join(TASK_CHOICES)}")
     if config.loss_reduction not in ("sum", "mean"):
         raise ValueError(f"config.loss_reduction must be 'sum' or 'mean', got {config.loss_reduction!r}")
-    validation.check_finetuning(config)
+    config_checks.check_finetuning(config)
     names, require_ax = task_names(config.task), config.task == "ax"
     check_files(names, config, require_ax)
     mesh = sharding.create_mesh(config.mesh.to_dict())

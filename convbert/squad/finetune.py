@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from convbert import finetuning, losses, resume, sharding, validation
+from convbert import config_checks, finetuning, losses, resume, sharding
 from convbert.config import ConvBertConfig
 from convbert.glue.data import pad_to_multiple
 from convbert.glue.finetune import load_encoder, load_tokenizer, read_json, resolve_source
@@ -319,7 +319,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"config.version must be one of {', '.join(VERSIONS)}, got {config.version!r}")
     if config.loss_reduction not in ("sum", "mean"):
         raise ValueError(f"config.loss_reduction must be 'sum' or 'mean', got {config.loss_reduction!r}")
-    validation.check_finetuning(config, validation.SQUAD)
+    config_checks.check_finetuning(config, config_checks.SQUAD)
     check_files(config)
     mesh = sharding.create_mesh(config.mesh.to_dict())
     sharding.check_batch_size(config.batch_size, mesh, "batch_size", grad_accum_steps=config.grad_accum_steps)

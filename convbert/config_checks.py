@@ -1,7 +1,5 @@
 """Config checks that run before any work (data preparation, a write to the workdir, compilation).
 
-* `define_config_file`: the entry points' `--config` flag; every `--config.KEY` override is looked up in the
-  config file first, so an unknown key is one line naming it and the nearest valid key, not a traceback.
 * `check_pretraining` / `check_finetuning`: every numeric hyper-parameter against its range (`Range`), the
   warmup against the run length, and the model and objective dataclasses built from their config sections, with
   their errors named by config key (`config.model.hidden_size`, not `ConvBertConfig.hidden_size`).
@@ -11,19 +9,14 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import importlib.util
-import os
-import re
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
-from absl import flags, logging
-from ml_collections import config_flags
+from absl import logging
 
 from convbert.config import ConvBertConfig, ElectraConfig, generator_config
+from convbert.config_file import lookup, unknown_key
 from convbert.data.example_builder import MIN_RANDOM_LENGTH
 
 # ------------------------------------------------------------------------------------------------
@@ -114,16 +107,12 @@ SQUAD: dict[str, Range] = {
 WARMUP_WARNING_FRACTION = 0.5  # a warmup longer than this part of the run gets a warning
 
 
-def _get(config: ml_collections.ConfigDict, key: str) -> Any:
-    for part in key.split("."):
-        config = config[part]
-    return config
-
-
 def check_ranges(config: ml_collections.ConfigDict, ranges: Mapping[str, Range]) -> None:
     """One ValueError listing every key of `ranges` whose value in `config` is outside its range."""
     errors = [
-        f"config.{key}={value!r} must be {r}" for key, r in ranges.items() if not r.contains(value := _get(config, key))
+        f"config.{key}={value!r} must be {r}"
+        for key, r in ranges.items()
+        if not r.contains(value := lookup(config, key))
     ]
     if errors:
         raise ValueError("; ".join(errors))
@@ -216,84 +205,3 @@ def eval_enabled(config: ml_collections.ConfigDict, manifest: Mapping[str, Any],
         documents,
     )
     return False
-
-
-# ------------------------------------------------------------------------------------------------
-# Command-line overrides
-
-
-def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in config.items():
-        keys.append(prefix + key)
-        if isinstance(value, ml_collections.ConfigDict):
-            keys += _flat_keys(value, f"{prefix}{key}.")
-    return keys
-
-
-def unknown_key(config: ml_collections.ConfigDict, key: str) -> str | None:
-    """None when the dotted `key` (optionally with [i] indices) names a field of `config`, else a message naming
-    it and the nearest valid key."""
-    node, parents = config, []
-    for part in key.split("."):
-        name = re.sub(r"\[.*\]$", "", part)
-        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-            break
-        node, parents = node[name], parents + [name]
-    else:
-        return None
-    prefix = ".".join(parents)
-    keys = _flat_keys(config)
-    siblings = [k for k in keys if prefix and k.startswith(prefix + ".")] or keys
-    nearest = difflib.get_close_matches(key, siblings, n=1, cutoff=0.0)
-    where = (
-        ""
-        if not prefix
-        else f" (config.{prefix} is a value, not a section)"
-        if not isinstance(node, ml_collections.ConfigDict)
-        else f" (config.{prefix} has no field {key[len(prefix) + 1 :].split('.')[0]!r})"
-    )
-    return f"config.{key} is not a key of this config{where}" + (
-        f"; the nearest valid key is config.{nearest[0]}" if nearest else ""
-    )
-
-
-def _load_config(spec: str) -> ml_collections.ConfigDict:
-    """`path.py:arg` -> `get_config(arg)` of that file, as ml_collections' config flag loads it."""
-    path, *arg = spec.split(":", 1)
-    module_spec = importlib.util.spec_from_file_location("_checked_config", path)
-    if module_spec is None or not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(*arg)
-
-
-def check_overrides(argv: Sequence[str], default: str, name: str = "config") -> None:
-    """Exits with one line (status 1) when the config file of `--<name>` (default `default`) cannot be loaded,
-    or a `--<name>.KEY` override names no key of it."""
-    spec, overrides = default, []
-    args = list(argv[1:])
-    for i, arg in enumerate(args):
-        if arg == "--":
-            break
-        if m := re.match(rf"^--?{name}(?:=(.*))?$", arg):
-            spec = m[1] if m[1] is not None else (args[i + 1] if i + 1 < len(args) else spec)
-        elif m := re.match(rf"^--?(?:no)?{name}\.([^=]+)", arg):
-            overrides.append(m[1])
-    if not overrides:
-        return
-    try:
-        config = _load_config(spec)
-    except Exception as e:  # noqa: BLE001 - any failure to load is reported as one line
-        sys.exit(f"FATAL Flags parsing error: --{name}={spec}: {type(e).__name__}: {e}")
-    for key in overrides:
-        if (message := unknown_key(config, key)) is not None:
-            sys.exit(f"FATAL Flags parsing error: --{name}.{key}: {message} ({spec})")
-
-
-def define_config_file(default: str, help_string: str, name: str = "config") -> flags.FlagHolder:
-    """`config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)`, after `check_overrides`
-    on the command line (ml_collections raises a long traceback without the key's path for an unknown key)."""
-    check_overrides(sys.argv, default, name)
-    return config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)

@@ -1,5 +1,6 @@
-"""Checks before any work (`convbert.validation`): ranges, model and objective errors by config key, unknown
-`--config.*` keys, the eval split, and messages that name the file or key and the fix (issue 14, cases 2, 4, 6)."""
+"""Checks before any work (`convbert.config_checks`, `convbert.config_file`): ranges, model and objective errors by
+config key, unknown `--config.*` keys, the eval split, and messages that name the file or key and the fix (issue 14,
+cases 2, 4, 6)."""
 
 import os
 import subprocess
@@ -10,7 +11,7 @@ import jax
 import pytest
 
 import pretraining_setup as setup
-from convbert import pretraining, validation
+from convbert import config_checks, config_file, pretraining
 from convbert.data import prepare
 from convbert.data.sources import DEMO_CORPUS_DIR
 from convbert.glue import finetune
@@ -68,10 +69,10 @@ def test_bad_values_stop_the_run_before_any_write(changes, message, tmp_path, no
 
 def test_a_warmup_over_most_of_the_run_is_warned_about(caplog):
     with caplog.at_level("WARNING"):
-        validation.check_pretraining(setup.tiny_config(optimizer__warmup_steps=2))
+        config_checks.check_pretraining(setup.tiny_config(optimizer__warmup_steps=2))
     assert not caplog.records
     with caplog.at_level("WARNING"):
-        validation.check_pretraining(setup.tiny_config(optimizer__warmup_steps=6))
+        config_checks.check_pretraining(setup.tiny_config(optimizer__warmup_steps=6))
     assert (
         "config.optimizer.warmup_steps=6 of config.num_train_steps=8: the learning rate warms up over 75% of "
         "training" in caplog.text
@@ -144,8 +145,8 @@ def test_unknown_key_is_one_line_naming_the_nearest_key(tmp_path):
 )
 def test_overrides_are_checked_against_the_config_file(argv, message):
     with pytest.raises(SystemExit, match=r"^FATAL Flags parsing error: " + message):
-        validation.check_overrides(["pretrain.py", *argv], "configs/pretrain.py:tiny")
-    validation.check_overrides(
+        config_file.check_overrides(["pretrain.py", *argv], "configs/pretrain.py:tiny")
+    config_file.check_overrides(
         [
             "pretrain.py",
             "--config.model.hidden_size=64",
