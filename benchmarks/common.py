@@ -1,6 +1,6 @@
 """Pieces both benchmarks share: the worker protocol (one fresh subprocess per measurement, result on a tagged
 stdout line) with the machine load around it, and the common command-line flags (`--peak_gflops` defaults to
-`convbert.metrics.CPU_PEAK_FLOPS_PER_PROCESS`)."""
+`convbert.metric_writer.CPU_PEAK_FLOPS_PER_PROCESS`)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def run_worker(module: str, job: dict, timeout: float, env: dict | None = None) 
 
 
 def add_common_args(p: argparse.ArgumentParser, *, warmup: int) -> None:
-    from convbert.metrics import CPU_PEAK_FLOPS_PER_PROCESS  # here: bench_prepare imports this module without jax
+    from convbert.metric_writer import CPU_PEAK_FLOPS_PER_PROCESS  # here: bench_prepare imports this module without jax
 
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, default=128)

@@ -2,7 +2,7 @@
 # The one-GPU check of issue #10: the ELECTRA pretraining step (benchmarks/bench_pretrain.py) of small and base in
 # bfloat16 at the paper's batch sizes (128 and 256 sequences of 128 tokens; docs/recipes.md#pretraining-recipe),
 # each kernel choice of `model.kernels` beside transformers' PyTorch ConvBERT with the same objective
-# (torch.compile, bf16 autocast): tokens/s, MFU against the GPU's dense bf16 peak (convbert/metrics.py's table,
+# (torch.compile, bf16 autocast): tokens/s, MFU against the GPU's dense bf16 peak (convbert/metric_writer.py's table,
 # e.g. H200 989 TFLOP/s), peak device memory. Each (framework, run) in its own process; about 6-8 minutes on one
 # H200.
 #
@@ -29,10 +29,10 @@ else
   GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
   PEAK_GFLOPS=$(python -c "
 import sys
-from convbert.metrics import PEAK_FLOPS_PER_DEVICE
+from convbert.metric_writer import PEAK_FLOPS_PER_DEVICE
 name = sys.argv[1].lower()
 peak = next((p for key, p in PEAK_FLOPS_PER_DEVICE if key in name), None)
-sys.exit(f'no dense bf16 peak for {sys.argv[1]!r} in convbert/metrics.py PEAK_FLOPS_PER_DEVICE') if peak is None \
+sys.exit(f'no dense bf16 peak for {sys.argv[1]!r} in convbert/metric_writer.py PEAK_FLOPS_PER_DEVICE') if peak is None \
     else print(peak / 1e9)" "$GPU_NAME")
   PEAK_ARGS=(--peak_gflops "$PEAK_GFLOPS")
   { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

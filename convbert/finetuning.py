@@ -23,7 +23,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from convbert import optim, sharding
-from convbert.metrics import MetricWriter
+from convbert.metric_writer import MetricWriter
 from convbert.train_state import TrainState, TrainSteps
 
 ENCODER = "convbert"  # the attribute of every task model (`_HeadModel`) that holds the encoder

@@ -37,7 +37,7 @@ from convbert.config import ConvBertConfig, ElectraConfig
 from convbert.data import loader, prepare
 from convbert.data.example_builder import FIELDS
 from convbert.heads import ConvBertForMaskedLM
-from convbert.metrics import MetricWriter, Throughput, quiet_orbax_logs
+from convbert.metric_writer import MetricWriter, Throughput, quiet_orbax_logs
 from convbert.tokenization import TextTokenizer, load_tokenizer
 from convbert.train_state import TrainSteps
 

@@ -23,7 +23,7 @@ import pytest
 from flax import nnx
 
 import pretraining_setup as setup
-from convbert import metrics, pretraining, resume, sharding
+from convbert import metric_writer, pretraining, resume, sharding
 from convbert.checkpoint import Checkpointer
 
 ONE = jax.devices()[:1]
@@ -277,8 +277,8 @@ def test_bfloat16_compute_with_float32_state():
 
 def test_throughput_and_mfu(monkeypatch):
     clock = iter([0.0, 10.0])
-    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
-    rates = metrics.Throughput(tokens_per_step=1000, flops_per_step=1e12, num_train_steps=100)
+    monkeypatch.setattr(metric_writer.time, "perf_counter", lambda: next(clock))
+    rates = metric_writer.Throughput(tokens_per_step=1000, flops_per_step=1e12, num_train_steps=100)
     rates.restart(1)
     out = rates(21)  # 20 steps in 10 s on 8 CPU devices of one process (185 GFLOP/s in all)
     assert out["perf/tokens_per_sec"] == 2000 and out["perf/tokens_per_sec_per_device"] == 250

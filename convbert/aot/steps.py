@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from convbert import flops, kernels, metrics, pretraining, sharding
+from convbert import flops, kernels, metric_writer, pretraining, sharding
 from convbert.aot.hlo import collectives, cost, memory_bytes, per_device_bytes, refused_bytes
 from convbert.aot.topology import Chip, Topology, topology_devices
 from convbert.config import ConvBertConfig
@@ -143,7 +143,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology, step: 
     built = STEP_BUILDERS[step](config, mesh)
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     chip = topology.chip
-    peak_flops = metrics.peak_flops_per_device(devices[0]) if chip else None
+    peak_flops = metric_writer.peak_flops_per_device(devices[0]) if chip else None
     report = {
         "step": step,
         "description": built.description,

@@ -38,7 +38,7 @@ from convbert.glue import data, metrics, report
 from convbert.glue.submission import write_atomic, write_submission, zip_submission
 from convbert.glue.tasks import TASK_CHOICES, TRANSFER_TASKS, Task, get_task, task_names
 from convbert.heads import ConvBertForSequenceClassification
-from convbert.metrics import MetricWriter
+from convbert.metric_writer import MetricWriter
 from convbert.modeling import ConvBertModel
 from convbert.tokenization import load_tokenizer
 

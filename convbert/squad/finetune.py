@@ -36,7 +36,7 @@ from convbert.glue.data import pad_to_multiple
 from convbert.glue.finetune import load_encoder, load_tokenizer, read_json, resolve_source
 from convbert.glue.submission import write_atomic
 from convbert.heads import ConvBertForQuestionAnswering
-from convbert.metrics import MetricWriter
+from convbert.metric_writer import MetricWriter
 from convbert.modeling import dense
 from convbert.squad import data, metrics, postprocess
 from convbert.squad.reference import REFERENCES
