@@ -19,8 +19,7 @@ Workdir layout (everything a run writes):
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -31,7 +30,7 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from convbert import config_checks, config_file, distributed, electra, flops, optim, resume, sharding
+from convbert import config_checks, config_file, distributed, electra, fileio, flops, optim, resume, sharding
 from convbert.checkpoint import Checkpointer
 from convbert.config import ConvBertConfig, ElectraConfig
 from convbert.data import loader, prepare
@@ -112,26 +111,6 @@ def summarize(step_metrics: Sequence[Mapping[str, np.ndarray]]) -> dict[str, flo
 # Config checks and data
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def write_dir(target: str, write: Callable[[str], Any]) -> None:
-    """Runs `write(directory)` on a local directory: `target` itself, or a temporary one then copied to a
-    remote `target` (gs://..., through etils.epath)."""
-    if not _is_remote(target):
-        os.makedirs(target, exist_ok=True)
-        write(target)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        write(tmp)
-        for root, _, files in os.walk(tmp):
-            for name in files:
-                dst = epath.Path(target) / os.path.relpath(os.path.join(root, name), tmp)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.write_bytes(epath.Path(root, name).read_bytes())
-
-
 def prepare_data(config: ml_collections.ConfigDict, workdir: str, resumed: resume.Resume | None = None) -> str:
     """`config.data.data_dir`, or `workdir/data` prepared from `config.data.corpus` / `hf_dataset`: process 0
     prepares while the others wait at a barrier, so the workdir must be shared between hosts. A complete
@@ -142,7 +121,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str, resumed: resum
     if d.data_dir:
         return d.data_dir
     data_dir = os.path.join(workdir, "data")
-    if _is_remote(data_dir):
+    if fileio.is_remote(data_dir):
         raise ValueError(
             f"config.data.data_dir is empty, but the corpus cannot be prepared into a remote workdir "
             f"({workdir}): run `python -m convbert.data.prepare` to a local or mounted path on every "
@@ -299,7 +278,7 @@ def export(trainer: Pretrainer, params: nnx.State, tokenizer: TextTokenizer, dir
                         f"convbert.{type(part).__name__}.from_pretrained('{path}').\n"
                     )
 
-        write_dir(path, write)
+        fileio.write_dir(path, write)
         logging.info("exported the %s to %s", name, path)
 
 
@@ -334,7 +313,7 @@ def train_and_evaluate(
     check_config(config)
     mesh = sharding.create_mesh(config.mesh.to_dict(), devices)
     sharding.check_batch_size(config.batch_size, mesh, grad_accum_steps=config.grad_accum_steps)
-    workdir = workdir if _is_remote(workdir) else os.path.abspath(workdir)
+    workdir = workdir if fileio.is_remote(workdir) else os.path.abspath(workdir)
     resumed = resume.check_config(config, workdir)  # before any write: a change a resume may not make stops here
     data_dir = prepare_data(config, workdir, resumed)
     manifest = loader.load_manifest(data_dir)
@@ -344,7 +323,7 @@ def train_and_evaluate(
     tokenizer = load_tokenizer(data_dir)
     if jax.process_index() == 0:
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-        write_dir(os.path.join(workdir, "tokenizer"), tokenizer.save)
+        fileio.write_dir(os.path.join(workdir, "tokenizer"), tokenizer.save)
     logging.info("mesh %s, data %s, workdir %s", dict(mesh.shape), data_dir, workdir)
 
     trainer = Pretrainer(config, mesh, tokenizer.special_ids)

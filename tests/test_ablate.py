@@ -21,6 +21,7 @@ from convbert import config_file
 from convbert.ablation import results, runner
 from convbert.ablation import study as study_lib
 from convbert.ablation.study import StudyError
+from convbert.fileio import read_json
 from convbert.glue.tasks import PAPER_TASKS, TRANSFER_TASKS
 
 REPO = setup.REPO
@@ -188,7 +189,7 @@ def test_a_failing_stage_stops_the_run_with_its_log_and_is_not_finished(tmp_path
         runner.run_stage(str(tmp_path), stage)
     log = Path(study_lib.log_path(str(tmp_path), stage, ".log")).read_text()
     assert "boom" in capfd.readouterr().out and "boom" in log
-    assert study_lib.read_json(study_lib.log_path(str(tmp_path), stage, ".json"))["returncode"] == 3
+    assert read_json(study_lib.log_path(str(tmp_path), stage, ".json"))["returncode"] == 3
     assert not study_lib.is_done(str(tmp_path), stage)
 
 

@@ -1,9 +1,8 @@
 """The pretrained-vs-control comparison: checkpoint names, gaps with standard errors, the table, and a run over
-stand-in fine-tuning results."""
+stand-in fine-tuning results (the gap itself: tests/test_stats.py)."""
 
 import json
 
-import numpy as np
 import pytest
 
 from convbert.glue import compare, finetune
@@ -16,13 +15,6 @@ def test_checkpoint_names():
         compare.parse_checkpoints(["random=a"])
     with pytest.raises(ValueError, match="taken"):
         compare.parse_checkpoints(["x=a", "x=b"])
-
-
-def test_gap_is_the_difference_of_means_with_its_standard_error():
-    a, b = [60.0, 62.0, 61.0, 63.0, 59.0], [50.0, 51.0, 49.0, 50.0, 50.0]
-    g = compare.gap(a, b)
-    se = np.sqrt(np.var(a, ddof=1) / 5 + np.var(b, ddof=1) / 5)
-    assert g["gap"] == pytest.approx(11.0) and g["se"] == pytest.approx(se) and g["z"] == pytest.approx(11.0 / se)
 
 
 def test_run_all_and_table_over_stand_in_results(tmp_path, monkeypatch):

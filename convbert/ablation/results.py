@@ -21,15 +21,15 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from convbert import flops
+from convbert import flops, stats
 from convbert.ablation import plots
 from convbert.ablation import study as study_lib
 from convbert.ablation.study import Variant
 from convbert.config import ConvBertConfig
-from convbert.glue.compare import gap
-from convbert.glue.submission import write_atomic
+from convbert.fileio import write_atomic
 from convbert.glue.tasks import DISPLAY_NAMES, get_task
 from convbert.modeling import ConvBertModel, count_params
+from convbert.stats import gap
 
 EVAL_KEYS = ("loss", "gen_accuracy", "disc_accuracy", "disc_precision", "disc_recall", "disc_auc")
 EVAL_COLUMNS = {
@@ -95,7 +95,7 @@ def task_summary(stage: study_lib.Stage) -> dict | None:
         "seed_ids": [s["seed"] for s in result["seeds"]],
         "median": float(np.median(scores)),
         "mean": float(np.mean(scores)),
-        "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+        "std": stats.std(scores),
         "source": study_lib.finetune_result_path(stage),
     }
 
@@ -126,7 +126,7 @@ def variant_summary(v: Variant, study: ml_collections.ConfigDict, reference_dir:
     out.update(
         headline=headline,
         headline_seeds=headline_seeds,
-        headline_std=float(np.std(headline_seeds, ddof=1)) if headline_seeds and len(headline_seeds) > 1 else None,
+        headline_std=stats.std(headline_seeds) if headline_seeds and len(headline_seeds) > 1 else None,
     )
     return out
 

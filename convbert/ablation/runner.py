@@ -27,7 +27,7 @@ from convbert import flops
 from convbert.ablation import results
 from convbert.ablation import study as study_lib
 from convbert.ablation.study import Stage, StudyError, Variant
-from convbert.glue.submission import write_atomic
+from convbert.fileio import write_atomic
 
 
 class StageFailed(RuntimeError):

@@ -34,6 +34,7 @@ import ml_collections
 
 from convbert import config_file
 from convbert.config_file import apply_overrides, flatten, lookup
+from convbert.fileio import read_json
 from convbert.glue.tasks import PAPER_TASKS, TRANSFER_TASKS
 
 RANDOM = "random"
@@ -310,13 +311,6 @@ def select(plan: dict[str, Variant], only: Sequence[str]) -> dict[str, Variant]:
 def log_path(workdir: str, stage: Stage, suffix: str) -> str:
     """DIR/<variant>/logs/<stage>.log (the driver's output) or .json (the stage's record)."""
     return os.path.join(workdir, stage.variant, "logs", f"{stage.name}{suffix}")
-
-
-def read_json(path: str) -> Any:
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def finetune_result_path(stage: Stage) -> str:

@@ -21,9 +21,10 @@ import numpy as np
 from absl import app, flags, logging
 
 from convbert import config_file
+from convbert.fileio import write_atomic
 from convbert.glue import finetune
-from convbert.glue.submission import write_atomic
 from convbert.glue.tasks import DISPLAY_NAMES, get_task
+from convbert.stats import gap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONTROL = "random"
@@ -80,13 +81,6 @@ def run_all(
                     metric = get_task(name).paper_metric
                     scores.setdefault(init, {}).setdefault(mode, {})[name] = [s[metric] for s in result["seeds"]]
     return scores
-
-
-def gap(a: list[float], b: list[float]) -> dict[str, float]:
-    """Mean difference a - b, its standard error and z = difference / standard error."""
-    diff = float(np.mean(a) - np.mean(b))
-    se = float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))) if min(len(a), len(b)) > 1 else 0.0
-    return {"gap": diff, "se": se, "z": diff / se if se > 0 else float("inf") * np.sign(diff)}
 
 
 def table(scores: dict) -> tuple[dict, str]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
-import json
 import os
 import time
 
@@ -31,11 +30,12 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from convbert import config_checks, finetuning, hf_io, losses, resume, sharding
+from convbert import config_checks, fileio, finetuning, hf_io, losses, resume, sharding
 from convbert.config import ConvBertConfig
+from convbert.fileio import read_json
 from convbert.finetuning import ENCODER, make_optimizer  # noqa: F401 (re-exported: this module's API)
 from convbert.glue import data, metrics, report
-from convbert.glue.submission import write_atomic, write_submission, zip_submission
+from convbert.glue.submission import write_submission, zip_submission
 from convbert.glue.tasks import TASK_CHOICES, TRANSFER_TASKS, Task, get_task, task_names
 from convbert.heads import ConvBertForSequenceClassification
 from convbert.metric_writer import MetricWriter
@@ -288,16 +288,10 @@ def train_seed(trainer: TaskTrainer, task_data: TaskData, seed: int, logdir: str
 # tasks, seeds and the run
 
 
-def read_json(path: str) -> dict | None:
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def write_json(path: str, obj) -> None:
+    """`fileio.write_json` on process 0."""
     if jax.process_index() == 0:
-        write_atomic(path, json.dumps(obj, indent=2) + "\n")
+        fileio.write_json(path, obj)
 
 
 def check_files(names: list[str], config, require_ax: bool) -> None:
@@ -351,7 +345,7 @@ def run_task(task: Task, config, workdir: str, encoder_fn, tokenizer_fn, mesh, t
     if jax.process_index() == 0:
         for name in test_files:
             with open(os.path.join(task_dir, f"seed_{chosen['seed']}", "submission", name)) as f:
-                write_atomic(os.path.join(workdir, "submission", name), f.read())
+                fileio.write_atomic(os.path.join(workdir, "submission", name), f.read())
     result = {
         "task": task.name,
         "median": median,

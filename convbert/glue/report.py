@@ -13,9 +13,9 @@ import os
 
 import jax
 
+from convbert.fileio import write_atomic
 from convbert.glue import metrics
 from convbert.glue.reference import REFERENCES
-from convbert.glue.submission import write_atomic
 from convbert.glue.tasks import ALL_TASKS, DISPLAY_NAMES, PAPER_TASKS
 
 METRIC_NAMES = {

@@ -10,19 +10,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from convbert.fileio import write_atomic
 from convbert.glue.data import STSB_MAX
 from convbert.glue.tasks import TASKS, Task
 
 SUBMISSION_FILES = tuple(name for t in TASKS.values() for name in t.test)  # the 11 files a GLUE submission holds
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary file, so a crash never leaves a partial file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def format_predictions(task: Task, index: Sequence[str], predictions: np.ndarray) -> str:

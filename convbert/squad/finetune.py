@@ -32,9 +32,9 @@ from absl import logging
 
 from convbert import config_checks, finetuning, losses, resume, sharding
 from convbert.config import ConvBertConfig
+from convbert.fileio import read_json, write_atomic
 from convbert.glue.data import pad_to_multiple
-from convbert.glue.finetune import load_encoder, load_tokenizer, read_json, resolve_source
-from convbert.glue.submission import write_atomic
+from convbert.glue.finetune import load_encoder, load_tokenizer, resolve_source
 from convbert.heads import ConvBertForQuestionAnswering
 from convbert.metric_writer import MetricWriter
 from convbert.modeling import dense
