@@ -293,6 +293,7 @@ def generator_config(disc: ConvBertConfig, fraction: float) -> ConvBertConfig:
     )
 
 
+OBJECTIVES = ("electra", "mlm")  # pretraining: replaced-token detection (+ generator MLM), or BERT-style MLM
 SPECIAL_ID_FIELDS = ("mask_id", "cls_id", "sep_id", "pad_id")
 # The generator samplers of `convbert.masking.SAMPLERS` (one name each; tests/test_masking.py keeps them equal).
 SAMPLER_NAMES = ("gumbel", "inverse_cdf")

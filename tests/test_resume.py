@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import pretraining_setup as setup
-from convbert import config_file, pretraining, resume
+from convbert import config_file, pretrain_setup, pretraining, resume
 from convbert.checkpoint import Checkpointer
 from convbert.data import loader, prepare
 from convbert.data.sources import DEMO_CORPUS_DIR
@@ -190,12 +190,12 @@ def test_prepared_data_is_rebuilt_or_refused_when_its_inputs_change(tmp_path, ca
         shutil.copy(play, corpus)
     config = setup.tiny_config(data__data_dir="", data__corpus=str(corpus), data__eval_fraction=0.5)
     workdir = str(tmp_path / "run")
-    data_dir = pretraining.prepare_data(config, workdir)
+    data_dir = pretrain_setup.prepare_data(config, workdir)
     first = loader.load_manifest(data_dir)
     built = []
     original = prepare.prepare_corpus
     monkeypatch.setattr(prepare, "prepare_corpus", lambda *a, **kw: built.append(a[0]) or original(*a, **kw))
-    assert pretraining.prepare_data(config, workdir) == data_dir and built == []  # reused
+    assert pretrain_setup.prepare_data(config, workdir) == data_dir and built == []  # reused
     with open(corpus / "tempest.txt", "a") as f:
         f.write("A line added after the preparation.\n")
     with pytest.raises(
@@ -204,16 +204,16 @@ def test_prepared_data_is_rebuilt_or_refused_when_its_inputs_change(tmp_path, ca
         rf"input {corpus}: 2 files of [\d,]+ bytes -> 2 files of [\d,]+ bytes\. "
         r"The checkpoints were trained on it: .*allow_changes=data$",
     ):
-        pretraining.prepare_data(config, workdir, resume.Resume(2, {}, (), ()))
+        pretrain_setup.prepare_data(config, workdir, resume.Resume(2, {}, (), ()))
     assert built == [] and loader.load_manifest(data_dir) == first
     other = setup.tiny_config(data__data_dir="", data__corpus=plays[0], data__eval_fraction=0.5)
     with caplog.at_level("WARNING"):
-        pretraining.prepare_data(other, workdir)
+        pretrain_setup.prepare_data(other, workdir)
     assert built == [plays[0]] and f"input {plays[0]} added" in caplog.text
     assert loader.load_manifest(data_dir)["fingerprint"] == prepare.fingerprint(
         plays[0], max_seq_length=64, eval_fraction=0.5, seed=0, sp_vocab_size=other.data.sp_vocab_size
     )
-    pretraining.prepare_data(config, workdir, resume.Resume(2, {}, (), ("data",)))
+    pretrain_setup.prepare_data(config, workdir, resume.Resume(2, {}, (), ("data",)))
     assert built == [plays[0], str(corpus)]
     with pytest.raises(
         ValueError,

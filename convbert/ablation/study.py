@@ -230,9 +230,9 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
         problems = apply_overrides(config, flat, where)
         if not problems:
             try:
-                from convbert import pretraining  # imports jax: only when a variant is checked
+                from convbert import config_checks  # imports jax: only when a variant is checked
 
-                pretraining.check_config(config)
+                config_checks.check_pretraining(config)
             except ValueError as e:
                 problems.append(f"{where}: {e}")
         if not problems and study.get("knob"):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from convbert import flops, kernels, metric_writer, pretraining, sharding
+from convbert import config_checks, flops, kernels, metric_writer, pretraining, sharding
 from convbert.aot.hlo import collectives, cost, memory_bytes, per_device_bytes, refused_bytes
 from convbert.aot.topology import Chip, Topology, topology_devices
 from convbert.config import ConvBertConfig
@@ -129,7 +129,7 @@ def compile_report(config: ml_collections.ConfigDict, topology: Topology, step: 
     if step not in STEPS:
         raise ValueError(f"--step={step!r}: choose from {', '.join(STEPS)}")
     if step == "pretrain":
-        pretraining.check_config(config)
+        config_checks.check_pretraining(config)
     devices = topology_devices(topology)
     mesh = sharding.create_mesh(config.mesh.to_dict(), devices)
     accum = config.get("grad_accum_steps", 1)
