@@ -65,9 +65,14 @@ def define_flags() -> None:
 
 
 def initialize_from_flags(argv, config_flag: str = "config") -> None:
-    """Entry-point prologue: rejects stray arguments, joins the process group, logs the config and overrides."""
+    """Entry-point prologue: tunes host malloc (`convbert.host_malloc`), rejects stray arguments, joins the process
+    group, logs the config and overrides."""
     from absl import app, flags
     from ml_collections import config_flags
+
+    from convbert import host_malloc
+
+    host_malloc.tune()
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

@@ -20,7 +20,7 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
-from convbert import config_file
+from convbert import config_file, host_malloc
 from convbert.fileio import write_atomic
 from convbert.glue import finetune
 from convbert.glue.tasks import DISPLAY_NAMES, get_task
@@ -149,6 +149,7 @@ def _define_flags():
 
 def main(argv):
     del argv
+    host_malloc.tune()
     f = flags.FLAGS
     for name, choices in (("suites", SUITES), ("modes", MODES)):
         bad = [v for v in getattr(f, name) if v not in choices]
