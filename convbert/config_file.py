@@ -132,7 +132,7 @@ def as_flags(flat: Mapping[str, Any], name: str = "config") -> list[str]:
 def override_flags(holder: flags.FlagHolder) -> list[str]:
     """The `--config.KEY=VALUE` overrides given on the command line, as flags again (tuples as repeated flags)."""
     out = []
-    for key, value in config_flags.get_override_values(holder).items():
+    for key, value in config_flags.get_override_values(flags.FLAGS[holder.name]).items():
         for v in value if isinstance(value, tuple) else (value,):
             out.append(f"--{holder.name}.{key}={flag_value(v)}")
     return out
