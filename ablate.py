@@ -1,5 +1,5 @@
 """Ablation studies from config files: pretrain every variant of a study, fine-tune each on the study's tasks and
-compare them in one table with plots. The logic lives in `convbert.ablation`; see README "Ablation studies".
+compare them in one table with plots. The logic lives in `convbert.ablation`; see docs/ablations.md.
 
   python ablate.py --config=configs/ablations/head_ratio.py:tiny --workdir=workdirs/ablate_head_ratio
   python ablate.py --config=configs/ablations/conv_type.py:small --workdir=/shared/ablate_conv_type \

@@ -1,4 +1,4 @@
-"""ConvBERT fine-tuning on GLUE. The logic lives in `convbert.glue.finetune`; see README "Fine-tuning on GLUE".
+"""ConvBERT fine-tuning on GLUE. The logic lives in `convbert.glue.finetune`; see docs/glue.md.
 
   python finetune_glue.py --config=configs/finetune_glue.py:sst2,tiny --config.init_checkpoint=workdirs/pretrain_tiny \
       --config.data_dir=data/glue_sample --workdir=workdirs/glue_tiny

@@ -1,5 +1,4 @@
-"""ConvBERT fine-tuning on SQuAD v1.1 / v2.0. The logic lives in `convbert.squad.finetune`; see README
-"Fine-tuning on SQuAD".
+"""ConvBERT fine-tuning on SQuAD v1.1 / v2.0. The logic lives in `convbert.squad.finetune`; see docs/squad.md.
 
   python finetune_squad.py --config=configs/finetune_squad.py:v1,tiny --config.init_checkpoint=workdirs/pretrain_tiny \
       --workdir=workdirs/squad_tiny

@@ -1,4 +1,4 @@
-"""ELECTRA-style ConvBERT pretraining. The logic lives in `convbert.pretraining`; see README "Pretraining".
+"""ELECTRA-style ConvBERT pretraining. The logic lives in `convbert.pretraining`; see docs/pretraining.md.
 
 python pretrain.py                                   # tiny model on the bundled corpus, a few CPU minutes
 python pretrain.py --config=configs/pretrain.py:small --workdir=/ckpt/small --config.batch_size=256

@@ -16,21 +16,20 @@ discriminator forward, loss = MLM + 50 RTD, backward, global-norm clip 1.0, Adam
   replaced by the discriminator's (shared tables and LayerNorm), MLM head dense-gelu-LayerNorm tied to the word
   table at the masked slots only, discriminator head dense-gelu-dense, BCE, the same masking/sampling,
   `torch.optim.AdamW` (eps 1e-6, weight decay 0.01), `clip_grad_norm_(1.0)`; `torch.set_num_threads(--threads)`.
-Precision: by default both compute in float32 (equal precision; on a CPU without bfloat16 matmul units, such as the
-AVX2 machine of BENCHMARKS.md's 2026-12-02 runs, jax's bfloat16 small step is slower than its float32 one: 525 vs
-616 tokens/s); `--dtype bfloat16` sets both to bfloat16 (jax: `model.dtype`; torch: autocast), parameters fp32 on
-both sides; `--dtype config` gives jax the size's `model.dtype` of configs/pretrain.py (bfloat16 for the paper
-sizes) and torch fp32. `--torch_compile inductor` wraps torch's step (all but the masking) in `torch.compile`.
-`--device gpu` runs both on the first GPU (jax: JAX_PLATFORMS=cuda). Dropout 0.1 on, rows of --seq real tokens
-([CLS] random ids [SEP]). A jax run is `default` or comma-separated overrides of `ElectraConfig` fields and of the
-model's compute knobs (`ConvBertConfig.RUNTIME_FIELDS`: kernels, remat, scan_layers), e.g. `kernels=cpu_tuned`.
-Every (framework, size) runs in a fresh subprocess, one after the other; reported: median of --steps timed steps
-after --warmup (the first compiles), tokens/s, MFU = tokens/s x executed matmul FLOPs per token
-(`convbert.flops.model_flops_per_step`) / --peak_gflops (default 185: 2-thread fp32 matmul peak of the project's
-CPU; an H200's dense bf16 peak is 989000), peak RSS of the worker (`ru_maxrss`) with its growth over the RSS after
-model + optimizer construction (activations, gradients, compilation), and on a GPU the peak device memory (jax:
-`memory_stats()['peak_bytes_in_use']`; torch: `torch.cuda.max_memory_allocated`). `--part` times pieces of the jax
-step instead (see `PARTS`), for profiling.
+Precision: by default both compute in float32 (equal precision; on a CPU without bfloat16 matmul units jax's bfloat16
+small step is slower than its float32 one); `--dtype bfloat16` sets both to bfloat16 (jax: `model.dtype`; torch:
+autocast), parameters fp32 on both sides; `--dtype config` gives jax the size's `model.dtype` of configs/pretrain.py
+(bfloat16 for the paper sizes) and torch fp32. `--torch_compile inductor` wraps torch's step (all but the masking) in
+`torch.compile`. `--device gpu` runs both on the first GPU (jax: JAX_PLATFORMS=cuda). Dropout 0.1 on, rows of --seq real
+tokens ([CLS] random ids [SEP]). A jax run is `default` or comma-separated overrides of `ElectraConfig` fields and of
+the model's compute knobs (`ConvBertConfig.RUNTIME_FIELDS`: kernels, remat, scan_layers), e.g. `kernels=cpu_tuned`.
+Every (framework, size) runs in a fresh subprocess, one after the other; reported: median of --steps timed steps after
+--warmup (the first compiles), tokens/s, MFU = tokens/s x executed matmul FLOPs per token
+(`convbert.flops.model_flops_per_step`) / --peak_gflops (default 185: 2-thread fp32 matmul peak of the project's CPU; an
+H200's dense bf16 peak is 989000), peak RSS of the worker (`ru_maxrss`) with its growth over the RSS after model +
+optimizer construction (activations, gradients, compilation), and on a GPU the peak device memory (jax:
+`memory_stats()['peak_bytes_in_use']`; torch: `torch.cuda.max_memory_allocated`). `--part` times pieces of the jax step
+instead (see `PARTS`), for profiling.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 `pip install "jax[tpu]==<the installed jax version>"`): forward + backward of `ConvBertForPreTraining` (dropout on,
 RTD loss on every token) compiled ahead of time for the devices of a TPU topology, data parallel, and XLA's
 per-device `cost_analysis()` (bytes accessed, FLOPs) and `memory_analysis()` (temporaries). These are the figures
-behind `convbert.kernels.AUTO_IMPL["tpu"]` (BENCHMARKS.md, "Kernel choice per platform").
+behind `convbert.kernels.AUTO_IMPL["tpu"]` (BENCHMARKS.md, "What will be re-measured").
 
     python -m benchmarks.kernel_bytes --size base --topology v5e:2x2 --choices reference,tpu,cpu_tuned
 

@@ -1,24 +1,15 @@
-# GLUE fine-tuning (docs/recipes.md#glue-fine-tuning). `get_config("TASK,SIZE")`: TASK in cola sst2 mrpc stsb qqp
-# mnli qnli rte wnli ax all, or the transfer suite (transfer, replaced_word, word_order, fill_blank),
-# SIZE in tiny small medium_small base large (sets the recipe, the default checkpoint and the paper numbers shown).
+# GLUE fine-tuning (docs/glue.md; the recipe: docs/recipes.md#glue-fine-tuning). `get_config("TASK,SIZE")`: TASK in
+# cola sst2 mrpc stsb qqp mnli qnli rte wnli ax all, or the transfer suite (transfer, replaced_word, word_order,
+# fill_blank), SIZE in tiny small medium_small base large (sets the recipe, the default checkpoint and the paper
+# numbers shown).
 #
-#   python finetune_glue.py --config=configs/finetune_glue.py:sst2,tiny \
-#       --config.init_checkpoint=workdirs/pretrain_tiny --config.data_dir=data/glue_sample \
-#       --workdir=workdirs/glue_tiny --config.num_seeds=5
-#     CPU demo on the bundled SST-2 sample after `python pretrain.py`: about 20 s a seed on 2 cores, dev accuracy
-#     80.0% (median of 5 seeds; chance 50%; the no-pretraining control random:workdirs/pretrain_tiny: 83.8%).
 #   python finetune_glue.py --config=configs/finetune_glue.py:transfer,tiny \
-#       --config.init_checkpoint=workdirs/pretrain_tiny --config.data_dir=data/transfer --workdir=workdirs/transfer \
-#       --config.num_seeds=5
-#     The transfer suite (docs/transfer.md): medians of 5 seeds 51.8 / 61.0 / 49.2 (replaced_word, word_order,
-#     fill_blank; chance 50%) against 47.7 / 48.6 / 47.5 for the control (README "Does pretraining help?").
+#       --config.init_checkpoint=workdirs/pretrain_tiny --config.data_dir=data/transfer --workdir=workdirs/transfer
+#     The transfer suite after `python pretrain.py` (docs/transfer.md); results in the workdir's results.md.
 #   python finetune_glue.py --config=configs/finetune_glue.py:all,base --config.num_seeds=5 --workdir=workdirs/glue_base
-#     YituTech/conv-bert-base on all of GLUE from the hub (internet needed): expect a dev GLUE score around 87
-#     (third-party dev numbers 87.7 with best-checkpoint selection, docs/recipes.md#third-party-dev-numbers; the
-#     paper's test score is 84.9, 86.4 for the 4M-update model); test predictions for the GLUE server in
-#     workdirs/glue_base/submission/.
-#   small / medium_small: paper test scores 78.9 / 79.7 (paper Table 3, docs/recipes.md#glue-test); see README
-#     "Reproducing the paper".
+#     YituTech/conv-bert-base on all of GLUE from the hub; expect the paper's numbers
+#     (docs/recipes.md#reported-results).
+
 import ml_collections
 
 from convbert.finetuning import default_config

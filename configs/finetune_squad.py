@@ -1,16 +1,13 @@
-# SQuAD fine-tuning (ELECTRA's recipe, as the official ConvBERT code). `get_config("VERSION,SIZE")`: VERSION v1
-# (SQuAD v1.1) or v2 (v2.0), SIZE in tiny small medium_small base large (sets the recipe, the default checkpoint
-# and the paper numbers shown).
+# SQuAD fine-tuning (docs/squad.md; ELECTRA's recipe, as the official ConvBERT code: docs/recipes.md#squad-fine-tuning).
+# `get_config("VERSION,SIZE")`: VERSION v1 (SQuAD v1.1) or v2 (v2.0), SIZE in tiny small medium_small base large
+# (sets the recipe, the default checkpoint and the paper numbers shown).
 #
 #   python finetune_squad.py --config=configs/finetune_squad.py:v1,tiny \
 #       --config.init_checkpoint=workdirs/pretrain_tiny --workdir=workdirs/squad_tiny
-#     CPU demo on the committed fixture tests/fixtures/squad (questions about speakers of Shakespeare passages)
-#     after `python pretrain.py`; results in workdirs/squad_tiny/results.md, beside the first-speaker baseline
-#     that README "Fine-tuning on SQuAD" gives.
+#     CPU demo on the committed fixture tests/fixtures/squad after `python pretrain.py` (docs/squad.md#the-tiny-demo).
 #   python finetune_squad.py --config=configs/finetune_squad.py:v1,base --workdir=workdirs/squad_v1_base
-#     YituTech/conv-bert-base on SQuAD v1.1 from the hub (internet needed): expect dev EM / F1 about 84.7 / 90.9
-#     (paper Table 4; a third-party fine-tune got 84.8 / 91.3). v2: 80.6 / 83.1 (third party 80.9 / 83.9).
-#   small: v1 77.1 / 84.1, v2 68.7 / 70.5; medium_small: v1 79.4 / 86.0, v2 71.7 / 74.3 (paper Table 4).
+#     YituTech/conv-bert-base on SQuAD from the hub; expect the paper's numbers (docs/recipes.md#squad-dev).
+
 import ml_collections
 
 from convbert.finetuning import default_config

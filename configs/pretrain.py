@@ -1,52 +1,20 @@
-# ELECTRA-style ConvBERT pretraining (docs/electra.md, docs/recipes.md#pretraining-recipe).
+# ELECTRA-style ConvBERT pretraining (docs/pretraining.md; the recipes: docs/recipes.md#pretraining-recipe).
 #
-#   python -m convbert.data.transfer --output_dir=data/transfer --corpus_dir=data/pretrain_corpus   # once
 #   python pretrain.py        (= --config=configs/pretrain.py:tiny --workdir=workdirs/pretrain_tiny)
-#     CPU demo on data/pretrain_corpus (68 Shakespeare texts, 15.6k examples of 128 tokens; the transfer suite's
-#     five plays are kept out), a SentencePiece vocabulary of 8,000 pieces trained on it, float32, batch 16,
-#     lr 3e-4, 4,500 steps: about 8 min on 2 quiet cores (10.7 steps/s). Eval at 1,500 / 3,000 / 4,500:
-#     generator MLM accuracy 0.18 / 0.20 / 0.21; discriminator AUC 0.667 / 0.683 / 0.696, precision 0.42 / 0.49 /
-#     0.52, recall on replaced tokens 0.03 / 0.06 / 0.07. Then `python -m convbert.glue.compare
-#     --checkpoint=workdirs/pretrain_tiny --workdir=workdirs/transfer_tiny`, fine-tuned, 5 seeds: ahead of the
-#     no-pretraining control on replaced_word 56.5 vs 49.9, word_order 60.9 vs 48.5, fill_blank 51.5 vs 48.8
-#     (z 3.7 / 8.8 / 4.0; README "Does pretraining help?": the probe, the SST-2 sample, the learning curve, MLM).
-#   python -m convbert.data.prepare --hf_dataset=Skylion007/openwebtext --output_dir=/data/owt  # every host
+#     CPU demo on data/pretrain_corpus (built by `python -m convbert.data.transfer --output_dir=data/transfer
+#     --corpus_dir=data/pretrain_corpus`); the README's main job, its table in README "What the main job prints".
 #   python pretrain.py --config=configs/pretrain.py:small --workdir=gs://bucket/convbert_small \
 #       --config.data.data_dir=/data/owt
-#     The paper's ConvBERT-small recipe (1M steps, batch 128, lr 3e-4): GLUE test 78.9 (paper Table 3);
-#     1.3e18 training FLOPs (`python -m convbert.flops --config=configs/pretrain.py:small`).
-#     TPU layout (the layout search of BENCHMARKS.md "TPU layouts": ahead-of-time compiles, ESTIMATES): data
-#     parallel, no remat, the best on v4-32, v5e-16, v5e-256 and v5p-128 (FSDP ties on v6e-256). The recipe on
-#     v5e-8 (`python -m convbert.aot --config=configs/pretrain.py:small --topology=v5e-8`): 0.59 GiB of 16 per
-#     chip, ESTIMATED 7.4 ms per step (memory-bound) + 0.4 ms of all-reduces, about 2.2 hours for 1M steps.
-#   medium_small: GLUE test 79.7, 1.5e18 FLOPs in the paper (we compute 1.567e18, see convbert/flops.py).
-#     TPU layout: data parallel, no remat (best on v4-32, v5e-16, v5p-128; on 256 chips FSDP compiles to the same
-#     program). v5e-16 at 16 sequences per chip: 0.82 GiB of 16 per chip, ESTIMATED 11.7 ms per step + 0.5 ms of
-#     all-reduces (FSDP: 14.9 + 1.6 ms).
-#   base: GLUE test 84.9, 1.9e19 FLOPs (batch 256, lr 2e-4).
-#     TPU layout: data parallel, no remat, the best on v5e-16, v5e-256, v5p-128 and v6e-256 (on v4-32 FSDP:
-#     --config.mesh.data=1 --config.mesh.fsdp=-1). v5e-16 at 16 sequences per chip: 2.59 GiB of 16 per chip,
-#     2.54e10 bytes accessed per chip, ESTIMATED 31 ms per step (memory-bound) + 3.3 ms of all-reduces, 1.06M
-#     tokens/s, MFU 19%; FSDP estimates 29.9 ms but all-gathers 2.5 GiB per chip per step (+14.6 ms). 256 chips
-#     (v5e-256, batch 4,096): with --config.model.scan_layers=True the step compiles in 75 s on 2 CPU cores
-#     (3.85 GiB of 16 per chip).
-#   large: no ConvBERT-large exists upstream; ELECTRA-large's shape and recipe (google-research/electra
-#     configure_pretraining.py, Clark et al. 2020 appendix table 6: seq 512, batch 2048, lr 2e-4, mask_prob 0.25,
-#     generator 1/4, 1.75M steps as the released ELECTRA-large; ELECTRA-400K: --config.num_train_steps=400000)
-#     with ConvBERT's mixed attention (head ratio 2, kernel 9). Prepare the data with
-#     `python -m convbert.data.prepare --max_seq_length=512`. 2.9e21 training FLOPs, 6.6e20 for 400K steps
-#     (`python -m convbert.flops --config=configs/pretrain.py:large`; ELECTRA-large: 3.1e21 and 7.1e20).
-#     TPU layout (ahead-of-time compiles, BENCHMARKS.md "TPU layouts"): FSDP over all chips, no remat, at 16
-#     sequences of 512 per chip: 24.3 GiB of 32 per chip on v4-32, 25.4 of 32 on v6e-256, 23.8 of 95 on v5p-128.
-#     It does not fit a 16 GiB v5e chip (23-28 GiB); there --config.model.remat=full: 2.23 / 2.79 GiB on v5e-16
-#     / v5e-256 (layers scanned: the unrolled compile crashed the TPU compiler). ESTIMATED step, extrapolated from
-#     1- and 2-layer compiles: 74 ms on v5p-128 (7.1M tokens/s, MFU 48%), 186 ms on v4-32, 135 ms on v6e-256.
+#     The paper's recipes: small, medium_small, base; large is ELECTRA-large's shape and recipe with ConvBERT's
+#     mixed attention. Mesh per size: the TPU layout search, BENCHMARKS.md "TPU layouts (ahead-of-time)"; its
+#     exceptions: base on v4 --config.mesh.data=1 --config.mesh.fsdp=-1, large on v5e --config.model.remat=full.
 #
 # Ablations: --config.model.conv_type=lconv|dconv|sdconv|none --config.model.head_ratio=4
 #   --config.model.conv_kernel_size=5 --config.model.num_groups=2 --config.electra.generator_fraction=0.5
 # Compute knobs (same function): --config.model.kernels=auto|cpu|tpu|gpu|reference|cpu_tuned (auto: the choice
 #   for the mesh's platform, see convbert/kernels.py) --config.model.remat=none|dots|full
 #   --config.model.scan_layers=True (the layers under jax.lax.scan: one layer to compile).
+
 import dataclasses
 
 import ml_collections
@@ -168,7 +136,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
             num_workers=0,  # grain workers of the loader
         )
     )
-    if tiny:  # a SentencePiece vocabulary of the corpus: 8k entries, a smaller output layer, 1.8x the steps/s of 30k
+    if tiny:  # a SentencePiece vocabulary of the corpus: 8k entries, a smaller output layer than the 30k WordPiece's
         c.data.tokenizer = "sentencepiece"
         c.model.vocab_size = c.data.get_ref("sp_vocab_size")
 

@@ -3,7 +3,7 @@ the centred convolution over time that both convolutions of mixed attention use 
 yitu-opensource/ConvBert `model/modeling.py` `attention_layer`).
 
 Every kernel has a plain `reference` (jax autodiff of the textbook formula; `jax.random.bernoulli` for the dropout mask)
-and a `cpu_tuned` form, written for XLA CPU (BENCHMARKS.md, "Model forward/backward"): custom gradients for gelu and the
+and a `cpu_tuned` form, written for XLA CPU (`benchmarks/bench_model.py`): custom gradients for gelu and the
 convolution, a counter-hash dropout mask, a matmul over flattened leading dims. Both forms compute the same function
 (the dropout masks the same distribution, from another random stream); `tests/test_kernels.py` checks values and
 gradients against each other. `KERNELS` lists them and `kernel(name, impl)` is the one place that picks: `impl` ('auto',
@@ -25,13 +25,12 @@ from jax import lax
 
 Array = jax.Array
 IMPLS = ("reference", "cpu_tuned")
-# The implementation each platform runs, per kernel, chosen by measurement. CPU: the tuned forms, faster there
-# (BENCHMARKS.md). TPU, by the TPU compiler's cost model (bytes accessed; forward + backward of
-# ConvBertForPreTraining base, bfloat16, 16 x 128 per chip on v5e:2x2, dropout on): the tuned gelu and dropout
-# mask fuse and save bytes there too, the tuned convolution's banded weight gradient moves more than autodiff of
-# the slices. All plain: 1.92e10 bytes, 0.74 GiB temporaries; this choice: 1.50e10, 0.46 GiB; all tuned: 2.06e10,
-# 0.60 GiB (BENCHMARKS.md, "Kernel choice per platform"); `matmul` plain (not compiled in the tuned form for
-# TPU). GPU: the plain forms until a GPU measurement decides (none has been made).
+# The implementation each platform runs, per kernel, chosen by measurement. CPU: the tuned forms, faster there.
+# TPU, by the TPU compiler's cost model (bytes accessed and temporaries of forward + backward of
+# ConvBertForPreTraining, `python -m benchmarks.kernel_bytes`): the tuned gelu and dropout mask fuse and save bytes
+# there too, the tuned convolution's banded weight gradient moves more than autodiff of the slices; `matmul` plain
+# (not compiled in the tuned form for TPU). GPU: the plain forms until a GPU measurement decides (none has been
+# made). The measurements are to be re-run with committed results (BENCHMARKS.md, "What will be re-measured").
 # A platform not listed gets AUTO_DEFAULT for every kernel.
 AUTO_IMPL: dict[str, dict[str, str]] = {
     "cpu": dict(gelu="cpu_tuned", dropout_keep_mask="cpu_tuned", shifted_window_sum="cpu_tuned", matmul="cpu_tuned"),
@@ -223,8 +222,8 @@ def matmul_reference(x: Array, w: Array) -> Array:
 def matmul_cpu_tuned(x: Array, w: Array) -> Array:
     """`matmul_reference` with the leading dims of x flattened into one ([B, T, I] -> [B*T, I]) before the dot and
     restored after. XLA CPU runs the weight gradient of a dot with two free dims (a contraction over B and T) as a
-    transpose and a slower dot; the flattened form is a plain matrix product in both passes (BENCHMARKS.md, "Model
-    forward/backward")."""
+    transpose and a slower dot; the flattened form is a plain matrix product in both passes (`benchmarks/bench_model.py`
+    compares)."""
     lead = x.shape[: x.ndim - w.ndim + 1]
     y = matmul_reference(x.reshape(-1, *x.shape[len(lead) :]), w)
     return y.reshape(*lead, *y.shape[1:])

@@ -14,8 +14,8 @@ objective's knobs and special ids come from an `ElectraConfig`.
    (`gumbel_sample`, exactly that). `inverse_cdf_sample` (the default, `ElectraConfig.sampler`) is a deliberate
    deviation: it draws from the same distribution (up to float32 rounding; the epsilons of the Gumbel noise only
    clip events of probability < 1e-7) with ONE uniform per slot, by a two-level inverse CDF. The random numbers
-   differ, not the objective; on 2 CPU cores the Gumbel noise over [B, 19, 30522] costs about 10% of a small-model
-   step (BENCHMARKS.md, "Pretraining step").
+   differ, not the objective; on CPU the Gumbel noise over [B, 19, 30522] is a noticeable part of a small-model
+   step (`benchmarks/bench_pretrain.py --runs "sampler=gumbel;torch"` compares).
 3. Replacement (`scatter_slots`): the sampled ids overwrite every drawn position of the ORIGINAL ids (also the ones
    left unmasked). Several draws of one position are merged as upstream's `scatter_update` does: sum of the sampled
    ids integer-divided by the number of draws (so two different samples give an arbitrary floor((a + b) / 2)).

@@ -39,8 +39,8 @@ PEAK_FLOPS_PER_DEVICE: tuple[tuple[str, float], ...] = (
     ("l4", 121e12),
     ("v100", 125e12),
 )
-# CPU: measured fp32 matmul throughput of one process on the 2-core development machine (large fp32 matmuls in
-# torch, jax and numpy: 177-215 GFLOP/s; BENCHMARKS.md), shared by all simulated devices of the process.
+# CPU: the fp32 matmul throughput of one process on the 2-core development machine (large fp32 matmuls in torch,
+# jax and numpy), shared by all simulated devices of the process; a reference for MFU on CPU, not a peak.
 CPU_PEAK_FLOPS_PER_PROCESS = 185e9
 
 

@@ -8,11 +8,10 @@
 #
 #   python ablate.py --config=configs/ablations/components.py:tiny --workdir=workdirs/ablate_components
 #     CPU demo: the tiny model (2 heads), the four steps and the no-pretraining control; 600 pretraining steps
-#     each, word_order and replaced_word, 3 seeds: about 19 min on 2 quiet cores (estimated
-#     from configs/ablations/head_ratio.py's measured quiet stage times). Not run yet.
+#     each, word_order and replaced_word, 3 seeds. Not run yet.
 #   python ablate.py --config=configs/ablations/components.py:small --workdir=/shared/ablate_components \
 #       --config.pretrain.overrides.data.data_dir=/data/owt [--dry_run]
-#     On ConvBERT-small, the paper's recipe, GLUE dev + transfer suite; cost in README.
+#     On ConvBERT-small, the paper's recipe, GLUE dev + transfer suite; cost in docs/ablations.md.
 from convbert.ablation.study import CONTROL, base_study, variants
 
 

@@ -4,11 +4,11 @@
 #   python ablate.py --config=configs/ablations/generator_size.py:tiny --workdir=workdirs/ablate_generator_size
 #     CPU demo: the tiny model (2 heads) with generators of 1/4, 1/2 (reference, the tiny default) and 1 times
 #     its width (3/4 would give 1.5 heads), and the no-pretraining control; 600 pretraining steps each, word_order
-#     and replaced_word, 3 seeds: about 15 min on 2 quiet cores (estimated from
-#     configs/ablations/head_ratio.py's measured quiet stage times). Not run yet.
+#     and replaced_word, 3 seeds. Not run yet.
 #   python ablate.py --config=configs/ablations/generator_size.py:small --workdir=/shared/ablate_generator_size \
 #       --config.pretrain.overrides.data.data_dir=/data/owt [--dry_run]
-#     ConvBERT-small (4 heads) with generators of 1/4 (reference, the paper's), 1/2, 3/4 and 1; cost in README.
+#     ConvBERT-small (4 heads) with generators of 1/4 (reference, the paper's), 1/2, 3/4 and 1; cost in
+#     docs/ablations.md.
 from convbert.ablation.study import CONTROL, base_study, variants
 
 

@@ -4,14 +4,11 @@
 #   python ablate.py --config=configs/ablations/head_ratio.py:tiny --workdir=workdirs/ablate_head_ratio
 #     CPU demo: the tiny model with 4 heads of 32 (the main job's has 2 heads, which allow only γ = 1, 2),
 #     γ = 1, 2 (reference), 4, and the no-pretraining control of the γ = 2 config; 600 pretraining steps each,
-#     fine-tuned on word_order and replaced_word (docs/transfer.md), 3 seeds. About 15 min on 2 quiet cores
-#     (measured 24.4 min with a CI run beside it; quiet, each fine-tuning stage took ~50 s and 600 pretraining
-#     steps take ~1 min plus data preparation). Headline (mean of the two medians): γ = 1 53.3, γ = 2 51.2,
-#     γ = 4 49.5, no pretraining 48.5. Writes results.md (README "Ablation studies") and three plots.
+#     fine-tuned on word_order and replaced_word (docs/transfer.md), 3 seeds. Results: docs/ablations.md#results.
 #   python ablate.py --config=configs/ablations/head_ratio.py:small --workdir=/shared/ablate_head_ratio \
 #       --config.pretrain.overrides.data.data_dir=/data/owt [--dry_run]
 #     ConvBERT-small (4 heads) at γ = 1, 2, 4 with the paper's recipe (1M steps), GLUE dev (headline: the GLUE
-#     score) and the transfer suite, 3 seeds; cost in README "Ablation studies". γ = 8 needs at least 8 heads
+#     score) and the transfer suite, 3 seeds; cost in docs/ablations.md. γ = 8 needs at least 8 heads
 #     (ConvBertConfig rejects head_ratio > num_attention_heads), so neither scale has it.
 from convbert.ablation.study import CONTROL, base_study, variants
 

@@ -3,11 +3,10 @@
 #
 #   python ablate.py --config=configs/ablations/kernel_size.py:tiny --workdir=workdirs/ablate_kernel_size
 #     CPU demo: the tiny model with k = 1, 3, 5, 9 (reference), 15 and the no-pretraining control; 600 pretraining
-#     steps each, word_order and replaced_word, 3 seeds: about 23 min on 2 quiet cores (estimated from
-#     configs/ablations/head_ratio.py's measured quiet stage times). Not run yet.
+#     steps each, word_order and replaced_word, 3 seeds. Not run yet.
 #   python ablate.py --config=configs/ablations/kernel_size.py:small --workdir=/shared/ablate_kernel_size \
 #       --config.pretrain.overrides.data.data_dir=/data/owt [--dry_run]
-#     ConvBERT-small with each kernel, the paper's recipe, GLUE dev + transfer suite; cost in README.
+#     ConvBERT-small with each kernel, the paper's recipe, GLUE dev + transfer suite; cost in docs/ablations.md.
 from convbert.ablation.study import CONTROL, base_study, variants
 
 
