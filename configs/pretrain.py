@@ -85,7 +85,15 @@ TINY = dict(
     max_position_embeddings=128,
     dtype="float32",
 )
-HEAD_FIELDS = ("classifier_dropout", "num_labels", "classifier_head", "summary_type")  # fine-tuning only
+HEAD_FIELDS = (  # fine-tuning only
+    "classifier_dropout",
+    "num_labels",
+    "classifier_head",
+    "summary_type",
+    "summary_use_proj",
+    "summary_activation",
+    "summary_last_dropout",
+)
 
 
 def defaults(cls, leave_out=()) -> dict:
