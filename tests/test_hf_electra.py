@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_hf_io import TOL, make_inputs, perturb_hf
 
 import convbert
 from convbert import ConvBertConfig, electra
 from helpers import randomize
-from test_hf_io import TOL, make_inputs, perturb_hf
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
