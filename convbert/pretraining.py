@@ -31,7 +31,7 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from convbert import distributed, electra, flops, optim, resume, sharding, validation
+from convbert import distributed, electra, flops, init_from, optim, resume, sharding, validation
 from convbert.checkpoint import Checkpointer
 from convbert.config import ConvBertConfig
 from convbert.data import loader, prepare
@@ -322,15 +322,22 @@ def _check_finite(step: int, metrics: Mapping[str, jax.Array], checkpoints: Chec
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax.Device] | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    devices: Sequence[jax.Device] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """Pretrains (or resumes) in `workdir`; returns the last logged train and eval metrics.
 
     `devices` (default: all) is the device set of the mesh; a subset is for experiments in one process.
+    `overrides`: the command line's `--config.KEY` values (`init_from.apply` refuses those that disagree with
+    `config.init_from`).
     """
     # ---- setup: checks, mesh, data (all config errors surface here, before compiling) ----
     quiet_orbax_logs()
     distributed.log_topology()
+    # init_from: SRC's model, generator fraction and tokenizer into config, before any check or write
+    source = init_from.apply(config, workdir if _is_remote(workdir) else os.path.abspath(workdir), overrides)
     check_config(config)
     mesh = sharding.create_mesh(config.mesh.to_dict(), devices)
     sharding.check_batch_size(config.batch_size, mesh, grad_accum_steps=config.grad_accum_steps)
@@ -367,7 +374,7 @@ def train_and_evaluate(
     # ---- state and data position: resume or initialise ----
     restored = checkpoints.restore(trainer.abstract_state())
     if restored is None:
-        state = trainer.init(root_key)
+        state = trainer.init(root_key, None if source is None else init_from.load(source, config))  # init_from
         position = resume.DataPosition(0, 0, config.batch_size)
         logging.info("initialised %.2fM parameters", sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
     else:
