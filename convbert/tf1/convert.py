@@ -165,7 +165,7 @@ def write_pretraining_checkpoint(
     correction, so the moments are all its state), the step; its meta records the model, the generator fraction and
     no data (`resume.DataPosition`: the first run reads from example 0). Returns its directory."""
     from convbert.checkpoint import Checkpointer
-    from convbert.optim import AdamNoBiasState
+    from convbert.optim import AdamNoBiasState, path_names
     from convbert.pretraining import Pretrainer
 
     if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "checkpoints")):
@@ -187,6 +187,10 @@ def write_pretraining_checkpoint(
 
         slots = AdamNoBiasState(mu=moments(converted.slots["adam_m"]), nu=moments(converted.slots["adam_v"]))
         opt_state = tuple(slots if isinstance(s, AdamNoBiasState) else s for s in opt_state)
+    # the schedule's step count (optax `count`) is the step too
+    opt_state = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.full_like(x, step) if path_names(path)[-1:] == ("count",) else x, opt_state
+    )
     state = state.replace(step=jnp.asarray(step, jnp.int32), params=params, opt_state=opt_state)
     state = jax.device_put(state, trainer.state_shardings)
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False, handle_sigterm=False)
