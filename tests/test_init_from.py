@@ -2,6 +2,7 @@
 refusals, continued pretraining that starts below a fresh run, and ablation variants started from two sources."""
 
 import os
+from pathlib import Path
 
 import jax
 import pytest
@@ -73,7 +74,7 @@ def test_electra_pair_sets_model_generator_and_tokenizer(tmp_path):
         "discriminator",
         "discriminator_predictions",
     }
-    with pytest.raises(ValueError, match="model.hidden_size=128"):
+    with pytest.raises(ValueError, match=r"model\.hidden_size=128"):
         init_from.apply(tiny_config(init_from=src), str(tmp_path / "work"), {"model.hidden_size": 128})
 
 
@@ -97,7 +98,7 @@ def test_two_hf_sources_and_a_discriminator_alone(tmp_path, caplog):
 
 def test_data_of_another_vocabulary_is_refused_before_anything_is_written(tmp_path):
     other = tmp_path / "vocab.txt"
-    tokens = open(BERT_UNCASED_VOCAB).read().splitlines()
+    tokens = Path(BERT_UNCASED_VOCAB).read_text().splitlines()
     other.write_text("\n".join(tokens[:1000] + tokens[1001:] + [tokens[1000]]) + "\n")  # one entry moved
     src = save_pair(tmp_path / "pair", vocab=str(other))
     workdir = tmp_path / "work"
