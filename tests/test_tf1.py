@@ -96,6 +96,7 @@ def test_unexpected_missing_and_misshaped_variables_are_named(tmp_path):
     assert "electra/encoder/layer_0/attention/self/query/kernel: (64, 16) in the checkpoint, (64, 32)" in text
 
 
+@pytest.mark.slow
 def test_adam_slots_and_step_resume_exactly(tmp_path):
     """A run of this code stops after 2 steps; its state goes to a TF1 checkpoint with upstream names and Adam slots
     and back into a pretraining checkpoint: the state equals the saved-and-resumed run's, and so does the next
@@ -140,6 +141,7 @@ def test_adam_slots_and_step_resume_exactly(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_command_line_electra_without_slots(tmp_path):
     """`python -m convbert.tf1 --size=... --workdir=W` on a checkpoint without Adam slots: the HF pair, and a
     pretraining checkpoint that starts a fresh optimizer state (said in the log)."""
