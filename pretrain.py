@@ -5,6 +5,7 @@ python pretrain.py --config=configs/pretrain.py:small --workdir=/ckpt/small --co
 """
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from convbert import config_file, distributed, pretraining
 
@@ -16,7 +17,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     distributed.initialize_from_flags(argv)
-    pretraining.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    overrides = config_flags.get_override_values(FLAGS["config"])  # init_from refuses those SRC decides
+    pretraining.train_and_evaluate(FLAGS.config, FLAGS.workdir, overrides=overrides)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,15 @@ TINY = dict(
     max_position_embeddings=128,
     dtype="float32",
 )
-HEAD_FIELDS = ("classifier_dropout", "num_labels", "classifier_head", "summary_type")  # fine-tuning only
+HEAD_FIELDS = (  # fine-tuning only
+    "classifier_dropout",
+    "num_labels",
+    "classifier_head",
+    "summary_type",
+    "summary_use_proj",
+    "summary_activation",
+    "summary_last_dropout",
+)
 
 
 def defaults(cls, leave_out=()) -> dict:
@@ -87,6 +95,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.num_eval_steps = 5 if tiny else 100
     c.grad_accum_steps = 1
     c.objective = "electra"  # or "mlm": BERT-style masked LM of the discriminator-sized encoder (the control)
+    # Continued pretraining (docs/checkpoints.md#continued-pretraining): a new run from released weights, a TF1
+    # conversion (python -m convbert.tf1) or an export (a folder with discriminator/ and generator/), or a Hugging
+    # Face discriminator (+ its generator in init_generator_from). Its model config and vocabulary win.
+    c.init_from = ""
+    c.init_generator_from = ""
 
     c.model = model_config(size)
 

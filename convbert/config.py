@@ -2,7 +2,9 @@
 docs/checkpoints.md#released-checkpoints, docs/electra.md#generator-config).
 
 Field names follow Hugging Face's `ConvBertConfig` so `config.json` files round-trip; `conv_type`,
-`classifier_head`, `summary_type` and the `RUNTIME_FIELDS` are additions of this project.
+`classifier_head`, `summary_type` and the `RUNTIME_FIELDS` are additions of this project. ELECTRA is this model with
+`conv_type='none', head_ratio=1, num_groups=1` (`is_electra`): such a config reads and writes transformers'
+`model_type: electra` `config.json` (`ElectraConfig`'s fields; docs/checkpoints.md#hugging-face-electra).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ REMAT_POLICIES = ("none", "dots", "full")
 RUNTIME_FIELDS = ("dtype", "kernels", "remat", "scan_layers")
 
 CONFIG_NAME = "config.json"
+# The values that make a ConvBERT config ELECTRA's (transformers' `ElectraConfig` has no such fields).
+ELECTRA_FIELDS = dict(conv_type="none", head_ratio=1, num_groups=1)
+MODEL_TYPES = ("convbert", "conv_bert", "electra")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +73,9 @@ class ConvBertConfig:
     num_labels: int = 2
     classifier_head: str = "hf"
     summary_type: str = "last"
+    summary_use_proj: bool = False
+    summary_activation: str | None = None
+    summary_last_dropout: float = 0.0
     dtype: str = "float32"
     kernels: str = "auto"
     remat: str = "none"
@@ -119,6 +127,10 @@ class ConvBertConfig:
             raise ValueError(
                 f"ConvBertConfig.classifier_head {self.classifier_head!r} is not one of {CLASSIFIER_HEADS}"
             )
+        if self.summary_activation not in (None, *ACTIVATIONS):
+            raise ValueError(
+                f"ConvBertConfig.summary_activation {self.summary_activation!r} is not None or one of {ACTIVATIONS}"
+            )
         if self.summary_type not in SUMMARY_TYPES:
             raise ValueError(f"ConvBertConfig.summary_type {self.summary_type!r} is not one of {SUMMARY_TYPES}")
         if self.dtype not in DTYPES:
@@ -129,7 +141,12 @@ class ConvBertConfig:
             raise ValueError(f"ConvBertConfig.remat {self.remat!r} is not one of {REMAT_POLICIES}")
         if not isinstance(self.scan_layers, bool):
             raise ValueError(f"ConvBertConfig.scan_layers must be True or False, got {self.scan_layers!r}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+        for name in (
+            "hidden_dropout_prob",
+            "attention_probs_dropout_prob",
+            "classifier_dropout",
+            "summary_last_dropout",
+        ):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:
                 raise ValueError(f"ConvBertConfig.{name} must be in [0, 1), got {value!r}")
@@ -158,10 +175,17 @@ class ConvBertConfig:
         return self.branch_size * (1 if self.conv_type == "none" else 2)
 
     @property
+    def is_electra(self) -> bool:
+        """Whether this is ELECTRA's architecture (`ELECTRA_FIELDS`): transformers' `Electra*` classes compute it."""
+        return all(getattr(self, k) == v for k, v in ELECTRA_FIELDS.items())
+
+    @property
     def hf_incompatibilities(self) -> list[str]:
-        """Why transformers' ConvBertModel would compute a different function; [] if none
-        (docs/architecture.md#tf-and-transformers-differences)."""
+        """Why transformers' ConvBertModel (ElectraModel for `is_electra`) would compute a different function; []
+        if none (docs/architecture.md#tf-and-transformers-differences)."""
         reasons = []
+        if self.is_electra:
+            return reasons
         if self.conv_type != "sdconv":
             reasons.append(f"conv_type={self.conv_type!r} (transformers only implements 'sdconv')")
             return reasons
@@ -195,9 +219,15 @@ class ConvBertConfig:
 
     # ---- Hugging Face config.json ----
     def to_hf_dict(self, architecture: str = "ConvBertModel") -> dict[str, Any]:
-        """The `config.json` content; the `RUNTIME_FIELDS` are left out, our other extra fields stay."""
+        """The `config.json` content; the `RUNTIME_FIELDS` are left out, our other extra fields stay. An `is_electra`
+        config is ELECTRA's (`model_type: electra`, `Electra*` architecture, without the `ELECTRA_FIELDS`)."""
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
-        d.update(model_type="convbert", architectures=[architecture])
+        d["summary_activation"] = self.summary_activation or ""  # transformers: "" is none (ElectraConfig: a str)
+        if self.is_electra:
+            d = {k: v for k, v in d.items() if k not in (*ELECTRA_FIELDS, "conv_kernel_size")}
+            d.update(model_type="electra", architectures=[architecture.replace("ConvBert", "Electra")])
+        else:
+            d.update(model_type="convbert", architectures=[architecture])
         if self.num_labels != 2:
             d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
             d["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
@@ -205,12 +235,21 @@ class ConvBertConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], **overrides) -> ConvBertConfig:
-        """From a `config.json` dict; the `RUNTIME_FIELDS` in it are ignored (HF's `dtype` is a storage dtype), pass
-        them as `overrides`."""
-        if d.get("model_type", "convbert") not in ("convbert", "conv_bert"):
-            raise ValueError(f"ConvBertConfig: config.json has model_type {d['model_type']!r}, not 'convbert'")
+        """From a `config.json` dict (ConvBERT's or ELECTRA's); the `RUNTIME_FIELDS` in it are ignored (HF's `dtype` is
+        a storage dtype), pass them as `overrides`."""
+        model_type = d.get("model_type", "convbert")
+        if model_type not in MODEL_TYPES:
+            raise ValueError(f"ConvBertConfig: config.json has model_type {model_type!r}, not one of {MODEL_TYPES}")
+        if d.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(
+                f"ConvBertConfig: position_embedding_type {d['position_embedding_type']!r} is not supported"
+            )
         fields = {f.name for f in dataclasses.fields(cls)} - set(RUNTIME_FIELDS)
         kwargs = {k: v for k, v in d.items() if k in fields}
+        if model_type == "electra":
+            kwargs.update(ELECTRA_FIELDS)
+        if "summary_activation" in kwargs:
+            kwargs["summary_activation"] = kwargs["summary_activation"] or None
         if "num_labels" not in kwargs and isinstance(d.get("id2label"), dict):
             kwargs["num_labels"] = len(d["id2label"])
         kwargs.update(overrides)

@@ -23,6 +23,8 @@ split/merge pattern; everything has static shapes (B batch, T length, N = max_pr
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,7 +45,9 @@ from convbert.heads import (
 from convbert.masking import SAMPLERS, MaskedInputs, mask_tokens, num_prediction_slots, scatter_slots
 from convbert.modeling import ConvBertEmbeddings, ConvBertModel
 
+logger = logging.getLogger(__name__)
 Array = jax.Array
+GENERATOR_HEADS = ("generator_predictions", "generator_lm_head")
 # ------------------------------------------------------------------------------------------------
 # Model
 
@@ -104,29 +108,26 @@ class ElectraModel(nnx.Module):
         hidden = self._encode(self.discriminator, input_ids, input_mask, segment_ids, dropout_rng)
         return self.discriminator_predictions(hidden)
 
-    def _export(self, cls: type, config: ConvBertConfig, parts: Sequence[tuple[str, nnx.Module | None]]):
-        """An abstract `cls(config)` filled with copies of `parts` [(dotted target path, source module)]."""
-        model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
-        for path, source in parts:
-            target = model
-            for name in path.split("."):
-                target = getattr(target, name)
-            nnx.update(target, jax.tree.map(jnp.copy, nnx.state(source)))
-        return model
-
-    def _body_parts(self, body: ConvBertModel) -> list[tuple[str, nnx.Module]]:
-        parts = [("convbert.embeddings", self.embeddings), ("convbert.encoder", body.encoder)]
+    def _parts(self, network: str) -> list[tuple[str, str]]:
+        """[(path in the stand-alone model, path in this model)] of the `network` ('discriminator' or 'generator')
+        and its head; the shared embeddings first."""
+        body = getattr(self, network)
+        parts = [("convbert.embeddings", "embeddings"), ("convbert.encoder", f"{network}.encoder")]
         if hasattr(body, "embeddings_project"):
-            parts.append(("convbert.embeddings_project", body.embeddings_project))
-        return parts
+            parts.append(("convbert.embeddings_project", f"{network}.embeddings_project"))
+        heads = ("discriminator_predictions",) if network == "discriminator" else GENERATOR_HEADS
+        return parts + [(h, h) for h in heads]
+
+    def _export(self, cls: type, config: ConvBertConfig, network: str):
+        """An abstract `cls(config)` filled with copies of `network`'s parts."""
+        model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+        for target, source in self._parts(network):
+            nnx.update(_get(model, target), jax.tree.map(jnp.copy, nnx.state(_get(self, source))))
+        return model
 
     def discriminator_model(self) -> ConvBertForPreTraining:
         """The discriminator with copies of the shared embeddings and its head (HF `ConvBertForPreTraining`)."""
-        return self._export(
-            ConvBertForPreTraining,
-            self.disc_config,
-            self._body_parts(self.discriminator) + [("discriminator_predictions", self.discriminator_predictions)],
-        )
+        return self._export(ConvBertForPreTraining, self.disc_config, "discriminator")
 
     def generator_model(self) -> ConvBertForMaskedLM:
         """The generator with copies of the shared embeddings and its tied MLM head (HF `ConvBertForMaskedLM`).
@@ -134,12 +135,69 @@ class ElectraModel(nnx.Module):
         transformers can only load it when `gen_config.hf_compatible` (not the small generator,
         docs/electra.md#generator-config).
         """
-        return self._export(
-            ConvBertForMaskedLM,
-            self.gen_config,
-            self._body_parts(self.generator)
-            + [("generator_predictions", self.generator_predictions), ("generator_lm_head", self.generator_lm_head)],
-        )
+        return self._export(ConvBertForMaskedLM, self.gen_config, "generator")
+
+    @classmethod
+    def from_models(cls, discriminator: ConvBertForPreTraining, generator: ConvBertForMaskedLM) -> ElectraModel:
+        """The pair with the discriminator's embeddings shared (google-research/electra ties them; a warning when
+        the generator's differ) and copies of both networks and heads."""
+        disc_emb, gen_emb = (nnx.state(m.convbert.embeddings, nnx.Param) for m in (discriminator, generator))
+        if jax.tree.structure(disc_emb) != jax.tree.structure(gen_emb) or not all(
+            jax.tree.leaves(jax.tree.map(lambda a, b: a.shape == b.shape and bool(jnp.all(a == b)), disc_emb, gen_emb))
+        ):
+            logger.warning("the generator's and the discriminator's embeddings differ; sharing the discriminator's")
+        model = nnx.eval_shape(lambda: cls(discriminator.config, generator.config, rngs=nnx.Rngs(0)))
+        for network, source in (("discriminator", discriminator), ("generator", generator)):
+            for standalone, target in model._parts(network):
+                if not (network == "generator" and target == "embeddings"):
+                    nnx.update(_get(model, target), jax.tree.map(jnp.copy, nnx.state(_get(source, standalone))))
+        return model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        discriminator: str,
+        generator: str | None = None,
+        *,
+        generator_fraction: float = 0.25,
+        rngs: nnx.Rngs | None = None,
+        **config_overrides,
+    ) -> ElectraModel:
+        """The pair from Hugging Face directories or hub ids (ConvBERT or ELECTRA, e.g.
+        `google/electra-small-discriminator` + `-generator`), embeddings shared (`from_models`). Without
+        `generator` (the hub has no ConvBERT generator), a fresh one of `generator_config(disc,
+        generator_fraction)` from `rngs`, with a warning; a discriminator without its ELECTRA head gets a fresh one
+        (`hf_io.from_pretrained`'s warning)."""
+        rngs = rngs or nnx.Rngs(0)
+        disc = ConvBertForPreTraining.from_pretrained(discriminator, rngs=rngs, **config_overrides)
+        if generator is None:
+            gen_config = generator_config(disc.config, generator_fraction)
+            logger.warning(
+                "%s comes without a generator: pretraining starts from a freshly initialised generator (hidden %d, "
+                "%d layers; generator_fraction %s)",
+                discriminator,
+                gen_config.hidden_size,
+                gen_config.num_hidden_layers,
+                generator_fraction,
+            )
+            gen = ConvBertForMaskedLM(gen_config, rngs=rngs)
+        else:
+            gen = ConvBertForMaskedLM.from_pretrained(generator, **config_overrides)
+        return cls.from_models(disc, gen)
+
+    def save_pretrained(self, directory: str) -> list[str]:
+        """`directory/discriminator` and `directory/generator` (`save_pretrained` of `discriminator_model()` and
+        `generator_model()`); returns the written files."""
+        return [
+            *self.discriminator_model().save_pretrained(os.path.join(directory, "discriminator")),
+            *self.generator_model().save_pretrained(os.path.join(directory, "generator")),
+        ]
+
+
+def _get(module: nnx.Module, dotted: str) -> nnx.Module:
+    for name in dotted.split("."):
+        module = getattr(module, name)
+    return module
 
 
 def build_electra(

@@ -214,12 +214,34 @@ class ConvBertForSequenceClassification(_HeadModel):
         return SequenceClassifierOutput(logits=logits, loss=loss, hidden_states=out.hidden_states)
 
 
+class SequenceSummary(nnx.Module):
+    """transformers' `SequenceSummary` (ConvBERT's, ELECTRA's): the `summary_type` token (or mean), then with
+    `summary_use_proj` dense H -> H (`summary`), `summary_activation`, dropout `summary_last_dropout`. [B, T, H] ->
+    [B, H]."""
+
+    def __init__(self, config: ConvBertConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        if config.summary_use_proj:
+            self.summary = dense(config, config.hidden_size, config.hidden_size, ("embed", None), rngs=rngs)
+        self.dropout = Dropout(config.summary_last_dropout, config.kernels)
+
+    def __call__(self, h: Array, keys: KeyChain) -> Array:
+        c = self.config
+        x = {"last": lambda: h[:, -1], "first": lambda: h[:, 0], "mean": lambda: h.mean(1)}[c.summary_type]()
+        if c.summary_use_proj:
+            x = self.summary(x)
+        if c.summary_activation is not None:
+            x = activation(c.summary_activation, c.kernels)(x)
+        return self.dropout(x, keys.next())
+
+
 class ConvBertForMultipleChoice(_HeadModel):
-    """Inputs [B, C, T]; summary token per choice (`summary_type`, transformers' default 'last') -> dense(1).
-    logits [B, C]."""
+    """Inputs [B, C, T]; `SequenceSummary` per choice (transformers' default: the 'last' token, no projection) ->
+    dense(1). logits [B, C]."""
 
     def __init__(self, config: ConvBertConfig, *, rngs: nnx.Rngs):
         super().__init__(config, rngs=rngs)
+        self.sequence_summary = SequenceSummary(config, rngs=rngs)
         self.classifier = dense(config, config.hidden_size, 1, ("embed", None), rngs=rngs)
 
     def __call__(
@@ -236,7 +258,7 @@ class ConvBertForMultipleChoice(_HeadModel):
     ) -> MultipleChoiceModelOutput:
         num_choices = input_ids.shape[1]
         flat = lambda a: None if a is None else a.reshape(-1, a.shape[-1])
-        out, _ = self.body(
+        out, keys = self.body(
             flat(input_ids),
             flat(attention_mask),
             flat(token_type_ids),
@@ -245,9 +267,8 @@ class ConvBertForMultipleChoice(_HeadModel):
             dropout_rng,
             output_hidden_states,
         )
-        h = out.last_hidden_state
-        summary = {"last": lambda: h[:, -1], "first": lambda: h[:, 0], "mean": lambda: h.mean(1)}
-        logits = self.classifier(summary[self.config.summary_type]()).astype(jnp.float32).reshape(-1, num_choices)
+        summary = self.sequence_summary(out.last_hidden_state, keys)
+        logits = self.classifier(summary).astype(jnp.float32).reshape(-1, num_choices)
         loss = None if labels is None else losses.mean_softmax_cross_entropy(logits, labels)
         return MultipleChoiceModelOutput(logits=logits, loss=loss, hidden_states=out.hidden_states)
 

@@ -1,10 +1,11 @@
-"""Hugging Face interop: read and write transformers' ConvBERT checkpoints
-(docs/checkpoints.md#name-map).
+"""Hugging Face interop: read and write transformers' ConvBERT and ELECTRA checkpoints
+(docs/checkpoints.md#name-map, docs/checkpoints.md#hugging-face-electra).
 
 One name/layout table (`hf_name`) maps a parameter path of our NNX models to transformers' state-dict key;
 `flax_to_hf` and `hf_to_flax` both use it. Layouts (ours <-> transformers):
 Linear kernel [in, out] <-> weight [out, in]; grouped kernel [G, in/G, out/G] as-is; embedding/LayerNorm
 scale -> weight; depthwise [k, H] <-> [H, 1, k]; pointwise [H, A] <-> [A, H, 1]; sep-conv bias [A] <-> [A, 1].
+ELECTRA (`ConvBertConfig.is_electra`) has the same names with the body under `electra.` instead of `convbert.`.
 The stacked layers of a `scan_layers` model (`encoder.layer.<name>` [L, ...]) are read and written as L layers
 (`split_stacked`, `join_stacked`), so both forms load and save the same files.
 """
@@ -38,6 +39,7 @@ HUB_PATTERNS = [
     "special_tokens_map.json",
 ]
 BODY = "convbert"  # transformers' base_model_prefix of the task models
+ELECTRA_BODY = "electra"  # the same of transformers' Electra* models (docs/checkpoints.md#hugging-face-electra)
 TIED_KEY, TIED_TO = "generator_lm_head.weight", "convbert.embeddings.word_embeddings.weight"
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")  # non-parameter buffers of older checkpoints
 # transformers classes of the same name; `ConvBertForPreTraining` has none.
@@ -205,7 +207,7 @@ def _param_shapes(model: nnx.Module) -> dict[Path, tuple[int, ...]]:
 
 
 def from_pretrained(cls, path: str, *, rngs: nnx.Rngs | None = None, **config_overrides):
-    """Builds `cls` from a transformers ConvBERT directory (or hub id): `config.json` + weights.
+    """Builds `cls` from a transformers ConvBERT or ELECTRA directory (or hub id): `config.json` + weights.
 
     Checkpoints with or without the `convbert.` prefix load into any class: a task checkpoint loaded into
     `ConvBertModel` drops its head; a checkpoint without this class's head (a bare model, or another task)
@@ -215,6 +217,7 @@ def from_pretrained(cls, path: str, *, rngs: nnx.Rngs | None = None, **config_ov
     directory = resolve_pretrained(path)
     config = ConvBertConfig.load(os.path.join(directory, CONFIG_NAME), **config_overrides)
     file, state = read_weights(directory)
+    state = {BODY + k[len(ELECTRA_BODY) :] if k.startswith(ELECTRA_BODY + ".") else k: v for k, v in state.items()}
     abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
     model_shapes = _param_shapes(abstract)
     shapes = {
@@ -264,11 +267,12 @@ def save_pretrained(model: nnx.Module, path: str) -> list[str]:
     """Writes `config.json` + weights in transformers' names and layouts; returns the written files.
 
     * transformers computes the same function (`config.hf_compatible`, a class transformers has, the 'hf'
-      classifier head): `model.safetensors`, loadable with `transformers.<ClassName>.from_pretrained(path)`.
+      classifier head): `model.safetensors`, loadable with `transformers.<ClassName>.from_pretrained(path)`
+      (`Electra<Head>` for an `is_electra` config: `model_type: electra`, the body under `electra.`).
       The tied `generator_lm_head.weight` is left out, as transformers does.
     * `ConvBertForPreTraining`: `model.safetensors` with the ELECTRA head under `discriminator_predictions.*`;
-      transformers has no such class, and `transformers.ConvBertModel.from_pretrained(path)` loads the encoder,
-      dropping the head. A UserWarning says so.
+      transformers has no such ConvBERT class, and `transformers.ConvBertModel.from_pretrained(path)` loads the
+      encoder, dropping the head. A UserWarning says so. (ELECTRA: `transformers.ElectraForPreTraining`.)
     * otherwise (conv_type other than sdconv, a head size or concat width transformers cannot build, or
       `classifier_head='original'`) transformers would silently compute something else, so the same tensors go
       to `convbert_jax.safetensors` (a file transformers does not read; lconv's kernel keeps our name
@@ -282,6 +286,8 @@ def save_pretrained(model: nnx.Module, path: str) -> list[str]:
     reasons = list(config.hf_incompatibilities)
     if name == "ConvBertForSequenceClassification" and config.classifier_head == "original":
         reasons.append("classifier_head='original' (transformers' head is dense -> activation -> out_proj)")
+    if name == "ConvBertForSequenceClassification" and config.is_electra and config.hidden_act != "gelu":
+        reasons.append(f"hidden_act={config.hidden_act!r} (transformers' ELECTRA classifier head always uses gelu)")
     if reasons:
         weights_name = NATIVE_WEIGHTS_NAME
         warnings.warn(
@@ -292,7 +298,7 @@ def save_pretrained(model: nnx.Module, path: str) -> list[str]:
         )
     else:
         weights_name = SAFE_WEIGHTS_NAME
-        if name not in HF_CLASSES:
+        if name not in HF_CLASSES and not (config.is_electra and name == "ConvBertForPreTraining"):
             warnings.warn(
                 f"transformers has no {name}; transformers.ConvBertModel.from_pretrained loads the "
                 "encoder of this checkpoint and drops its head.",
@@ -301,6 +307,8 @@ def save_pretrained(model: nnx.Module, path: str) -> list[str]:
             )
     flat = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     tensors = flax_to_hf(split_stacked(flat))
+    if config.is_electra and weights_name == SAFE_WEIGHTS_NAME:
+        tensors = {ELECTRA_BODY + k[len(BODY) :] if k.startswith(BODY + ".") else k: v for k, v in tensors.items()}
     from safetensors.numpy import save_file
 
     os.makedirs(path, exist_ok=True)

@@ -1,6 +1,8 @@
 """The pretraining setup step: everything `pretrain.py` checks and prepares before it compiles, each field once.
 
 `setup(config, workdir)` runs, in order, and returns what the training loop needs (`Setup`):
+  0. `config.init_from`: the source's model, generator fraction and tokenizer into the config (`convbert.init_from`),
+     before any check or write;
   1. the config alone (`config_checks.check_pretraining`: objective, ranges, warmup, lengths, model, objective);
   2. the mesh and the batch size's split over it;
   3. the resume contract (`resume.check_config`), before anything is written: a change a resume may not make stops
@@ -26,7 +28,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from convbert import config_checks, fileio, resume, sharding
+from convbert import config_checks, fileio, init_from, resume, sharding
 from convbert.data import loader, prepare
 from convbert.tokenization import TextTokenizer, load_tokenizer
 
@@ -42,14 +44,22 @@ class Setup:
     tokenizer: TextTokenizer
     resumed: resume.Resume | None  # the newest checkpoint's record, None for a fresh workdir
     eval_on: bool
+    source: init_from.Source | None  # `config.init_from`'s weights, loaded into the fresh state
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax.Device] | None = None) -> Setup:
-    """The checks and preparation above, in that order; ValueErrors name the config key."""
+def setup(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    devices: Sequence[jax.Device] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Setup:
+    """The checks and preparation above, in that order; ValueErrors name the config key. `overrides`: the command
+    line's `--config.KEY` values (`init_from.apply` refuses those that disagree with `config.init_from`)."""
+    workdir = workdir if fileio.is_remote(workdir) else os.path.abspath(workdir)
+    source = init_from.apply(config, workdir, overrides)
     config_checks.check_pretraining(config)
     mesh = sharding.create_mesh(config.mesh.to_dict(), devices)
     sharding.check_batch_size(config.batch_size, mesh, grad_accum_steps=config.grad_accum_steps)
-    workdir = workdir if fileio.is_remote(workdir) else os.path.abspath(workdir)
     resumed = resume.check_config(config, workdir)
     data_dir = prepare_data(config, workdir, resumed)
     manifest = loader.load_manifest(data_dir)
@@ -61,7 +71,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
         fileio.write_dir(os.path.join(workdir, "tokenizer"), tokenizer.save)
     logging.info("mesh %s, data %s, workdir %s", dict(mesh.shape), data_dir, workdir)
-    return Setup(workdir, mesh, data_dir, manifest, tokenizer, resumed, eval_on)
+    return Setup(workdir, mesh, data_dir, manifest, tokenizer, resumed, eval_on, source)
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str, resumed: resume.Resume | None = None) -> str:

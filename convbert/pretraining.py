@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -27,7 +28,18 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from convbert import config_file, distributed, electra, fileio, flops, optim, pretrain_setup, resume, sharding
+from convbert import (
+    config_file,
+    distributed,
+    electra,
+    fileio,
+    flops,
+    init_from,
+    optim,
+    pretrain_setup,
+    resume,
+    sharding,
+)
 from convbert.checkpoint import Checkpointer
 from convbert.config import ConvBertConfig, ElectraConfig
 from convbert.data import loader
@@ -173,16 +185,21 @@ def _check_finite(step: int, metrics: Mapping[str, jax.Array], checkpoints: Chec
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax.Device] | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    devices: Sequence[jax.Device] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """Pretrains (or resumes) in `workdir`; returns the last logged train and eval metrics.
 
     `devices` (default: all) is the device set of the mesh; a subset is for experiments in one process.
+    `overrides`: the command line's `--config.KEY` values (`init_from.apply` refuses those that disagree with
+    `config.init_from`).
     """
     # ---- setup: every check before anything is compiled (`convbert.pretrain_setup`) ----
     quiet_orbax_logs()
     distributed.log_topology()
-    run = pretrain_setup.setup(config, workdir, devices)
+    run = pretrain_setup.setup(config, workdir, devices, overrides)
     workdir, mesh, data_dir, manifest, tokenizer = run.workdir, run.mesh, run.data_dir, run.manifest, run.tokenizer
 
     trainer = Pretrainer(config, mesh, tokenizer.special_ids)
@@ -205,7 +222,7 @@ def train_and_evaluate(
     # ---- state and data position: resume or initialise ----
     restored = checkpoints.restore(trainer.abstract_state())
     if restored is None:
-        state = trainer.init(root_key)
+        state = trainer.init(root_key, None if run.source is None else init_from.load(run.source, config))
         position = resume.DataPosition(0, 0, config.batch_size)
         logging.info("initialised %.2fM parameters", sum(x.size for x in jax.tree.leaves(state.params)) / 1e6)
     else:

@@ -185,7 +185,9 @@ class DataPosition:
     def restored(cls, step: int, meta: Mapping[str, Any] | None, batch_size: int) -> DataPosition:
         """Where a run restored at `step` reads on, at its `batch_size`."""
         meta = meta or {}
-        if "data" in meta:
+        if "data" in meta and meta["data"] is None:  # a TF1 conversion (convbert.tf1): this code read no data yet
+            read, saved_batch = 0, batch_size
+        elif "data" in meta:
             read, saved_batch = meta["data"]["examples_read"], meta["data"]["batch_size"]
         else:  # written before the position was recorded: one global batch per step from example 0
             saved_batch = meta.get("config", {}).get("batch_size", batch_size)

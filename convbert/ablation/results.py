@@ -7,7 +7,7 @@ accuracy, discriminator accuracy / precision / recall / AUC), every task's dev s
 metric, from the fine-tuning driver's `<task>/result.json`) with its median, mean and standard deviation, the
 headline score (the mean over the headline tasks of their medians; its spread: the standard deviation over seeds
 of the per-seed mean over those tasks) and the differences to the reference variant (per task: the difference of
-the means with its standard error, as `convbert.glue.compare.gap`). Every number names the file it comes from.
+the means with its standard error, as `convbert.stats.gap`). Every number names the file it comes from.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from convbert.ablation import plots
 from convbert.ablation import study as study_lib
 from convbert.ablation.study import Variant
 from convbert.config import ConvBertConfig
-from convbert.fileio import write_atomic
+from convbert.fileio import read_json, write_atomic
 from convbert.glue.tasks import DISPLAY_NAMES, get_task
 from convbert.modeling import ConvBertModel, count_params
 from convbert.stats import gap
@@ -84,7 +84,7 @@ def pretraining_summary(stage: study_lib.Stage) -> dict | None:
 
 
 def task_summary(stage: study_lib.Stage) -> dict | None:
-    result = study_lib.read_json(study_lib.finetune_result_path(stage))
+    result = read_json(study_lib.finetune_result_path(stage))
     if result is None:
         return None
     metric = get_task(stage.name).paper_metric

@@ -5,7 +5,9 @@ A study (`configs/ablations/<name>.py`, `get_config(scale)`) is an ml_collection
                  (nested dicts) merged over it for every variant
   variants       name -> a partial pretraining config merged over pretrain.config + overrides, in the study's
                  order (`variants(...)` keeps it; a plain dict is sorted by name); `CONTROL` = {"init": "random"}
-                 fine-tunes a freshly initialised encoder of the reference's config and tokenizer instead
+                 fine-tunes a freshly initialised encoder of the reference's config and tokenizer instead; a
+                 variant's `init_from` (+ `init_generator_from`) starts its pretraining from released weights, whose
+                 model and tokenizer it takes (`convbert.init_from`; docs/checkpoints.md#continued-pretraining)
   finetune       config: a fine-tuning config file (`configs/finetune_glue.py:transfer,tiny`); tasks: a tuple of
                  task names; data_dir: their GLUE-layout folder ("": the Hugging Face hub); overrides: a partial
                  fine-tuning config; task_data_dirs: {task: folder} for tasks read from elsewhere
@@ -230,10 +232,12 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
         problems = apply_overrides(config, flat, where)
         if not problems:
             try:
-                from convbert import config_checks  # imports jax: only when a variant is checked
+                from convbert import config_checks, init_from  # imports jax: only when a variant is checked
 
+                # a variant's `init_from`: its source's model and tokenizer, as the driver resolves them
+                init_from.apply(config, os.path.join(workdir, name, PRETRAIN), {**overrides, **flat})
                 config_checks.check_pretraining(config)
-            except ValueError as e:
+            except (ValueError, OSError) as e:
                 problems.append(f"{where}: {e}")
         if not problems and study.get("knob"):
             try:
