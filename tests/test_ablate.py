@@ -424,3 +424,16 @@ def test_killed_study_resumes_from_the_checkpoint(finished, tmp_path):
     saved = json.loads(Path(workdir, "results.json").read_text())
     assert list(saved["variants"]) == ["gamma_2"] and saved["not_run"] == ["gamma_1", "no_pretraining"]
     assert saved["variants"]["gamma_2"]["pretrain"]["eval_step"] == 100
+
+
+def test_a_run_of_an_older_code_version_is_not_another_configuration(tmp_path):
+    """A stage's config.json written before a config key existed (e.g. `init_from`) still matches; a changed
+    value does not."""
+    from convbert import resume
+
+    config = ml_collections.ConfigDict({"model": {"head_ratio": 2}, "init_from": ""})
+    stage = study_lib.Stage("v", study_lib.PRETRAIN, str(tmp_path), ("python",), config)
+    resume.record_start(str(tmp_path / "config.json"), {"model": {"head_ratio": 2}})
+    assert study_lib.config_mismatch(stage) is None
+    resume.record_start(str(tmp_path / "config.json"), {"model": {"head_ratio": 1}})
+    assert "model.head_ratio: 1 there, 2 now" in study_lib.config_mismatch(stage)

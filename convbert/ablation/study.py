@@ -352,7 +352,8 @@ def config_mismatch(stage: Stage) -> str | None:
     if saved is None:
         return None
     saved, wanted = flatten(saved), flatten(json.loads(stage.config.to_json_best_effort()))
-    keys = [k for k in sorted(saved.keys() | wanted.keys()) if not _same(saved.get(k), wanted.get(k))]
+    # a key on one side only belongs to another code version (as the resume contract, `convbert.resume`)
+    keys = [k for k in sorted(saved.keys() & wanted.keys()) if not _same(saved[k], wanted[k])]
     if not keys:
         return None
     shown = "; ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in keys[:4])
