@@ -9,7 +9,8 @@ Every (checkpoint, mode) pair is one `finetune.run` in `WORKDIR/<name>/<mode>/<s
 together, reruns skip finished seeds); the control is `random:` + the first checkpoint (its config and tokenizer,
 fresh weights). `--modes=finetune,probe,probe_dropout` adds the earlier probe (dropout on in the frozen encoder)
 beside the cached-feature one. Gaps are taken against the control: the difference of the means over seeds, with
-its standard error sqrt(s_a^2 / n_a + s_b^2 / n_b); `z` = gap / standard error ("more than two standard errors" = z > 2).
+its standard error sqrt(s_a^2 / n_a + s_b^2 / n_b); `z` = gap / standard error ("more than two standard errors"
+= z > 2).
 `WORKDIR/comparison.json` and `comparison.md` hold the table.
 """
 
