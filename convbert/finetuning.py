@@ -127,7 +127,7 @@ class SeedsDiverged(RuntimeError):
         super().__init__(
             "non-finite loss, no results for "
             + ", ".join(f"{name} (step {step})" for name, step in self.failed.items())
-            + f"; the other seeds finished. Lower config.{key} (now {peak_learning_rate(config):g}) and rerun the "
+            + f". Lower config.{key} (now {peak_learning_rate(config):g}) and rerun the "
             "same command: finished seeds are kept"
         )
 
@@ -264,7 +264,7 @@ class Trainer(TrainSteps):
         if len(seeds) != self.copies:
             raise ValueError(f"{len(seeds)} seeds for a trainer of {self.copies} copies")
         keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
-        return self.init(keys) if self.encoder_params is None else self.init(keys, {ENCODER: self.encoder_params})
+        return self.init(keys, None if self.encoder_params is None else {ENCODER: self.encoder_params})
 
     def batch(
         self, features: Sequence[dict[str, np.ndarray]], rows: Sequence[np.ndarray], keys: Sequence[str]
@@ -381,12 +381,12 @@ def train_epochs(
                 jax.block_until_ready(out)
                 epoch_start = time.time()
             if step % config.log_every_steps == 0 or step == total:
-                out = jax.device_get(out)
-                for c, writer in enumerate(writers):
-                    if seeds[c] not in diverged:  # loss: over micro-batches
-                        writer.write_scalars(step, {f"train/{k}": float(np.mean(v[c])) for k, v in out.items()})
-                bar.set_postfix(loss=f"{float(np.mean(out['loss'])):.4f}")
-                if not check(state):
+                going, out = check(state), jax.device_get(out)
+                alive = [c for c, seed in enumerate(seeds) if seed not in diverged]
+                for c in alive:  # loss: over micro-batches
+                    writers[c].write_scalars(step, {f"train/{k}": float(np.mean(v[c])) for k, v in out.items()})
+                bar.set_postfix(loss=f"{float(np.mean(out['loss'][alive])) if alive else float('nan'):.4f}")
+                if not going:
                     break
         jax.block_until_ready(state)
         train_time += time.time() - epoch_start

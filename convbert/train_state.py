@@ -145,7 +145,7 @@ class TrainSteps:
     def abstract_state(self) -> TrainState:
         """ShapeDtypeStructs carrying this mesh's shardings (the checkpoint restore target, the AOT input)."""
         key = jax.random.PRNGKey(0)
-        return self.init.eval_shape(key if self.copies is None else jnp.stack([key] * self.copies))
+        return self.init.eval_shape(key if self.copies is None else jnp.stack([key] * self.copies), None)
 
     def abstract_batch(self, shapes: Mapping[str, tuple[Sequence[int], Any]]) -> dict[str, jax.ShapeDtypeStruct]:
         """{name: (global shape of one copy's batch, dtype)} -> ShapeDtypeStructs split over the batch axes, with
