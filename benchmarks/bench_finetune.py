@@ -65,7 +65,6 @@ def torch_seeds(args) -> float:
 
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     import finetune_glue as glue_config
-
     from convbert.glue import finetune
     from convbert.glue.tasks import get_task
 
