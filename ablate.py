@@ -12,7 +12,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from convbert import config_file
+from convbert import compile_cache, config_file
 from convbert.ablation import runner
 from convbert.ablation.study import StudyError
 
@@ -24,6 +24,7 @@ flags.DEFINE_bool(
     False,
     "Print the commands, one per line, and write WORKDIR/commands.sh and WORKDIR/slurm.sh instead of running them.",
 )
+compile_cache.define_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -31,6 +32,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     jax.config.update("jax_platforms", "cpu")  # the runner only traces shapes; the drivers it starts own the devices
+    compile_cache.enable_from_flags()  # exported to the stages it starts
     try:
         runner.run(
             FLAGS.config,

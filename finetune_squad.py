@@ -5,9 +5,11 @@
   python finetune_squad.py --config=configs/finetune_squad.py:v2,base --workdir=workdirs/squad_v2_base
 """
 
+import sys
+
 from absl import app, flags
 
-from convbert import config_file, distributed
+from convbert import config_file, distributed, finetuning
 from convbert.squad import finetune
 
 config_file.define("configs/finetune_squad.py:v1,tiny", "Fine-tuning config (file:version,size).")
@@ -18,7 +20,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     distributed.initialize_from_flags(argv)
-    finetune.run(FLAGS.config, FLAGS.workdir)
+    try:
+        finetune.run(FLAGS.config, FLAGS.workdir)
+    except finetuning.SeedsDiverged as e:  # the finished seeds' results are written
+        print(f"finetune_squad.py: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

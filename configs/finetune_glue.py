@@ -1,7 +1,7 @@
 # GLUE fine-tuning (docs/glue.md; the recipe: docs/recipes.md#glue-fine-tuning). `get_config("TASK,SIZE")`: TASK in
 # cola sst2 mrpc stsb qqp mnli qnli rte wnli ax all, or the transfer suite (transfer, replaced_word, word_order,
-# fill_blank), SIZE in tiny small medium_small base large (sets the recipe, the default checkpoint and the paper
-# numbers shown).
+# fill_blank, deleted_word, inserted_word), SIZE in tiny small medium_small base large (sets the recipe, the default
+# checkpoint and the paper numbers shown).
 #
 #   python finetune_glue.py --config=configs/finetune_glue.py:transfer,tiny \
 #       --config.init_checkpoint=workdirs/pretrain_tiny --config.data_dir=data/transfer --workdir=workdirs/transfer

@@ -88,6 +88,8 @@ FINETUNING: dict[str, Range] = {
     "weight_decay": Range(0),
     "clip_norm": POSITIVE,
     "num_seeds": POSITIVE_INT,
+    "parallel_seeds": COUNT,
+    "probe_memory_fraction": Range(0, 1),
     "seed": COUNT,
     "log_every_steps": POSITIVE_INT,
     "batch_size": POSITIVE_INT,
@@ -184,8 +186,12 @@ def check_pretraining(config: ml_collections.ConfigDict) -> None:
 
 
 def check_finetuning(config: ml_collections.ConfigDict, ranges: Mapping[str, Range] = FINETUNING) -> None:
-    """Ranges and warmup of a fine-tuning config (`FINETUNING`, or `SQUAD`)."""
+    """Ranges, probe mode and warmup of a fine-tuning config (`FINETUNING`, or `SQUAD`)."""
     check_ranges(config, ranges)
+    from convbert.finetuning import PROBES
+
+    if config.probe not in PROBES:
+        raise ValueError(f"config.probe={config.probe!r} must be one of {', '.join(PROBES)}")
     _warn_long_warmup(config.warmup_proportion, 1.0, f"config.warmup_proportion={config.warmup_proportion}")
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 from absl import logging
 
+from convbert import compile_cache
+
 
 def maybe_initialize(
     coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
@@ -54,9 +56,11 @@ def log_topology() -> dict:
 
 
 def define_flags() -> None:
-    """The multi-process flags shared by `pretrain.py` and `finetune_glue.py`."""
+    """The multi-process and compilation-cache flags shared by `pretrain.py`, `finetune_glue.py` and
+    `finetune_squad.py`."""
     from absl import flags
 
+    compile_cache.define_flag()
     flags.DEFINE_string(
         "coordinator_address", None, "host:port of process 0 (multi-process runs without auto-detection)."
     )
@@ -65,8 +69,8 @@ def define_flags() -> None:
 
 
 def initialize_from_flags(argv, config_flag: str = "config") -> None:
-    """Entry-point prologue: tunes host malloc (`convbert.host_malloc`), rejects stray arguments, joins the process
-    group, logs the config and overrides."""
+    """Entry-point prologue: tunes host malloc (`convbert.host_malloc`), rejects stray arguments, turns the
+    compilation cache on (`convbert.compile_cache`), joins the process group, logs the config and overrides."""
     from absl import app, flags
     from ml_collections import config_flags
 
@@ -77,6 +81,7 @@ def initialize_from_flags(argv, config_flag: str = "config") -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
+    compile_cache.enable_from_flags()
     maybe_initialize(f.coordinator_address, f.num_processes, f.process_id)
     logging.info(
         "config %s, overrides %s",

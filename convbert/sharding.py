@@ -164,9 +164,33 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) dimension split over ('data', 'fsdp'); other dimensions replicated."""
-    return NamedSharding(mesh, P(BATCH_AXES))
+def batch_sharding(mesh: Mesh, axes: Sequence[str] = BATCH_AXES) -> NamedSharding:
+    """Leading (batch) dimension split over `axes` (default ('data', 'fsdp')); other dimensions replicated."""
+    return NamedSharding(mesh, P(tuple(axes)))
+
+
+def copies_axis(mesh: Mesh, copies: int) -> str | None:
+    """The mesh axis a leading axis of `copies` stacked models (seeds trained together) is split over: 'data'
+    when its size (> 1) divides `copies`, else None (every device holds every copy)."""
+    return "data" if mesh.shape["data"] > 1 and copies % mesh.shape["data"] == 0 else None
+
+
+def without_axis(rules: Sequence[tuple[str, Any]], axis: str | None) -> tuple[tuple[str, Any], ...]:
+    """`rules` with mesh `axis` removed from every target (the axis the stacked copies take)."""
+    if axis is None:
+        return tuple(tuple(r) for r in rules)
+    out = []
+    for name, target in rules:
+        names = (target,) if isinstance(target, str) else tuple(target or ())
+        out.append((name, tuple(n for n in names if n != axis)))
+    return tuple(out)
+
+
+def stacked(shardings, axis: str | None):
+    """Each NamedSharding of `shardings` with a new leading dimension split over `axis` (None: replicated)."""
+    return jax.tree.map(
+        lambda s: NamedSharding(s.mesh, P(axis, *s.spec)), shardings, is_leaf=lambda x: isinstance(x, NamedSharding)
+    )
 
 
 def check_batch_size(
@@ -197,9 +221,10 @@ def check_batch_size(
         raise ValueError(f"{what} is not divisible by the data x fsdp mesh size {shards} (config.mesh)")
 
 
-def micro_batch_sharding(mesh: Mesh) -> NamedSharding:
-    """[num_micro_batches, micro_batch, ...]: the micro-batch dimension split over ('data', 'fsdp')."""
-    return NamedSharding(mesh, P(None, BATCH_AXES))
+def micro_batch_sharding(mesh: Mesh, axes: Sequence[str] = BATCH_AXES) -> NamedSharding:
+    """[num_micro_batches, micro_batch, ...]: the micro-batch dimension split over `axes` (default
+    ('data', 'fsdp'))."""
+    return NamedSharding(mesh, P(None, tuple(axes)))
 
 
 def shard_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -13,6 +13,14 @@ logical axes (`convbert.sharding`) and jits, under stable names (what ahead-of-t
   abstract_state(), abstract_batch(shapes)        ShapeDtypeStructs carrying the shardings (the inputs of
                                                   `train_step.lower`; the state: a checkpoint's restore target)
 
+With `copies=S` (seeds trained together, `convbert.finetuning`) every array of the state, every batch and every
+eval output has a leading axis of S, and the steps are `jax.vmap`s of the one-copy steps: each copy draws what
+it would alone (its own init key, dropout `fold_in(rng, step)`, its own rows). The copies axis is split over
+the 'data' mesh axis when S is a multiple of its size (each copy's batch then over 'fsdp' only; the rules lose
+'data'), else replicated. A copy whose loss or gradient is not finite keeps its pre-step state and its step
+becomes -(the failed step's number), after which it never updates; the other copies go on (the loss_fn's
+metrics must hold 'loss').
+
 The model is rebuilt with `nnx.merge` inside each step; gradients are taken w.r.t. the `nnx.Param` state only.
 The step key is `fold_in(state.rng, state.step)`, so a resumed run draws what the uninterrupted one does.
 
@@ -77,9 +85,13 @@ class TrainSteps:
         normalizers_fn: Callable[[Batch], Any] | None = None,
         grad_accum_steps: int = 1,
         frozen: Sequence[str] = (),
+        copies: int | None = None,
     ):
         self.model_fn, self.loss_fn, self.eval_fn, self.normalizers_fn = model_fn, loss_fn, eval_fn, normalizers_fn
-        self.mesh, self.rules = mesh, tuple(tuple(r) for r in rules)
+        self.copies = copies
+        self.copies_axis = None if copies is None else sharding.copies_axis(mesh, copies)
+        self.batch_axes = tuple(a for a in sharding.BATCH_AXES if a != self.copies_axis)
+        self.mesh, self.rules = mesh, sharding.without_axis(rules, self.copies_axis)
         self.grad_accum_steps, self.frozen = grad_accum_steps, tuple(frozen)
         self.graphdef, abstract_params, self.rest = nnx.split(
             nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))), nnx.Param, ...
@@ -87,7 +99,6 @@ class TrainSteps:
         self.tx, self.schedule = optimizer_fn(abstract_params)
 
         self.replicated = repl = sharding.replicated(mesh)
-        self.batch_sharding = sharding.batch_sharding(mesh)
         self.param_shardings = sharding.param_shardings(abstract_params, mesh, self.rules)
         self.state_shardings = TrainState(
             step=repl,
@@ -97,15 +108,25 @@ class TrainSteps:
                 self.tx, jax.eval_shape(self.tx.init, abstract_params), abstract_params, mesh, self.rules
             ),
         )
-        self.init = jax.jit(self._init, out_shardings=self.state_shardings)
+        self.batch_sharding = sharding.batch_sharding(mesh, self.batch_axes)
+        train, evaluate, init = self._train_step, self._eval_step, self._init
+        if copies is not None:  # a leading axis of `copies` over everything but the eval rng
+            stack = functools.partial(sharding.stacked, axis=self.copies_axis)
+            self.param_shardings, self.state_shardings = stack(self.param_shardings), stack(self.state_shardings)
+            self.batch_sharding = stack(self.batch_sharding)
+            vmap = functools.partial(jax.vmap, spmd_axis_name=self.copies_axis)
+            train = vmap(self._train_step_or_keep)
+            evaluate = vmap(self._eval_step, in_axes=(0, 0, None))
+            init = jax.vmap(self._init, in_axes=(0, None))
+        self.init = jax.jit(init, out_shardings=self.state_shardings)
         self.train_step = jax.jit(
-            self._on_mesh(self._train_step),
+            self._on_mesh(train),
             in_shardings=(self.state_shardings, self.batch_sharding),
             out_shardings=(self.state_shardings, repl),
             donate_argnums=0,
         )
         self.eval_step = jax.jit(
-            self._on_mesh(self._eval_step),
+            self._on_mesh(evaluate),
             in_shardings=(self.param_shardings, self.batch_sharding, repl),
             out_shardings=repl,
         )
@@ -123,12 +144,15 @@ class TrainSteps:
 
     def abstract_state(self) -> TrainState:
         """ShapeDtypeStructs carrying this mesh's shardings (the checkpoint restore target, the AOT input)."""
-        return self.init.eval_shape(jax.random.PRNGKey(0))
+        key = jax.random.PRNGKey(0)
+        return self.init.eval_shape(key if self.copies is None else jnp.stack([key] * self.copies), None)
 
     def abstract_batch(self, shapes: Mapping[str, tuple[Sequence[int], Any]]) -> dict[str, jax.ShapeDtypeStruct]:
-        """{name: (global shape, dtype)} -> ShapeDtypeStructs split over the batch axes (the AOT input)."""
+        """{name: (global shape of one copy's batch, dtype)} -> ShapeDtypeStructs split over the batch axes, with
+        the leading copies axis when stacked (the AOT input)."""
+        lead = () if self.copies is None else (self.copies,)
         return {
-            k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype), sharding=self.batch_sharding)
+            k: jax.ShapeDtypeStruct((*lead, *shape), np.dtype(dtype), sharding=self.batch_sharding)
             for k, (shape, dtype) in shapes.items()
         }
 
@@ -164,7 +188,7 @@ class TrainSteps:
             grads, metrics = grad_fn(params, batch, rng, normalizers)
             return grads, jax.tree.map(lambda x: x[None], metrics)
         micro = jax.tree.map(lambda x: x.reshape(-1, k, *x.shape[1:]).swapaxes(0, 1), batch)
-        micro = jax.lax.with_sharding_constraint(micro, sharding.micro_batch_sharding(self.mesh))
+        micro = jax.lax.with_sharding_constraint(micro, sharding.micro_batch_sharding(self.mesh, self.batch_axes))
 
         def accumulate(total, xs):
             i, micro_batch = xs
@@ -184,6 +208,15 @@ class TrainSteps:
             learning_rate=self.schedule(state.step),
         )
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    def _train_step_or_keep(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        """`_train_step` of one copy, kept only where the loss and gradient are finite: else the copy keeps its
+        state and its step becomes -(number of the failed step), after which it never updates again."""
+        new, metrics = self._train_step(state, batch)
+        ok = (state.step >= 0) & jnp.isfinite(metrics["loss"]).all() & jnp.isfinite(metrics["grad_norm"])
+        new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+        failed = jnp.where(state.step >= 0, -state.step - 1, state.step)
+        return new.replace(step=jnp.where(ok, new.step, failed)), metrics
 
     def _eval_step(self, params: nnx.State, batch: Batch, rng: jax.Array | None):
         return self.eval_fn(self.model(params), batch, rng)

@@ -2,6 +2,7 @@
 several test modules."""
 
 import os
+import tempfile
 
 import pytest
 
@@ -10,6 +11,13 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The entry points' persistent compilation cache (convbert.compile_cache), in the tests' own directory (the one
+# pretraining_setup.py uses), also for the drivers the tests start as subprocesses.
+os.environ.setdefault(
+    "CONVBERT_JAX_COMPILATION_CACHE",
+    os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    or os.path.join(tempfile.gettempdir(), f"convbert-jax-test-xla-cache-{os.getuid()}"),
+)
 
 
 @pytest.fixture

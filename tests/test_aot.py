@@ -272,9 +272,18 @@ def test_finetune_step_compiles(tmp_path):
     config.init_checkpoint = str(tmp_path)
     r = aot_compile.compile_report(config, aot_topology.parse_topology("cpu:8"), step="finetune")
     check_report(r, 8)
-    assert r["description"] == "GLUE fine-tuning step (sst2)" and r["global_batch"] == 8 and r["seq_len"] == 64
+    assert (
+        r["description"] == "GLUE fine-tuning step (sst2, 1 seed together)"
+        and r["global_batch"] == 8
+        and r["seq_len"] == 64
+    )
     assert r["state_bytes_per_device"] == r["per_device_bytes"]["aliased"]
     assert r["model_flops_per_step"] is None and r["estimated_mfu"] is None
+    # 4 seeds vectorised; data=8 does not divide 4, so every device holds the 4 seeds' state
+    config.parallel_seeds = 4
+    seeds = aot_compile.compile_report(config, aot_topology.parse_topology("cpu:8"), step="finetune")
+    assert seeds["description"] == "GLUE fine-tuning step (sst2, 4 seeds together)"
+    assert seeds["state_bytes_per_device"] == pytest.approx(4 * r["state_bytes_per_device"], rel=0.01)
 
 
 @pytest.mark.slow

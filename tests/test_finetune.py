@@ -181,20 +181,27 @@ class Crash(RuntimeError):
 
 @pytest.fixture
 def fake_training(monkeypatch):
-    """Replaces the trainer: dev metrics 50 + seed, all-zero test predictions; `crash_on` raises there."""
+    """Replaces the trainer: groups of 2 seeds, dev metrics 50 + seed, all-zero test predictions; `crash_on`
+    raises there."""
     calls = []
     state = types.SimpleNamespace(crash_on=None, calls=calls)
 
-    def train_seed(trainer, task_data, seed, logdir):
-        calls.append((trainer.task.name, seed))
+    def train_group(trainer, task_data, seeds, task_dir):
+        calls.extend((trainer.task.name, seed) for seed in seeds)
         if trainer.task.name == state.crash_on:
             raise Crash(trainer.task.name)
-        dev = {k: 50.0 + seed for k in trainer.task.metric_keys()}
-        return {"seed": seed, "dev": dev}, {n: np.zeros(len(ix)) for n, (_, ix) in task_data.test.items()}
+        return {
+            seed: (
+                {"seed": seed, "dev": {k: 50.0 + seed for k in trainer.task.metric_keys()}},
+                {n: np.zeros(len(ix)) for n, (_, ix) in task_data.test.items()},
+            )
+            for seed in seeds
+        }, {}
 
     monkeypatch.setattr(finetune, "TaskTrainer", lambda task, *args: types.SimpleNamespace(task=task))
     monkeypatch.setattr(finetune, "load_encoder", lambda *args: None)
-    monkeypatch.setattr(finetune, "train_seed", train_seed)
+    monkeypatch.setattr(finetune, "group_size", lambda *args: 2)
+    monkeypatch.setattr(finetune, "train_group", train_group)
     return state
 
 
@@ -250,11 +257,13 @@ def _sst2_trainer(source, **overrides):
     task = TASKS["sst2"]
     task_data = finetune.prepare_task(task, config, finetune.load_tokenizer(src.tokenizer_dir), [])
     mesh = finetune.sharding.create_mesh(config.mesh.to_dict())
-    return finetune.TaskTrainer(task, finetune.load_encoder(src, config), config, mesh, task_data), task_data, src
+    copies = config.parallel_seeds or config.num_seeds
+    trainer = finetune.TaskTrainer(task, finetune.load_encoder(src, config), config, mesh, task_data, copies)
+    return trainer, task_data, src
 
 
-def _encoder_arrays(params):
-    return {p: np.asarray(v) for p, v in nnx.to_flat_state(params["convbert"])}
+def _encoder_arrays(params, copy=0):
+    return {p: np.asarray(v)[copy] for p, v in nnx.to_flat_state(params["convbert"])}
 
 
 def test_random_init_starts_from_fresh_weights_with_the_same_config_and_tokenizer(checkpoint):
@@ -264,7 +273,7 @@ def test_random_init_starts_from_fresh_weights_with_the_same_config_and_tokenize
     assert (random_src.model_dir, random_src.tokenizer_dir) == (src.model_dir, src.tokenizer_dir)
     assert control.encoder.params is None and control.encoder.config == pretrained.encoder.config
     ours, fresh, fresh_again = (
-        _encoder_arrays(t.init_state(seed).params) for t, seed in ((pretrained, 0), (control, 0), (control, 1))
+        _encoder_arrays(t.init_state([seed]).params) for t, seed in ((pretrained, 0), (control, 0), (control, 1))
     )
     assert ours.keys() == fresh.keys() and all(ours[k].shape == fresh[k].shape for k in ours)
     kernels = [k for k in ours if k[-1] == "kernel"]
@@ -287,14 +296,20 @@ def test_random_init_results_say_so(tmp_path, checkpoint, fake_training):
 
 
 def test_frozen_encoder_stays_bit_for_bit_and_the_head_trains(checkpoint):
-    trainer, task_data, _ = _sst2_trainer(checkpoint, freeze_encoder=True, batch_size=8)
-    state = trainer.init_state(0)
+    """The frozen encoder run in the step (probe 'per_step_dropout', the earlier probe), 2 seeds together."""
+    trainer, task_data, _ = _sst2_trainer(
+        checkpoint, freeze_encoder=True, probe="per_step_dropout", batch_size=8, num_seeds=2
+    )
+    state = trainer.init_state([0, 1])
     before = _encoder_arrays(state.params)
     head_before = {p: np.asarray(v) for p, v in nnx.to_flat_state(state.params["classifier"])}
     for step in range(3):
-        rows = np.arange(step * 8, (step + 1) * 8)
-        state, _ = trainer.train_step(state, trainer.batch(task_data.train, rows, (*finetune.data.FEATURES, "labels")))
-    after = _encoder_arrays(state.params)
-    assert all(np.array_equal(before[k], after[k]) for k in before)
+        rows = [np.arange(step * 8, (step + 1) * 8)] * 2
+        state, _ = trainer.train_step(
+            state, trainer.batch([task_data.train] * 2, rows, trainer.input_keys + ("labels",))
+        )
+    for copy in (0, 1):
+        after = _encoder_arrays(state.params, copy)
+        assert all(np.array_equal(before[k], after[k]) for k in before)
     head_after = {p: np.asarray(v) for p, v in nnx.to_flat_state(state.params["classifier"])}
     assert any(not np.array_equal(head_before[k], head_after[k]) for k in head_before)

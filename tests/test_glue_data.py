@@ -261,5 +261,5 @@ def test_unknown_task_lists_the_valid_ones():
         get_task("sts")
     assert task_names("all") == list(TASKS) and task_names("ax") == ["mnli"] and task_names("rte") == ["rte"]
     assert set(TASK_CHOICES) == set(TASKS) | set(TRANSFER_TASKS) | {"ax", "all", "transfer"}
-    assert task_names("transfer") == ["replaced_word", "word_order", "fill_blank"]
+    assert task_names("transfer") == ["replaced_word", "word_order", "fill_blank", "deleted_word", "inserted_word"]
     assert not set(TASKS) & set(TRANSFER_TASKS)  # `all` (GLUE) never runs the transfer suite

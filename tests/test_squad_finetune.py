@@ -3,6 +3,7 @@ fixture that beats the trivial baselines and writes valid files, and a v2.0 run 
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -138,3 +139,23 @@ def test_missing_files_and_bad_keys_fail_before_training(tmp_path, checkpoint):
         finetune.run(config, str(tmp_path / "w"))
     with pytest.raises(ValueError, match="max_seq_length=256 exceeds the checkpoint's max_position_embeddings=128"):
         finetune.run(tiny_config("v1", checkpoint, max_seq_length=256), str(tmp_path / "w"))
+
+
+@pytest.mark.slow
+def test_a_diverging_run_exits_65_without_results(tmp_path, checkpoint):
+    """SQuAD at a huge learning rate, 2 seeds together: both stop at their first non-finite loss, no files."""
+    workdir = tmp_path / "nan"
+    config = tiny_config(
+        "v1", checkpoint, num_seeds=2, num_train_epochs=1, learning_rate=1e6, max_seq_length=64, doc_stride=16
+    )
+    config.update(max_query_length=16, warmup_proportion=0.0)
+    command = [sys.executable, os.path.join(ROOT, "finetune_squad.py"), f"--workdir={workdir}"]
+    command += [f"--config={os.path.join(ROOT, 'configs', 'finetune_squad.py')}:v1,tiny"]
+    command += [f"--config.{k}={config[k]}" for k in ("init_checkpoint", "num_seeds", "num_train_epochs")]
+    command += [f"--config.{k}={config[k]}" for k in ("learning_rate", "max_seq_length", "doc_stride")]
+    command += [f"--config.{k}={config[k]}" for k in ("max_query_length", "warmup_proportion")]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 65, proc.stderr[-2000:]
+    assert "finetune_squad.py: non-finite loss, no results for SQuAD seed 0 (step" in proc.stderr
+    assert "SQuAD seed 1 (step" in proc.stderr and "config.learning_rate" in proc.stderr
+    assert not (workdir / "results.json").exists() and not (workdir / "seed_0" / "result.json").exists()

@@ -119,20 +119,27 @@ def finetuning_trainer(k: int, reduction: str) -> finetuning.Trainer:
         total_steps=10,
         num_layers=2,
         encoder_params=None,
+        copies=1,
+        encode=glue.encode,
+        head=glue.head,
+        inputs=glue.data.FEATURES,
+        encoded=("cls",),
     )
+
+
+def classification_rows() -> dict[str, np.ndarray]:
+    rows = padded_rows(seed=1)
+    return {
+        "input_ids": rows["ids"],
+        "attention_mask": rows["mask"],
+        "token_type_ids": np.zeros_like(rows["ids"]),
+        "labels": (LENGTHS % 2).astype(np.int32),
+    }
 
 
 def classification_batch(trainer: finetuning.Trainer) -> dict[str, jax.Array]:
-    rows = padded_rows(seed=1)
-    return sharding.shard_batch(
-        {
-            "input_ids": rows["ids"],
-            "attention_mask": rows["mask"],
-            "token_type_ids": np.zeros_like(rows["ids"]),
-            "labels": (LENGTHS % 2).astype(np.int32),
-        },
-        trainer.mesh,
-    )
+    """One copy's batch (for `gradients`)."""
+    return sharding.shard_batch(classification_rows(), trainer.mesh)
 
 
 def test_finetuning_accumulation_gives_the_whole_batch_gradient():
@@ -140,9 +147,9 @@ def test_finetuning_accumulation_gives_the_whole_batch_gradient():
     grads = {}
     for k, reduction in ((1, "mean"), (4, "mean"), (4, "sum")):
         trainer = finetuning_trainer(k, reduction)
-        state = trainer.init_state(0)
+        params = jax.tree.map(lambda x: x[0], trainer.init_state([0]).params)  # the one copy
         grads[k, reduction], metrics = jax.jit(trainer.gradients)(
-            state.params, classification_batch(trainer), jax.random.PRNGKey(1)
+            params, classification_batch(trainer), jax.random.PRNGKey(1)
         )
         assert metrics["loss"].shape == (k,)
     assert_same_gradient(grads[4, "mean"], grads[1, "mean"])
@@ -154,19 +161,20 @@ def test_abstract_state_and_an_ahead_of_time_compiled_train_step():
     runs on real arrays, donates the state and keeps every array on its declared sharding."""
     trainer = finetuning_trainer(2, "mean")
     abstract = trainer.abstract_state()
-    state = trainer.init(jax.random.PRNGKey(0))
+    state = trainer.init_state([0])
     assert jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), abstract) == jax.tree.map(
         lambda x: (x.shape, x.dtype, x.sharding), state
     )
-    batch = classification_batch(trainer)
+    rows = classification_rows()
+    batch = trainer.same_batch(rows, np.arange(len(LENGTHS)), list(rows))
     compiled = trainer.train_step.lower(
-        abstract, trainer.abstract_batch({k: (v.shape, v.dtype) for k, v in batch.items()})
+        abstract, trainer.abstract_batch({k: (v.shape, v.dtype) for k, v in rows.items()})
     ).compile()
     before = jax.tree.leaves(state)
     new, metrics = compiled(state, batch)
     assert all(x.is_deleted() for x in before)  # donated
-    assert int(new.step) == 1 and metrics["loss"].shape == (2,)
+    assert new.step.tolist() == [1] and metrics["loss"].shape == (1, 2)  # [copies, micro-batches]
     assert {"grad_norm", "param_norm", "learning_rate"} <= set(metrics)
     for x, s in zip(jax.tree.leaves(new), jax.tree.leaves(trainer.state_shardings), strict=True):
         assert x.sharding.is_equivalent_to(s, x.ndim), (x.sharding, s)
-    assert trainer.eval_step(new.params, batch, None).shape == (len(LENGTHS), 2)
+    assert trainer.eval_step(new.params, batch, None).shape == (1, len(LENGTHS), 2)

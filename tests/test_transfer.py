@@ -121,3 +121,10 @@ def test_corruptions_keep_the_shape_of_the_sentence():
     assert len(diff) == 1 and diff[0][0].count(",") == diff[0][1].count(",")
     assert transfer.fill_blank(sentence, np.random.default_rng(1), sampler, label=0)[0] == sentence
     assert transfer.word_order("the the the the the the", rng) is None  # no pair of different words
+    words = sentence.split()
+    deleted = transfer.deleted_word(sentence, rng).split()
+    assert len(deleted) == len(words) - 1 and (deleted[0], deleted[-1]) == (words[0], words[-1])
+    assert any(deleted == words[:i] + words[i + 1 :] for i in range(1, len(words) - 1))
+    inserted = transfer.inserted_word(sentence, rng, sampler).split()
+    assert len(inserted) == len(words) + 1 and (inserted[0], inserted[-1]) == (words[0], words[-1])
+    assert any(inserted[:i] + inserted[i + 1 :] == words for i in range(1, len(words)))

@@ -76,9 +76,10 @@ def pretrain_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
 
 def finetune_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Step:
     """The GLUE fine-tuning step of a `configs/finetune_glue.py` config (its first task for 'all' / 'transfer' /
-    'ax'): `glue.finetune.TaskTrainer.train_step` with the task's head. The encoder's architecture comes from
-    `config.init_checkpoint` when that is a local directory (its config.json), else from the released ConvBERT of
-    `config.size`; no weights are read."""
+    'ax'): `glue.finetune.TaskTrainer.train_step` with the task's head, vectorised over the seeds trained together
+    (`config.parallel_seeds`, 0: `config.num_seeds`; a probe with cached features: the head alone). The encoder's
+    architecture comes from `config.init_checkpoint` when that is a local directory (its config.json), else from
+    the released ConvBERT of `config.size`; no weights are read."""
     from convbert.config import SIZES, size_config
     from convbert.glue import data, finetune, tasks
 
@@ -96,11 +97,16 @@ def finetune_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
     encoder = finetune.Encoder(model_config.resolve_kernels(mesh), None, config.classifier_head)
     b, t = config.batch_size, config.max_seq_length
     # One epoch of one batch: the row count only sets the learning-rate schedule's length.
-    trainer = finetune.TaskTrainer(task, encoder, config, mesh, finetune.TaskData({"labels": np.zeros(b)}, {}, {}))
-    shapes = {
-        **{k: ((b, t), np.int32) for k in data.FEATURES},
-        "labels": ((b,), np.float32 if task.labels is None else np.int32),
-    }
+    copies = config.parallel_seeds or config.num_seeds
+    trainer = finetune.TaskTrainer(
+        task, encoder, config, mesh, finetune.TaskData({"labels": np.zeros(b)}, {}, {}), copies
+    )
+    inputs = (
+        {"cls": ((b, 1, model_config.hidden_size), np.float32)}
+        if trainer.cached
+        else {k: ((b, t), np.int32) for k in data.FEATURES}
+    )
+    shapes = {**inputs, "labels": ((b,), np.float32 if task.labels is None else np.int32)}
     state = trainer.abstract_state()
     return Step(
         trainer.train_step,
@@ -109,7 +115,7 @@ def finetune_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
         b,
         t,
         None,
-        f"GLUE fine-tuning step ({task.name})",
+        f"GLUE fine-tuning step ({task.name}, {copies} seed{'s' * (copies > 1)} together)",
         trainer.model_config,
     )
 

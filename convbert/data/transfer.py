@@ -22,6 +22,14 @@ separately and may share sentences). Tasks (labels balanced exactly in every spl
   fill_blank     (pair) a minimal pair: the sentence as written and the sentence with one word replaced by a word
                  drawn from the word frequencies, in random order (BLiMP-style, Warstadt et al. 2020); label 0 =
                  the first is the original (its word fills the slot), 1 = the second. Chance 50%.
+  deleted_word   (single sentence) 1 = as written, 0 = one inner word deleted (not the first or last token). The
+                 discriminator's objective never removes a token: every word it sees is in place. Chance 50%.
+  inserted_word  (single sentence) 1 = as written, 0 = a word drawn from the word frequencies inserted before an
+                 inner word: the sentence is one word longer and every later word shifts. Chance 50%.
+
+The first three are close to the discriminator's own objective (replaced-token detection on a sentence or a
+pair; a swap looks like two replaced tokens); deletion and insertion are not (manifest version 3 added them; the
+files of the first three are unchanged).
 
 Each task is written in the original GLUE layout (`<Folder>/train.tsv`, `dev.tsv` with labels, `test.tsv` with an
 index and no labels), so `finetune_glue.py --config=configs/finetune_glue.py:transfer,tiny
@@ -46,7 +54,13 @@ from absl import app, flags, logging
 # File-name prefixes of the held-out plays (both editions).
 HELD_OUT = ("winters_tale", "coriolanus", "cymbeline", "troilus_and_cressida", "timon_of_athens")
 SIZES = {"train": 2400, "dev": 1000, "test": 200}  # sentences per split and task
-TASK_FOLDERS = {"replaced_word": "ReplacedWord", "word_order": "WordOrder", "fill_blank": "FillBlank"}
+TASK_FOLDERS = {
+    "replaced_word": "ReplacedWord",
+    "word_order": "WordOrder",
+    "fill_blank": "FillBlank",
+    "deleted_word": "DeletedWord",
+    "inserted_word": "InsertedWord",
+}
 MIN_WORDS, MAX_WORDS = 6, 24
 
 _SPEAKER = re.compile(r"^[A-Z][A-Za-z'. -]{0,40}\.$")  # "CAMILLO." / "First Lord." / "Ber."
@@ -156,6 +170,26 @@ def word_order(sentence: str, rng: np.random.Generator) -> str | None:
     return " ".join(tokens)
 
 
+def inner_slots(tokens: Sequence[str]) -> list[int]:
+    """`word_slots` but the first and last token (a sentence's capital and final punctuation stay in place)."""
+    return [i for i in word_slots(tokens) if 0 < i < len(tokens) - 1]
+
+
+def deleted_word(sentence: str, rng: np.random.Generator) -> str:
+    """One inner word (with the punctuation around it) deleted."""
+    tokens = sentence.split()
+    del tokens[int(rng.choice(inner_slots(tokens)))]
+    return " ".join(tokens)
+
+
+def inserted_word(sentence: str, rng: np.random.Generator, sampler: WordSampler) -> str:
+    """A word drawn from the word frequencies inserted before an inner word (lower case)."""
+    tokens = sentence.split()
+    i = int(rng.choice(inner_slots(tokens)))
+    tokens.insert(i, sampler.draw(rng, _split_word(tokens[i])[1]))
+    return " ".join(tokens)
+
+
 def fill_blank(sentence: str, rng: np.random.Generator, sampler: WordSampler, label: int) -> tuple[str, str]:
     """A minimal pair: the sentence twice, one word slot filled once with its own word and once with a word drawn
     from the word frequencies; the original is the first sentence for label 0 and the second for label 1."""
@@ -185,6 +219,10 @@ def build_task(
                 rows.append({"sentence": sentence if label else replaced_word(sentence, rng, sampler), "label": label})
             elif task == "word_order":
                 rows.append({"sentence": sentence if label else word_order(sentence, rng), "label": label})
+            elif task == "deleted_word":
+                rows.append({"sentence": sentence if label else deleted_word(sentence, rng), "label": label})
+            elif task == "inserted_word":
+                rows.append({"sentence": sentence if label else inserted_word(sentence, rng, sampler), "label": label})
             else:
                 a, b = fill_blank(sentence, rng, sampler, label)
                 rows.append({"sentence1": a, "sentence2": b, "label": label})
@@ -252,7 +290,7 @@ def build_suite(output_dir: str, texts_dir: str | None = None, corpus_dir: str |
     sampler = WordSampler(pool)
     manifest = {
         "format": "convbert-transfer-suite",
-        "version": 2,
+        "version": 3,
         "seed": seed,
         "held_out_texts": [os.path.basename(p) for p in held],
         "pretraining_texts": [os.path.basename(p) for p in rest],

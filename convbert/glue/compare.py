@@ -5,10 +5,12 @@ on the transfer suite and the SST-2 sample, then prints one table of medians and
   python -m convbert.glue.compare --checkpoint=electra=workdirs/pretrain_tiny \
       --checkpoint=mlm=workdirs/pretrain_tiny_mlm --workdir=workdirs/transfer_tiny
 
-Every (checkpoint, mode) pair is one `finetune.run` in `WORKDIR/<name>/<mode>/<suite>` (so reruns skip finished
-seeds); the control is `random:` + the first checkpoint (its config and tokenizer, fresh weights). Gaps are taken
-against the control: the difference of the means over seeds, with its standard error
-sqrt(s_a^2 / n_a + s_b^2 / n_b); `z` = gap / standard error ("more than two standard errors" = z > 2).
+Every (checkpoint, mode) pair is one `finetune.run` in `WORKDIR/<name>/<mode>/<suite>` (its seeds trained
+together, reruns skip finished seeds); the control is `random:` + the first checkpoint (its config and tokenizer,
+fresh weights). `--modes=finetune,probe,probe_dropout` adds the earlier probe (dropout on in the frozen encoder)
+beside the cached-feature one. Gaps are taken against the control: the difference of the means over seeds, with
+its standard error sqrt(s_a^2 / n_a + s_b^2 / n_b); `z` = gap / standard error ("more than two standard errors"
+= z > 2).
 `WORKDIR/comparison.json` and `comparison.md` hold the table.
 """
 
@@ -16,19 +18,28 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 from absl import app, flags, logging
 
-from convbert import config_file, host_malloc
+from convbert import compile_cache, config_file, host_malloc
 from convbert.fileio import write_atomic
+from convbert.finetuning import SeedsDiverged
 from convbert.glue import finetune
 from convbert.glue.tasks import DISPLAY_NAMES, get_task
 from convbert.stats import gap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONTROL = "random"
-MODES = {"finetune": False, "probe": True}  # mode -> freeze_encoder
+# mode -> config overrides: fine-tune; probe = encoder frozen, head trained on [CLS] features computed once;
+# probe_dropout = the earlier probe, the frozen encoder run in every step with dropout on (not in the default modes)
+MODES = {
+    "finetune": dict(freeze_encoder=False),
+    "probe": dict(freeze_encoder=True, probe="cached"),
+    "probe_dropout": dict(freeze_encoder=True, probe="per_step_dropout"),
+}
+DEFAULT_MODES = ("finetune", "probe")
 # suite -> (configs/finetune_glue.py task argument, data_dir relative to the repository)
 SUITES = {"transfer": ("transfer", "data/transfer"), "sst2_sample": ("sst2", "data/glue_sample")}
 
@@ -57,7 +68,7 @@ def run_all(
     size: str = "tiny",
     num_seeds: int = 5,
     suites: tuple[str, ...] = tuple(SUITES),
-    modes: tuple[str, ...] = tuple(MODES),
+    modes: tuple[str, ...] = DEFAULT_MODES,
     overrides: dict | None = None,
 ) -> dict:
     """{init: {mode: {task: [dev accuracy (%) per seed]}}} for every checkpoint and the control."""
@@ -72,7 +83,7 @@ def run_all(
                     init_checkpoint=source,
                     data_dir=os.path.join(ROOT, data_dir),
                     num_seeds=num_seeds,
-                    freeze_encoder=MODES[mode],
+                    **MODES[mode],
                     **(overrides or {}),
                 )
                 logging.info("compare: %s / %s / %s", init, mode, suite)
@@ -126,7 +137,8 @@ def compare(checkpoints: dict[str, str], workdir: str, **kw) -> dict:
     write_atomic(os.path.join(workdir, "comparison.json"), json.dumps(result, indent=2) + "\n")
     intro = (
         f"Dev accuracy (%) over {result['rows'][0]['seeds']} seeds; `{CONTROL}` = the same config and tokenizer "
-        "with freshly initialised weights; probe = encoder frozen, only the head trained.\n\n"
+        "with freshly initialised weights; probe = encoder frozen, only the head trained (on [CLS] features computed "
+        "once, dropout off); probe_dropout = the frozen encoder run with dropout on in every step.\n\n"
     )
     write_atomic(os.path.join(workdir, "comparison.md"), intro + md)
     print("\n" + intro + md, flush=True)
@@ -144,7 +156,8 @@ def _define_flags():
     flags.DEFINE_string("size", "tiny", "The fine-tuning recipe of configs/finetune_glue.py.")
     flags.DEFINE_integer("num_seeds", 5, "Fine-tuning seeds per task, mode and checkpoint.")
     flags.DEFINE_list("suites", list(SUITES), f"Which of {', '.join(SUITES)}.")
-    flags.DEFINE_list("modes", list(MODES), f"Which of {', '.join(MODES)}.")
+    flags.DEFINE_list("modes", list(DEFAULT_MODES), f"Which of {', '.join(MODES)}.")
+    compile_cache.define_flag()
 
 
 def main(argv):
@@ -155,14 +168,19 @@ def main(argv):
         bad = [v for v in getattr(f, name) if v not in choices]
         if bad:
             raise app.UsageError(f"--{name}: unknown {', '.join(bad)}; choose from {', '.join(choices)}")
-    compare(
-        parse_checkpoints(f.checkpoint),
-        f.workdir,
-        size=f.size,
-        num_seeds=f.num_seeds,
-        suites=tuple(f.suites),
-        modes=tuple(f.modes),
-    )
+    compile_cache.enable_from_flags()
+    try:
+        compare(
+            parse_checkpoints(f.checkpoint),
+            f.workdir,
+            size=f.size,
+            num_seeds=f.num_seeds,
+            suites=tuple(f.suites),
+            modes=tuple(f.modes),
+        )
+    except SeedsDiverged as e:
+        print(f"convbert.glue.compare: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

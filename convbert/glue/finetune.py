@@ -2,14 +2,19 @@
 `num_seeds` seeds.
 
 Each seed draws a new head initialisation, data order and dropout stream; the encoder starts from
-`config.init_checkpoint` every time. Training is data parallel over the mesh (`convbert.finetuning`, shared with
-SQuAD: the model is split once, merged inside the jitted step, the state donated). Dev sets are evaluated after
+`config.init_checkpoint` every time. The seeds of a task train together (`config.parallel_seeds`, a leading seed
+axis on the state; each seed draws what it would alone), data parallel over the mesh (`convbert.finetuning`,
+shared with SQuAD: the model is split once, merged inside the jitted step, the state donated). A probe
+(`freeze_encoder`) trains the head on [CLS] features computed once (`config.probe`). A seed whose loss turns
+non-finite stops and gets no result; the others finish, and the run raises `finetuning.SeedsDiverged` at the
+end (finetune_glue.py exits 65). Dev sets are evaluated after
 every epoch; the reported numbers are those of the final epoch (no model selection, as google-research/electra
 `run_finetuning.py`). Workdir layout:
 
     config.json                          every start's configuration (`convbert.resume.record_start`)
     <task>/seed_<k>/result.json          one finished seed (+ submission/*.tsv, metrics.jsonl, TensorBoard events)
-    <task>/result.json                   the finished task: every seed, the median, the submission seed
+    <task>/result.json                   the finished task: every finished seed, the median, the submission
+                                         seed, the diverged seeds (a rerun trains those again)
     submission/CoLA.tsv ... AX.tsv       test predictions of the median seed, `submission.zip` once complete
     results.json, results.md             all finished tasks, GLUE scores, the paper's numbers beside ours
 
@@ -38,6 +43,7 @@ from convbert.glue import data, metrics, report
 from convbert.glue.submission import write_submission, zip_submission
 from convbert.glue.tasks import TASK_CHOICES, TRANSFER_TASKS, Task, get_task, task_names
 from convbert.heads import ConvBertForSequenceClassification
+from convbert.kernels import KeyChain
 from convbert.metric_writer import MetricWriter
 from convbert.modeling import ConvBertModel
 from convbert.tokenization import load_tokenizer
@@ -201,15 +207,30 @@ def train_steps(task: Task, config, task_data: TaskData) -> int:
     return n // config.batch_size * task_epochs(task, config)
 
 
-class TaskTrainer(finetuning.Trainer):
-    """`finetuning.Trainer` for one GLUE task: ConvBertForSequenceClassification, the task's loss; built once
-    and reused by every seed (the steps compile once per task)."""
+def classifier_config(task: Task, encoder: Encoder, config) -> ConvBertConfig:
+    return encoder.config.replace(num_labels=task.num_labels, classifier_head=encoder.head, dtype=config.dtype)
 
-    def __init__(self, task: Task, encoder: Encoder, config, mesh, task_data: TaskData):
+
+def encode(model, batch) -> dict[str, jax.Array]:
+    """The [CLS] state [B, 1, H] of the encoder, dropout off: what the classification head reads."""
+    out, _ = model.body(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], None, True, None, False)
+    return {"cls": out.last_hidden_state[:, :1]}
+
+
+def head(model, batch, *, deterministic=True, dropout_rng=None) -> jax.Array:
+    """The classification head on `batch['cls']`, with the dropout keys it gets inside the whole model."""
+    keys = KeyChain(None if deterministic else dropout_rng)
+    keys.next()  # the encoder's
+    return model.classifier(batch["cls"], keys)
+
+
+class TaskTrainer(finetuning.Trainer):
+    """`finetuning.Trainer` for one GLUE task and `copies` seeds: ConvBertForSequenceClassification, the task's
+    loss; built once per group size and reused by every group (the steps compile once)."""
+
+    def __init__(self, task: Task, encoder: Encoder, config, mesh, task_data: TaskData, copies: int):
         self.task, self.encoder = task, encoder
-        self.model_config = model_config = encoder.config.replace(
-            num_labels=task.num_labels, classifier_head=encoder.head, dtype=config.dtype
-        )
+        self.model_config = model_config = classifier_config(task, encoder, config)
         regression = task.labels is None
 
         def forward(model, batch, **kw):
@@ -224,64 +245,101 @@ class TaskTrainer(finetuning.Trainer):
             train_steps(task, config, task_data),
             model_config.num_hidden_layers,
             encoder.params,
+            copies,
+            encode,
+            head,
+            data.FEATURES,
+            ("cls",),
         )
 
-    def predict(self, params, features: dict[str, np.ndarray]) -> np.ndarray:
-        """Label ids (or normalised STS-B scores) for every row; the eval set is padded with ignored dummy rows
-        to a multiple of the eval batch size (docs/recipes.md#glue-inputs)."""
-        n, bs = len(features["input_ids"]), self.config.eval_batch_size
-        padded = data.pad_to_multiple(features, bs)
-        logits = np.concatenate(
-            [
-                np.asarray(self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES), None))
-                for i in range(0, len(padded["input_ids"]), bs)
-            ]
-        )[:n]
-        return logits[:, 0] if self.task.labels is None else logits.argmax(-1)
+    def predict(self, params, features: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """[copies, N]: label ids (or normalised STS-B scores) for every row of `features[c]`."""
+        logits = finetuning.predict(self, params, features)
+        return logits[..., 0] if self.task.labels is None else logits.argmax(-1)
 
-    def evaluate(self, params, dev: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
-        out = {}
+    def evaluate(self, params, dev: dict[str, list[dict[str, np.ndarray]]]) -> list[dict[str, float]]:
+        """Per copy, the task's metrics on every dev split."""
+        out = [{} for _ in range(self.copies)]
         for suffix, features in dev.items():
-            out.update(metrics.task_metrics(self.task, features["labels"], self.predict(params, features), suffix))
+            for c, preds in enumerate(self.predict(params, features)):
+                out[c].update(metrics.task_metrics(self.task, features[c]["labels"], preds, suffix))
         return out
 
 
-def train_seed(trainer: TaskTrainer, task_data: TaskData, seed: int, logdir: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """Fine-tunes one seed, scoring the dev sets after every epoch; returns (result, {submission file: test
-    predictions})."""
+def group_size(task: Task, encoder: Encoder, config, mesh, num_seeds: int) -> int:
+    """How many seeds of `task` train together (`finetuning.seed_group_size`)."""
+    model_config = classifier_config(task, encoder, config)
+    return finetuning.seed_group_size(
+        config,
+        mesh,
+        lambda rngs: ConvBertForSequenceClassification(model_config, rngs=rngs),
+        config.max_seq_length,
+        num_seeds,
+    )
+
+
+def train_group(
+    trainer: TaskTrainer, task_data: TaskData, seeds: list[int], task_dir: str
+) -> tuple[dict[int, tuple[dict, dict[str, np.ndarray]]], dict[int, int]]:
+    """Fine-tunes `seeds` together, scoring the dev sets after every epoch; returns ({finished seed: (result,
+    {submission file: test predictions})}, {diverged seed: step})."""
     task, config = trainer.task, trainer.config
     bs, total, start = config.batch_size, trainer.total_steps, time.time()
-    resume.clear_interrupted_logs(logdir)  # a seed without result.json starts over
-    writer, history, dev = MetricWriter(logdir), [], {}
+    logdirs = [os.path.join(task_dir, f"seed_{seed}") for seed in seeds]
+    for logdir in logdirs:
+        resume.clear_interrupted_logs(logdir)  # a seed without result.json starts over
+    writers, history, dev = [MetricWriter(d) for d in logdirs], [[] for _ in seeds], [{} for _ in seeds]
+    train, evaluate, test = [task_data.train] * len(seeds), task_data.dev, task_data.test
+    same = lambda features: [features] * len(seeds)
+    if trainer.cached:
+        cache = functools.partial(
+            trainer.cached_features, trainer.init_state(seeds), keys=data.FEATURES, spill_dir=task_dir
+        )
+        train = cache(task_data.train)
+        evaluate = {s: cache(f) for s, f in task_data.dev.items()}
+        test = {name: (cache(f), ix) for name, (f, ix) in task_data.test.items()}
+    else:
+        evaluate = {s: same(f) for s, f in task_data.dev.items()}
+        test = {name: (same(f), ix) for name, (f, ix) in task_data.test.items()}
 
-    def on_epoch_end(epoch, step, state):
-        dev.clear()
-        dev.update(trainer.evaluate(state.params, task_data.dev))
-        history.append({"epoch": epoch, "step": step, **dev})
-        writer.write_scalars(step, {f"dev/{k}": v for k, v in dev.items()})
-        logging.info("%s seed %d epoch %d: %s", task.name, seed, epoch, report.format_metrics(dev))
+    def on_epoch_end(epoch, step, state, alive):
+        scores = trainer.evaluate(state.params, evaluate)
+        for c, seed in enumerate(seeds):
+            if alive[c]:
+                dev[c] = scores[c]
+                history[c].append({"epoch": epoch, "step": step, **scores[c]})
+                writers[c].write_scalars(step, {f"dev/{k}": v for k, v in scores[c].items()})
+                logging.info("%s seed %d epoch %d: %s", task.name, seed, epoch, report.format_metrics(scores[c]))
 
-    state, train_time = finetuning.train_epochs(
+    state, train_time, diverged = finetuning.train_epochs(
         trainer,
-        task_data.train,
-        (*data.FEATURES, "labels"),
-        seed,
+        train,
+        (*trainer.input_keys, "labels"),
+        seeds,
         task_epochs(task, config),
-        writer,
+        writers,
         task.name,
         on_epoch_end,
     )
-    predictions = {name: trainer.predict(state.params, features) for name, (features, _) in task_data.test.items()}
-    writer.close()
-    result = {
-        "seed": seed,
-        "dev": dict(dev),
-        "epochs": history,
-        "train_steps": total,
-        "train_examples_per_sec": (total - 1) * bs / train_time if total > 1 else None,  # after step 1
-        "wall_time_s": time.time() - start,
-    }
-    return result, predictions
+    predictions = {name: trainer.predict(state.params, features) for name, (features, _) in test.items()}
+    for writer in writers:
+        writer.close()
+    finished = {}
+    for c, seed in enumerate(seeds):
+        if seed in diverged:
+            continue
+        result = {
+            "seed": seed,
+            "dev": dev[c],
+            "epochs": history[c],
+            "train_steps": total,
+            # examples of every seed of the group, after step 1
+            "train_examples_per_sec": (total - 1) * bs * len(seeds) / train_time if total > 1 else None,
+            "seeds_together": len(seeds),
+            "wall_time_s": time.time() - start,
+        }
+        finished[seed] = result, {name: p[c] for name, p in predictions.items()}
+    return finished, diverged
 
 
 # ------------------------------------------------------------------------------------------------
@@ -320,26 +378,43 @@ def check_files(names: list[str], config, require_ax: bool) -> None:
 
 
 def run_task(task: Task, config, workdir: str, encoder_fn, tokenizer_fn, mesh, test_files: list[str]) -> dict:
-    """All seeds of one task (finished seeds are read back), then the median and the submission files of the
-    median seed; writes `<task>/result.json` last."""
+    """All seeds of one task, trained together in groups (`finetuning.seed_group_size`; finished seeds are read
+    back, an interrupted group starts over), then the median and the submission files of the median seed over
+    the finished seeds; writes `<task>/result.json` last. Returns it, with 'diverged': {seed: step} (only that
+    when every seed diverged)."""
     task_dir = os.path.join(workdir, task.name)
-    task_data, trainer, seeds = None, None, []
+    results, todo, diverged = {}, [], {}
     for seed in range(config.seed, config.seed + config.num_seeds):
         seed_dir = os.path.join(task_dir, f"seed_{seed}")
         result = read_json(os.path.join(seed_dir, "result.json"))
         if result and set(test_files) <= set(result["test_predictions"]):
             logging.info("%s seed %d: finished before, read from %s", task.name, seed, seed_dir)
+            results[seed] = result
         else:
-            if trainer is None:
-                task_data = prepare_task(task, config, tokenizer_fn(), test_files)
-                trainer = TaskTrainer(task, encoder_fn(), config, mesh, task_data)
-            result, predictions = train_seed(trainer, task_data, seed, seed_dir)
-            if jax.process_index() == 0:
-                for name, preds in predictions.items():
-                    write_submission(os.path.join(seed_dir, "submission"), name, task, task_data.test[name][1], preds)
-            result["test_predictions"] = list(predictions)
-            write_json(os.path.join(seed_dir, "result.json"), result)
-        seeds.append(result)
+            todo.append(seed)
+    if todo:
+        task_data, encoder = prepare_task(task, config, tokenizer_fn(), test_files), encoder_fn()
+        size = group_size(task, encoder, config, mesh, len(todo))
+        logging.info("%s: seeds %s, %d at a time", task.name, todo, size)
+        trainers = {}
+        for group in finetuning.seed_groups(todo, size):
+            if len(group) not in trainers:
+                trainers[len(group)] = TaskTrainer(task, encoder, config, mesh, task_data, len(group))
+            finished, failed = train_group(trainers[len(group)], task_data, group, task_dir)
+            diverged.update(failed)
+            for seed, (result, predictions) in finished.items():
+                seed_dir = os.path.join(task_dir, f"seed_{seed}")
+                if jax.process_index() == 0:
+                    for name, preds in predictions.items():
+                        write_submission(
+                            os.path.join(seed_dir, "submission"), name, task, task_data.test[name][1], preds
+                        )
+                result["test_predictions"] = list(predictions)
+                write_json(os.path.join(seed_dir, "result.json"), result)
+                results[seed] = result
+    if not results:
+        return {"task": task.name, "diverged": diverged}
+    seeds = [results[s] for s in sorted(results)]
     median = {k: float(np.median([s["dev"][k] for s in seeds])) for k in task.metric_keys()}
     chosen = finetuning.median_seed(seeds, lambda s: s["dev"][task.paper_metric])
     if jax.process_index() == 0:
@@ -352,6 +427,7 @@ def run_task(task: Task, config, workdir: str, encoder_fn, tokenizer_fn, mesh, t
         "seeds": seeds,
         "submission_seed": chosen["seed"],
         "submission_files": test_files,
+        "diverged": diverged,  # a rerun trains these seeds again
     }
     write_json(os.path.join(task_dir, "result.json"), result)
     logging.info("%s: median over %d seeds %s", task.name, len(seeds), report.format_metrics(median))
@@ -375,16 +451,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     source = resolve_source(config.init_checkpoint, config.tokenizer)
     encoder_fn = functools.cache(lambda: load_encoder(source, config))  # loaded once, when a seed needs it
     tokenizer_fn = functools.cache(lambda: load_tokenizer(source.tokenizer_dir))
+    diverged = {}  # '<task> seed <k>' -> step
     for name in names:
         task = get_task(name)
         test_files = needed_test_files(task, config, require_ax)
         done = read_json(os.path.join(workdir, name, "result.json"))
-        if done and set(test_files) <= set(done["submission_files"]):
+        if done and set(test_files) <= set(done["submission_files"]) and not done.get("diverged"):
             logging.info(
                 "%s: finished before (%s), skipped; delete that folder to rerun it", name, os.path.join(workdir, name)
             )
             continue
-        run_task(task, config, workdir, encoder_fn, tokenizer_fn, mesh, test_files)
+        result = run_task(task, config, workdir, encoder_fn, tokenizer_fn, mesh, test_files)
+        diverged.update({f"{name} seed {k}": v for k, v in result["diverged"].items()})
     if jax.process_index() == 0:
         zip_submission(os.path.join(workdir, "submission"))
-    return report.write_summary(workdir, config, source.random_init)
+    summary = report.write_summary(workdir, config, source.random_init)
+    if diverged:
+        raise finetuning.SeedsDiverged(diverged, config)
+    return summary

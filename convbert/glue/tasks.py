@@ -290,6 +290,32 @@ TRANSFER_TASKS: dict[str, Task] = {
             unlabelled("sentence1", "sentence2"),
             "FillBlank.tsv",
         ),
+        _task(
+            "deleted_word",
+            "DeletedWord",
+            None,
+            BINARY,
+            ("accuracy",),
+            "accuracy",
+            ("accuracy",),
+            ("sentence", None),
+            Columns("sentence", None, "label"),
+            unlabelled("sentence"),
+            "DeletedWord.tsv",
+        ),
+        _task(
+            "inserted_word",
+            "InsertedWord",
+            None,
+            BINARY,
+            ("accuracy",),
+            "accuracy",
+            ("accuracy",),
+            ("sentence", None),
+            Columns("sentence", None, "label"),
+            unlabelled("sentence"),
+            "InsertedWord.tsv",
+        ),
     ]
 }
 
@@ -313,6 +339,8 @@ DISPLAY_NAMES = {
     "replaced_word": "ReplacedWord",
     "word_order": "WordOrder",
     "fill_blank": "FillBlank",
+    "deleted_word": "DeletedWord",
+    "inserted_word": "InsertedWord",
 }
 
 

@@ -4,8 +4,12 @@ max length 512, doc stride 128, question up to 64 tokens, 2 epochs, layer-wise l
 classifier for v2.0, weight 0.5).
 
 Training runs on `convbert.finetuning` (the core GLUE uses too); the encoder comes from `config.init_checkpoint`
-as for GLUE (`convbert.glue.finetune.resolve_source`, including `random:SRC` and `freeze_encoder`). Dev is scored
-after every epoch; the final epoch's numbers are reported. Workdir layout:
+as for GLUE (`convbert.glue.finetune.resolve_source`, including `random:SRC` and `freeze_encoder`). Seeds train
+together (`config.parallel_seeds`) and a probe (`freeze_encoder`) trains the span head on per-token features
+computed once (`config.probe`; spilled to disk beyond `probe_memory_fraction` of host memory), as for GLUE; a
+seed whose loss turns non-finite stops without results and the run raises `finetuning.SeedsDiverged` at the
+end (finetune_squad.py exits 65). Dev is scored after every epoch; the final epoch's numbers are reported.
+Workdir layout:
 
     config.json                      every start's configuration (`convbert.resume.record_start`)
     seed_<k>/result.json             one finished seed (+ predictions.json, null_odds.json, metrics.jsonl, events)
@@ -23,17 +27,18 @@ import functools
 import json
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import nnx
 
 from convbert import config_checks, finetuning, losses, resume, sharding
 from convbert.config import ConvBertConfig
 from convbert.fileio import read_json, write_atomic
-from convbert.glue.data import pad_to_multiple
 from convbert.glue.finetune import load_encoder, load_tokenizer, resolve_source
 from convbert.heads import ConvBertForQuestionAnswering
 from convbert.metric_writer import MetricWriter
@@ -63,7 +68,10 @@ class SquadModel(ConvBertForQuestionAnswering):
     ) -> dict[str, jax.Array]:
         """{'start_logits', 'end_logits'} [B, T] float32 and, with the classifier, 'null_logits' [B]."""
         out, _ = self.body(input_ids, attention_mask, token_type_ids, None, deterministic, dropout_rng, False)
-        hidden = out.last_hidden_state
+        return self.head(out.last_hidden_state, attention_mask, token_type_ids)
+
+    def head(self, hidden, attention_mask, token_type_ids) -> dict[str, jax.Array]:
+        """The outputs of `__call__` from the encoder's last hidden states [B, T, H] (no dropout)."""
         answer_mask = (attention_mask * token_type_ids).at[:, 0].set(1)
         logits = self.qa_outputs(hidden).astype(jnp.float32) + NO_ANSWER_MASK * (1 - answer_mask)[..., None]
         result = {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
@@ -73,6 +81,17 @@ class SquadModel(ConvBertForQuestionAnswering):
             hidden_null = jax.nn.gelu(self.answerable_hidden(features), approximate=True)
             result["null_logits"] = self.answerable_output(hidden_null)[:, 0].astype(jnp.float32)
         return result
+
+
+def encode(model, batch) -> dict[str, jax.Array]:
+    """The encoder's last hidden states [B, T, H], dropout off: what the span head reads."""
+    out, _ = model.body(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], None, True, None, False)
+    return {"hidden": out.last_hidden_state}
+
+
+def head(model, batch, *, deterministic=True, dropout_rng=None) -> dict[str, jax.Array]:
+    del deterministic, dropout_rng  # the span head has no dropout
+    return model.head(batch["hidden"], batch["attention_mask"], batch["token_type_ids"])
 
 
 def example_losses(outputs: dict[str, jax.Array], batch: dict[str, jax.Array], answerable_weight: float) -> jax.Array:
@@ -148,10 +167,16 @@ def gold_answers(examples: list[data.Example]) -> dict[str, list[str]]:
 # training
 
 
-class SquadTrainer(finetuning.Trainer):
-    """`finetuning.Trainer` for SQuAD: `SquadModel`, the span (+ answerability) loss, dev decoding and scoring."""
+def squad_model_fn(encoder, config) -> Callable[[nnx.Rngs], SquadModel]:
+    model_config, v2 = encoder.config.replace(dtype=config.dtype), config.version == "v2"
+    return lambda rngs: SquadModel(model_config, answerable=v2, rngs=rngs)
 
-    def __init__(self, encoder, config, mesh, num_train_windows: int):
+
+class SquadTrainer(finetuning.Trainer):
+    """`finetuning.Trainer` for SQuAD and `copies` seeds: `SquadModel`, the span (+ answerability) loss, dev
+    decoding and scoring."""
+
+    def __init__(self, encoder, config, mesh, num_train_windows: int, copies: int):
         if num_train_windows < config.batch_size:
             raise ValueError(
                 f"SQuAD: {num_train_windows} training windows are fewer than config.batch_size={config.batch_size}"
@@ -161,90 +186,106 @@ class SquadTrainer(finetuning.Trainer):
                 f"config.max_seq_length={config.max_seq_length} exceeds the checkpoint's "
                 f"max_position_embeddings={encoder.config.max_position_embeddings}"
             )
-        self.v2 = v2 = config.version == "v2"
-        model_config = encoder.config.replace(dtype=config.dtype)
+        self.v2 = config.version == "v2"
 
         def forward(model, batch, **kw):
             return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], **kw)
 
         super().__init__(
-            lambda rngs: SquadModel(model_config, answerable=v2, rngs=rngs),
+            squad_model_fn(encoder, config),
             forward,
             functools.partial(example_losses, answerable_weight=config.answerable_weight),
             config,
             mesh,
             num_train_windows // config.batch_size * config.num_train_epochs,
-            model_config.num_hidden_layers,
+            encoder.config.num_hidden_layers,
             encoder.params,
+            copies,
+            encode,
+            head,
+            data.FEATURES,
+            ("hidden",),
+            ("attention_mask", "token_type_ids"),
         )
 
-    def logits(self, params, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Model outputs for every window; padded with ignored all-zero windows to a multiple of the eval batch."""
-        n, bs = len(features["input_ids"]), self.config.eval_batch_size
-        padded = pad_to_multiple({k: features[k] for k in data.FEATURES}, bs)
-        outs = [
-            jax.tree.map(
-                np.asarray, self.eval_step(params, self.batch(padded, np.arange(i, i + bs), data.FEATURES), None)
+    def evaluate(
+        self, params, squad: SquadData, dev: list[dict[str, np.ndarray]]
+    ) -> list[tuple[dict[str, float], dict[str, str], dict[str, float] | None]]:
+        """Per copy: (metrics, predictions with '' above the no-answer threshold, null odds or None) on the dev
+        set (`dev[c]`: copy c's dev windows)."""
+        outs, gold, out = finetuning.predict(self, params, dev), gold_answers(squad.dev_examples), []
+        for c in range(self.copies):
+            preds, odds = postprocess.decode(
+                squad.dev_examples,
+                squad.dev,
+                outs["start_logits"][c],
+                outs["end_logits"][c],
+                outs["null_logits"][c] if self.v2 else None,
+                self.config.n_best_size,
+                self.config.max_answer_length,
             )
-            for i in range(0, len(padded["input_ids"]), bs)
-        ]
-        return {k: np.concatenate([o[k] for o in outs])[:n] for k in outs[0]}
-
-    def evaluate(self, params, squad: SquadData) -> tuple[dict[str, float], dict[str, str], dict[str, float] | None]:
-        """(metrics, predictions with '' above the no-answer threshold, null odds or None) on the dev set."""
-        out = self.logits(params, squad.dev)
-        preds, odds = postprocess.decode(
-            squad.dev_examples,
-            squad.dev,
-            out["start_logits"],
-            out["end_logits"],
-            out.get("null_logits"),
-            self.config.n_best_size,
-            self.config.max_answer_length,
-        )
-        gold = gold_answers(squad.dev_examples)
-        if not self.v2:
-            return metrics.evaluate_v1(gold, preds), preds, None
-        scores = metrics.evaluate_v2(gold, preds, odds, self.config.null_threshold)
-        return scores, postprocess.apply_threshold(preds, odds, self.config.null_threshold), odds
+            if not self.v2:
+                out.append((metrics.evaluate_v1(gold, preds), preds, None))
+            else:
+                scores = metrics.evaluate_v2(gold, preds, odds, self.config.null_threshold)
+                out.append((scores, postprocess.apply_threshold(preds, odds, self.config.null_threshold), odds))
+        return out
 
 
-def train_seed(
-    trainer: SquadTrainer, squad: SquadData, seed: int, logdir: str
-) -> tuple[dict, dict[str, str], dict[str, float] | None]:
-    """Fine-tunes one seed, scoring dev after every epoch; returns (result, predictions, null odds)."""
+def train_group(
+    trainer: SquadTrainer, squad: SquadData, seeds: list[int], workdir: str
+) -> tuple[dict[int, tuple[dict, dict[str, str], dict[str, float] | None]], dict[int, int]]:
+    """Fine-tunes `seeds` together, scoring dev after every epoch; returns ({finished seed: (result,
+    predictions, null odds)}, {diverged seed: step})."""
     config, start = trainer.config, time.time()
-    resume.clear_interrupted_logs(logdir)  # a seed without result.json starts over
-    writer, history, last = MetricWriter(logdir), [], {}
+    logdirs = [os.path.join(workdir, f"seed_{seed}") for seed in seeds]
+    for logdir in logdirs:
+        resume.clear_interrupted_logs(logdir)  # a seed without result.json starts over
+    writers, history, last = [MetricWriter(d) for d in logdirs], [[] for _ in seeds], [{} for _ in seeds]
+    if trainer.cached:
+        cache = functools.partial(
+            trainer.cached_features, trainer.init_state(seeds), keys=data.FEATURES, spill_dir=workdir
+        )
+        train, dev = cache(squad.train), cache(squad.dev)
+    else:
+        train, dev = [squad.train] * len(seeds), [squad.dev] * len(seeds)
 
-    def on_epoch_end(epoch, step, state):
-        scores, last["predictions"], last["null_odds"] = trainer.evaluate(state.params, squad)
-        last["dev"] = scores
-        history.append({"epoch": epoch, "step": step, **scores})
-        writer.write_scalars(step, {f"dev/{k}": v for k, v in scores.items()})
-        logging.info("SQuAD %s seed %d epoch %d: %s", config.version, seed, epoch, _format(scores))
+    def on_epoch_end(epoch, step, state, alive):
+        for c, (scores, predictions, null_odds) in enumerate(trainer.evaluate(state.params, squad, dev)):
+            if alive[c]:
+                last[c].update(dev=scores, predictions=predictions, null_odds=null_odds)
+                history[c].append({"epoch": epoch, "step": step, **scores})
+                writers[c].write_scalars(step, {f"dev/{k}": v for k, v in scores.items()})
+                logging.info("SQuAD %s seed %d epoch %d: %s", config.version, seeds[c], epoch, _format(scores))
 
-    _, train_time = finetuning.train_epochs(
+    _, train_time, diverged = finetuning.train_epochs(
         trainer,
-        squad.train,
-        (*data.FEATURES, *data.LABELS),
-        seed,
+        train,
+        (*trainer.input_keys, *data.LABELS),
+        seeds,
         config.num_train_epochs,
-        writer,
+        writers,
         f"SQuAD {config.version}",
         on_epoch_end,
     )
-    writer.close()
-    total = trainer.total_steps
-    result = {
-        "seed": seed,
-        "dev": last["dev"],
-        "epochs": history,
-        "train_steps": total,
-        "train_windows_per_sec": (total - 1) * config.batch_size / train_time if total > 1 else None,
-        "wall_time_s": time.time() - start,
-    }
-    return result, last["predictions"], last["null_odds"]
+    for writer in writers:
+        writer.close()
+    total, finished = trainer.total_steps, {}
+    for c, seed in enumerate(seeds):
+        if seed in diverged:
+            continue
+        result = {
+            "seed": seed,
+            "dev": last[c]["dev"],
+            "epochs": history[c],
+            "train_steps": total,
+            # windows of every seed of the group, after step 1
+            "train_windows_per_sec": (total - 1) * config.batch_size * len(seeds) / train_time if total > 1 else None,
+            "seeds_together": len(seeds),
+            "wall_time_s": time.time() - start,
+        }
+        finished[seed] = result, last[c]["predictions"], last[c]["null_odds"]
+    return finished, diverged
 
 
 # ------------------------------------------------------------------------------------------------
@@ -327,24 +368,40 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         resume.record_finetuning_start(workdir, config)
     source = resolve_source(config.init_checkpoint, config.tokenizer)
-    squad, trainer, seeds, mismatches = None, None, [], {}
+    results, todo, diverged = {}, [], {}
     for seed in range(config.seed, config.seed + config.num_seeds):
         seed_dir = os.path.join(workdir, f"seed_{seed}")
         result = read_json(os.path.join(seed_dir, "result.json"))
         if result:
             logging.info("SQuAD seed %d: finished before, read from %s", seed, seed_dir)
+            results[seed] = result
         else:
-            if trainer is None:
-                squad = prepare_data(config, load_tokenizer(source.tokenizer_dir))
-                trainer = SquadTrainer(load_encoder(source, config), config, mesh, len(squad.train["input_ids"]))
-            result, predictions, null_odds = train_seed(trainer, squad, seed, seed_dir)
-            result["answer_mismatches"] = squad.answer_mismatches
-            files = {"predictions.json": predictions, "null_odds.json": null_odds, "result.json": result}
-            for name, obj in files.items():  # result.json last: it marks the seed finished
-                if obj is not None:
-                    _write_json(os.path.join(seed_dir, name), obj)
-        mismatches = result["answer_mismatches"]
-        seeds.append(result)
+            todo.append(seed)
+    if todo:
+        squad, encoder = prepare_data(config, load_tokenizer(source.tokenizer_dir)), load_encoder(source, config)
+        windows = len(squad.train["input_ids"])
+        size = finetuning.seed_group_size(
+            config, mesh, squad_model_fn(encoder, config), config.max_seq_length, len(todo)
+        )
+        logging.info("SQuAD: seeds %s, %d at a time", todo, size)
+        trainers = {}
+        for group in finetuning.seed_groups(todo, size):
+            if len(group) not in trainers:
+                trainers[len(group)] = SquadTrainer(encoder, config, mesh, windows, len(group))
+            finished, failed = train_group(trainers[len(group)], squad, group, workdir)
+            diverged.update(failed)
+            for seed, (result, predictions, null_odds) in finished.items():
+                result["answer_mismatches"] = squad.answer_mismatches
+                files = {"predictions.json": predictions, "null_odds.json": null_odds, "result.json": result}
+                for name, obj in files.items():  # result.json last: it marks the seed finished
+                    if obj is not None:
+                        _write_json(os.path.join(workdir, f"seed_{seed}", name), obj)
+                results[seed] = result
+    failed = finetuning.SeedsDiverged({f"SQuAD seed {k}": v for k, v in diverged.items()}, config)
+    if not results:
+        raise failed
+    seeds = [results[s] for s in sorted(results)]
+    mismatches = seeds[-1]["answer_mismatches"]
     chosen = finetuning.median_seed(seeds, lambda s: s["dev"]["f1"])
     for name in ("predictions.json", "null_odds.json"):
         path = os.path.join(workdir, f"seed_{chosen['seed']}", name)
@@ -363,6 +420,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "prediction_seed": chosen["seed"],
         "answer_mismatches": mismatches,
         "seeds": [{"seed": s["seed"], "dev": s["dev"]} for s in seeds],
+        "diverged": {str(k): v for k, v in diverged.items()},  # seed -> step; a rerun trains these again
         "references": [
             {"title": r.title, "results": r.results[config.version]} for r in REFERENCES.get(config.size, [])
         ],
@@ -371,4 +429,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         write_atomic(os.path.join(workdir, "results.md"), markdown(summary))
     logging.info("SQuAD %s: median over %d seeds %s", config.version, len(seeds), _format(median))
+    if diverged:
+        raise failed
     return summary
