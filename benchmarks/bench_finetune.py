@@ -65,12 +65,13 @@ def torch_seeds(args) -> float:
 
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     import finetune_glue as glue_config
+    from convbert import finetuning
     from convbert.glue import finetune
     from convbert.glue.tasks import get_task
 
     config = glue_config.get_config(f"{args.task},{args.size}")
     config.update(init_checkpoint=args.checkpoint, data_dir=args.data_dir)
-    source = finetune.resolve_source(config.init_checkpoint)
+    source = finetuning.resolve_source(config.init_checkpoint)
     task = get_task(args.task)
     train = finetune.prepare_task(task, config, finetune.load_tokenizer(source.tokenizer_dir), []).train
     torch.set_num_threads(args.threads)

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from convbert import finetuning
 from convbert.glue import compare, finetune
 
 
@@ -22,7 +23,7 @@ def test_run_all_and_table_over_stand_in_results(tmp_path, monkeypatch):
 
     def run(config, workdir):
         calls.append((config.init_checkpoint, config.freeze_encoder, config.task, workdir))
-        base = 50.0 if config.init_checkpoint.startswith(finetune.RANDOM_INIT) else 60.0
+        base = 50.0 if config.init_checkpoint.startswith(finetuning.RANDOM_INIT) else 60.0
         tasks = ["replaced_word", "word_order", "fill_blank"] if config.task == "transfer" else [config.task]
         return {
             "tasks": {t: {"seeds": [{"seed": s, "accuracy": base + s} for s in range(config.num_seeds)]} for t in tasks}
@@ -70,7 +71,7 @@ def test_the_tiny_recipe_beats_the_random_control_on_word_order(tmp_path):
     workdir = str(tmp_path / "pretrain")
     train_and_evaluate(config, workdir)
     accuracy = {}
-    for name, init in (("pretrained", workdir), ("random", finetune.RANDOM_INIT + workdir)):
+    for name, init in (("pretrained", workdir), ("random", finetuning.RANDOM_INIT + workdir)):
         c = compare.glue_config("word_order", "tiny")
         c.update(init_checkpoint=init, data_dir=str(tmp_path / "suite"), num_seeds=1)
         accuracy[name] = finetune.run(c, str(tmp_path / name))["tasks"]["word_order"]["seeds"][0]["accuracy"]

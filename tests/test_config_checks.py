@@ -11,7 +11,7 @@ import jax
 import pytest
 
 import pretraining_setup as setup
-from convbert import config_checks, config_file, pretraining
+from convbert import config_checks, config_file, finetuning, pretraining
 from convbert.data import prepare
 from convbert.data.sources import DEMO_CORPUS_DIR
 from convbert.glue import finetune
@@ -171,7 +171,7 @@ def test_pretraining_workdir_without_export_is_named(tmp_path):
         rf"{workdir}/export/discriminator or {workdir}/export/mlm \(deleted, "
         r"or the run has not finished.*to finish and export$",
     ):
-        finetune.resolve_source(str(workdir))
+        finetuning.resolve_source(str(workdir))
     for step in (300, 1500):
         (workdir / "export" / f"step_{step}" / "discriminator").mkdir(parents=True)
     with pytest.raises(
@@ -179,7 +179,7 @@ def test_pretraining_workdir_without_export_is_named(tmp_path):
         match=rf"or pass an intermediate export such as "
         rf"{workdir}/export/step_1500/discriminator$",
     ):
-        finetune.resolve_source("random:" + str(workdir))
+        finetuning.resolve_source("random:" + str(workdir))
 
 
 @pytest.mark.slow

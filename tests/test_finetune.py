@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from convbert import ConvBertForPreTraining, ConvBertForSequenceClassification, ConvBertModel, hf_io
+from convbert import ConvBertForPreTraining, ConvBertForSequenceClassification, ConvBertModel, finetuning, hf_io
 from convbert.glue import finetune
 from convbert.glue.submission import SUBMISSION_FILES
 from convbert.glue.tasks import TASKS
@@ -77,7 +77,7 @@ def test_layerwise_lr_per_parameter_of_the_classification_model(scan_layers):
     params = jax.tree.map(lambda x: jnp.zeros(x.shape), nnx.state(model, nnx.Param))
     c = glue_config.get_config("sst2,base")
     c.update(weight_decay=0.0, warmup_proportion=0.0)
-    tx, _ = finetune.make_optimizer(c, params, num_layers=2, total_steps=10**9)
+    tx, _ = finetuning.make_optimizer(c, params, num_layers=2, total_steps=10**9)
     updates = jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[0])(jax.tree.map(jnp.ones_like, params), params)
     updates = hf_io.split_stacked({p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(updates)})
     first = {tuple(map(str, p)): float(u.reshape(-1)[0]) for p, u in updates.items()}
@@ -102,7 +102,7 @@ def test_a_probe_trains_the_head_at_the_probe_learning_rate():
     assert c.probe_learning_rate != c.learning_rate
     for freeze, peak in ((False, c.learning_rate), (True, c.probe_learning_rate)):
         c.freeze_encoder = freeze
-        _, schedule = finetune.make_optimizer(c, params, num_layers=2, total_steps=100)
+        _, schedule = finetuning.make_optimizer(c, params, num_layers=2, total_steps=100)
         assert float(schedule(0)) == pytest.approx(peak)
 
 
@@ -125,19 +125,19 @@ def test_pretraining_workdir_and_hf_head_detection(tmp_path, checkpoint):
     with pytest.warns(UserWarning, match="transformers has no ConvBertForPreTraining"):
         pretrained.save_pretrained(str(workdir / "export" / "discriminator"))
     ConvBertTokenizer().save(str(workdir / "tokenizer"))
-    source = finetune.resolve_source(str(workdir))
-    assert source == finetune.Source(str(workdir / "export" / "discriminator"), str(workdir / "tokenizer"))
+    source = finetuning.resolve_source(str(workdir))
+    assert source == finetuning.Source(str(workdir / "export" / "discriminator"), str(workdir / "tokenizer"))
     tokenizer = finetune.load_tokenizer(source.tokenizer_dir)
     assert tokenizer.encode_batch(["hello world"]) == [[7592, 2088]] and tokenizer.cls_token_id == 101
     config = tiny_config("sst2", str(workdir))
-    encoder = finetune.load_encoder(source, config)
+    encoder = finetuning.load_encoder(source, config)
     assert encoder.head == "original" and encoder.config.hidden_size == 64
     hf_dir = str(tmp_path / "hf_classifier")
     randomize(
         nnx.eval_shape(lambda: ConvBertForSequenceClassification(TINY.replace(classifier_head="hf"), rngs=nnx.Rngs(0)))
     ).save_pretrained(hf_dir)
-    assert finetune.load_encoder(finetune.Source(hf_dir, checkpoint), config).head == "hf"
-    assert finetune.resolve_source(checkpoint, tokenizer="vocab.txt").tokenizer_dir == "vocab.txt"
+    assert finetuning.load_encoder(finetuning.Source(hf_dir, checkpoint), config).head == "hf"
+    assert finetuning.resolve_source(checkpoint, tokenizer="vocab.txt").tokenizer_dir == "vocab.txt"
 
 
 # ---- end to end -----------------------------------------------------------------------------------
@@ -253,12 +253,12 @@ def test_ax_needs_the_diagnostic_set_and_missing_files_fail_first(tmp_path, chec
 
 def _sst2_trainer(source, **overrides):
     config = tiny_config("sst2", source, data_dir=os.path.join(ROOT, "data", "glue_sample"), **overrides)
-    src = finetune.resolve_source(config.init_checkpoint)
+    src = finetuning.resolve_source(config.init_checkpoint)
     task = TASKS["sst2"]
     task_data = finetune.prepare_task(task, config, finetune.load_tokenizer(src.tokenizer_dir), [])
     mesh = finetune.sharding.create_mesh(config.mesh.to_dict())
     copies = config.parallel_seeds or config.num_seeds
-    trainer = finetune.TaskTrainer(task, finetune.load_encoder(src, config), config, mesh, task_data, copies)
+    trainer = finetune.TaskTrainer(task, finetuning.load_encoder(src, config), config, mesh, task_data, copies)
     return trainer, task_data, src
 
 
@@ -268,7 +268,7 @@ def _encoder_arrays(params, copy=0):
 
 def test_random_init_starts_from_fresh_weights_with_the_same_config_and_tokenizer(checkpoint):
     pretrained, _, src = _sst2_trainer(checkpoint)
-    control, _, random_src = _sst2_trainer(finetune.RANDOM_INIT + checkpoint)
+    control, _, random_src = _sst2_trainer(finetuning.RANDOM_INIT + checkpoint)
     assert random_src.random_init and not src.random_init
     assert (random_src.model_dir, random_src.tokenizer_dir) == (src.model_dir, src.tokenizer_dir)
     assert control.encoder.params is None and control.encoder.config == pretrained.encoder.config
@@ -288,7 +288,7 @@ def test_random_init_starts_from_fresh_weights_with_the_same_config_and_tokenize
 
 def test_random_init_results_say_so(tmp_path, checkpoint, fake_training):
     summary = finetune.run(
-        tiny_config("sst2", finetune.RANDOM_INIT + checkpoint, data_dir=os.path.join(ROOT, "data", "glue_sample")),
+        tiny_config("sst2", finetuning.RANDOM_INIT + checkpoint, data_dir=os.path.join(ROOT, "data", "glue_sample")),
         str(tmp_path / "r"),
     )
     assert (summary["init"], summary["freeze_encoder"]) == ("random", False)

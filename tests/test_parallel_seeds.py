@@ -73,11 +73,11 @@ def test_seeds_together_match_seeds_one_at_a_time_and_an_interrupted_group_resta
 
 def _probe_trainer(source, probe):
     config = sst2_config(source, freeze_encoder=True, probe=probe, batch_size=8, num_seeds=2)
-    src = finetune.resolve_source(config.init_checkpoint)
+    src = finetuning.resolve_source(config.init_checkpoint)
     task = TASKS["sst2"]
     task_data = finetune.prepare_task(task, config, finetune.load_tokenizer(src.tokenizer_dir), [])
     mesh = finetune.sharding.create_mesh(config.mesh.to_dict())
-    return finetune.TaskTrainer(task, finetune.load_encoder(src, config), config, mesh, task_data, 2), task_data
+    return finetune.TaskTrainer(task, finetuning.load_encoder(src, config), config, mesh, task_data, 2), task_data
 
 
 def _flat(params, name):
@@ -89,7 +89,7 @@ def test_a_probe_on_cached_features_is_the_step_by_step_probe_and_leaves_the_enc
     tmp_path, checkpoint, control
 ):
     """Two seeds; the control (`random:`) caches features per seed, a loaded encoder once for all."""
-    source = (finetune.RANDOM_INIT if control else "") + checkpoint
+    source = (finetuning.RANDOM_INIT if control else "") + checkpoint
     runs = {}
     for probe in ("cached", "per_step"):
         trainer, task_data = _probe_trainer(source, probe)

@@ -289,8 +289,7 @@ def test_throughput_and_mfu(monkeypatch):
 def test_mlm_objective_learns_and_exports_an_encoder_fine_tuning_finds(tmp_path):
     """objective='mlm': one encoder of the discriminator's size, masked-LM loss only; its export is what a
     fine-tuning run of this workdir loads."""
-    from convbert import ConvBertForMaskedLM, flops
-    from convbert.glue import finetune
+    from convbert import ConvBertForMaskedLM, finetuning, flops
 
     config = setup.tiny_config(
         objective="mlm",
@@ -307,7 +306,7 @@ def test_mlm_objective_learns_and_exports_an_encoder_fine_tuning_finds(tmp_path)
     assert sorted(os.listdir(tmp_path / "export")) == ["mlm"]
     model = ConvBertForMaskedLM.from_pretrained(str(tmp_path / "export" / "mlm"))
     assert model.config.hidden_size == config.model.hidden_size
-    assert finetune.resolve_source(str(tmp_path)).model_dir == str(tmp_path / "export" / "mlm")
+    assert finetuning.resolve_source(str(tmp_path)).model_dir == str(tmp_path / "export" / "mlm")
     disc, gen = flops.configs_from(config)
     electra_config = setup.tiny_config()
     assert gen is None and flops.training_flops_per_step(disc, None, 8, 64) < flops.training_flops_per_step(

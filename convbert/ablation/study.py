@@ -41,7 +41,7 @@ from convbert.glue.tasks import PAPER_TASKS, TRANSFER_TASKS
 
 RANDOM = "random"
 CONTROL = {"init": RANDOM}  # the no-pretraining control (`--config.init_checkpoint=random:SRC`)
-RANDOM_INIT = RANDOM + ":"  # convbert.glue.finetune.RANDOM_INIT
+RANDOM_INIT = RANDOM + ":"  # convbert.finetuning.RANDOM_INIT (without importing jax)
 SCALES = ("tiny", "small")
 PRETRAIN = "pretrain"  # the stage name of a variant's pretraining (its fine-tuning stages are named by task)
 PRETRAIN_SCRIPT, FINETUNE_SCRIPT = "pretrain.py", "finetune_glue.py"

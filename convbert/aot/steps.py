@@ -80,13 +80,14 @@ def finetune_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
     (`config.parallel_seeds`, 0: `config.num_seeds`; a probe with cached features: the head alone). The encoder's
     architecture comes from `config.init_checkpoint` when that is a local directory (its config.json), else from
     the released ConvBERT of `config.size`; no weights are read."""
+    from convbert import finetuning
     from convbert.config import SIZES, size_config
     from convbert.glue import data, finetune, tasks
 
     task = tasks.get_task(tasks.task_names(config.task)[0])
-    source = config.init_checkpoint.removeprefix(finetune.RANDOM_INIT)
+    source = config.init_checkpoint.removeprefix(finetuning.RANDOM_INIT)
     if os.path.isdir(source):
-        model_config = ConvBertConfig.load(finetune.resolve_source(source).model_dir)
+        model_config = ConvBertConfig.load(finetuning.resolve_source(source).model_dir)
     elif config.size in SIZES:
         model_config = size_config(config.size)
     else:
@@ -94,7 +95,7 @@ def finetune_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
             f"config.init_checkpoint={config.init_checkpoint!r} is not a local directory; the "
             f"finetune step needs its config.json (size {config.size!r} has no released model)"
         )
-    encoder = finetune.Encoder(model_config.resolve_kernels(mesh), None, config.classifier_head)
+    encoder = finetuning.Encoder(model_config.resolve_kernels(mesh), None, config.classifier_head)
     b, t = config.batch_size, config.max_seq_length
     # One epoch of one batch: the row count only sets the learning-rate schedule's length.
     copies = config.parallel_seeds or config.num_seeds

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from convbert import compile_cache, config_file, host_malloc
+from convbert import compile_cache, config_file, finetuning, host_malloc
 from convbert.fileio import write_atomic
 from convbert.finetuning import SeedsDiverged
 from convbert.glue import finetune
@@ -72,7 +72,7 @@ def run_all(
     overrides: dict | None = None,
 ) -> dict:
     """{init: {mode: {task: [dev accuracy (%) per seed]}}} for every checkpoint and the control."""
-    inits = {**checkpoints, CONTROL: finetune.RANDOM_INIT + next(iter(checkpoints.values()))}
+    inits = {**checkpoints, CONTROL: finetuning.RANDOM_INIT + next(iter(checkpoints.values()))}
     scores = {}
     for init, source in inits.items():
         for mode in modes:

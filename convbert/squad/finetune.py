@@ -4,7 +4,7 @@ max length 512, doc stride 128, question up to 64 tokens, 2 epochs, layer-wise l
 classifier for v2.0, weight 0.5).
 
 Training runs on `convbert.finetuning` (the core GLUE uses too); the encoder comes from `config.init_checkpoint`
-as for GLUE (`convbert.glue.finetune.resolve_source`, including `random:SRC` and `freeze_encoder`). Seeds train
+as for GLUE (`convbert.finetuning.resolve_source`, including `random:SRC` and `freeze_encoder`). Seeds train
 together (`config.parallel_seeds`) and a probe (`freeze_encoder`) trains the span head on per-token features
 computed once (`config.probe`; spilled to disk beyond `probe_memory_fraction` of host memory), as for GLUE; a
 seed whose loss turns non-finite stops without results and the run raises `finetuning.SeedsDiverged` at the
@@ -39,12 +39,13 @@ from flax import nnx
 from convbert import config_checks, finetuning, losses, resume, sharding
 from convbert.config import ConvBertConfig
 from convbert.fileio import read_json, write_atomic
-from convbert.glue.finetune import load_encoder, load_tokenizer, resolve_source
+from convbert.finetuning import load_encoder, resolve_source
 from convbert.heads import ConvBertForQuestionAnswering
 from convbert.metric_writer import MetricWriter
 from convbert.modeling import dense
 from convbert.squad import data, metrics, postprocess
 from convbert.squad.reference import REFERENCES
+from convbert.tokenization import load_tokenizer
 
 VERSIONS = ("v1", "v2")
 NO_ANSWER_MASK = -1000.0  # added to the start / end logits outside [CLS] and the context (qa_tasks.py)
