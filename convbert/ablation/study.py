@@ -37,7 +37,7 @@ import ml_collections
 from convbert import config_file
 from convbert.config_file import apply_overrides, flatten, lookup
 from convbert.fileio import read_json
-from convbert.glue.tasks import PAPER_TASKS, TRANSFER_TASKS
+from convbert.glue.tasks import PAPER_TASKS, TRANSFER_TASKS, check_files
 
 RANDOM = "random"
 CONTROL = {"init": RANDOM}  # the no-pretraining control (`--config.init_checkpoint=random:SRC`)
@@ -207,8 +207,6 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
     """Every variant of `study` with its resolved pretraining config and its stages under `workdir`. Raises
     `StudyError` listing every problem (unknown keys, invalid models, missing fine-tuning data), each naming its
     variant, before anything runs."""
-    from convbert.glue import finetune
-
     errors = _check_study_keys(study)
     if errors:
         raise StudyError("\n".join(errors))
@@ -280,7 +278,7 @@ def resolve(study: ml_collections.ConfigDict, workdir: str) -> dict[str, Variant
             problems = apply_overrides(config, flat_ft, "finetune")
             if not problems:
                 try:
-                    finetune.check_files([task], config, require_ax=False)
+                    check_files([task], config, require_ax=False)
                 except (ValueError, FileNotFoundError) as e:
                     problems.append(f"finetune {task}: {e}")
             errors += problems

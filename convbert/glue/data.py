@@ -161,10 +161,6 @@ def load_split(task: Task, split: Split, data_dir: str, hf_dataset: str, strict:
     return load_tsv_split(data_dir, task, split, strict) if data_dir else load_hf_split(hf_dataset, task, split)
 
 
-def split_available(split: Split, data_dir: str) -> bool:
-    return not data_dir or os.path.isfile(os.path.join(data_dir, split.file))
-
-
 # ------------------------------------------------------------------------------------------------
 # featurisation
 

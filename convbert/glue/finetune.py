@@ -39,7 +39,7 @@ from convbert.fileio import read_json
 from convbert.finetuning import Encoder, load_encoder, resolve_source
 from convbert.glue import data, metrics, report
 from convbert.glue.submission import write_submission, zip_submission
-from convbert.glue.tasks import TASK_CHOICES, TRANSFER_TASKS, Task, get_task, task_names
+from convbert.glue.tasks import TASK_CHOICES, Task, check_files, get_task, needed_test_files, task_names
 from convbert.heads import ConvBertForSequenceClassification
 from convbert.kernels import KeyChain
 from convbert.metric_writer import MetricWriter
@@ -54,15 +54,6 @@ class TaskData:
     train: dict[str, np.ndarray]
     dev: dict[str, dict[str, np.ndarray]]  # metric suffix -> features (with labels)
     test: dict[str, tuple[dict[str, np.ndarray], list[str]]]  # submission file -> (features, index)
-
-
-def needed_test_files(task: Task, config, require_ax: bool) -> list[str]:
-    """The submission files this run writes: all of the task's, AX only where the diagnostic set exists."""
-    return [
-        name
-        for name, split in task.test.items()
-        if name not in task.optional_test or require_ax or data.split_available(split, config.data_dir)
-    ]
 
 
 def prepare_task(task: Task, config, tokenizer, test_files: list[str]) -> TaskData:
@@ -258,31 +249,6 @@ def write_json(path: str, obj) -> None:
     """`fileio.write_json` on process 0."""
     if jax.process_index() == 0:
         fileio.write_json(path, obj)
-
-
-def check_files(names: list[str], config, require_ax: bool) -> None:
-    """Fails before any training when a split file of the run is missing from `config.data_dir`."""
-    if not config.data_dir:
-        local = [name for name in names if name in TRANSFER_TASKS]
-        if local:
-            raise ValueError(
-                f"{', '.join(local)}: transfer-suite tasks are read from config.data_dir only; set "
-                "--config.data_dir=data/transfer (built by python -m convbert.data.transfer)"
-            )
-        return
-    missing = []
-    for name in names:
-        task = get_task(name)
-        tests = [task.test[f] for f in needed_test_files(task, config, require_ax)]
-        missing += [
-            os.path.join(config.data_dir, s.file)
-            for s in (task.train, *task.dev.values(), *tests)
-            if not data.split_available(s, config.data_dir)
-        ]
-    if missing:
-        raise FileNotFoundError(
-            "GLUE files not found (expected the original GLUE layout under config.data_dir): " + ", ".join(missing)
-        )
 
 
 def run_task(task: Task, config, workdir: str, encoder_fn, tokenizer_fn, mesh, test_files: list[str]) -> dict:

@@ -8,7 +8,7 @@ them with the same functions as ours (the paper's 78.9 / 79.7 / 84.9 / 86.4 and 
 
 from __future__ import annotations
 
-import dataclasses
+from convbert.finetuning.reference import Reference
 
 # The paper's Table 3 columns (ConvBERT, arXiv 2008.02496): MNLI QNLI QQP RTE SST-2 MRPC CoLA STS-B, each the
 # task's paper metric.
@@ -49,12 +49,6 @@ def _row(columns, values: str) -> dict[str, dict[str, float]]:
     for (task, metric), v in zip(columns, values.split(), strict=True):
         out.setdefault(task, {})[metric] = float(v)
     return out
-
-
-@dataclasses.dataclass(frozen=True)
-class Reference:
-    title: str
-    results: dict[str, dict[str, float]]
 
 
 REFERENCES: dict[str, list[Reference]] = {

@@ -8,6 +8,7 @@ Label lists are in the order of the Hugging Face label ids, so an HF integer lab
 from __future__ import annotations
 
 import dataclasses
+import os
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,10 @@ class Split:
     file: str
     columns: Columns
     hf: tuple[str, str]
+
+    def available(self, data_dir: str) -> bool:
+        """Whether the file is in `data_dir` ("": the hub, always available)."""
+        return not data_dir or os.path.isfile(os.path.join(data_dir, self.file))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,3 +365,37 @@ def task_names(choice: str) -> list[str]:
     if choice == "ax":
         return ["mnli"]
     return [get_task(choice).name]
+
+
+def needed_test_files(task: Task, config, require_ax: bool) -> list[str]:
+    """The submission files this run writes: all of the task's, AX only where the diagnostic set exists."""
+    return [
+        name
+        for name, split in task.test.items()
+        if name not in task.optional_test or require_ax or split.available(config.data_dir)
+    ]
+
+
+def check_files(names: list[str], config, require_ax: bool) -> None:
+    """Fails before any training when a split file of the run is missing from `config.data_dir`."""
+    if not config.data_dir:
+        local = [name for name in names if name in TRANSFER_TASKS]
+        if local:
+            raise ValueError(
+                f"{', '.join(local)}: transfer-suite tasks are read from config.data_dir only; set "
+                "--config.data_dir=data/transfer (built by python -m convbert.data.transfer)"
+            )
+        return
+    missing = []
+    for name in names:
+        task = get_task(name)
+        tests = [task.test[f] for f in needed_test_files(task, config, require_ax)]
+        missing += [
+            os.path.join(config.data_dir, s.file)
+            for s in (task.train, *task.dev.values(), *tests)
+            if not s.available(config.data_dir)
+        ]
+    if missing:
+        raise FileNotFoundError(
+            "GLUE files not found (expected the original GLUE layout under config.data_dir): " + ", ".join(missing)
+        )

@@ -7,7 +7,7 @@ fine-tune of the released `YituTech/conv-bert-base` weights (JunnYu/paddle_convb
 
 from __future__ import annotations
 
-from convbert.glue.reference import Reference
+from convbert.finetuning.reference import Reference
 
 
 def _em_f1(v1: str, v2: str) -> dict[str, dict[str, float]]:
