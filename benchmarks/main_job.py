@@ -61,6 +61,7 @@ def run(out: str, scratch: str, warm: bool) -> dict:
         "stages": {},
     }
     os.makedirs(out, exist_ok=True)
+    os.makedirs(scratch, exist_ok=True)
     for name, argv in stages(scratch):
         start = time.perf_counter()
         with open(os.path.join(scratch, f"{name}.log"), "w") as log:
