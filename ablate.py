@@ -12,7 +12,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from convbert import config_file
+from convbert import config_file, faults, workdir_lock
 from convbert.ablation import runner
 from convbert.ablation.study import StudyError
 
@@ -32,17 +32,18 @@ def main(argv):
     del argv
     jax.config.update("jax_platforms", "cpu")  # the runner only traces shapes; the drivers it starts own the devices
     try:
-        runner.run(
-            FLAGS.config,
-            config_flags.get_config_filename(FLAGS["config"]),
-            FLAGS.workdir,
-            only=FLAGS.only,
-            dry_run=FLAGS.dry_run,
-            overrides=config_file.override_flags(_CONFIG),
-        )
+        with workdir_lock.hold(FLAGS.workdir):
+            runner.run(
+                FLAGS.config,
+                config_flags.get_config_filename(FLAGS["config"]),
+                FLAGS.workdir,
+                only=FLAGS.only,
+                dry_run=FLAGS.dry_run,
+                overrides=config_file.override_flags(_CONFIG),
+            )
     except (StudyError, runner.StageFailed) as e:
         sys.exit(f"ablate.py: {e}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(faults.exits_on_fault(main))

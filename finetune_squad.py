@@ -7,7 +7,7 @@
 
 from absl import app, flags
 
-from convbert import config_file, distributed
+from convbert import config_file, distributed, faults, workdir_lock
 from convbert.squad import finetune
 
 config_file.define("configs/finetune_squad.py:v1,tiny", "Fine-tuning config (file:version,size).")
@@ -18,8 +18,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     distributed.initialize_from_flags(argv)
-    finetune.run(FLAGS.config, FLAGS.workdir)
+    with workdir_lock.hold_run(FLAGS.workdir, FLAGS.config.distributed.barrier_timeout_s):
+        finetune.run(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(faults.exits_on_fault(main))

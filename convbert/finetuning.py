@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from convbert import optim, sharding
+from convbert import distributed, optim, sharding
 from convbert.metric_writer import MetricWriter
 from convbert.train_state import TrainState, TrainSteps
 
@@ -69,6 +69,7 @@ def default_config(size: str, where: str) -> ml_collections.ConfigDict:
     c.log_every_steps = 10 if size == "tiny" else 100
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))  # data parallel over all devices
     c.sharding_rules = sharding.DEFAULT_RULES
+    c.distributed = distributed.default_config()  # multi-process timeouts (convbert/distributed.py)
     return c
 
 

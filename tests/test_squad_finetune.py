@@ -138,3 +138,28 @@ def test_missing_files_and_bad_keys_fail_before_training(tmp_path, checkpoint):
         finetune.run(config, str(tmp_path / "w"))
     with pytest.raises(ValueError, match="max_seq_length=256 exceeds the checkpoint's max_position_embeddings=128"):
         finetune.run(tiny_config("v1", checkpoint, max_seq_length=256), str(tmp_path / "w"))
+
+
+@pytest.mark.slow
+def test_finetunes_from_a_sentencepiece_checkpoint(tmp_path):
+    """Issue 23 case 6: a checkpoint with the project's SentencePiece tokenizer (the tiny recipe's) fine-tunes on
+    SQuAD (before: "sentencepiece tokenizers give no character offsets; SQuAD needs WordPiece"), and every
+    prediction is a span of its context, the non-ASCII paragraph's included."""
+    from convbert.data.sources import DEMO_CORPUS_DIR
+    from convbert.tokenization import train_sentencepiece
+
+    source = str(tmp_path / "ckpt")
+    save_random_encoder(source)
+    os.remove(os.path.join(source, "vocab.txt"))
+    sp = train_sentencepiece([os.path.join(DEMO_CORPUS_DIR, "hamlet.txt")], str(tmp_path / "sp"), vocab_size=400)
+    sp.save(source)
+    workdir = str(tmp_path / "v1")
+    config = tiny_config(
+        "v1", f"random:{source}", num_train_epochs=1, batch_size=32, eval_batch_size=64, max_seq_length=64
+    )
+    config.update(doc_stride=16, max_query_length=16)
+    finetune.run(config, workdir)
+    predictions = json.loads(Path(workdir, "predictions.json").read_text(encoding="utf-8"))
+    dev = data.load_json(os.path.join(FIXTURES, data.FILES["v1"]["dev"]), "v1")
+    assert set(predictions) == {ex.qid for ex in dev}
+    assert all(predictions[ex.qid] in ex.context for ex in dev)
