@@ -466,7 +466,7 @@ def test_preempted_study_exits_75_and_resumes(tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 75, out[-3000:] + err[-3000:]
     assert err.strip().splitlines()[-1].startswith("ablate.py: Preempted: ")
-    stage = study_lib.resolve(study_lib.load_config_file(spec), workdir)["gamma_2"].pretrain
+    stage = study_lib.resolve(config_file.load(spec), workdir)["gamma_2"].pretrain
     assert json.loads(Path(workdir, "gamma_2", "logs", "pretrain.json").read_text())["returncode"] == 75
     assert not study_lib.is_done(workdir, stage)
 
