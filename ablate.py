@@ -12,7 +12,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from convbert import compile_cache, config_file
+from convbert import compile_cache, config_file, faults, workdir_lock
 from convbert.ablation import runner
 from convbert.ablation.study import StudyError
 
@@ -34,17 +34,18 @@ def main(argv):
     jax.config.update("jax_platforms", "cpu")  # the runner only traces shapes; the drivers it starts own the devices
     compile_cache.enable_from_flags()  # exported to the stages it starts
     try:
-        runner.run(
-            FLAGS.config,
-            config_flags.get_config_filename(FLAGS["config"]),
-            FLAGS.workdir,
-            only=FLAGS.only,
-            dry_run=FLAGS.dry_run,
-            overrides=config_file.override_flags(_CONFIG),
-        )
+        with workdir_lock.hold(FLAGS.workdir):
+            runner.run(
+                FLAGS.config,
+                config_flags.get_config_filename(FLAGS["config"]),
+                FLAGS.workdir,
+                only=FLAGS.only,
+                dry_run=FLAGS.dry_run,
+                overrides=config_file.override_flags(_CONFIG),
+            )
     except (StudyError, runner.StageFailed) as e:
         sys.exit(f"ablate.py: {e}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(faults.exits_on_fault(main))

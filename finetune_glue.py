@@ -5,11 +5,9 @@
   python finetune_glue.py --config=configs/finetune_glue.py:all,base --config.num_seeds=5 --workdir=workdirs/glue_base
 """
 
-import sys
-
 from absl import app, flags
 
-from convbert import config_file, distributed, finetuning
+from convbert import config_file, distributed, faults, workdir_lock
 from convbert.glue import finetune
 
 config_file.define("configs/finetune_glue.py:sst2,tiny", "Fine-tuning config (file:task,size).")
@@ -20,12 +18,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     distributed.initialize_from_flags(argv)
-    try:
+    with workdir_lock.hold_run(FLAGS.workdir, FLAGS.config.distributed.barrier_timeout_s):
         finetune.run(FLAGS.config, FLAGS.workdir)
-    except finetuning.SeedsDiverged as e:  # the finished seeds' results are written
-        print(f"finetune_glue.py: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(faults.exits_on_fault(main))

@@ -7,7 +7,7 @@ python pretrain.py --config=configs/pretrain.py:small --workdir=/ckpt/small --co
 from absl import app, flags
 from ml_collections import config_flags
 
-from convbert import config_file, distributed, pretraining
+from convbert import config_file, distributed, faults, pretraining
 
 config_file.define("configs/pretrain.py:tiny", "Pretraining config (file:size).")
 flags.DEFINE_string("workdir", "workdirs/pretrain_tiny", "Checkpoints, logs and exports; rerun to resume.")
@@ -22,4 +22,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(faults.exits_on_fault(main))

@@ -19,6 +19,7 @@ import dataclasses
 
 import ml_collections
 
+from convbert import distributed
 from convbert.config import SIZES, SPECIAL_ID_FIELDS, ConvBertConfig, ElectraConfig
 from convbert.data.prepare import DEFAULTS as PREPARE
 from convbert.sharding import DEFAULT_RULES
@@ -159,6 +160,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # is converted: no example skipped or repeated) or "optimizer.learning_rate", or "data" (other prepared data).
     c.resume = ml_collections.ConfigDict(dict(allow_changes=""))
     c.profile = ml_collections.ConfigDict(dict(start_step=-1, num_steps=5))  # start_step >= 0 writes a trace
+    # Multi-process timeouts in seconds (convbert/distributed.py, docs/faults.md): jax.distributed.initialize's
+    # initialization / heartbeat / shutdown, the run's own barriers, and the wait for process 0's data preparation.
+    c.distributed = distributed.default_config()
     c.export_hf = True
     c.export_every_steps = 1500 if tiny else 0  # > 0: also export to WORKDIR/export/step_<N> (a learning curve)
     return c

@@ -37,6 +37,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from convbert import distributed
+
 
 def _all_processes(ok: bool) -> bool:
     """True when `ok` holds on every process."""
@@ -109,7 +111,16 @@ class _UnretrievedReadFilter(std_logging.Filter):
 class Checkpointer:
     """Save / restore of (train state, data iterator, meta) with fallback and preemption handling."""
 
-    def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True, handle_sigterm: bool = True):
+    def __init__(
+        self,
+        directory: str,
+        *,
+        max_to_keep: int = 3,
+        async_save: bool = True,
+        handle_sigterm: bool = True,
+        barrier_timeout_s: float = distributed.DEFAULTS["barrier_timeout_s"],
+    ):
+        self._barrier_timeout_s = barrier_timeout_s
         self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -232,7 +243,7 @@ class Checkpointer:
                     restored_step,
                     target,
                 )
-        multihost_utils.sync_global_devices("convbert_checkpoint_quarantine")
+        distributed.barrier("checkpoint_quarantine", self._barrier_timeout_s)
         self._manager.reload()
 
     def wait_until_finished(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
+from convbert import distributed
 from convbert.config import OBJECTIVES, ConvBertConfig, ElectraConfig, generator_config
 from convbert.config_file import lookup, unknown_key
 from convbert.data.example_builder import MIN_RANDOM_LENGTH
@@ -47,6 +48,8 @@ class Range:
 
 
 POSITIVE_INT, COUNT, POSITIVE = Range(1, integer=True), Range(0, integer=True), Range(0, low_open=True)
+# config.distributed (convbert/distributed.py): seconds
+DISTRIBUTED = {f"distributed.{k}": POSITIVE_INT for k in distributed.DEFAULTS}
 PROBABILITY_OPEN_LOW = Range(0, 1, low_open=True)
 DECAY = Range(0, 1, high_open=True)
 
@@ -78,6 +81,7 @@ PRETRAINING: dict[str, Range] = {
     "data.num_workers": COUNT,
     "checkpoint.max_to_keep": POSITIVE_INT,
     "profile.num_steps": POSITIVE_INT,
+    **DISTRIBUTED,
 }
 # convbert.finetuning.default_config (GLUE and SQuAD).
 FINETUNING: dict[str, Range] = {
@@ -95,6 +99,7 @@ FINETUNING: dict[str, Range] = {
     "batch_size": POSITIVE_INT,
     "eval_batch_size": POSITIVE_INT,
     "max_seq_length": Range(4, integer=True),  # [CLS] a [SEP] b [SEP] with one token
+    **DISTRIBUTED,
 }
 SQUAD: dict[str, Range] = {
     **FINETUNING,

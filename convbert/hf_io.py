@@ -195,10 +195,16 @@ def read_weights(directory: str) -> tuple[str, dict[str, np.ndarray]]:
             raise ImportError(f"reading {file} needs PyTorch (pip install torch)") from e
         raw = torch.load(file, map_location="cpu", weights_only=True)
         return file, {k: t.detach().float().numpy() for k, t in raw.items() if t.is_floating_point()}
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(file, framework="flax") as f:  # the flax reader handles bfloat16, numpy's does not
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
+    try:
+        with safe_open(file, framework="flax") as f:  # the flax reader handles bfloat16, numpy's does not
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
+    except SafetensorError as e:
+        raise ValueError(
+            f"{file} cannot be read ({e}; {os.path.getsize(file):,} bytes): it is truncated or damaged, e.g. by an "
+            "interrupted copy or download; copy or export it again"
+        ) from None
     return file, {k: np.asarray(t, np.float32) for k, t in tensors.items() if jnp.issubdtype(t.dtype, jnp.floating)}
 
 

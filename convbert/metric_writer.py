@@ -112,10 +112,34 @@ def _console(key: str, value: float) -> str:
     return f"{name}={value:,.0f}" if abs(value) >= 1e4 else f"{name}={value:.4g}"
 
 
+def _torn(text: str) -> tuple[str, str]:
+    """(the complete records of a JSON-lines text, its torn last line: '' when it ends with a newline)."""
+    cut = text.rfind("\n") + 1
+    return text[:cut], text[cut:]
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSON-lines file; a record cut short (a write that failed, e.g. on a full disk) is skipped
+    with a warning naming the file and line."""
+    records = []
+    for number, line in enumerate(epath.Path(path).read_text().splitlines(), 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            logging.warning(
+                "%s line %d: skipped a torn record (%d characters, cut short by a failed write)",
+                path,
+                number,
+                len(line),
+            )
+    return records
+
+
 class MetricWriter:
     """Console (absl logging), `logdir/metrics.jsonl` and TensorBoard events (tensorboardX) on process 0.
 
-    A remote `logdir` (gs://...) gets metrics.jsonl rewritten on each `flush` (object stores cannot append)."""
+    A remote `logdir` (gs://...) gets metrics.jsonl rewritten on each `flush` (object stores cannot append). A torn
+    last record (a write that failed: a full disk, a killed process) is dropped, with a warning, before appending."""
 
     def __init__(self, logdir: str, *, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
@@ -128,9 +152,17 @@ class MetricWriter:
         path.mkdir(parents=True, exist_ok=True)
         self._jsonl_path = path / "metrics.jsonl"
         self._remote = "://" in logdir
+        text = self._jsonl_path.read_text() if self._jsonl_path.exists() else ""
+        complete, torn = _torn(text)
+        if torn:
+            logging.warning(
+                "%s: dropped a torn last record (%d characters) before appending", self._jsonl_path, len(torn)
+            )
         if self._remote:
-            self._lines = [self._jsonl_path.read_text()] if self._jsonl_path.exists() else []
+            self._lines = [complete] if complete else []
         else:
+            if torn:
+                os.truncate(self._jsonl_path, len(complete.encode()))
             self._jsonl = open(self._jsonl_path, "a")  # noqa: SIM115 (open for the writer's life; `close` closes it)
         self._tb = tensorboardX.SummaryWriter(logdir, flush_secs=30)
 

@@ -1,6 +1,7 @@
 """The pretraining setup step: everything `pretrain.py` checks and prepares before it compiles, each field once.
 
-`setup(config, workdir)` runs, in order, and returns what the training loop needs (`Setup`):
+`setup(config, workdir)` runs, in order, and returns what the training loop needs (`Setup`); before it,
+`pretraining.train_and_evaluate` takes the workdir's lock (`workdir_lock.hold_run`: one run per workdir):
   0. `config.init_from`: the source's model, generator fraction and tokenizer into the config (`convbert.init_from`),
      before any check or write;
   1. the config alone (`config_checks.check_pretraining`: objective, ranges, warmup, lengths, model, objective);
@@ -23,12 +24,10 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 
-from convbert import config_checks, fileio, init_from, resume, sharding
+from convbert import config_checks, distributed, fileio, init_from, resume, sharding
 from convbert.data import loader, prepare
 from convbert.tokenization import TextTokenizer, load_tokenizer
 
@@ -122,7 +121,9 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str, resumed: resum
         except Exception as e:  # noqa: BLE001 - re-raised below, after the others heard of it
             failure = e
     # the others wait here for process 0, and stop too when it failed
-    if not multihost_utils.broadcast_one_to_all(np.int32(failure is None)):
+    if not distributed.agree(
+        "prepare_data", failure is None, config.distributed.prepare_timeout_s, "prepare_timeout_s"
+    ):
         raise failure or RuntimeError(f"process 0 failed to prepare {data_dir}: see its log")
     return data_dir
 

@@ -32,6 +32,7 @@ from convbert import (
     config_file,
     distributed,
     electra,
+    faults,
     fileio,
     flops,
     init_from,
@@ -39,6 +40,7 @@ from convbert import (
     pretrain_setup,
     resume,
     sharding,
+    workdir_lock,
 )
 from convbert.checkpoint import Checkpointer
 from convbert.config import ConvBertConfig, ElectraConfig
@@ -190,12 +192,23 @@ def train_and_evaluate(
     devices: Sequence[jax.Device] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Pretrains (or resumes) in `workdir`; returns the last logged train and eval metrics.
+    """Pretrains (or resumes) in `workdir`; returns the last logged train and eval metrics. Raises
+    `faults.Preempted` when SIGTERM stopped it before its last step (after saving a checkpoint).
 
     `devices` (default: all) is the device set of the mesh; a subset is for experiments in one process.
     `overrides`: the command line's `--config.KEY` values (`init_from.apply` refuses those that disagree with
     `config.init_from`).
     """
+    with workdir_lock.hold_run(workdir, config.distributed.barrier_timeout_s):  # first: one run per workdir
+        return _train_and_evaluate(config, workdir, devices, overrides)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    devices: Sequence[jax.Device] | None,
+    overrides: Mapping[str, Any] | None,
+) -> dict[str, float]:
     # ---- setup: every check before anything is compiled (`convbert.pretrain_setup`) ----
     quiet_orbax_logs()
     distributed.log_topology()
@@ -209,6 +222,7 @@ def train_and_evaluate(
         os.path.join(workdir, "checkpoints"),
         max_to_keep=config.checkpoint.max_to_keep,
         async_save=config.checkpoint.async_save,
+        barrier_timeout_s=config.distributed.barrier_timeout_s,
     )
     root_key = jax.random.PRNGKey(config.seed)
     eval_key = jax.random.fold_in(root_key, 1)  # fixed eval masks; `init` splits root_key for params and steps
@@ -329,4 +343,9 @@ def train_and_evaluate(
         workdir,
         f" | Hugging Face export: {os.path.join(workdir, 'export')}" if exported else "",
     )
+    if int(state.step) < n:
+        raise faults.Preempted(
+            f"stopped for preemption at step {int(state.step)} of {n} after saving checkpoint "
+            f"{checkpoints.directory / str(int(state.step))}: run the same command again to resume"
+        )
     return result

@@ -49,6 +49,7 @@ FREE = (
     "export_every_steps",
     "profile",
     "checkpoint",
+    "distributed",
     "mesh",
     "sharding_rules",
     "data.num_workers",

@@ -7,7 +7,7 @@
 
 The interface: `encode_batch(texts)` gives the ids of each text without special tokens (the example builder and
 the GLUE / SQuAD featurisers add [CLS] / [SEP]); `encode_offsets(texts)` adds the character span of each token
-(SQuAD; WordPiece only); the five special ids (`cls_token_id`, ..., `special_ids`); `save(directory)` writes the
+(SQuAD); the five special ids (`cls_token_id`, ..., `special_ids`); `save(directory)` writes the
 vocabulary or model with `text_tokenizer.json` (WordPiece: transformers' `vocab.txt` + `tokenizer_config.json`).
 In `encode_batch` / `encode_offsets` special-token strings are ordinary text ("[MASK]" -> "[", "mask", "]"), as
 in the BERT `FullTokenizer` google-research/electra pretrains and fine-tunes with (`model/tokenization.py`);
@@ -29,11 +29,14 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
+from convbert import faults
 from convbert.assets import BERT_UNCASED_VOCAB
 
 CONFIG_FILE = "text_tokenizer.json"  # our description of a saved tokenizer (kind, file, lowercase, special ids)
 VOCAB_NAME = "vocab.txt"
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
+# SentencePiece training that fails with less free space than this where it writes is reported as out of space
+SP_MIN_FREE_BYTES = 16 << 20
 KINDS = ("wordpiece", "sentencepiece")  # `TextTokenizer.kind` of ConvBertTokenizer, SentencePieceTokenizer
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 PADDING = {False: None, "do_not_pad": None, True: "longest", "longest": "longest", "max_length": "max_length"}
@@ -75,9 +78,9 @@ class TextTokenizer(abc.ABC):
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, no special tokens added."""
 
+    @abc.abstractmethod
     def encode_offsets(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
         """(ids, [(start, end) character span of each token in its text]) per text, no special tokens."""
-        raise ValueError(f"{self.file}: {self.kind} tokenizers give no character offsets; SQuAD needs WordPiece")
 
     @property
     @abc.abstractmethod
@@ -388,6 +391,14 @@ def _saved_settings(directory: str) -> dict:
     return {k: saved[k] for k in SAVED_SETTINGS if k in saved}
 
 
+def _char_offsets(text: str) -> list[int]:
+    """[the character offset of each UTF-8 byte offset of `text`], len(text.encode()) + 1 entries."""
+    out = []
+    for i, ch in enumerate(text):
+        out += [i] * len(ch.encode())
+    return out + [len(text)]
+
+
 class SentencePieceTokenizer(TextTokenizer):
     """A SentencePiece model trained by `train_sentencepiece` (specials at ids 0-4)."""
 
@@ -403,6 +414,24 @@ class SentencePieceTokenizer(TextTokenizer):
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return self._sp.encode(list(texts), out_type=int)
+
+    def encode_offsets(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """The pieces' spans in the input (their proto's begin / end, UTF-8 byte offsets of the original text) as
+        character offsets, without the whitespace a piece's '▁' stands for."""
+        from sentencepiece import sentencepiece_pb2
+
+        out = []
+        for text, proto in zip(texts, self._sp.encode(list(texts), out_type="serialized_proto"), strict=True):
+            pieces = sentencepiece_pb2.SentencePieceText.FromString(proto).pieces
+            char_at = _char_offsets(text)
+            spans = []
+            for p in pieces:
+                begin, end = char_at[p.begin], char_at[p.end]
+                while begin < end and text[begin].isspace():
+                    begin += 1
+                spans.append((begin, end))
+            out.append(([p.id for p in pieces], spans))
+        return out
 
     @property
     def vocab_size(self) -> int:
@@ -439,24 +468,30 @@ def train_sentencepiece(
     for path in text_files:
         _require_file(path)
     spm.set_random_generator_seed(seed)
-    spm.SentencePieceTrainer.train(
-        input=list(text_files),
-        model_prefix=output_prefix,
-        vocab_size=vocab_size,
-        model_type=model_type,
-        pad_id=0,
-        pad_piece=SPECIAL_TOKENS["pad"],
-        unk_id=1,
-        unk_piece=SPECIAL_TOKENS["unk"],
-        bos_id=-1,
-        eos_id=-1,
-        control_symbols=[SPECIAL_TOKENS[k] for k in ("cls", "sep", "mask")],
-        normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
-        hard_vocab_limit=False,
-        input_sentence_size=max_sentences,
-        shuffle_input_sentence=True,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            input=list(text_files),
+            model_prefix=output_prefix,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            pad_id=0,
+            pad_piece=SPECIAL_TOKENS["pad"],
+            unk_id=1,
+            unk_piece=SPECIAL_TOKENS["unk"],
+            bos_id=-1,
+            eos_id=-1,
+            control_symbols=[SPECIAL_TOKENS[k] for k in ("cls", "sep", "mask")],
+            normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
+            hard_vocab_limit=False,
+            input_sentence_size=max_sentences,
+            shuffle_input_sentence=True,
+            minloglevel=2,
+        )
+    except RuntimeError as e:  # its errors name a source line, not the cause: a failed write on a full disk
+        free = faults.free_bytes(output_prefix)
+        if free is not None and free < SP_MIN_FREE_BYTES:
+            raise faults.out_of_space(output_prefix + ".model", "training SentencePiece into") from e
+        raise
     return SentencePieceTokenizer(output_prefix + ".model")
 
 

@@ -437,3 +437,42 @@ def test_a_run_of_an_older_code_version_is_not_another_configuration(tmp_path):
     assert study_lib.config_mismatch(stage) is None
     resume.record_start(str(tmp_path / "config.json"), {"model": {"head_ratio": 1}})
     assert "model.head_ratio: 1 there, 2 now" in study_lib.config_mismatch(stage)
+
+
+@pytest.mark.slow
+def test_preempted_study_exits_75_and_resumes(tmp_path):
+    """Issue 23 case 2: SIGTERM to ablate.py (a preempted job) mid-pretraining: its pretraining driver saves a
+    checkpoint, both exit 75, the stage's record says 75 (unfinished, where before it said 0 and
+    every rerun skipped it); the same command resumes that pretraining and finishes the study."""
+    spec, workdir = shrunk_study_file(tmp_path / "study.py"), str(tmp_path / "run")
+    args = [
+        sys.executable,
+        "ablate.py",
+        f"--config={spec}",
+        f"--workdir={workdir}",
+        "--only=gamma_2",
+        "--config.pretrain.overrides.num_train_steps=40",
+        "--config.pretrain.overrides.checkpoint_every_steps=100",
+        "--config.pretrain.overrides.eval_every_steps=0",
+    ]
+    env = setup.subprocess_env(num_devices=1)
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = Path(workdir, "gamma_2", "pretrain", "metrics.jsonl")
+    deadline = time.time() + 600
+    while not (metrics.is_file() and metrics.read_text()):
+        assert proc.poll() is None and time.time() < deadline, "no metrics"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # the runner passes it on to the driver
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, out[-3000:] + err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("ablate.py: Preempted: ")
+    stage = study_lib.resolve(config_file.load(spec), workdir)["gamma_2"].pretrain
+    assert json.loads(Path(workdir, "gamma_2", "logs", "pretrain.json").read_text())["returncode"] == 75
+    assert not study_lib.is_done(workdir, stage)
+
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resumed from" in done.stdout
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if "train/loss" in line]
+    assert steps.count(1) == 1 and max(steps) == 40  # not started over
+    assert json.loads(Path(workdir, "gamma_2", "logs", "pretrain.json").read_text())["returncode"] == 0

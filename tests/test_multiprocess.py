@@ -110,7 +110,7 @@ def logged_steps(workdir: str) -> dict[int, float]:
 @pytest.mark.slow
 def test_sigterm_on_one_process_stops_both_at_one_step(tmp_path):
     """SIGTERM to process 1 only (a preempted host): through JAX's preemption sync both processes save the same
-    step, say so, and exit 0."""
+    step, say so, and exit with `faults.Preempted`'s code 75 (before issue 23: 0, as if finished)."""
     workdir = str(tmp_path / "run")
     procs = launch_two(
         tmp_path,
@@ -126,7 +126,7 @@ def test_sigterm_on_one_process_stops_both_at_one_step(tmp_path):
     finally:
         wait_all(procs, timeout=300)
     logs = [(tmp_path / f"process_{i}.log").read_text() for i in range(2)]
-    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    assert [p.returncode for p in procs] == [75, 75], "\n\n".join(log[-3000:] for log in logs)
     steps = [int(re.search(r"stopped for preemption at step (\d+)", log).group(1)) for log in logs]
     assert steps[0] == steps[1] < 100_000, steps
     step_dir = os.path.join(workdir, "checkpoints", str(steps[0]))

@@ -23,7 +23,7 @@ import pytest
 from flax import nnx
 
 import pretraining_setup as setup
-from convbert import config_checks, metric_writer, pretraining, resume, sharding
+from convbert import config_checks, faults, metric_writer, pretraining, resume, sharding
 from convbert.checkpoint import Checkpointer
 
 ONE = jax.devices()[:1]
@@ -57,7 +57,8 @@ def copy_run(straight, tmp_path):
 
 
 def test_resume_after_sigterm_is_bitwise(straight, tmp_path, monkeypatch):
-    """SIGTERM at step 3 -> checkpoint 3 and a clean stop; the restart finishes steps 4-8 exactly."""
+    """SIGTERM at step 3 -> checkpoint 3 and a stop that says so (`faults.Preempted`); the restart finishes steps
+    4-8 exactly."""
     config, workdir = setup.tiny_config(), str(tmp_path)
     original = Checkpointer.reached_preemption
 
@@ -68,7 +69,8 @@ def test_resume_after_sigterm_is_bitwise(straight, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Checkpointer, "reached_preemption", sigterm_at_3)
     handler = signal.getsignal(signal.SIGTERM)
-    train(config, workdir)
+    with pytest.raises(faults.Preempted, match="stopped for preemption at step 3 of 8"):
+        train(config, workdir)
     assert signal.getsignal(signal.SIGTERM) is handler  # ours is removed at the end
     assert steps(workdir) == [2, 3] and sorted(setup.losses(workdir)) == [1, 2, 3]
     assert not os.path.exists(os.path.join(workdir, "export"))
@@ -150,7 +152,8 @@ def test_scanned_layers_with_remat_train_resume_and_export(straight, tmp_path, m
     config, workdir = setup.tiny_config(model__scan_layers=True, model__remat="dots", export_hf=True), str(tmp_path)
     original = Checkpointer.reached_preemption
     monkeypatch.setattr(Checkpointer, "reached_preemption", lambda self, step: step == 3 or original(self, step))
-    train(config, workdir)
+    with pytest.raises(faults.Preempted):
+        train(config, workdir)
     assert steps(workdir) == [2, 3]
     monkeypatch.undo()
     train(config, workdir)

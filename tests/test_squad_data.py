@@ -177,3 +177,26 @@ def test_pretraining_tokenizer_folder_gives_the_same_offsets(tmp_path):
     _, offsets = ours[0]
     assert [texts[0][a:b] for a, b in offsets][:4] == ["Zoë", "'", "s", "café"]
     assert [texts[1][a:b] for a, b in ours[1][1]][-4:] == ["[", "SEP", "]", "here"]
+
+
+def test_sentencepiece_offsets_round_trip_every_answer(tmp_path):
+    """SentencePiece character offsets (issue 23; the fixture's non-ASCII paragraph included): every answer of the
+    v1.1 fixture the pieces can delimit maps back to its text and offset."""
+    from convbert.data.sources import DEMO_CORPUS_DIR
+    from convbert.tokenization import train_sentencepiece
+
+    sp = train_sentencepiece([os.path.join(DEMO_CORPUS_DIR, "hamlet.txt")], str(tmp_path / "sp"), vocab_size=400)
+    examples = data.load_json(os.path.join(FIXTURES, data.FILES["v1"]["train"]), "v1")
+    assert any(not ex.context.isascii() for ex in examples)
+    sizes = dict(max_seq_length=128, doc_stride=32, max_query_length=24)
+    train, _ = data.featurize(examples, sp, training=True, **sizes)
+    evaluation, _ = data.featurize(examples, sp, training=False, **sizes)
+    found = 0
+    spans = zip(train["example_index"], train["start_positions"], train["end_positions"], strict=True)
+    for w, (i, s, e) in enumerate(spans):
+        if s:
+            text, start = examples[i].answers[0]
+            assert examples[i].context[evaluation["offsets"][w, s, 0] : evaluation["offsets"][w, e, 1]] == text
+            assert evaluation["offsets"][w, s, 0] == start
+            found += not examples[i].context.isascii()
+    assert found

@@ -156,6 +156,30 @@ def test_a_diverging_run_exits_65_without_results(tmp_path, checkpoint):
     command += [f"--config.{k}={config[k]}" for k in ("max_query_length", "warmup_proportion")]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 65, proc.stderr[-2000:]
-    assert "finetune_squad.py: non-finite loss, no results for SQuAD seed 0 (step" in proc.stderr
+    assert "finetune_squad.py: SeedsDiverged: non-finite loss, no results for SQuAD seed 0 (step" in proc.stderr
     assert "SQuAD seed 1 (step" in proc.stderr and "config.learning_rate" in proc.stderr
     assert not (workdir / "results.json").exists() and not (workdir / "seed_0" / "result.json").exists()
+
+
+def test_finetunes_from_a_sentencepiece_checkpoint(tmp_path):
+    """Issue 23 case 6: a checkpoint with the project's SentencePiece tokenizer (the tiny recipe's) fine-tunes on
+    SQuAD (before: "sentencepiece tokenizers give no character offsets; SQuAD needs WordPiece"), and every
+    prediction is a span of its context, the non-ASCII paragraph's included."""
+    from convbert.data.sources import DEMO_CORPUS_DIR
+    from convbert.tokenization import train_sentencepiece
+
+    source = str(tmp_path / "ckpt")
+    save_random_encoder(source)
+    os.remove(os.path.join(source, "vocab.txt"))
+    sp = train_sentencepiece([os.path.join(DEMO_CORPUS_DIR, "hamlet.txt")], str(tmp_path / "sp"), vocab_size=400)
+    sp.save(source)
+    workdir = str(tmp_path / "v1")
+    config = tiny_config(
+        "v1", f"random:{source}", num_train_epochs=1, batch_size=32, eval_batch_size=64, max_seq_length=64
+    )
+    config.update(doc_stride=16, max_query_length=16)
+    finetune.run(config, workdir)
+    predictions = json.loads(Path(workdir, "predictions.json").read_text(encoding="utf-8"))
+    dev = data.load_json(os.path.join(FIXTURES, data.FILES["v1"]["dev"]), "v1")
+    assert set(predictions) == {ex.qid for ex in dev}
+    assert all(predictions[ex.qid] in ex.context for ex in dev)

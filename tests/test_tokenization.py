@@ -240,8 +240,12 @@ def test_sentencepiece_reserved_ids_save_and_load(tmp_path):
     assert sorted(map(os.path.basename, files)) == ["sp.model", CONFIG_FILE]
     loaded = load_tokenizer(str(tmp_path / "saved"))
     assert loaded.kind == "sentencepiece" and loaded.encode_batch([SPECIALS_TEXT]) == ids[:1]
-    with pytest.raises(ValueError, match=r"sp\.model: sentencepiece tokenizers give no character offsets"):
-        loaded.encode_offsets(["x"])
+    # character offsets (issue 23: before, refused with "sentencepiece tokenizers give no character offsets")
+    text = "Zoë's  café, \U0001d518 end"  # 2-, 2- and 4-byte characters
+    ((ids, offsets),) = loaded.encode_offsets([text])
+    assert ids == loaded.encode_batch([text])[0]
+    assert "".join(text[a:b] for a, b in offsets) == text.replace(" ", "")
+    assert all(text[a:b].strip() == text[a:b] for a, b in offsets)
 
 
 def test_wordpiece_save_is_ours_and_transformers(lines, tmp_path):

@@ -28,6 +28,7 @@ from convbert.ablation.study import Variant
 from convbert.config import ConvBertConfig
 from convbert.fileio import read_json, write_atomic
 from convbert.glue.tasks import DISPLAY_NAMES, get_task
+from convbert.metric_writer import read_jsonl
 from convbert.modeling import ConvBertModel, count_params
 from convbert.stats import gap
 
@@ -50,12 +51,11 @@ COLUMN_NOTES = (
 
 
 def read_metrics(path: str) -> dict[int, dict[str, float]]:
-    """{step: every value logged at that step} from a `metrics.jsonl` (a resumed run's later lines win)."""
+    """{step: every value logged at that step} from a `metrics.jsonl` (a resumed run's later lines win; a torn
+    record is skipped with a warning, `metrics.read_jsonl`)."""
     out: dict[int, dict[str, float]] = {}
-    with open(path) as f:
-        for line in f:
-            record = json.loads(line)
-            out.setdefault(record["step"], {}).update(record)
+    for record in read_jsonl(path):
+        out.setdefault(record["step"], {}).update(record)
     return dict(sorted(out.items()))
 
 

@@ -2,16 +2,16 @@
 after another, then the results and plots.
 
 Resuming: a stage is finished when its record `DIR/<variant>/logs/pretrain.json` says the pretraining driver
-exited cleanly, or when the fine-tuning driver's `<task>/result.json` holds every seed; everything else runs
-again, and the drivers resume it (pretraining from its newest checkpoint, fine-tuning from its finished seeds).
+exited cleanly (a preempted one exits with `faults.Preempted.exit_code`: unfinished, and the runner stops with that
+code), or when the fine-tuning driver's `<task>/result.json` holds every seed; everything else runs again, and the
+drivers resume it (pretraining from its newest checkpoint, fine-tuning from its finished seeds).
 Each stage's output goes to the console and to `DIR/<variant>/logs/<stage>.log`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import datetime
+import functools
 import json
 import os
 import shlex
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from convbert import flops
+from convbert import faults, flops
 from convbert.ablation import results
 from convbert.ablation import study as study_lib
 from convbert.ablation.study import Stage, StudyError, Variant
@@ -32,13 +32,6 @@ from convbert.fileio import write_atomic
 
 class StageFailed(RuntimeError):
     """A driver command exited with an error."""
-
-
-def _stop_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM when the runner dies, so a killed runner leaves no driver
-    writing its workdir (pretraining saves a checkpoint on SIGTERM and stops)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def run_stage(workdir: str, stage: Stage) -> None:
@@ -53,30 +46,39 @@ def run_stage(workdir: str, stage: Stage) -> None:
             [sys.executable, *stage.argv[1:]],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            preexec_fn=_stop_with_parent if sys.platform == "linux" else None,
+            # a killed runner leaves no driver writing its workdir (pretraining saves a checkpoint on SIGTERM and stops)
+            preexec_fn=functools.partial(faults.die_with_parent, signal.SIGTERM) if sys.platform == "linux" else None,
         )
         try:
             for chunk in iter(lambda: proc.stdout.read1(1 << 16), b""):
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
                 out.write(chunk)
+        except BaseException:  # the runner stops (SIGTERM: `faults.Preempted`): the driver saves and stops too
+            proc.send_signal(signal.SIGTERM)
+            raise
         finally:
             returncode = proc.wait()
-    write_atomic(
-        record,
-        json.dumps(
-            {
-                "variant": stage.variant,
-                "stage": stage.name,
-                "command": stage.command,
-                "returncode": returncode,
-                "started": started,
-                "wall_time_s": time.time() - started,
-            },
-            indent=2,
+            write_atomic(
+                record,
+                json.dumps(
+                    {
+                        "variant": stage.variant,
+                        "stage": stage.name,
+                        "command": stage.command,
+                        "returncode": returncode,
+                        "started": started,
+                        "wall_time_s": time.time() - started,
+                    },
+                    indent=2,
+                )
+                + "\n",
+            )
+    if returncode == faults.Preempted.exit_code:
+        raise faults.Preempted(
+            f"{stage.variant}/{stage.name} was preempted before its last step (exit code {returncode}); its output "
+            f"is in {log}. Run the same command again to resume it."
         )
-        + "\n",
-    )
     if returncode:
         raise StageFailed(
             f"{stage.variant}/{stage.name} failed (exit code {returncode}); its output is in {log}. "

@@ -13,15 +13,20 @@ beside it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 
 import grain
 import numpy as np
+from absl import logging
 
 from convbert.data.example_builder import FIELDS
-from convbert.data.prepare import FORMAT, FORMAT_VERSION, MANIFEST
+from convbert.data.prepare import FORMAT, FORMAT_VERSION, MANIFEST, sha256_file
+from convbert.fileio import write_atomic
+
+VERIFIED = ".verified.json"  # shards whose checksums a run checked: {file: "sha256 size mtime_ns"}
 
 
 def load_manifest(data_dir: str) -> dict:
@@ -38,17 +43,53 @@ def load_manifest(data_dir: str) -> dict:
     return manifest
 
 
+def verify_shards(data_dir: str, shards: list[dict]) -> None:
+    """Checks each shard's sha256 against the manifest the first time it is read (ValueError naming the shard); the
+    shards verified are remembered (by size and modification time) in `data_dir/.verified.json` where it is
+    writable. Manifests written before shards had checksums load with a note."""
+    unchecked = [s["file"] for s in shards if "sha256" not in s]
+    if unchecked:
+        logging.info("%s: written before shards had checksums; %d shard(s) not verified", data_dir, len(unchecked))
+    record = os.path.join(data_dir, VERIFIED)
+    try:
+        with open(record) as f:
+            verified = json.load(f)
+    except (OSError, ValueError):
+        verified = {}
+    changed = False
+    for shard in shards:
+        if "sha256" not in shard:
+            continue
+        path = os.path.join(data_dir, shard["file"])
+        st = os.stat(path)
+        stamp = f"{shard['sha256']} {st.st_size} {st.st_mtime_ns}"
+        if verified.get(shard["file"]) == stamp:
+            continue
+        if sha256_file(path) != shard["sha256"]:
+            raise ValueError(
+                f"{path} is damaged: its sha256 differs from the one {MANIFEST} recorded when it was prepared; "
+                "prepare the data again (or restore the shard)"
+            )
+        verified[shard["file"]], changed = stamp, True
+    if changed:
+        with contextlib.suppress(OSError):  # a read-only data folder is verified again by the next run
+            write_atomic(record, json.dumps(verified, indent=1))
+
+
 class PretrainingData:
-    """Random-access source over one split's memory-mapped shards; item i = dict of int32 [T] arrays."""
+    """Random-access source over one split's memory-mapped shards (verified, `verify_shards`); item i = dict of
+    int32 [T] arrays, its token ids checked against the vocabulary (ValueError naming the shard and row)."""
 
     def __init__(self, data_dir: str, split: str = "train"):
         self.data_dir, self.split = data_dir, split
         self.manifest = load_manifest(data_dir)
         if split not in self.manifest["splits"]:
             raise ValueError(f"{data_dir} has no split {split!r}; splits: {list(self.manifest['splits'])}")
-        shards = [s for s in self.manifest["splits"][split]["shards"] if s["examples"]]
-        self._arrays = [np.load(os.path.join(data_dir, s["file"]), mmap_mode="r") for s in shards]
+        self._shards = [s for s in self.manifest["splits"][split]["shards"] if s["examples"]]
+        verify_shards(data_dir, self._shards)
+        self._arrays = [np.load(os.path.join(data_dir, s["file"]), mmap_mode="r") for s in self._shards]
         self._starts = np.cumsum([0] + [len(a) for a in self._arrays])
+        self._vocab_size = self.manifest["tokenizer"]["vocab_size"]
 
     @property
     def max_seq_length(self) -> int:
@@ -62,6 +103,13 @@ class PretrainingData:
             raise IndexError(f"index {index} out of range for {len(self)} examples")
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
         row = np.asarray(self._arrays[shard][index - self._starts[shard]], np.int32)
+        ids = row[FIELDS.index("input_ids")]
+        if ids.min() < 0 or ids.max() >= self._vocab_size:
+            raise ValueError(
+                f"{os.path.join(self.data_dir, self._shards[shard]['file'])} row {index - self._starts[shard]}: "
+                f"token ids outside the vocabulary [0, {self._vocab_size}) (min {ids.min()}, max {ids.max()}): "
+                "the shard is damaged or was prepared with another tokenizer; prepare the data again"
+            )
         return dict(zip(FIELDS, row, strict=True))
 
     def __repr__(self):

@@ -22,6 +22,9 @@ the partial folder; once units are committed it is kept. The manifest records a 
 sizes and modification times, vocabulary, options), which a later run compares before reusing the folder
 (`fingerprint_changes`).
 
+One preparation per output folder: a second one is refused (`convbert.workdir_lock`; the lock is `.NAME.lock` next
+to the folder, a part's next to the part's folder).
+
 Parts (many hosts): `part=i, num_parts=n` builds units [i U / n, (i + 1) U / n) of the U units into
 `DIR/part-0000i-of-0000n` (a prepared folder of its own). `merge_parts(DIR)` (--merge) writes `DIR/manifest.json`
 listing the parts' shards in part order: the loader reads the same examples in the same order as from one run
@@ -40,19 +43,22 @@ from __future__ import annotations
 
 import datetime
 import filecmp
+import functools
 import glob
 import hashlib
 import inspect
+import io
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from absl import app, flags, logging
 
+from convbert import faults, workdir_lock
 from convbert.assets import BERT_UNCASED_VOCAB
 from convbert.data.example_builder import FIELDS, VARIANTS
 from convbert.data.sources import MAX_LINE_CHARS, find_text_files, input_list, open_hf
@@ -90,7 +96,7 @@ def _files_digest(path: str, files: Sequence[str]) -> dict:
     return dict(path=os.path.abspath(path), files=len(files), bytes=total, sha256=h.hexdigest())
 
 
-def _sha256_file(path: str) -> str:
+def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -118,7 +124,7 @@ def fingerprint(inputs: str | Sequence[str] | None, **options: Any) -> dict:
         entries = [_files_digest(p, find_text_files([p])) for p in input_list(inputs, None)]
     vocab = options["vocab"] or (BERT_UNCASED_VOCAB if options["tokenizer"] == "wordpiece" else None)
     out = dict(
-        inputs=entries, vocab=vocab and dict(path=os.path.abspath(vocab), sha256=_sha256_file(vocab)), options=options
+        inputs=entries, vocab=vocab and dict(path=os.path.abspath(vocab), sha256=sha256_file(vocab)), options=options
     )
     return dict(out, sha256=hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest())
 
@@ -163,22 +169,29 @@ def _write_shards(
     files = [f"{split}/shard-{i:05d}-of-{num_shards:05d}.npy" for i in range(num_shards)]
     sizes = [total // num_shards + (i < total % num_shards) for i in range(num_shards)]
     chunks, pending = iter(chunks), np.empty((0, len(FIELDS), seq_len), dtype)
+    digests = []
     for file, size in zip(files, sizes, strict=True):
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header,
+            {
+                "descr": np.lib.format.dtype_to_descr(dtype),
+                "fortran_order": False,
+                "shape": (size, len(FIELDS), seq_len),
+            },
+        )
+        digest = hashlib.sha256(header.getvalue())
         with open(os.path.join(root, file), "wb") as f:
-            np.lib.format.write_array_header_1_0(
-                f,
-                {
-                    "descr": np.lib.format.dtype_to_descr(dtype),
-                    "fortran_order": False,
-                    "shape": (size, len(FIELDS), seq_len),
-                },
-            )
+            f.write(header.getvalue())
             while size:
                 if not len(pending):
                     pending = next(chunks)
-                f.write(pending[:size].tobytes())
+                data = pending[:size].tobytes()
+                f.write(data)
+                digest.update(data)
                 size, pending = size - len(pending[:size]), pending[size:]
-    return [{"file": f, "examples": n} for f, n in zip(files, sizes, strict=True)]
+        digests.append(digest.hexdigest())
+    return [{"file": f, "examples": n, "sha256": d} for f, n, d in zip(files, sizes, digests, strict=True)]
 
 
 def _read_json(path: str):
@@ -197,6 +210,33 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
+def lock_file(folder: str) -> str:
+    """The lock of a prepared folder, next to it (the folder itself is replaced when it is finished)."""
+    folder = os.path.abspath(folder)
+    return os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}.lock")
+
+
+def _holds_output(folder: Callable[..., str]) -> Callable:
+    """Decorator: the function runs holding the folder `folder(*its arguments)` (`workdir_lock.hold`)."""
+
+    def decorate(prepare: Callable[..., dict]) -> Callable[..., dict]:
+        @functools.wraps(prepare)
+        def run(*args, **kwargs) -> dict:
+            final = folder(*args, **kwargs)
+            with workdir_lock.hold(final, lock_file=lock_file(final)):
+                return prepare(*args, **kwargs)
+
+        return run
+
+    return decorate
+
+
+def _output_folder(inputs, output_dir: str, *, part: int = 0, num_parts: int = 1, **options) -> str:
+    """`prepare_corpus`'s folder: `output_dir`, or its part's folder."""
+    return output_dir if num_parts == 1 else os.path.join(output_dir, part_name(part, num_parts))
+
+
+@_holds_output(_output_folder)
 def prepare_corpus(
     inputs: str | Sequence[str] | None,
     output_dir: str,
@@ -245,7 +285,8 @@ def prepare_corpus(
     lowercase, vocab_size, special_ids), builder_variant, seed, eval_fraction, blanks_separate_docs, sources,
     max_documents, unit_mb, units (this part's), part, num_parts, skipped_files ({reason: {count, paths}}),
     replaced_utf8 ({files, bytes, paths}), long_lines ({count, max_line_chars}), fingerprint (`fingerprint`), splits
-    ({split: {documents, lines, text_tokens, examples, tokens, two_segment_examples, shards: [{file, examples}]}}).
+    ({split: {documents, lines, text_tokens, examples, tokens, two_segment_examples, shards: [{file, examples,
+    sha256}]}}; the loader verifies each shard's sha256 the first time a run reads it).
     """
     options = {k: v for k, v in locals().items() if k not in ("inputs", "output_dir")}
     inputs = input_list(inputs, hf_dataset)
@@ -421,6 +462,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+@_holds_output(lambda output_dir: output_dir)
 def merge_parts(output_dir: str) -> dict:
     """Writes `output_dir/manifest.json` (and the tokenizer) over its finished `part-XXXXX-of-YYYYY` folders: their
     shards in part order, counts summed. Raises if a part is missing or unfinished, or the parts disagree."""
@@ -575,4 +617,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    app.run(faults.exits_on_fault(main))

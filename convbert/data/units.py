@@ -26,6 +26,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +38,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
+from convbert import faults
 from convbert.assets import BERT_UNCASED_VOCAB
 from convbert.data.example_builder import FIELDS, ExampleBuilder
 from convbert.data.sources import SKIP_REASONS, file_lines, hf_texts, is_streamed, readable_files, text_lines
@@ -352,6 +354,8 @@ _WORKER_CONTEXT: Context | None = None
 def _init_worker(ctx: Context):
     global _WORKER_CONTEXT
     _WORKER_CONTEXT = ctx
+    faults.die_with_parent()  # the parent (or the forkserver, which ends with it) ending ends the worker
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's `faults.Preempted`
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker: N workers use N cores
 
 
@@ -385,6 +389,10 @@ def _build_each(ctx: Context, units: Sequence[_Unit], num_workers: int) -> Itera
         try:
             for future in as_completed(futures):
                 yield future.result()
+        except (faults.Preempted, KeyboardInterrupt):  # stop the workers rather than wait for their units
+            for process in list(pool._processes.values()):  # private, but Python < 3.14 has no terminate_workers()
+                process.terminate()
+            raise
         finally:
             for future in futures:
                 future.cancel()
@@ -413,14 +421,14 @@ def build_units(
         mininterval=1,
     )
     tokens, start = 0, time.perf_counter()
-    for info in _build_each(ctx, [u for u in units if u.index not in infos], num_workers):
-        infos[info["unit"]] = info
-        tokens += sum(s["text_tokens"] for s in info["splits"].values())
-        bar.update(documents(info))
-        bar.set_postfix(
-            tokens_per_s=f"{tokens / (time.perf_counter() - start):,.0f}",
-            units=f"{len(infos)}/{len(units)}",
-            refresh=False,
-        )
-    bar.close()
+    with bar:  # closed before an error is reported, not over it at exit
+        for info in _build_each(ctx, [u for u in units if u.index not in infos], num_workers):
+            infos[info["unit"]] = info
+            tokens += sum(s["text_tokens"] for s in info["splits"].values())
+            bar.update(documents(info))
+            bar.set_postfix(
+                tokens_per_s=f"{tokens / (time.perf_counter() - start):,.0f}",
+                units=f"{len(infos)}/{len(units)}",
+                refresh=False,
+            )
     return infos

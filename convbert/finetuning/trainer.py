@@ -28,7 +28,7 @@ from absl import logging
 from flax import nnx
 from tqdm import tqdm
 
-from convbert import optim, sharding
+from convbert import distributed, faults, optim, sharding
 from convbert.metric_writer import MetricWriter
 from convbert.train_state import TrainState, TrainSteps
 
@@ -83,6 +83,7 @@ def default_config(size: str, where: str) -> ml_collections.ConfigDict:
     c.log_every_steps = 10 if size == "tiny" else 100
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))  # data parallel over all devices
     c.sharding_rules = sharding.DEFAULT_RULES
+    c.distributed = distributed.default_config()  # multi-process timeouts (convbert/distributed.py)
     return c
 
 
@@ -116,10 +117,8 @@ PROBES = ("cached", "per_step", "per_step_dropout")  # config.probe: how a froze
 DEVICE_MEMORY_FRACTION = 0.8  # of a device's memory that a group of seeds may fill (`seed_group_size`)
 
 
-class SeedsDiverged(RuntimeError):
-    """Seeds stopped by a non-finite loss (their results are not written); the entry points exit `exit_code`."""
-
-    exit_code = 65
+class SeedsDiverged(faults.SeedsDiverged):
+    """Seeds stopped by a non-finite loss (their results are not written); the entry points exit 65."""
 
     def __init__(self, failed: Mapping[str, int], config):
         self.failed = dict(failed)  # '<task> seed <k>' -> the step whose loss was not finite

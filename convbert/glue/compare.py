@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 from absl import app, flags, logging
 
-from convbert import compile_cache, config_file, finetuning, host_malloc
+from convbert import compile_cache, config_file, faults, finetuning, host_malloc
 from convbert.fileio import write_atomic
-from convbert.finetuning import SeedsDiverged
 from convbert.glue import finetune
 from convbert.glue.tasks import DISPLAY_NAMES, get_task
 from convbert.stats import gap
@@ -169,20 +167,16 @@ def main(argv):
         if bad:
             raise app.UsageError(f"--{name}: unknown {', '.join(bad)}; choose from {', '.join(choices)}")
     compile_cache.enable_from_flags()
-    try:
-        compare(
-            parse_checkpoints(f.checkpoint),
-            f.workdir,
-            size=f.size,
-            num_seeds=f.num_seeds,
-            suites=tuple(f.suites),
-            modes=tuple(f.modes),
-        )
-    except SeedsDiverged as e:
-        print(f"convbert.glue.compare: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    compare(
+        parse_checkpoints(f.checkpoint),
+        f.workdir,
+        size=f.size,
+        num_seeds=f.num_seeds,
+        suites=tuple(f.suites),
+        modes=tuple(f.modes),
+    )
 
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    app.run(faults.exits_on_fault(main))

@@ -70,8 +70,23 @@ def read_tsv(path: str) -> list[tuple[int, list[str]]]:
     """[(line number, fields)] of a tab-separated file, blank lines skipped; no quoting."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GLUE file not found: {path} (expected the original GLUE layout under data_dir)")
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
-        return [(i, line.rstrip("\r\n").split("\t")) for i, line in enumerate(f, 1) if line.strip("\r\n")]
+    try:
+        with open(path, encoding="utf-8-sig", newline="\n") as f:
+            return [(i, line.rstrip("\r\n").split("\t")) for i, line in enumerate(f, 1) if line.strip("\r\n")]
+    except UnicodeDecodeError as error:
+        undecodable = error
+    with open(path, "rb") as f:  # the file and line of the first byte that is not UTF-8
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                utf16 = number == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+                raise ValueError(
+                    f"{path} line {number}: not UTF-8 ({'a UTF-16 byte-order mark' if utf16 else 'byte'} "
+                    f"{raw[e.start : e.start + (2 if utf16 else 1)].hex()} at column {e.start + 1}): GLUE files are "
+                    "UTF-8; convert it (e.g. iconv -f UTF-16 -t UTF-8)"
+                ) from None
+    raise ValueError(f"{path}: not UTF-8 ({undecodable})")
 
 
 def load_tsv_split(data_dir: str, task: Task, split: Split, strict: bool = False) -> Examples:

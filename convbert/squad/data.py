@@ -1,7 +1,8 @@
 """SQuAD data: the official JSON files or `rajpurkar/squad` / `rajpurkar/squad_v2` from the hub, answer checks,
 and featurisation as google-research/electra `finetune/qa/qa_tasks.py` (sliding windows over the context, the
-question truncated, answers mapped to token spans), with WordPiece character offsets in place of its whitespace
-tokens: every token knows its span of the original context, so predicted spans map back to the exact text.
+question truncated, answers mapped to token spans), with the tokenizer's character offsets (WordPiece or
+SentencePiece) in place of its whitespace tokens: every token knows its span of the original context, so predicted
+spans map back to the exact text.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def featurize(
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Windows `[CLS] question [SEP] context window [SEP]` (segment ids 0 / 1, padded with 0) of every example.
 
-    `tokenizer`: its `encode_offsets` gives each token's character span (WordPiece). Returns (features, counts).
+    `tokenizer`: its `encode_offsets` gives each token's character span. Returns (features, counts).
     features: input_ids, attention_mask, token_type_ids [W, T] int32 and example_index [W] (into `examples`);
     training adds start_positions, end_positions (the answer's tokens, 0 = [CLS] for unanswerable questions and for
     windows without the answer, as qa_tasks.py) and is_impossible [W] (the question's); evaluation adds offsets
