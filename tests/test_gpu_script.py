@@ -4,6 +4,7 @@ one kernel choice beside torch.compile'd PyTorch in bfloat16), on the tiny model
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -14,7 +15,8 @@ from pretraining_setup import REPO
 def test_gpu_script_smoke(tmp_path):
     proc = subprocess.run(
         ["bash", "benchmarks/gpu.sh", str(tmp_path)],
-        env={**os.environ, "GPU_SMOKE": "1"},
+        # the script's `python` is this interpreter (its jax and torch), also where pytest runs without an active venv
+        env={**os.environ, "GPU_SMOKE": "1", "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]},
         cwd=REPO,
         capture_output=True,
         text=True,
