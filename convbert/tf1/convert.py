@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from convbert import sharding
+from convbert import config_file, sharding
 from convbert.config import RUNTIME_FIELDS, SIZES, ConvBertConfig, generator_config
 from convbert.electra import ElectraModel
 from convbert.tf1.names import ADAM_SLOTS, GLOBAL_STEP, tf_name
@@ -135,9 +135,7 @@ def write_hf(model: ElectraModel, vocab: str, output_dir: str, lowercase: bool =
 def pretraining_config(disc: ConvBertConfig, fraction: float, spec: str) -> ml_collections.ConfigDict:
     """The pretraining config file `spec` (`configs/pretrain.py:small`) with the model `disc` (its architecture;
     the file's runtime fields) and the generator `fraction`."""
-    from convbert.ablation.study import load_config_file
-
-    config = load_config_file(spec)
+    config = config_file.load(spec)
     for key in config.model:
         if key not in RUNTIME_FIELDS:
             config.model[key] = getattr(disc, key)
@@ -148,9 +146,7 @@ def pretraining_config(disc: ConvBertConfig, fraction: float, spec: str) -> ml_c
 def model_flags(config: ml_collections.ConfigDict, spec: str) -> list[str]:
     """The `--config.*` flags that turn the config file `spec` into `config`'s model and generator fraction (what
     `pretrain.py` needs to resume the converted checkpoint)."""
-    from convbert.ablation.study import load_config_file
-
-    recipe = load_config_file(spec)
+    recipe = config_file.load(spec)
     changed = {f"model.{k}": v for k, v in config.model.items() if recipe.model[k] != v}
     if recipe.electra.generator_fraction != config.electra.generator_fraction:
         changed["electra.generator_fraction"] = config.electra.generator_fraction
