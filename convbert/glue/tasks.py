@@ -250,77 +250,36 @@ TASKS: dict[str, Task] = {
     ]
 }
 
+
 # The transfer suite (`python -m convbert.data.transfer`, docs/transfer.md): tasks built from held-out English text
 # in the GLUE layout, read from `data_dir` only (there is no hub copy). Label 1 = as written (single sentences);
 # FillBlank: 0 = the first candidate fills the blank, 1 = the second.
+def _transfer_task(name: str, display: str, pair: bool) -> Task:
+    """A binary transfer-suite task (accuracy) on one sentence or a pair, read from `<display>/<split>.tsv`."""
+    text = ("sentence1", "sentence2") if pair else ("sentence", None)
+    return _task(
+        name,
+        display,
+        None,
+        BINARY,
+        ("accuracy",),
+        "accuracy",
+        ("accuracy",),
+        text,
+        Columns(*text, "label"),
+        unlabelled(*text),
+        f"{display}.tsv",
+    )
+
+
 TRANSFER_TASKS: dict[str, Task] = {
     t.name: t
     for t in [
-        _task(
-            "replaced_word",
-            "ReplacedWord",
-            None,
-            BINARY,
-            ("accuracy",),
-            "accuracy",
-            ("accuracy",),
-            ("sentence", None),
-            Columns("sentence", None, "label"),
-            unlabelled("sentence"),
-            "ReplacedWord.tsv",
-        ),
-        _task(
-            "word_order",
-            "WordOrder",
-            None,
-            BINARY,
-            ("accuracy",),
-            "accuracy",
-            ("accuracy",),
-            ("sentence", None),
-            Columns("sentence", None, "label"),
-            unlabelled("sentence"),
-            "WordOrder.tsv",
-        ),
-        _task(
-            "fill_blank",
-            "FillBlank",
-            None,
-            BINARY,
-            ("accuracy",),
-            "accuracy",
-            ("accuracy",),
-            ("sentence1", "sentence2"),
-            Columns("sentence1", "sentence2", "label"),
-            unlabelled("sentence1", "sentence2"),
-            "FillBlank.tsv",
-        ),
-        _task(
-            "deleted_word",
-            "DeletedWord",
-            None,
-            BINARY,
-            ("accuracy",),
-            "accuracy",
-            ("accuracy",),
-            ("sentence", None),
-            Columns("sentence", None, "label"),
-            unlabelled("sentence"),
-            "DeletedWord.tsv",
-        ),
-        _task(
-            "inserted_word",
-            "InsertedWord",
-            None,
-            BINARY,
-            ("accuracy",),
-            "accuracy",
-            ("accuracy",),
-            ("sentence", None),
-            Columns("sentence", None, "label"),
-            unlabelled("sentence"),
-            "InsertedWord.tsv",
-        ),
+        _transfer_task("replaced_word", "ReplacedWord", pair=False),
+        _transfer_task("word_order", "WordOrder", pair=False),
+        _transfer_task("fill_blank", "FillBlank", pair=True),
+        _transfer_task("deleted_word", "DeletedWord", pair=False),
+        _transfer_task("inserted_word", "InsertedWord", pair=False),
     ]
 }
 
