@@ -8,7 +8,7 @@
 #
 #   python ablate.py --config=configs/ablations/components.py:tiny --workdir=workdirs/ablate_components
 #     CPU demo: the tiny model (2 heads), the four steps and the no-pretraining control; 600 pretraining steps
-#     each, word_order and replaced_word, 3 seeds. Not run yet.
+#     each, word_order and replaced_word, 3 seeds; results: docs/ablations/components_tiny/results.md.
 #   python ablate.py --config=configs/ablations/components.py:small --workdir=/shared/ablate_components \
 #       --config.pretrain.overrides.data.data_dir=/data/owt [--dry_run]
 #     On ConvBERT-small, the paper's recipe, GLUE dev + transfer suite; cost in docs/ablations.md.
