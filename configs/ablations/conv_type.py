@@ -4,7 +4,7 @@
 #
 #   python ablate.py --config=configs/ablations/conv_type.py:tiny --workdir=workdirs/ablate_conv_type
 #     CPU demo: the tiny model (2 heads, γ = 2, kernel 9) with each conv type, and the no-pretraining control;
-#     600 pretraining steps each, word_order and replaced_word, 3 seeds. Not run yet.
+#     600 pretraining steps each, word_order and replaced_word, 3 seeds; results: docs/ablations/conv_type_tiny/.
 #   python ablate.py --config=configs/ablations/conv_type.py:small --workdir=/shared/ablate_conv_type \
 #       --config.pretrain.overrides.data.data_dir=/data/owt [--dry_run]
 #     ConvBERT-small with each conv type, the paper's recipe, GLUE dev + transfer suite; cost in docs/ablations.md.
