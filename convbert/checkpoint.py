@@ -37,7 +37,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from convbert import distributed
+from convbert import distributed, fileio
 
 
 def _all_processes(ok: bool) -> bool:
@@ -56,7 +56,7 @@ def _read_meta(manager: ocp.CheckpointManager, step: int) -> dict | None:
 
 def latest_meta(directory: str) -> tuple[int, dict] | None:
     """(step, meta) of the newest checkpoint in `directory` whose meta reads, or None; creates nothing."""
-    path = epath.Path(directory if "://" in directory else os.path.abspath(directory))
+    path = epath.Path(fileio.absolute(directory))
     if not path.is_dir():
         return None
     manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False))
@@ -121,7 +121,7 @@ class Checkpointer:
         barrier_timeout_s: float = distributed.DEFAULTS["barrier_timeout_s"],
     ):
         self._barrier_timeout_s = barrier_timeout_s
-        self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
+        self.directory = epath.Path(fileio.absolute(directory))
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(

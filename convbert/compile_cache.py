@@ -20,6 +20,8 @@ import os
 import jax
 from absl import flags, logging
 
+from convbert import fileio
+
 ENV = "CONVBERT_JAX_COMPILATION_CACHE"
 DEFAULT = os.path.join("~", ".cache", "convbert-jax", "xla")
 OFF = "off"
@@ -31,7 +33,7 @@ def resolve(value: str | None = None) -> str | None:
     value = value or os.environ.get(ENV) or DEFAULT
     if value.lower() == OFF:
         return None
-    return value if "://" in value else os.path.abspath(os.path.expanduser(value))
+    return fileio.absolute(os.path.expanduser(value))
 
 
 def enable(value: str | None = None) -> str | None:

@@ -25,6 +25,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from convbert import fileio
+
 
 class Fault(Exception):
     """An expected fault of the run's environment, reported as one line and `exit_code`."""
@@ -67,7 +69,7 @@ FAULTS = (SeedsDiverged, BarrierTimeout, WorkdirLocked, OutOfSpace, Preempted)  
 
 def free_bytes(path: str) -> int | None:
     """Free bytes on the file system of `path` (or of its nearest existing parent); None for remote paths."""
-    if "://" in path:
+    if fileio.is_remote(path):
         return None
     path = os.path.abspath(path)
     while not os.path.exists(path) and os.path.dirname(path) != path:

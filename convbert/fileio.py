@@ -32,13 +32,19 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
-def write_json(path: str, obj: Any) -> None:
-    """`obj` as indented JSON, atomically."""
-    write_atomic(path, json.dumps(obj, indent=2) + "\n")
+def write_json(path: str, obj: Any, ensure_ascii: bool = True) -> None:
+    """`obj` as indented JSON, atomically (`ensure_ascii=False`: non-ASCII text as UTF-8)."""
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=ensure_ascii) + "\n")
 
 
 def is_remote(path: str) -> bool:
+    """Whether `path` names an object store (gs://...) rather than a local or mounted file."""
     return "://" in path
+
+
+def absolute(path: str) -> str:
+    """A local `path` made absolute; a remote one as it is."""
+    return path if is_remote(path) else os.path.abspath(path)
 
 
 def write_dir(target: str, write: Callable[[str], Any]) -> None:

@@ -20,6 +20,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from convbert import fileio
+
 # Dense bf16 peak FLOP/s per device, matched as a substring of the lower-cased `device_kind` (first match wins).
 PEAK_FLOPS_PER_DEVICE: tuple[tuple[str, float], ...] = (
     ("tpu v6", 918e12),
@@ -151,7 +153,7 @@ class MetricWriter:
         path = epath.Path(logdir)
         path.mkdir(parents=True, exist_ok=True)
         self._jsonl_path = path / "metrics.jsonl"
-        self._remote = "://" in logdir
+        self._remote = fileio.is_remote(logdir)
         text = self._jsonl_path.read_text() if self._jsonl_path.exists() else ""
         complete, torn = _torn(text)
         if torn:

@@ -54,7 +54,7 @@ def setup(
 ) -> Setup:
     """The checks and preparation above, in that order; ValueErrors name the config key. `overrides`: the command
     line's `--config.KEY` values (`init_from.apply` refuses those that disagree with `config.init_from`)."""
-    workdir = workdir if fileio.is_remote(workdir) else os.path.abspath(workdir)
+    workdir = fileio.absolute(workdir)
     source = init_from.apply(config, workdir, overrides)
     config_checks.check_pretraining(config)
     mesh = sharding.create_mesh(config.mesh.to_dict(), devices)

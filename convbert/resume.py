@@ -34,7 +34,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from convbert import checkpoint, config_checks
+from convbert import checkpoint, config_checks, fileio
 from convbert.config_file import flatten, to_json
 
 # Keys (or sections) a resumed run may change freely; `model.kernels` and `model.remat` choose how the same model
@@ -239,13 +239,10 @@ def record_start(path: str, config: Mapping[str, Any], **info: Any) -> list[Chan
         }
     )
     text = json.dumps({"starts": starts}, indent=2) + "\n"
-    if "://" in path:
+    if fileio.is_remote(path):
         file.write_text(text)
     else:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        fileio.write_atomic(path, text)
     return changes
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from convbert import distributed
+from convbert import distributed, fileio
 from convbert.faults import WorkdirLocked
 
 LOCK_NAME = ".lock"
@@ -239,7 +239,7 @@ def hold(folder: str, *, lock_file: str | None = None, store: Any = None) -> Ite
     the lock lives (default `folder/.lock`; the folder is created if absent, and removed at the end if it is still
     empty); `store`: the lock object's store for a
     gs:// folder (default `GcsStore`)."""
-    remote = "://" in folder
+    remote = fileio.is_remote(folder)
     lock_dir = folder if lock_file is None else os.path.dirname(lock_file)
     created = not remote and not os.path.exists(lock_dir)
     if not remote:

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
-from convbert import faults, workdir_lock
+from convbert import faults, fileio, workdir_lock
 from convbert.assets import BERT_UNCASED_VOCAB
 from convbert.data.example_builder import FIELDS, VARIANTS
 from convbert.data.sources import MAX_LINE_CHARS, find_text_files, input_list, open_hf
@@ -197,13 +197,6 @@ def _write_shards(
 def _read_json(path: str):
     with open(path) as f:
         return json.load(f)
-
-
-def _write_json(path: str, value):
-    """Writes under a temporary name and renames, so `path` is never half-written."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(path + ".tmp", path)
 
 
 def _now() -> str:
@@ -373,7 +366,7 @@ def prepare_corpus(
         if old != plan:
             shutil.rmtree(work)
     os.makedirs(ctx.units_dir, exist_ok=True)
-    _write_json(os.path.join(work, PLAN), plan)
+    fileio.write_json(os.path.join(work, PLAN), plan)
 
     try:
         ctx.tokenizer = tok = make_tokenizer(
@@ -430,7 +423,7 @@ def prepare_corpus(
         )
         if not splits["train"]["examples"] and num_parts == 1:
             raise ValueError(f"no training examples from {sources}")
-        _write_json(os.path.join(work, MANIFEST), manifest)
+        fileio.write_json(os.path.join(work, MANIFEST), manifest)
         os.chmod(work, 0o755)
         if os.path.isdir(final):
             shutil.rmtree(final)
@@ -515,7 +508,7 @@ def merge_parts(output_dir: str) -> dict:
         fingerprint=manifests[0]["fingerprint"],
         splits=splits,
     )
-    _write_json(os.path.join(output_dir, MANIFEST), merged)
+    fileio.write_json(os.path.join(output_dir, MANIFEST), merged)
     logging.info("merged %d parts into %s: %s", len(names), output_dir, {s: v["examples"] for s, v in splits.items()})
     return merged
 

@@ -23,6 +23,7 @@ from convbert.finetuning.trainer import (
     seed_group_size,
     seed_groups,
     train_epochs,
+    write_json,
 )
 
 __all__ = [
@@ -43,4 +44,5 @@ __all__ = [
     "seed_group_size",
     "seed_groups",
     "train_epochs",
+    "write_json",
 ]

@@ -28,7 +28,7 @@ from absl import logging
 from flax import nnx
 from tqdm import tqdm
 
-from convbert import distributed, faults, optim, sharding
+from convbert import distributed, faults, fileio, optim, sharding
 from convbert.metric_writer import MetricWriter
 from convbert.train_state import TrainState, TrainSteps
 
@@ -165,6 +165,12 @@ def seed_group_size(config, mesh, model_fn: Callable, seq_length: int, num_seeds
             fits,
         )
     return min(requested, fits)
+
+
+def write_json(path: str, obj, ensure_ascii: bool = True) -> None:
+    """`fileio.write_json` on process 0 (every process runs the drivers' loops)."""
+    if jax.process_index() == 0:
+        fileio.write_json(path, obj, ensure_ascii)
 
 
 def seed_groups(seeds: Sequence[int], size: int) -> list[list[int]]:

@@ -36,7 +36,7 @@ from absl import logging
 from convbert import config_checks, fileio, finetuning, losses, resume, sharding
 from convbert.config import ConvBertConfig
 from convbert.fileio import read_json
-from convbert.finetuning import Encoder, load_encoder, resolve_source
+from convbert.finetuning import Encoder, load_encoder, resolve_source, write_json
 from convbert.glue import data, metrics, report
 from convbert.glue.submission import write_submission, zip_submission
 from convbert.glue.tasks import TASK_CHOICES, Task, check_files, get_task, needed_test_files, task_names
@@ -243,12 +243,6 @@ def train_group(
 
 # ------------------------------------------------------------------------------------------------
 # tasks, seeds and the run
-
-
-def write_json(path: str, obj) -> None:
-    """`fileio.write_json` on process 0."""
-    if jax.process_index() == 0:
-        fileio.write_json(path, obj)
 
 
 def run_task(task: Task, config, workdir: str, encoder_fn, tokenizer_fn, mesh, test_files: list[str]) -> dict:

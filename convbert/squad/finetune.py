@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from collections.abc import Callable
@@ -297,12 +296,6 @@ def _format(scores: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.2f}" for k, v in scores.items() if not k.endswith("total"))
 
 
-def _write_json(path: str, obj) -> None:
-    """UTF-8 JSON, atomically, on process 0."""
-    if jax.process_index() == 0:
-        write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
 TABLE_METRICS = {
     "v1": (("exact_match", "EM"), ("f1", "F1")),
     "v2": (
@@ -396,7 +389,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 files = {"predictions.json": predictions, "null_odds.json": null_odds, "result.json": result}
                 for name, obj in files.items():  # result.json last: it marks the seed finished
                     if obj is not None:
-                        _write_json(os.path.join(workdir, f"seed_{seed}", name), obj)
+                        finetuning.write_json(os.path.join(workdir, f"seed_{seed}", name), obj, ensure_ascii=False)
                 results[seed] = result
     failed = finetuning.SeedsDiverged({f"SQuAD seed {k}": v for k, v in diverged.items()}, config)
     if not results:
@@ -426,7 +419,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             {"title": r.title, "results": r.results[config.version]} for r in REFERENCES.get(config.size, [])
         ],
     }
-    _write_json(os.path.join(workdir, "results.json"), summary)
+    finetuning.write_json(os.path.join(workdir, "results.json"), summary, ensure_ascii=False)
     if jax.process_index() == 0:
         write_atomic(os.path.join(workdir, "results.md"), markdown(summary))
     logging.info("SQuAD %s: median over %d seeds %s", config.version, len(seeds), _format(median))
