@@ -48,6 +48,22 @@ def machine() -> str:
     return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
+def recipe() -> dict:
+    """What the timed commands run: the tiny pretraining steps and the transfer suite's fine-tuning epochs (the
+    configs' defaults) and the commit."""
+    from convbert import config_file
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
+    return {
+        "commit": commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else ""),
+        "pretrain_steps": config_file.load(os.path.join(ROOT, "configs", "pretrain.py:tiny")).num_train_steps,
+        "transfer_epochs": config_file.load(
+            os.path.join(ROOT, "configs", "finetune_glue.py:transfer,tiny")
+        ).num_train_epochs,
+    }
+
+
 def run(out: str, scratch: str, warm: bool) -> dict:
     cache = os.path.join(scratch, "xla_cache")
     for name in ("pretrain_tiny", "transfer_tiny", *(() if warm else ("xla_cache",))):
@@ -58,6 +74,7 @@ def run(out: str, scratch: str, warm: bool) -> dict:
         "machine": machine(),
         "load_at_start": float(loadavg().split()[0]),
         "compile_cache": "warm" if warm else "cold",
+        **recipe(),
         "stages": {},
     }
     os.makedirs(out, exist_ok=True)
