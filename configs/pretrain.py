@@ -89,10 +89,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.batch_size = recipe["batch_size"]  # global, over all devices and processes
     # python -m convbert.data.prepare's default (so its output fits) but for large
     c.max_seq_length = recipe.get("max_seq_length", PREPARE["max_seq_length"])
-    c.num_train_steps = 2000 if tiny else recipe.get("num_train_steps", 1_000_000)
+    c.num_train_steps = 4500 if tiny else recipe.get("num_train_steps", 1_000_000)
     c.log_every_steps = 50 if tiny else 100
     c.checkpoint_every_steps = 500 if tiny else 5_000
-    c.eval_every_steps = 1000 if tiny else 10_000
+    c.eval_every_steps = 1500 if tiny else 10_000
     c.num_eval_steps = 5 if tiny else 100
     c.grad_accum_steps = 1
     c.objective = "electra"  # or "mlm": BERT-style masked LM of the discriminator-sized encoder (the control)
@@ -164,5 +164,5 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # initialization / heartbeat / shutdown, the run's own barriers, and the wait for process 0's data preparation.
     c.distributed = distributed.default_config()
     c.export_hf = True
-    c.export_every_steps = 1000 if tiny else 0  # > 0: also export to WORKDIR/export/step_<N> (a learning curve)
+    c.export_every_steps = 1500 if tiny else 0  # > 0: also export to WORKDIR/export/step_<N> (a learning curve)
     return c

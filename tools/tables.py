@@ -42,10 +42,16 @@ OPEN = re.compile(r"(?m)^<!-- results:")
 AOT_LAYOUTS = "benchmarks/results/aot_layouts.jsonl"
 AOT_LARGE_LAYERS = "benchmarks/results/aot_large_layers"
 MAIN_JOB = "benchmarks/results/main_job/comparison.json"
+MAIN_JOB_RUNS = "benchmarks/results/main_job/runs.jsonl"
+BENCH_FINETUNE = "benchmarks/results/bench_finetune.json"
+AOT_FINETUNE = "benchmarks/results/aot_finetune"
+QUIET_LOAD = 1.0  # a timing counts when the 1-minute load at its start was below this
 
 # Tables whose results file is still to be committed: marker line -> (renderer, the file it will read).
 PENDING = {
     f"<!-- main job table: pending {MAIN_JOB} -->": ("comparison", MAIN_JOB),
+    f"<!-- fine-tuning speed: pending {BENCH_FINETUNE} -->": ("bench_finetune", BENCH_FINETUNE),
+    f"<!-- fine-tuning memory ahead of time: pending {AOT_FINETUNE}/*.json -->": ("aot_finetune", AOT_FINETUNE),
 }
 
 
@@ -188,6 +194,86 @@ def comparison(arg: str, root: str) -> str:
     return f"Dev accuracy (%) over {seeds} seeds; `{CONTROL}` = the no-pretraining control.\n\n" + md
 
 
+def _median_spread(values: list[float], fmt: str = "{:.0f}") -> str:
+    import statistics
+
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def main_job_time(arg: str, root: str) -> str:
+    """The main job's wall time per stage (`python -m benchmarks.main_job`, runs.jsonl): every run on quiet cores
+    (load below `QUIET_LOAD` at its start), grouped by recipe and compile cache, medians with the spread."""
+    with open(_path(MAIN_JOB_RUNS, root)) as f:
+        runs = [json.loads(line) for line in f if line.strip()]
+    quiet = [r for r in runs if r["load_at_start"] < QUIET_LOAD]
+    groups: dict[tuple, list[dict]] = {}
+    for r in quiet:
+        key = (r.get("pretrain_steps"), r.get("transfer_epochs"), r["compile_cache"], r["machine"])
+        groups.setdefault(key, []).append(r)
+    stages = list(dict.fromkeys(s for r in quiet for s in r["stages"]))
+    header = ["pretraining steps", "transfer epochs", "compile cache", "runs", *(f"{s} (s)" for s in stages)]
+    lines = ["| " + " | ".join([*header, "total (min)"]) + " |", "|" + "---|" * 3 + "---:|" * (len(header) - 2)]
+    for (steps, epochs, cache, _), rs in groups.items():
+        cells = [f"{steps:,}", str(epochs), cache, str(len(rs))]
+        cells += [_median_spread([r["stages"][s] for r in rs if s in r["stages"]]) for s in stages]
+        cells.append(_median_spread([r["total_seconds"] / 60 for r in rs], "{:.1f}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    machines = sorted({k[3] for k in groups})
+    dates = sorted(r["date"] for r in quiet)
+    return (
+        "\n".join(lines)
+        + f"\n\nMedian (min-max) over the runs; machine: {'; '.join(machines)}; runs of {dates[0]} to {dates[-1]} UTC "
+        f"({len(runs) - len(quiet)} run(s) with the load at {QUIET_LOAD:g} or above at the start left out).\n"
+    )
+
+
+def bench_finetune(arg: str, root: str) -> str:
+    """Seeds per minute of `python -m benchmarks.bench_finetune` (via `benchmarks.repeat`): the median over the
+    invocations with the spread, and the ratio to the PyTorch row of the same invocation."""
+    with open(_path(BENCH_FINETUNE, root)) as f:
+        result = json.load(f)
+    runs: dict[str, list[dict]] = {}
+    for invocation in result["invocations"]:
+        for row in invocation:
+            runs.setdefault(row["run"], []).append(row)
+    lines = ["| run | seeds per minute | vs torch | seconds |", "|---|---:|---:|---:|"]
+    for run, rows in runs.items():
+        ratio = "1" if run == "torch" else _median_spread([r["vs_torch"] for r in rows], "{:.2f}")
+        lines.append(
+            f"| {run} | {_median_spread([r['seeds_per_minute'] for r in rows], '{:.1f}')} | {ratio} | "
+            f"{_median_spread([r['seconds'] for r in rows])} |"
+        )
+    return (
+        "\n".join(lines)
+        + f"\n\nMedian (min-max) over {result['times']} invocations of `{' '.join(result['command'][1:])}`; "
+        f"machine: {result.get('machine', 'not recorded')}.\n"
+    )
+
+
+def aot_finetune(arg: str, root: str) -> str:
+    """Memory per chip of the vectorised fine-tuning step compiled ahead of time (`python -m convbert.aot
+    --step=finetune --json_out=...`), one row per report in aot_finetune/."""
+    reports = []
+    for path in sorted(glob.glob(_path(f"{AOT_FINETUNE}/*.json", root))):
+        with open(path) as f:
+            reports.append(json.load(f))
+    if not reports:
+        raise FileNotFoundError(f"{AOT_FINETUNE}/*.json: none")
+    lines = [
+        "| config | step | topology | global batch per seed | memory per chip (GiB) | fits |",
+        "|---|---|---|---:|---|---|",
+    ]
+    for r in sorted(reports, key=lambda r: (r["config"], r["topology"], r["description"])):
+        memory = f"{r['per_device_bytes']['total'] / 2**30:.2f} of {r['hbm_bytes'] / 2**30:.0f}"
+        lines.append(
+            f"| `{os.path.basename(r['config'])}` | {r['description']} | {r['topology']} | {r['global_batch']} | "
+            f"{memory} | {'yes' if r['fits'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 @dataclass(frozen=True)
 class Renderer:
     render: Callable[[str, str], str]
@@ -199,6 +285,9 @@ RENDERERS: dict[str, Renderer] = {
     "aot_report": Renderer(aot_report, AOT_LAYOUTS),
     "aot_large_extrapolated": Renderer(aot_large_extrapolated, f"{AOT_LARGE_LAYERS}/*.json, {AOT_LAYOUTS}"),
     "comparison": Renderer(comparison, MAIN_JOB + " (or ARG)"),
+    "main_job_time": Renderer(main_job_time, MAIN_JOB_RUNS),
+    "bench_finetune": Renderer(bench_finetune, BENCH_FINETUNE),
+    "aot_finetune": Renderer(aot_finetune, f"{AOT_FINETUNE}/*.json"),
 }
 
 

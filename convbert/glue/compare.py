@@ -4,6 +4,8 @@ on the transfer suite and the SST-2 sample, then prints one table of medians and
   python -m convbert.glue.compare --checkpoint=workdirs/pretrain_tiny --workdir=workdirs/transfer_tiny
   python -m convbert.glue.compare --checkpoint=electra=workdirs/pretrain_tiny \
       --checkpoint=mlm=workdirs/pretrain_tiny_mlm --workdir=workdirs/transfer_tiny
+  python -m convbert.glue.compare --checkpoint=workdirs/pretrain_tiny_2000 --workdir=workdirs/transfer_fast \
+      --finetune=num_train_epochs=2       # a configs/finetune_glue.py key for every run
 
 Every (checkpoint, mode) pair is one `finetune.run` in `WORKDIR/<name>/<mode>/<suite>` (its seeds trained
 together, reruns skip finished seeds); the control is `random:` + the first checkpoint (its config and tokenizer,
@@ -16,6 +18,7 @@ its standard error sqrt(s_a^2 / n_a + s_b^2 / n_b); `z` = gap / standard error (
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 
@@ -59,6 +62,20 @@ def parse_checkpoints(values: list[str]) -> dict[str, str]:
     return out
 
 
+def parse_overrides(values: list[str]) -> dict:
+    """['num_train_epochs=2', ...] -> {'num_train_epochs': 2} (values read as Python literals, else strings)."""
+    out = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise app.UsageError(f"--finetune={value}: expected KEY=VALUE")
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key] = text
+    return out
+
+
 def run_all(
     checkpoints: dict[str, str],
     workdir: str,
@@ -78,12 +95,11 @@ def run_all(
                 task, data_dir = SUITES[suite]
                 c = glue_config(task, size)
                 c.update(
-                    init_checkpoint=source,
-                    data_dir=os.path.join(ROOT, data_dir),
-                    num_seeds=num_seeds,
-                    **MODES[mode],
-                    **(overrides or {}),
+                    init_checkpoint=source, data_dir=os.path.join(ROOT, data_dir), num_seeds=num_seeds, **MODES[mode]
                 )
+                errors = config_file.apply_overrides(c, overrides or {}, "--finetune")
+                if errors:
+                    raise ValueError("; ".join(errors))
                 logging.info("compare: %s / %s / %s", init, mode, suite)
                 summary = finetune.run(c, os.path.join(workdir, init, mode, suite))
                 for name, result in summary["tasks"].items():
@@ -155,6 +171,11 @@ def _define_flags():
     flags.DEFINE_integer("num_seeds", 5, "Fine-tuning seeds per task, mode and checkpoint.")
     flags.DEFINE_list("suites", list(SUITES), f"Which of {', '.join(SUITES)}.")
     flags.DEFINE_list("modes", list(DEFAULT_MODES), f"Which of {', '.join(MODES)}.")
+    flags.DEFINE_multi_string(
+        "finetune",
+        [],
+        "KEY=VALUE: a configs/finetune_glue.py key set for every run (repeat), e.g. num_train_epochs=2.",
+    )
     compile_cache.define_flag()
 
 
@@ -166,6 +187,7 @@ def main(argv):
         bad = [v for v in getattr(f, name) if v not in choices]
         if bad:
             raise app.UsageError(f"--{name}: unknown {', '.join(bad)}; choose from {', '.join(choices)}")
+    overrides = parse_overrides(f.finetune)
     compile_cache.enable_from_flags()
     compare(
         parse_checkpoints(f.checkpoint),
@@ -174,6 +196,7 @@ def main(argv):
         num_seeds=f.num_seeds,
         suites=tuple(f.suites),
         modes=tuple(f.modes),
+        overrides=overrides,
     )
 
 
