@@ -23,6 +23,7 @@ from convbert.finetuning.trainer import (
     seed_group_size,
     seed_groups,
     train_epochs,
+    train_scored,
     write_json,
 )
 
@@ -44,5 +45,6 @@ __all__ = [
     "seed_group_size",
     "seed_groups",
     "train_epochs",
+    "train_scored",
     "write_json",
 ]

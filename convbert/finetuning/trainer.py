@@ -28,7 +28,7 @@ from absl import logging
 from flax import nnx
 from tqdm import tqdm
 
-from convbert import distributed, faults, fileio, optim, sharding
+from convbert import distributed, faults, fileio, optim, resume, sharding
 from convbert.metric_writer import MetricWriter
 from convbert.train_state import TrainState, TrainSteps
 
@@ -399,6 +399,59 @@ def train_epochs(
             break
         on_epoch_end(epoch, step, state, [seed not in diverged for seed in seeds])
     return state, train_time, diverged
+
+
+def train_scored(
+    trainer: Trainer,
+    train: Sequence[dict[str, np.ndarray]],
+    keys: Sequence[str],
+    seeds: Sequence[int],
+    epochs: int,
+    workdir: str,
+    desc: str,
+    score: Callable[[nnx.State], list[tuple[dict[str, float], object]]],
+    describe: Callable[[dict[str, float]], str],
+    rate_key: str,
+) -> tuple[TrainState, dict[int, tuple[dict, object]], dict[int, int]]:
+    """`train_epochs` of `seeds` with the bookkeeping both drivers share: each seed's log folder
+    `workdir/seed_<k>` (an interrupted seed's logs cleared), its metrics writer, and after every epoch
+    `score(params)` -> per copy (dev metrics, what else the driver keeps of that evaluation), logged (`describe`)
+    and recorded.
+    Returns (state, {finished seed: (result, the last epoch's extra)}, {diverged seed: step}); a result holds the
+    seed, its last dev metrics, the per-epoch history, the step count, `rate_key` (rows of every seed of the group
+    per second after step 1), the group size and the wall time."""
+    start, total, bs = time.time(), trainer.total_steps, trainer.config.batch_size
+    logdirs = [os.path.join(workdir, f"seed_{seed}") for seed in seeds]
+    for logdir in logdirs:
+        resume.clear_interrupted_logs(logdir)  # a seed without result.json starts over
+    writers, history, last = [MetricWriter(d) for d in logdirs], [[] for _ in seeds], [None for _ in seeds]
+
+    def on_epoch_end(epoch, step, state, alive):
+        for c, (scores, extra) in enumerate(score(state.params)):
+            if alive[c]:
+                last[c] = scores, extra
+                history[c].append({"epoch": epoch, "step": step, **scores})
+                writers[c].write_scalars(step, {f"dev/{k}": v for k, v in scores.items()})
+                logging.info("%s seed %d epoch %d: %s", desc, seeds[c], epoch, describe(scores))
+
+    state, train_time, diverged = train_epochs(trainer, train, keys, seeds, epochs, writers, desc, on_epoch_end)
+    for writer in writers:
+        writer.close()
+    finished = {}
+    for c, seed in enumerate(seeds):
+        if seed in diverged or last[c] is None:
+            continue
+        result = {
+            "seed": seed,
+            "dev": last[c][0],
+            "epochs": history[c],
+            "train_steps": total,
+            rate_key: (total - 1) * bs * len(seeds) / train_time if total > 1 else None,
+            "seeds_together": len(seeds),
+            "wall_time_s": time.time() - start,
+        }
+        finished[seed] = result, last[c][1]
+    return state, finished, diverged
 
 
 def median_seed(seeds: list[dict], value: Callable[[dict], float]) -> dict:

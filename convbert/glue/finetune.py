@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 
 import jax
 import ml_collections
@@ -42,7 +41,6 @@ from convbert.glue.submission import write_submission, zip_submission
 from convbert.glue.tasks import TASK_CHOICES, Task, check_files, get_task, needed_test_files, task_names
 from convbert.heads import ConvBertForSequenceClassification
 from convbert.kernels import KeyChain
-from convbert.metric_writer import MetricWriter
 from convbert.tokenization import load_tokenizer
 
 # ------------------------------------------------------------------------------------------------
@@ -180,14 +178,9 @@ def group_size(task: Task, encoder: Encoder, config, mesh, num_seeds: int) -> in
 def train_group(
     trainer: TaskTrainer, task_data: TaskData, seeds: list[int], task_dir: str
 ) -> tuple[dict[int, tuple[dict, dict[str, np.ndarray]]], dict[int, int]]:
-    """Fine-tunes `seeds` together, scoring the dev sets after every epoch; returns ({finished seed: (result,
-    {submission file: test predictions})}, {diverged seed: step})."""
+    """Fine-tunes `seeds` together, scoring the dev sets after every epoch (`finetuning.train_scored`); returns
+    ({finished seed: (result, {submission file: test predictions})}, {diverged seed: step})."""
     task, config = trainer.task, trainer.config
-    bs, total, start = config.batch_size, trainer.total_steps, time.time()
-    logdirs = [os.path.join(task_dir, f"seed_{seed}") for seed in seeds]
-    for logdir in logdirs:
-        resume.clear_interrupted_logs(logdir)  # a seed without result.json starts over
-    writers, history, dev = [MetricWriter(d) for d in logdirs], [[] for _ in seeds], [{} for _ in seeds]
     train, evaluate, test = [task_data.train] * len(seeds), task_data.dev, task_data.test
     same = lambda features: [features] * len(seeds)
     if trainer.cached:
@@ -200,45 +193,24 @@ def train_group(
     else:
         evaluate = {s: same(f) for s, f in task_data.dev.items()}
         test = {name: (same(f), ix) for name, (f, ix) in task_data.test.items()}
-
-    def on_epoch_end(epoch, step, state, alive):
-        scores = trainer.evaluate(state.params, evaluate)
-        for c, seed in enumerate(seeds):
-            if alive[c]:
-                dev[c] = scores[c]
-                history[c].append({"epoch": epoch, "step": step, **scores[c]})
-                writers[c].write_scalars(step, {f"dev/{k}": v for k, v in scores[c].items()})
-                logging.info("%s seed %d epoch %d: %s", task.name, seed, epoch, report.format_metrics(scores[c]))
-
-    state, train_time, diverged = finetuning.train_epochs(
+    state, finished, diverged = finetuning.train_scored(
         trainer,
         train,
         (*trainer.input_keys, "labels"),
         seeds,
         task_epochs(task, config),
-        writers,
+        task_dir,
         task.name,
-        on_epoch_end,
+        lambda params: [(scores, None) for scores in trainer.evaluate(params, evaluate)],
+        report.format_metrics,
+        "train_examples_per_sec",
     )
     predictions = {name: trainer.predict(state.params, features) for name, (features, _) in test.items()}
-    for writer in writers:
-        writer.close()
-    finished = {}
-    for c, seed in enumerate(seeds):
-        if seed in diverged:
-            continue
-        result = {
-            "seed": seed,
-            "dev": dev[c],
-            "epochs": history[c],
-            "train_steps": total,
-            # examples of every seed of the group, after step 1
-            "train_examples_per_sec": (total - 1) * bs * len(seeds) / train_time if total > 1 else None,
-            "seeds_together": len(seeds),
-            "wall_time_s": time.time() - start,
-        }
-        finished[seed] = result, {name: p[c] for name, p in predictions.items()}
-    return finished, diverged
+    index = {seed: c for c, seed in enumerate(seeds)}
+    return {
+        seed: (result, {name: p[index[seed]] for name, p in predictions.items()})
+        for seed, (result, _) in finished.items()
+    }, diverged
 
 
 # ------------------------------------------------------------------------------------------------

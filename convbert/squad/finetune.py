@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 from collections.abc import Callable
 
 import jax
@@ -40,7 +39,6 @@ from convbert.config import ConvBertConfig
 from convbert.fileio import read_json, write_atomic
 from convbert.finetuning import load_encoder, resolve_source
 from convbert.heads import ConvBertForQuestionAnswering
-from convbert.metric_writer import MetricWriter
 from convbert.modeling import dense
 from convbert.squad import data, metrics, postprocess
 from convbert.squad.reference import REFERENCES
@@ -235,13 +233,9 @@ class SquadTrainer(finetuning.Trainer):
 def train_group(
     trainer: SquadTrainer, squad: SquadData, seeds: list[int], workdir: str
 ) -> tuple[dict[int, tuple[dict, dict[str, str], dict[str, float] | None]], dict[int, int]]:
-    """Fine-tunes `seeds` together, scoring dev after every epoch; returns ({finished seed: (result,
-    predictions, null odds)}, {diverged seed: step})."""
-    config, start = trainer.config, time.time()
-    logdirs = [os.path.join(workdir, f"seed_{seed}") for seed in seeds]
-    for logdir in logdirs:
-        resume.clear_interrupted_logs(logdir)  # a seed without result.json starts over
-    writers, history, last = [MetricWriter(d) for d in logdirs], [[] for _ in seeds], [{} for _ in seeds]
+    """Fine-tunes `seeds` together, scoring dev after every epoch (`finetuning.train_scored`); returns ({finished
+    seed: (result, predictions, null odds)}, {diverged seed: step})."""
+    config = trainer.config
     if trainer.cached:
         cache = functools.partial(
             trainer.cached_features, trainer.init_state(seeds), keys=data.FEATURES, spill_dir=workdir
@@ -249,43 +243,19 @@ def train_group(
         train, dev = cache(squad.train), cache(squad.dev)
     else:
         train, dev = [squad.train] * len(seeds), [squad.dev] * len(seeds)
-
-    def on_epoch_end(epoch, step, state, alive):
-        for c, (scores, predictions, null_odds) in enumerate(trainer.evaluate(state.params, squad, dev)):
-            if alive[c]:
-                last[c].update(dev=scores, predictions=predictions, null_odds=null_odds)
-                history[c].append({"epoch": epoch, "step": step, **scores})
-                writers[c].write_scalars(step, {f"dev/{k}": v for k, v in scores.items()})
-                logging.info("SQuAD %s seed %d epoch %d: %s", config.version, seeds[c], epoch, _format(scores))
-
-    _, train_time, diverged = finetuning.train_epochs(
+    _, finished, diverged = finetuning.train_scored(
         trainer,
         train,
         (*trainer.input_keys, *data.LABELS),
         seeds,
         config.num_train_epochs,
-        writers,
+        workdir,
         f"SQuAD {config.version}",
-        on_epoch_end,
+        lambda params: [(scores, (p, odds)) for scores, p, odds in trainer.evaluate(params, squad, dev)],
+        _format,
+        "train_windows_per_sec",
     )
-    for writer in writers:
-        writer.close()
-    total, finished = trainer.total_steps, {}
-    for c, seed in enumerate(seeds):
-        if seed in diverged:
-            continue
-        result = {
-            "seed": seed,
-            "dev": last[c]["dev"],
-            "epochs": history[c],
-            "train_steps": total,
-            # windows of every seed of the group, after step 1
-            "train_windows_per_sec": (total - 1) * config.batch_size * len(seeds) / train_time if total > 1 else None,
-            "seeds_together": len(seeds),
-            "wall_time_s": time.time() - start,
-        }
-        finished[seed] = result, last[c]["predictions"], last[c]["null_odds"]
-    return finished, diverged
+    return {seed: (result, *extra) for seed, (result, extra) in finished.items()}, diverged
 
 
 # ------------------------------------------------------------------------------------------------
