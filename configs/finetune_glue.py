@@ -34,7 +34,7 @@ def get_config(arg: str = "sst2,tiny") -> ml_collections.ConfigDict:
     # <= 0: per task (3; RTE and STS-B 10)
     c.num_train_epochs = 3 if transfer else 10 if tiny else (TASKS[task].epochs if task in TASKS else -1)
     c.batch_size = 8 if tiny and not transfer else 32  # global, over all devices and processes
-    c.eval_batch_size = c.batch_size  # the eval set is padded with ignored dummy rows to a multiple of it
+    c.eval_batch_size = c.batch_size  # the last eval batch is filled with copies of its last row (dropped)
     c.max_seq_length = 64 if tiny else 128
 
     # dropout + one dense (docs/recipes.md#glue-heads); 'hf' is used anyway for checkpoints with one

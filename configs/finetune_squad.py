@@ -28,7 +28,7 @@ def get_config(arg: str = "v1,tiny") -> ml_collections.ConfigDict:
     c.batch_size = 16 if tiny else 32  # global, over all devices and processes
     if tiny:
         c.learning_rate = 1e-3
-    c.eval_batch_size = c.batch_size  # dev windows are padded with ignored dummy rows to a multiple of it
+    c.eval_batch_size = c.batch_size  # the last dev batch is filled with copies of its last window (dropped)
     c.max_seq_length = 128 if tiny else 512
     c.doc_stride = 32 if tiny else 128  # windows over a long context start this many tokens apart
     c.max_query_length = 24 if tiny else 64  # question tokens kept

@@ -173,14 +173,6 @@ def test_doubling_swaps_pairs_and_stsb_labels_are_scaled():
     assert not any(t.double_unordered for n, t in TASKS.items() if n not in ("mrpc", "stsb"))
 
 
-def test_eval_padding_to_a_multiple():
-    feats = {"input_ids": np.ones((5, 4), np.int32), "labels": np.arange(5)}
-    padded = data.pad_to_multiple(feats, 4)
-    assert padded["input_ids"].shape == (8, 4) and not padded["input_ids"][5:].any()
-    np.testing.assert_array_equal(padded["labels"][:5], np.arange(5))
-    assert data.pad_to_multiple(feats, 5)["input_ids"].shape == (5, 4)
-
-
 # ---- bad input --------------------------------------------------------------------------------
 
 

@@ -217,11 +217,3 @@ def featurize(examples: Examples, tokenizer: TextTokenizer, max_seq_length: int,
     else:
         out["labels"] = examples.labels / STSB_MAX if task.labels is None else examples.labels.copy()
     return out
-
-
-def pad_to_multiple(features: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
-    """Appends all-zero dummy rows (attention mask 0) up to a multiple of `multiple`; their predictions are
-    dropped by the caller, who knows the true length (docs/recipes.md#glue-inputs)."""
-    n = len(features["input_ids"])
-    extra = -n % multiple
-    return {k: np.concatenate([v, np.zeros((extra, *v.shape[1:]), v.dtype)]) for k, v in features.items()}
