@@ -23,7 +23,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import ROOT, machine
+
 # run name -> config overrides of finetune_glue.py, and whether the compilation cache starts empty
 RUNS = {
     "sequential": ({"parallel_seeds": 1}, False),
@@ -63,13 +64,11 @@ def torch_seeds(args) -> float:
     import torch
     import transformers
 
-    sys.path.insert(0, os.path.join(ROOT, "configs"))
-    import finetune_glue as glue_config
-    from convbert import finetuning
+    from convbert import config_file, finetuning
     from convbert.glue import finetune
     from convbert.glue.tasks import get_task
 
-    config = glue_config.get_config(f"{args.task},{args.size}")
+    config = config_file.load(f"{os.path.join(ROOT, 'configs', 'finetune_glue.py')}:{args.task},{args.size}")
     config.update(init_checkpoint=args.checkpoint, data_dir=args.data_dir)
     source = finetuning.resolve_source(config.init_checkpoint)
     task = get_task(args.task)
@@ -106,7 +105,7 @@ def main() -> None:
     p.add_argument("--data_dir", default=os.path.join(ROOT, "data", "transfer"))
     p.add_argument("--size", default="tiny", help="The recipe of configs/finetune_glue.py.")
     p.add_argument("--num_seeds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="Fine-tuning epochs of every row.")
     p.add_argument("--runs", default=",".join([*RUNS, "torch"]), help="Comma-separated rows.")
     p.add_argument("--threads", type=int, default=2, help="torch threads.")
     p.add_argument("--json_out", default="")
@@ -128,7 +127,13 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
         for row in results:
             row["vs_torch"] = row["seeds_per_minute"] / results[-1]["seeds_per_minute"]
-    out = {"benchmark": "bench_finetune", "args": vars(args), "loadavg": os.getloadavg(), "results": results}
+    out = {
+        "benchmark": "bench_finetune",
+        "args": vars(args),
+        "machine": machine(),
+        "loadavg": os.getloadavg(),
+        "results": results,
+    }
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(out, f, indent=2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -57,3 +58,13 @@ def add_common_args(p: argparse.ArgumentParser, *, warmup: int) -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help="per worker, seconds")
     p.add_argument("--json_out", default=None)
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+
+
+def machine() -> str:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"

@@ -17,13 +17,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 
-from benchmarks.common import ROOT, loadavg
+from benchmarks.common import ROOT, loadavg, machine
 
 CORPUS, TRANSFER = "data/pretrain_corpus", "data/transfer"
 
@@ -36,16 +35,6 @@ def stages(scratch: str) -> list[tuple[str, list[str]]]:
         ("pretrain", [py, "pretrain.py", f"--workdir={pretrain_dir}"]),
         ("compare", [py, "-m", "convbert.glue.compare", f"--checkpoint={pretrain_dir}", f"--workdir={compare_dir}"]),
     ]
-
-
-def machine() -> str:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def recipe() -> dict:
