@@ -14,9 +14,6 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The suite runs in pytest-xdist workers (pyproject.toml): several may compile for a TPU topology with libtpu at
-# once, which its lockfile would refuse.
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # The entry points' persistent compilation cache (convbert.compile_cache), in the tests' own directory (the one
 # pretraining_setup.py uses), also for the drivers the tests start as subprocesses.
 os.environ.setdefault(
