@@ -71,21 +71,25 @@ def main(argv=None) -> int:
         p.error("no benchmark command given (put it after --)")
     if args.times < 1:
         p.error(f"--times must be >= 1, got {args.times}")
-    per_invocation, raw = [], []
+    per_invocation, raw, machines = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.times):
             out = os.path.join(tmp, f"run{i}.json")
             print(f"# invocation {i + 1}/{args.times}: {' '.join(command)}", flush=True)
             subprocess.run([*command, "--json_out", out], check=True)
             with open(out) as f:
-                results = json.load(f)["results"]
+                invocation = json.load(f)
+            results = invocation["results"]
             raw.append(results)
+            machines.append(invocation.get("machine"))
             per_invocation.append(ratios(results))
     rows = summarise(per_invocation)
     print(f"\n{args.times} invocations of: {' '.join(command)}\n\n{table(rows)}", flush=True)
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump(dict(command=command, times=args.times, summary=rows, invocations=raw), f, indent=1)
+            json.dump(
+                dict(command=command, times=args.times, machine=machines[0], summary=rows, invocations=raw), f, indent=1
+            )
     return 0
 
 

@@ -50,8 +50,6 @@ QUIET_LOAD = 1.0  # a timing counts when the 1-minute load at its start was belo
 # Tables whose results file is still to be committed: marker line -> (renderer, the file it will read).
 PENDING = {
     f"<!-- main job table: pending {MAIN_JOB} -->": ("comparison", MAIN_JOB),
-    f"<!-- fine-tuning speed: pending {BENCH_FINETUNE} -->": ("bench_finetune", BENCH_FINETUNE),
-    f"<!-- fine-tuning memory ahead of time: pending {AOT_FINETUNE}/*.json -->": ("aot_finetune", AOT_FINETUNE),
 }
 
 
@@ -247,7 +245,7 @@ def bench_finetune(arg: str, root: str) -> str:
         )
     return (
         "\n".join(lines)
-        + f"\n\nMedian (min-max) over {result['times']} invocations of `{' '.join(result['command'][1:])}`; "
+        + f"\n\nMedian (min-max) over {result['times']} invocations of `python {' '.join(result['command'][1:])}`; "
         f"machine: {result.get('machine', 'not recorded')}.\n"
     )
 
