@@ -26,6 +26,7 @@ import glob
 import json
 import os
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -193,8 +194,6 @@ def comparison(arg: str, root: str) -> str:
 
 
 def _median_spread(values: list[float], fmt: str = "{:.0f}") -> str:
-    import statistics
-
     if len(values) == 1:
         return fmt.format(values[0])
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
