@@ -100,12 +100,15 @@ def _drop_event_loop_noise() -> None:
 
 
 class _UnretrievedReadFilter(std_logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" records of Orbax's `async_deserialize` tasks: the other
-    reads of a restore that failed (the failure itself is raised by the restore and reported once)."""
+    """Drops asyncio's "Task exception was never retrieved" records of a failed restore's other reads (the failure
+    itself is raised by the restore and reported once): tasks of Orbax's `async_deserialize`, or tasks that failed
+    with a TensorStore error (its message carries `tensorstore_spec`; asyncio names such a task by its wrapper,
+    `_wrap_awaitable`)."""
 
     def filter(self, record: std_logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Task exception was never retrieved") and "async_deserialize" in message)
+        read = "async_deserialize" in message or "tensorstore_spec" in message
+        return not (message.startswith("Task exception was never retrieved") and read)
 
 
 class Checkpointer:

@@ -164,9 +164,13 @@ def test_unretrieved_read_failures_are_dropped_from_the_asyncio_log(monkeypatch,
     checkpoint._drop_event_loop_noise()  # once
     assert len(logging.getLogger("asyncio").filters) == 1
     read = "Task exception was never retrieved\nfuture: <Task finished name='Task-7' coro=<async_deserialize() done>"
+    wrapped = (
+        "Task exception was never retrieved\nfuture: <Task finished name='Task-203' coro=<_wrap_awaitable() done>"
+        " exception=ValueError('OUT_OF_RANGE: Error opening \"zarr\" driver [tensorstore_spec=\\'{}\\']')>"
+    )
     other = "Task exception was never retrieved\nfuture: <Task finished name='Task-8' coro=<fetch() done>"
     with caplog.at_level(logging.ERROR, logger="asyncio"):
-        for message in (read, other, "Executing <Task ...> took 0.2 seconds"):
+        for message in (read, wrapped, other, "Executing <Task ...> took 0.2 seconds"):
             logging.getLogger("asyncio").error(message)
     assert [r.getMessage() for r in caplog.records] == [other, "Executing <Task ...> took 0.2 seconds"]
 
