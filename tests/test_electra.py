@@ -141,6 +141,7 @@ def grads_by_part(model, cfg, batch):
     return norms
 
 
+@pytest.mark.slow
 def test_discriminator_loss_does_not_reach_the_generator(model):
     b = make_batch([48, 40, 33, 48], 48)
     disc_only = grads_by_part(model, ElectraConfig(gen_weight=0.0, disc_weight=50.0), b)
@@ -151,6 +152,7 @@ def test_discriminator_loss_does_not_reach_the_generator(model):
     assert gen_only["generator"] > 0 and gen_only["word_embeddings"] > 0  # shared table: gradient from both
 
 
+@pytest.mark.slow
 def test_tree_mode_split_merge_and_jit(model):
     b = make_batch([48, 40], 48)
     cfg = ElectraConfig()
@@ -171,6 +173,7 @@ def test_tree_mode_split_merge_and_jit(model):
     assert all(np.isfinite(np.asarray(g[...])).all() for _, g in nnx.to_flat_state(grads))
 
 
+@pytest.mark.slow
 def test_export_hf_shaped_models(model):
     b = make_batch([48, 30], 48)
     disc = model.discriminator_model()
@@ -248,6 +251,7 @@ def test_histogram_auc_is_the_roc_auc_up_to_the_bin_width():
     assert np.isnan(histogram_auc(np.ones(4), np.zeros(4)))
 
 
+@pytest.mark.slow
 def test_eval_loss_adds_the_histograms_aggregated_into_the_auc(model):
     cfg = ElectraConfig()
     metrics, labels = [], []

@@ -359,6 +359,7 @@ faults.exits_on_fault(main)(sys.argv)
 """
 
 
+@pytest.mark.slow
 def test_a_stalled_process_is_one_line_naming_the_barrier_and_its_timeout(tmp_path):
     """Two processes joined by jax.distributed; process 1 stalls before a barrier with a 2 s timeout: process 0
     stops with one line naming itself, the barrier and the key to raise, and exit code 69 (not SIGABRT)."""

@@ -143,6 +143,7 @@ def test_pretraining_workdir_and_hf_head_detection(tmp_path, checkpoint):
 # ---- end to end -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tiny_finetune_learns_the_sample_task(tmp_path, checkpoint):
     """A random tiny encoder on the bundled SST-2 sample, data parallel over 8 CPU devices: 6 epochs of 15
     steps (batch 16, lr 1e-3: fewer steps than the tiny config) gave 81-86% dev accuracy for seeds 1-5."""
@@ -266,6 +267,7 @@ def _encoder_arrays(params, copy=0):
     return {p: np.asarray(v)[copy] for p, v in nnx.to_flat_state(params["convbert"])}
 
 
+@pytest.mark.slow
 def test_random_init_starts_from_fresh_weights_with_the_same_config_and_tokenizer(checkpoint):
     pretrained, _, src = _sst2_trainer(checkpoint)
     control, _, random_src = _sst2_trainer(finetuning.RANDOM_INIT + checkpoint)
@@ -295,6 +297,7 @@ def test_random_init_results_say_so(tmp_path, checkpoint, fake_training):
     assert "random initialisation" in (tmp_path / "r" / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_frozen_encoder_stays_bit_for_bit_and_the_head_trains(checkpoint):
     """The frozen encoder run in the step (probe 'per_step_dropout', the earlier probe), 2 seeds together."""
     trainer, task_data, _ = _sst2_trainer(

@@ -231,6 +231,7 @@ def test_bfloat16_checkpoint_loads_as_float32(tmp_path):
     np.testing.assert_array_equal(kernel, hf.encoder.layer[0].attention.self.query.weight.detach().float().numpy().T)
 
 
+@pytest.mark.slow
 def test_bare_checkpoint_into_head_and_back(tmp_path, caplog):
     hf = hf_model("ConvBertModel", **TINY)
     hf.save_pretrained(tmp_path / "bare")

@@ -158,6 +158,7 @@ def test_mixed_attention_matches_numpy_reference(conv_type):
 # dropout, precision, padding
 
 
+@pytest.mark.slow
 def test_dropout_keys():
     model = ConvBertForMaskedLM(ConvBertConfig(**TINY), rngs=nnx.Rngs(0))
     ids = jnp.arange(16).reshape(2, 8)
@@ -173,6 +174,7 @@ def test_dropout_keys():
         model(ids, deterministic=False)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params():
     config = ConvBertConfig(**{**TINY, "num_hidden_layers": 2})
     f32 = ConvBertModel(config, rngs=nnx.Rngs(0))

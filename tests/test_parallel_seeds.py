@@ -84,6 +84,7 @@ def _flat(params, name):
     return {p: np.asarray(v) for p, v in nnx.to_flat_state(params[name])}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("control", [False, True])
 def test_a_probe_on_cached_features_is_the_step_by_step_probe_and_leaves_the_encoder_alone(
     tmp_path, checkpoint, control
@@ -158,6 +159,7 @@ print(len(hits))
 """
 
 
+@pytest.mark.slow
 def test_the_compilation_cache_is_written_then_hit_and_can_be_turned_off(tmp_path):
     def run(*args, env=None):
         proc = subprocess.run(

@@ -166,7 +166,7 @@ def _dataset(data_dir):
     return rows, [next(it)["input_ids"] for _ in range(3)]
 
 
-@pytest.mark.parametrize("source", ["files", "streamed"])
+@pytest.mark.parametrize("source", ["files", pytest.param("streamed", marks=pytest.mark.slow)])
 def test_parts_merged_equal_one_run(plays, jsonl_files, tmp_path, source):
     """Two parts (files: three units each; streamed: one shard each) + merge = one run, as the loader reads it."""
     args = (str(plays),) if source == "files" else (None,)

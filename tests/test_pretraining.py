@@ -56,6 +56,7 @@ def copy_run(straight, tmp_path):
     return workdir
 
 
+@pytest.mark.slow
 def test_resume_after_sigterm_is_bitwise(straight, tmp_path, monkeypatch):
     """SIGTERM at step 3 -> checkpoint 3 and a stop that says so (`faults.Preempted`); the restart finishes steps
     4-8 exactly."""
@@ -115,6 +116,7 @@ def test_resume_after_sigkill_is_bitwise(tmp_path):
     assert_trees_equal(setup.load_state(workdir, 8, config), setup.load_state(reference, 8, config))
 
 
+@pytest.mark.slow
 def test_unreadable_latest_checkpoint_falls_back(straight, tmp_path):
     """Garbage in checkpoint 8's array files: the run warns, resumes from 6 and redoes 7-8 exactly."""
     workdir = copy_run(straight, tmp_path)
@@ -127,6 +129,7 @@ def test_unreadable_latest_checkpoint_falls_back(straight, tmp_path):
     assert_trees_equal(setup.load_state(workdir, 8, setup.tiny_config()), straight[2])
 
 
+@pytest.mark.slow
 def test_resume_onto_another_mesh(straight, tmp_path):
     """Checkpoint 6 of the one-device run resumed on a (2, 2, 2) data/fsdp/model mesh of 8 devices."""
     workdir = copy_run(straight, tmp_path)
@@ -142,6 +145,7 @@ def test_resume_onto_another_mesh(straight, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_scanned_layers_with_remat_train_resume_and_export(straight, tmp_path, monkeypatch):
     """model.scan_layers=True with remat 'dots' (the same initial parameters, stacked, and the same dropout keys):
     the straight run's losses and parameters; the stacked state checkpoints, resumes after a SIGTERM at step 3
@@ -182,6 +186,7 @@ def _tree_hash(path):
     return h.hexdigest()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_without_saving(straight, tmp_path, monkeypatch):
     """Parameters poisoned with NaN on restore (step 6): step 7's loss is NaN, the run stops with a clear
     error, and the checkpoints on disk are untouched."""
@@ -219,6 +224,7 @@ def test_config_errors_name_the_key_before_compiling(changes, key, tmp_path, mon
         train(setup.tiny_config(**changes), tmp_path, devices=jax.devices())
 
 
+@pytest.mark.slow
 def test_smoke_prepares_data_evaluates_exports(tmp_path):
     """Default data path (corpus -> workdir/data), eval, profile trace, all outputs; the exported discriminator
     loads in transformers and computes what ours does."""
@@ -289,6 +295,7 @@ def test_throughput_and_mfu(monkeypatch):
     assert out["perf/mfu"] == pytest.approx(2e12 / 185e9)
 
 
+@pytest.mark.slow
 def test_mlm_objective_learns_and_exports_an_encoder_fine_tuning_finds(tmp_path):
     """objective='mlm': one encoder of the discriminator's size, masked-LM loss only; its export is what a
     fine-tuning run of this workdir loads."""

@@ -39,6 +39,7 @@ print(json.dumps(dict(grown_mb=grown / 1024, long_lines=m["long_lines"]["count"]
 """
 
 
+@pytest.mark.slow
 def test_long_line_is_cut_into_sentences_in_bounded_memory(tmp_path):
     """A 10 MB file without a newline (issue 14: 50 MB cost 8.6 GB and became one 128-token example): it is read
     in pieces of max_line_chars and cut at sentence ends, counted; the peak memory of the process preparing it

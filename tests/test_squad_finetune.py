@@ -13,6 +13,7 @@ import pytest
 
 from convbert.squad import data, finetune, metrics
 from helpers import save_random_encoder
+from pretraining_setup import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "squad")
@@ -75,19 +76,29 @@ def baselines(version):
     return gold, out
 
 
+def run_driver(workdir, version: str, optimized: bool = False, **flags) -> subprocess.CompletedProcess:
+    """`python finetune_squad.py --config=configs/finetune_squad.py:VERSION,tiny --config.KEY=VALUE...` on 8 CPU
+    devices; `optimized`: LLVM optimizes as for users (not the tests' -O0: tests/conftest.py), for a long run."""
+    command = [sys.executable, os.path.join(ROOT, "finetune_squad.py"), f"--workdir={workdir}"]
+    command += [f"--config={os.path.join(ROOT, 'configs', 'finetune_squad.py')}:{version},tiny"]
+    command += [f"--config.{k}={v}" for k, v in flags.items()]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=subprocess_env(8, optimized))
+
+
 @pytest.mark.slow
 def test_tiny_finetune_beats_the_trivial_baselines_and_writes_valid_files(tmp_path, checkpoint):
-    """A random tiny encoder, data parallel over 8 CPU devices, 10 epochs of 29 steps on the v1.1 fixture:
-    about 57 EM / 62 F1 against 51 / 55 for always answering the first or the last speaker."""
+    """A random tiny encoder, data parallel over 8 CPU devices, 10 epochs of 29 steps on the v1.1 fixture
+    (finetune_squad.py): about 57 EM / 62 F1 against 51 / 55 for always answering the first or the last speaker."""
     workdir = str(tmp_path / "v1")
-    summary = finetune.run(tiny_config("v1", checkpoint), workdir)
+    done = run_driver(workdir, "v1", optimized=True, init_checkpoint=checkpoint, data_dir=FIXTURES)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(Path(workdir, "results.json").read_text(encoding="utf-8"))
     gold, trivial = baselines("v1")
     best_trivial_f1 = max(b["f1"] for b in trivial.values())
-    assert summary["f1"] > best_trivial_f1 + 3.0, (summary, trivial)
+    assert results["f1"] > best_trivial_f1 + 3.0, (results, trivial)
     predictions = json.loads(Path(workdir, "predictions.json").read_text(encoding="utf-8"))
     assert set(predictions) == set(gold) and all(isinstance(v, str) for v in predictions.values())
-    assert metrics.evaluate_v1(gold, predictions)["f1"] == pytest.approx(summary["f1"])
-    results = json.loads(Path(workdir, "results.json").read_text(encoding="utf-8"))
+    assert metrics.evaluate_v1(gold, predictions)["f1"] == pytest.approx(results["f1"])
     assert {"exact_match", "f1", "seeds", "median"} <= set(results) and results["answer_mismatches"] == {
         "train": 0,
         "dev": 0,
@@ -99,7 +110,7 @@ def test_tiny_finetune_beats_the_trivial_baselines_and_writes_valid_files(tmp_pa
     assert any("train/loss" in r for r in logged) and any("dev/f1" in r for r in logged)
     # a rerun reads the finished seed back instead of training
     os.remove(os.path.join(seed_dir, "metrics.jsonl"))
-    assert finetune.run(tiny_config("v1", checkpoint), workdir)["f1"] == summary["f1"]
+    assert finetune.run(tiny_config("v1", checkpoint), workdir)["f1"] == results["f1"]
     assert not os.path.exists(os.path.join(seed_dir, "metrics.jsonl"))
 
 
@@ -149,18 +160,15 @@ def test_a_diverging_run_exits_65_without_results(tmp_path, checkpoint):
         "v1", checkpoint, num_seeds=2, num_train_epochs=1, learning_rate=1e6, max_seq_length=64, doc_stride=16
     )
     config.update(max_query_length=16, warmup_proportion=0.0)
-    command = [sys.executable, os.path.join(ROOT, "finetune_squad.py"), f"--workdir={workdir}"]
-    command += [f"--config={os.path.join(ROOT, 'configs', 'finetune_squad.py')}:v1,tiny"]
-    command += [f"--config.{k}={config[k]}" for k in ("init_checkpoint", "num_seeds", "num_train_epochs")]
-    command += [f"--config.{k}={config[k]}" for k in ("learning_rate", "max_seq_length", "doc_stride")]
-    command += [f"--config.{k}={config[k]}" for k in ("max_query_length", "warmup_proportion")]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    keys = ("init_checkpoint", "num_seeds", "num_train_epochs", "learning_rate", "max_seq_length", "doc_stride")
+    proc = run_driver(workdir, "v1", **{k: config[k] for k in (*keys, "max_query_length", "warmup_proportion")})
     assert proc.returncode == 65, proc.stderr[-2000:]
     assert "finetune_squad.py: SeedsDiverged: non-finite loss, no results for SQuAD seed 0 (step" in proc.stderr
     assert "SQuAD seed 1 (step" in proc.stderr and "config.learning_rate" in proc.stderr
     assert not (workdir / "results.json").exists() and not (workdir / "seed_0" / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_finetunes_from_a_sentencepiece_checkpoint(tmp_path):
     """Issue 23 case 6: a checkpoint with the project's SentencePiece tokenizer (the tiny recipe's) fine-tunes on
     SQuAD (before: "sentencepiece tokenizers give no character offsets; SQuAD needs WordPiece"), and every

@@ -46,6 +46,7 @@ def params(model):
     return {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_converted_pair_matches_transformers(tmp_path, case):
     source = random_pair(CASES[case])

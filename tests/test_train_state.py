@@ -83,7 +83,8 @@ def electra_whole_batch():
     return electra_gradients(1)
 
 
-@pytest.mark.parametrize("k", [4, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [4, 2])
 def test_electra_accumulation_gives_the_whole_batch_gradient(electra_whole_batch, k):
     whole, whole_metrics = electra_whole_batch
     grads, metrics = electra_gradients(k)
@@ -142,6 +143,7 @@ def classification_batch(trainer: finetuning.Trainer) -> dict[str, jax.Array]:
     return sharding.shard_batch(classification_rows(), trainer.mesh)
 
 
+@pytest.mark.slow
 def test_finetuning_accumulation_gives_the_whole_batch_gradient():
     """'mean' over 4 micro-batches is the batch's mean; 'sum' over 4 is the batch's sum (8 x the mean)."""
     grads = {}
@@ -156,6 +158,7 @@ def test_finetuning_accumulation_gives_the_whole_batch_gradient():
     assert_same_gradient(grads[4, "sum"], jax.tree.map(lambda g: len(LENGTHS) * g, grads[1, "mean"]))
 
 
+@pytest.mark.slow
 def test_abstract_state_and_an_ahead_of_time_compiled_train_step():
     """What `python -m convbert.aot` compiles: `train_step` lowered from `abstract_state()` and `abstract_batch`
     runs on real arrays, donates the state and keeps every array on its declared sharding."""

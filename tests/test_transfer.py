@@ -32,6 +32,7 @@ def _tree_digest(path):
     }
 
 
+@pytest.mark.slow
 def test_deterministic_and_equal_to_the_shipped_files(suite, tmp_path):
     root, _ = suite
     transfer.build_suite(str(tmp_path / "again"))
