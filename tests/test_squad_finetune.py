@@ -88,7 +88,7 @@ def run_driver(workdir, version: str, optimized: bool = False, **flags) -> subpr
 @pytest.mark.slow
 def test_tiny_finetune_beats_the_trivial_baselines_and_writes_valid_files(tmp_path, checkpoint):
     """A random tiny encoder, data parallel over 8 CPU devices, 10 epochs of 29 steps on the v1.1 fixture
-    (finetune_squad.py): about 57 EM / 62 F1 against 51 / 55 for always answering the first or the last speaker."""
+    (finetune_squad.py): more than 3 F1 above always answering the first or the last speaker."""
     workdir = str(tmp_path / "v1")
     done = run_driver(workdir, "v1", optimized=True, init_checkpoint=checkpoint, data_dir=FIXTURES)
     assert done.returncode == 0, done.stderr[-3000:]
