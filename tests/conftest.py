@@ -10,9 +10,9 @@ import tempfile
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# LLVM at -O0 for the CPU code: most tests compile programs that then run a few steps, and -O0 compiles them in
-# about three quarters of the time (the test modules' wall time, docs/development.md); the subprocess that runs
-# many steps (`pretraining_setup.start_pretrain_tiny`) leaves it out. Set XLA_FLAGS with another level to override.
+# LLVM at -O0 for the CPU code: most tests compile programs that then run a few steps, and -O0 compiles faster
+# (docs/development.md); the subprocesses that run many steps leave it out (`pretraining_setup.subprocess_env(...,
+# optimized=True)`). Set XLA_FLAGS with another level to override.
 _XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in _XLA_FLAGS:
     _XLA_FLAGS += " --xla_backend_optimization_level=0"

@@ -6,8 +6,8 @@ test_multiprocess, test_ablate).
 * `demo_data_dir()`: two plays of the bundled corpus prepared once per session (T = 64).
 * `start_pretrain_tiny(root)` / `wait_pretrained_tiny(root)`: the tiny recipe pretrained on its corpus for
   `PRETRAINED_TINY_STEPS`, then it and its random-init control fine-tuned on `TRANSFER_TASK`, behind the session
-  fixture `pretrained_tiny` (tests/conftest.py): started in the
-  background once per pytest run as soon as a selected test needs it, shared by every test process.
+  fixture `pretrained_tiny` (tests/conftest.py): started in the background once per pytest run as soon as a
+  selected test needs it, shared by every test process.
 * A persistent XLA compilation cache (`JAX_COMPILATION_CACHE_DIR`), so the runs of one config compile once,
   also across subprocesses.
 """
@@ -175,7 +175,7 @@ def start_pretrain_tiny(root: str) -> None:
     pretrain = [sys.executable, "pretrain.py", f"--workdir={workdir}", "--config=configs/pretrain.py:tiny"]
     pretrain += [f"--config.{k}={v}" for k, v in flags.items()]
     steps = [build, pretrain]
-    for name, init in finetuned_inits(workdir).items():
+    for init, finetune_workdir in _finetune_runs(root).values():
         steps.append(
             [
                 sys.executable,
@@ -184,7 +184,7 @@ def start_pretrain_tiny(root: str) -> None:
                 f"--config.init_checkpoint={init}",
                 f"--config.data_dir={suite}",
                 "--config.num_seeds=1",
-                f"--workdir={os.path.join(root, TRANSFER_TASK, name)}",
+                f"--workdir={finetune_workdir}",
             ]
         )
     rc = shlex.quote(os.path.join(root, "build.rc"))
@@ -195,10 +195,13 @@ def start_pretrain_tiny(root: str) -> None:
         subprocess.Popen(["sh", "-c", script], cwd=REPO, env=env, stdout=log, stderr=log)
 
 
-def finetuned_inits(workdir: str) -> dict[str, str]:
+def _finetune_runs(root: str) -> dict[str, tuple[str, str]]:
+    """{"pretrained" | "random": (init_checkpoint, finetune_glue.py's workdir)} of the build under `root`."""
     from convbert.finetuning import RANDOM_INIT
 
-    return {"pretrained": workdir, "random": RANDOM_INIT + workdir}
+    pretrained = os.path.join(root, "pretrain")
+    inits = {"pretrained": pretrained, "random": RANDOM_INIT + pretrained}
+    return {name: (init, os.path.join(root, TRANSFER_TASK, name)) for name, init in inits.items()}
 
 
 def wait_pretrained_tiny(root: str, timeout_s: float = 3600) -> PretrainedTiny:
@@ -222,5 +225,5 @@ def wait_pretrained_tiny(root: str, timeout_s: float = 3600) -> PretrainedTiny:
         suite=os.path.join(root, "suite"),
         corpus=os.path.join(root, "corpus"),
         steps=PRETRAINED_TINY_STEPS,
-        finetuned={name: os.path.join(root, TRANSFER_TASK, name) for name in finetuned_inits(workdir)},
+        finetuned={name: finetune_workdir for name, (_, finetune_workdir) in _finetune_runs(root).items()},
     )
