@@ -3,6 +3,7 @@
 import os
 import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -10,6 +11,10 @@ from flax import nnx
 from convbert.assets import BERT_UNCASED_VOCAB
 from convbert.config import ConvBertConfig
 from convbert.modeling import ConvBertModel
+
+# The mesh of the in-process fine-tuning runs that do not test data parallelism: one of the test process's 8
+# simulated CPU devices, which runs the tiny programs several times faster than all 8 (docs/development.md).
+ONE_DEVICE = jax.devices()[:1]
 
 # The tiny encoder of the fine-tuning tests (GLUE and SQuAD).
 TINY_ENCODER = ConvBertConfig(

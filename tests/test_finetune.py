@@ -20,7 +20,7 @@ from convbert.glue import finetune
 from convbert.glue.submission import SUBMISSION_FILES
 from convbert.glue.tasks import TASKS
 from convbert.tokenization import ConvBertTokenizer
-from helpers import TINY_ENCODER, randomize, save_random_encoder
+from helpers import ONE_DEVICE, TINY_ENCODER, randomize, save_random_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "glue")
@@ -257,7 +257,7 @@ def _sst2_trainer(source, **overrides):
     src = finetuning.resolve_source(config.init_checkpoint)
     task = TASKS["sst2"]
     task_data = finetune.prepare_task(task, config, finetune.load_tokenizer(src.tokenizer_dir), [])
-    mesh = finetune.sharding.create_mesh(config.mesh.to_dict())
+    mesh = finetune.sharding.create_mesh(config.mesh.to_dict(), ONE_DEVICE)
     copies = config.parallel_seeds or config.num_seeds
     trainer = finetune.TaskTrainer(task, finetuning.load_encoder(src, config), config, mesh, task_data, copies)
     return trainer, task_data, src

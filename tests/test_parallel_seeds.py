@@ -13,7 +13,7 @@ from flax import nnx
 from convbert import finetuning
 from convbert.glue import finetune
 from convbert.glue.tasks import TASKS
-from helpers import save_random_encoder
+from helpers import ONE_DEVICE, save_random_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "data", "glue_sample")
@@ -46,7 +46,7 @@ def dev(summary):
 
 @pytest.mark.slow
 def test_seeds_together_match_seeds_one_at_a_time_and_an_interrupted_group_restarts(tmp_path, checkpoint, monkeypatch):
-    alone = finetune.run(sst2_config(checkpoint, num_seeds=3, parallel_seeds=1), str(tmp_path / "alone"))
+    alone = finetune.run(sst2_config(checkpoint, num_seeds=3, parallel_seeds=1), str(tmp_path / "alone"), ONE_DEVICE)
 
     real, calls = finetune.train_group, []
 
@@ -59,11 +59,11 @@ def test_seeds_together_match_seeds_one_at_a_time_and_an_interrupted_group_resta
     together = str(tmp_path / "together")
     monkeypatch.setattr(finetune, "train_group", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        finetune.run(sst2_config(checkpoint, num_seeds=3, parallel_seeds=2), together)
+        finetune.run(sst2_config(checkpoint, num_seeds=3, parallel_seeds=2), together, ONE_DEVICE)
     assert calls == [[0, 1], [2]]
     assert os.path.isfile(os.path.join(together, "sst2", "seed_1", "result.json"))
     assert not os.path.exists(os.path.join(together, "sst2", "seed_2", "result.json"))
-    summary = finetune.run(sst2_config(checkpoint, num_seeds=3, parallel_seeds=2), together)
+    summary = finetune.run(sst2_config(checkpoint, num_seeds=3, parallel_seeds=2), together, ONE_DEVICE)
     assert calls[2:] == [[2]]  # finished seeds read back, the interrupted group trained again
     for seed in range(3):
         np.testing.assert_allclose(losses(together, seed), losses(str(tmp_path / "alone"), seed), rtol=2e-5)
@@ -76,7 +76,7 @@ def _probe_trainer(source, probe):
     src = finetuning.resolve_source(config.init_checkpoint)
     task = TASKS["sst2"]
     task_data = finetune.prepare_task(task, config, finetune.load_tokenizer(src.tokenizer_dir), [])
-    mesh = finetune.sharding.create_mesh(config.mesh.to_dict())
+    mesh = finetune.sharding.create_mesh(config.mesh.to_dict(), ONE_DEVICE)
     return finetune.TaskTrainer(task, finetuning.load_encoder(src, config), config, mesh, task_data, 2), task_data
 
 
@@ -120,11 +120,11 @@ def test_a_diverging_seed_stops_alone_and_the_others_finish_as_they_would_alone(
     with pytest.raises(
         finetuning.SeedsDiverged, match=r"sst2 seed 0 \(step \d+\), sst2 seed 1 \(step \d+\).*learning_rate"
     ):
-        finetune.run(sst2_config(checkpoint, num_seeds=2, learning_rate=1e6), str(tmp_path / "nan"))
+        finetune.run(sst2_config(checkpoint, num_seeds=2, learning_rate=1e6), str(tmp_path / "nan"), ONE_DEVICE)
     assert not os.path.exists(tmp_path / "nan" / "sst2" / "seed_0" / "result.json")
     assert not os.path.exists(tmp_path / "nan" / "submission" / "SST-2.tsv")
 
-    alone = finetune.run(sst2_config(checkpoint, num_seeds=1, seed=1), str(tmp_path / "alone"))
+    alone = finetune.run(sst2_config(checkpoint, num_seeds=1, seed=1), str(tmp_path / "alone"), ONE_DEVICE)
     init_state = finetuning.Trainer.init_state
 
     def poisoned(self, seeds):  # seed 0's head starts at NaN: its first loss is not finite
@@ -136,7 +136,7 @@ def test_a_diverging_seed_stops_alone_and_the_others_finish_as_they_would_alone(
     monkeypatch.setattr(finetuning.Trainer, "init_state", poisoned)
     workdir = str(tmp_path / "group")
     with pytest.raises(finetuning.SeedsDiverged, match=r"no results for sst2 seed 0 \(step 1\)\.") as e:
-        finetune.run(sst2_config(checkpoint, num_seeds=2), workdir)
+        finetune.run(sst2_config(checkpoint, num_seeds=2), workdir, ONE_DEVICE)
     assert e.value.exit_code == 65 and e.value.failed == {"sst2 seed 0": 1}
     result = json.loads((tmp_path / "group" / "sst2" / "result.json").read_text())
     assert [s["seed"] for s in result["seeds"]] == [1] and result["diverged"] == {"0": 1}

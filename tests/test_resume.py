@@ -250,7 +250,7 @@ def test_finetuning_rerun_records_its_config_and_an_interrupted_seed_logs_afresh
     (the results still came from the first), with a warning."""
     from configs.finetune_glue import get_config
     from convbert.glue import finetune
-    from helpers import save_random_encoder
+    from helpers import ONE_DEVICE, save_random_encoder
 
     config = get_config("sst2,tiny")
     config.update(
@@ -263,14 +263,14 @@ def test_finetuning_rerun_records_its_config_and_an_interrupted_seed_logs_afresh
     workdir = tmp_path / "glue"
     (workdir / "sst2" / "seed_0").mkdir(parents=True)
     (workdir / "sst2" / "seed_0" / "metrics.jsonl").write_text('{"step": 500, "train/loss": 9.9}\n')
-    finetune.run(config, str(workdir))
+    finetune.run(config, str(workdir), ONE_DEVICE)
     seed_dir = workdir / "sst2" / "seed_0"
     logged = [json.loads(line)["step"] for line in (seed_dir / "metrics.jsonl").read_text().splitlines()]
     assert logged and max(logged) == json.loads((seed_dir / "result.json").read_text())["train_steps"]
 
     config.learning_rate = 1e-3
     with caplog.at_level("WARNING"):
-        finetune.run(config, str(workdir))
+        finetune.run(config, str(workdir), ONE_DEVICE)
     history = starts(workdir)
     assert len(history) == 2 and history[1]["changes"] == {"learning_rate": [5e-4, 1e-3]}
     assert history[0]["config"]["learning_rate"] == 5e-4

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from convbert.squad import data, finetune, metrics
-from helpers import save_random_encoder
+from helpers import ONE_DEVICE, save_random_encoder
 from pretraining_setup import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,6 +130,7 @@ def test_v2_writes_null_odds_and_the_threshold_numbers(tmp_path, checkpoint):
             max_query_length=16,
         ),
         workdir,
+        ONE_DEVICE,
     )
     predictions = json.loads(Path(workdir, "predictions.json").read_text(encoding="utf-8"))
     odds = json.loads(Path(workdir, "null_odds.json").read_text(encoding="utf-8"))
@@ -186,7 +187,7 @@ def test_finetunes_from_a_sentencepiece_checkpoint(tmp_path):
         "v1", f"random:{source}", num_train_epochs=1, batch_size=32, eval_batch_size=64, max_seq_length=64
     )
     config.update(doc_stride=16, max_query_length=16)
-    finetune.run(config, workdir)
+    finetune.run(config, workdir, ONE_DEVICE)
     predictions = json.loads(Path(workdir, "predictions.json").read_text(encoding="utf-8"))
     dev = data.load_json(os.path.join(FIXTURES, data.FILES["v1"]["dev"]), "v1")
     assert set(predictions) == {ex.qid for ex in dev}

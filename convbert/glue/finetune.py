@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -274,8 +275,9 @@ def run_task(task: Task, config, workdir: str, encoder_fn, tokenizer_fn, mesh, t
     return result
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Fine-tunes `config.task` (a task, 'ax' or 'all') and writes the results and summary to `workdir`."""
+def run(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax.Device] | None = None) -> dict:
+    """Fine-tunes `config.task` (a task, 'ax' or 'all') and writes the results and summary to `workdir`; the mesh
+    (`config.mesh`) spans `devices` (default: all)."""
     if config.task not in TASK_CHOICES:
         raise ValueError(f"unknown GLUE task {config.task!r}; valid tasks: {', '.join(TASK_CHOICES)}")
     if config.loss_reduction not in ("sum", "mean"):
@@ -283,7 +285,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config_checks.check_finetuning(config)
     names, require_ax = task_names(config.task), config.task == "ax"
     check_files(names, config, require_ax)
-    mesh = sharding.create_mesh(config.mesh.to_dict())
+    mesh = sharding.create_mesh(config.mesh.to_dict(), devices)
     sharding.check_batch_size(config.batch_size, mesh, "batch_size", grad_accum_steps=config.grad_accum_steps)
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     if jax.process_index() == 0:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -317,16 +317,17 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str, devices: Sequence[jax.Device] | None = None) -> dict:
     """Fine-tunes SQuAD `config.version` for `config.num_seeds` seeds; writes the seeds, the median seed's
-    predictions and the summary to `workdir`; returns the summary."""
+    predictions and the summary to `workdir`; returns the summary. The mesh (`config.mesh`) spans `devices`
+    (default: all)."""
     if config.version not in VERSIONS:
         raise ValueError(f"config.version must be one of {', '.join(VERSIONS)}, got {config.version!r}")
     if config.loss_reduction not in ("sum", "mean"):
         raise ValueError(f"config.loss_reduction must be 'sum' or 'mean', got {config.loss_reduction!r}")
     config_checks.check_finetuning(config, config_checks.SQUAD)
     check_files(config)
-    mesh = sharding.create_mesh(config.mesh.to_dict())
+    mesh = sharding.create_mesh(config.mesh.to_dict(), devices)
     sharding.check_batch_size(config.batch_size, mesh, "batch_size", grad_accum_steps=config.grad_accum_steps)
     sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     if jax.process_index() == 0:
