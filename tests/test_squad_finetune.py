@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import background
 from convbert.squad import data, finetune, metrics
 from helpers import ONE_DEVICE, save_random_encoder
 from pretraining_setup import subprocess_env
@@ -85,12 +86,20 @@ def run_driver(workdir, version: str, optimized: bool = False, **flags) -> subpr
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=subprocess_env(8, optimized))
 
 
+@background.fixture
+def squad_v1_run():
+    """(checkpoint, workdir, the driver's process) of `finetune_squad.py` on the v1.1 fixture: a random tiny encoder,
+    data parallel over 8 CPU devices, 10 epochs of 29 steps."""
+    root = background.directory("squad_v1")
+    checkpoint = save_random_encoder(os.path.join(root, "ckpt"))
+    workdir = os.path.join(root, "v1")
+    return checkpoint, workdir, run_driver(workdir, "v1", optimized=True, init_checkpoint=checkpoint, data_dir=FIXTURES)
+
+
 @pytest.mark.slow
-def test_tiny_finetune_beats_the_trivial_baselines_and_writes_valid_files(tmp_path, checkpoint):
-    """A random tiny encoder, data parallel over 8 CPU devices, 10 epochs of 29 steps on the v1.1 fixture
-    (finetune_squad.py): more than 3 F1 above always answering the first or the last speaker."""
-    workdir = str(tmp_path / "v1")
-    done = run_driver(workdir, "v1", optimized=True, init_checkpoint=checkpoint, data_dir=FIXTURES)
+def test_tiny_finetune_beats_the_trivial_baselines_and_writes_valid_files(squad_v1_run):
+    """`squad_v1_run` (finetune_squad.py): more than 3 F1 above always answering the first or the last speaker."""
+    checkpoint, workdir, done = squad_v1_run
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(Path(workdir, "results.json").read_text(encoding="utf-8"))
     gold, trivial = baselines("v1")
