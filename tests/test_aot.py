@@ -5,11 +5,13 @@ not installed)."""
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+import background
 import pretraining_setup as setup
 from configs.finetune_glue import get_config as glue_config
 from configs.pretrain import get_config
@@ -211,9 +213,38 @@ def run_cli(*flags: str, json_out) -> tuple[subprocess.CompletedProcess, dict]:
         return proc, json.load(f)
 
 
+def cli_run(name: str, *flags: str, tpu: bool = False):
+    """The background fixture `name`: (process, report) of `python -m convbert.aot FLAGS`; `tpu`: skipped
+    where libtpu is not installed."""
+
+    def job():
+        if tpu and not HAS_LIBTPU:
+            pytest.skip("libtpu is not installed")
+        return run_cli(*flags, json_out=os.path.join(background.directory(name), "r.json"))
+
+    job.__name__, job.__doc__ = name, f"(process, report) of python -m convbert.aot {' '.join(flags)}"
+    return background.fixture(job)
+
+
+TINY = "--config=configs/pretrain.py:tiny"
+cli_cpu_data_parallel = cli_run("cli_cpu_data_parallel", TINY, "--topology=cpu:8")
+cli_tpu_v5e = cli_run(
+    "cli_tpu_v5e",
+    TINY,
+    "--topology=v5e:2x2",
+    "--config.mesh.data=1",
+    "--config.mesh.fsdp=2",
+    "--config.mesh.model=2",
+    tpu=True,
+)
+cli_tpu_out_of_memory = cli_run(
+    "cli_tpu_out_of_memory", TINY, "--topology=v5e:2x2", "--config.batch_size=32768", tpu=True
+)
+
+
 @pytest.mark.slow
-def test_cli_cpu_data_parallel(tmp_path):
-    proc, r = run_cli("--config=configs/pretrain.py:tiny", "--topology=cpu:8", json_out=tmp_path / "r.json")
+def test_cli_cpu_data_parallel(cli_cpu_data_parallel):
+    proc, r = cli_cpu_data_parallel
     assert proc.returncode == 0
     check_report(r, 8)
     assert r["config"] == "configs/pretrain.py:tiny" and r["mesh"] == {"data": 8, "fsdp": 1, "model": 1}
@@ -240,16 +271,9 @@ def test_cli_bad_input_exits_2_before_compiling():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -r requirements-tpu.txt)")
-def test_tpu_v5e_compile(tmp_path):
+def test_tpu_v5e_compile(cli_tpu_v5e):
     """The TPU compiler's view of the tiny step on v5e:2x2 (2 x FSDP, 2 x tensor parallel), with the estimate."""
-    proc, r = run_cli(
-        "--config=configs/pretrain.py:tiny",
-        "--topology=v5e:2x2",
-        "--config.mesh.data=1",
-        "--config.mesh.fsdp=2",
-        "--config.mesh.model=2",
-        json_out=tmp_path / "r.json",
-    )
+    proc, r = cli_tpu_v5e
     assert proc.returncode == 0
     check_report(r, 4)
     assert (r["chip"], r["hbm_bytes"], r["fits"]) == ("TPU v5 lite", 16 * 2**30, True)
@@ -288,14 +312,9 @@ def test_finetune_step_compiles(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install -r requirements-tpu.txt)")
-def test_tpu_out_of_memory_exits_1_with_the_numbers_and_knobs(tmp_path):
+def test_tpu_out_of_memory_exits_1_with_the_numbers_and_knobs(cli_tpu_out_of_memory):
     """8192 sequences per chip: the TPU compiler refuses the program; the report says why and what would help."""
-    proc, r = run_cli(
-        "--config=configs/pretrain.py:tiny",
-        "--topology=v5e:2x2",
-        "--config.batch_size=32768",
-        json_out=tmp_path / "r.json",
-    )
+    proc, r = cli_tpu_out_of_memory
     assert proc.returncode == 1 and r["fits"] is False
     assert r["compile_error"].startswith("RESOURCE_EXHAUSTED")
     assert r["per_device_bytes"]["total"] > r["hbm_bytes"] == 16 * 2**30

@@ -18,6 +18,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+import background
 import pretraining_setup as setup
 from convbert import checkpoint, sharding
 from convbert.checkpoint import Checkpointer
@@ -175,12 +176,11 @@ def test_unretrieved_read_failures_are_dropped_from_the_asyncio_log(monkeypatch,
     assert [r.getMessage() for r in caplog.records] == [other, "Executing <Task ...> took 0.2 seconds"]
 
 
-@pytest.mark.slow
-def test_fallback_is_one_warning_in_the_run_log(tmp_path):
-    """pretrain.py restarted on a workdir whose newest checkpoint is damaged: its log holds one warning, naming the
-    checkpoint and why, and no traceback (before: about 1,100 lines for this tiny run, hundreds of "Event loop is
-    closed" tracebacks around the warning; issue 14 counted 20,071 lines for the tiny config)."""
-    workdir = str(tmp_path / "run")
+@background.fixture
+def fallback_run():
+    """(workdir, stderr lines of the second run) of pretrain.py run for 4 steps, its checkpoint 4 damaged, then
+    run again."""
+    workdir = os.path.join(background.directory("checkpoint_fallback"), "run")
     command = [sys.executable, "pretrain.py", f"--workdir={workdir}", *setup.cli_flags(num_train_steps=4)]
 
     def run():
@@ -197,7 +197,15 @@ def test_fallback_is_one_warning_in_the_run_log(tmp_path):
 
     run()
     corrupt(os.path.join(workdir, "checkpoints"), 4)
-    log = run()
+    return workdir, run()
+
+
+@pytest.mark.slow
+def test_fallback_is_one_warning_in_the_run_log(fallback_run):
+    """pretrain.py restarted on a workdir whose newest checkpoint is damaged (`fallback_run`): its log holds one
+    warning, naming the checkpoint and why, and no traceback (before: about 1,100 lines for this tiny run, hundreds
+    of "Event loop is closed" tracebacks around the warning; issue 14 counted 20,071 lines for the tiny config)."""
+    workdir, log = fallback_run
     warnings = [line for line in log if line.startswith("W")]
     assert len(warnings) == 1 and re.search(
         rf"checkpoint {workdir}/checkpoints/4 is unreadable \(ValueError: .+\); resuming from step 2 instead; "

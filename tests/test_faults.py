@@ -19,6 +19,7 @@ import numpy as np
 import portpicker
 import pytest
 
+import background
 import pretraining_setup as setup
 from convbert import distributed, faults, hf_io, pretraining, workdir_lock
 from convbert.ablation.results import read_metrics
@@ -176,11 +177,13 @@ def wait_for_steps(workdir: str, proc: subprocess.Popen, log) -> None:
         time.sleep(0.5)
 
 
-@pytest.mark.slow
-def test_a_second_pretraining_is_refused_and_sigterm_exits_75(tmp_path):
-    """Two pretrain.py on one workdir (issue 23 case 1): the second exits 73 naming the first, having written
-    nothing. SIGTERM (case 2) stops the first with a checkpoint and exit code 75, not 0."""
-    workdir, log = str(tmp_path / "run"), str(tmp_path / "first.log")
+@background.fixture
+def two_pretrainings():
+    """A pretrain.py on a workdir, a second pretrain.py started on it once the first logs its steps, then SIGTERM
+    to the first: {'workdir', 'first': (pid, exit code, log), 'second': the second's process, 'starts': the number
+    of starts config.json records after the second}."""
+    root = background.directory("two_pretrainings")
+    workdir, log = os.path.join(root, "run"), os.path.join(root, "first.log")
     command = [sys.executable, "pretrain.py", f"--workdir={workdir}"]
     flags = setup.cli_flags(num_train_steps=100_000, checkpoint_every_steps=100_000)
     with open(log, "w") as out:
@@ -197,18 +200,32 @@ def test_a_second_pretraining_is_refused_and_sigterm_exits_75(tmp_path):
             text=True,
             timeout=300,
         )
-        assert second.returncode == 73, second.stderr[-3000:]
-        assert second.stderr.splitlines()[-1].startswith(
-            f"pretrain.py: WorkdirLocked: {workdir} is in use by pretrain.py (host {socket.gethostname()}, "
-            f"pid {first.pid}, started "
-        )
-        assert len(json.loads(Path(workdir, "config.json").read_text())["starts"]) == 1
+        starts = len(json.loads(Path(workdir, "config.json").read_text())["starts"])
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=300)
     finally:
         first.kill()
-    text = Path(log).read_text()
-    assert first.returncode == faults.Preempted.exit_code == 75, text[-3000:]
+    return {
+        "workdir": workdir,
+        "first": (first.pid, first.returncode, Path(log).read_text()),
+        "second": second,
+        "starts": starts,
+    }
+
+
+@pytest.mark.slow
+def test_a_second_pretraining_is_refused_and_sigterm_exits_75(two_pretrainings):
+    """Two pretrain.py on one workdir (issue 23 case 1, `two_pretrainings`): the second exits 73 naming the first,
+    having written nothing. SIGTERM (case 2) stops the first with a checkpoint and exit code 75, not 0."""
+    workdir, second = two_pretrainings["workdir"], two_pretrainings["second"]
+    pid, returncode, text = two_pretrainings["first"]
+    assert second.returncode == 73, second.stderr[-3000:]
+    assert second.stderr.splitlines()[-1].startswith(
+        f"pretrain.py: WorkdirLocked: {workdir} is in use by pretrain.py (host {socket.gethostname()}, "
+        f"pid {pid}, started "
+    )
+    assert two_pretrainings["starts"] == 1
+    assert returncode == faults.Preempted.exit_code == 75, text[-3000:]
     last = text.strip().splitlines()[-1]
     assert last.startswith("pretrain.py: Preempted: stopped for preemption at step "), last
     assert f"after saving checkpoint {workdir}/checkpoints/" in last

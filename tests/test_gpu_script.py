@@ -5,16 +5,20 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import background
 from pretraining_setup import REPO
 
 
-@pytest.mark.slow
-def test_gpu_script_smoke(tmp_path):
+@background.fixture
+def gpu_script_run():
+    """(output folder, process) of `bash benchmarks/gpu.sh OUT` with GPU_SMOKE=1."""
+    out = background.directory("gpu_script")
     proc = subprocess.run(
-        ["bash", "benchmarks/gpu.sh", str(tmp_path)],
+        ["bash", "benchmarks/gpu.sh", out],
         # the script's `python` is this interpreter (its jax and torch), also where pytest runs without an active venv
         env={**os.environ, "GPU_SMOKE": "1", "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]},
         cwd=REPO,
@@ -22,6 +26,12 @@ def test_gpu_script_smoke(tmp_path):
         text=True,
         timeout=1800,
     )
+    return Path(out), proc
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke(gpu_script_run):
+    tmp_path, proc = gpu_script_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(tmp_path / "pretrain_tiny.json") as f:
         results = json.load(f)["results"]

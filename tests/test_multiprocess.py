@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
 import portpicker
 import pytest
 
+import background
 import pretraining_setup as setup
 from convbert import sharding
 from convbert.data import loader
@@ -43,7 +45,7 @@ def one_process_losses(config):
     return losses, jax.device_get(state.params)
 
 
-def launch_two(tmp_path, workdir: str, flags: list[str]) -> list[subprocess.Popen]:
+def launch_two(tmp_path: Path, workdir: str, flags: list[str]) -> list[subprocess.Popen]:
     """Two pretrain.py processes with 2 CPU devices each, joined on a free local port; logs in tmp_path."""
     port = portpicker.pick_unused_port()
     procs = []
@@ -75,14 +77,20 @@ def wait_all(procs: list[subprocess.Popen], timeout: float) -> None:
             proc.kill()
 
 
-@pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
-    workdir = str(tmp_path / "run")
-    flags = setup.cli_flags(mesh__data=2, mesh__fsdp=2)
-    procs = launch_two(tmp_path, workdir, flags)
+@background.fixture
+def two_processes():
+    """(workdir, exit codes, logs) of two processes pretraining the shrunk tiny config on a (2, 2) data/fsdp mesh."""
+    root = Path(background.directory("two_processes"))
+    workdir = str(root / "run")
+    procs = launch_two(root, workdir, setup.cli_flags(mesh__data=2, mesh__fsdp=2))
     wait_all(procs, timeout=420)
-    logs = [(tmp_path / f"process_{i}.log").read_text() for i in range(2)]
-    assert [p.returncode for p in procs] == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    return workdir, [p.returncode for p in procs], [(root / f"process_{i}.log").read_text() for i in range(2)]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(two_processes):
+    workdir, returncodes, logs = two_processes
+    assert returncodes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
     assert "process 1/2, 2 local of 4 devices" in logs[1]
 
     step_dir = os.path.join(workdir, "checkpoints", "8")
@@ -107,13 +115,14 @@ def logged_steps(workdir: str) -> dict[int, float]:
         return {}
 
 
-@pytest.mark.slow
-def test_sigterm_on_one_process_stops_both_at_one_step(tmp_path):
-    """SIGTERM to process 1 only (a preempted host): through JAX's preemption sync both processes save the same
-    step, say so, and exit with `faults.Preempted`'s code 75 (before issue 23: 0, as if finished)."""
-    workdir = str(tmp_path / "run")
+@background.fixture
+def preempted_processes():
+    """SIGTERM to process 1 only (a preempted host) of two pretraining processes once they log steps: (workdir,
+    exit codes, logs)."""
+    root = Path(background.directory("preempted_processes"))
+    workdir = str(root / "run")
     procs = launch_two(
-        tmp_path,
+        root,
         workdir,
         setup.cli_flags(mesh__data=2, mesh__fsdp=2, num_train_steps=100_000, checkpoint_every_steps=100_000),
     )
@@ -121,12 +130,19 @@ def test_sigterm_on_one_process_stops_both_at_one_step(tmp_path):
         deadline = time.time() + 400
         while not logged_steps(workdir) and time.time() < deadline and procs[0].poll() is None:
             time.sleep(1)
-        assert logged_steps(workdir), (tmp_path / "process_0.log").read_text()[-3000:]
+        assert logged_steps(workdir), (root / "process_0.log").read_text()[-3000:]
         procs[1].send_signal(signal.SIGTERM)
     finally:
         wait_all(procs, timeout=300)
-    logs = [(tmp_path / f"process_{i}.log").read_text() for i in range(2)]
-    assert [p.returncode for p in procs] == [75, 75], "\n\n".join(log[-3000:] for log in logs)
+    return workdir, [p.returncode for p in procs], [(root / f"process_{i}.log").read_text() for i in range(2)]
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_process_stops_both_at_one_step(preempted_processes):
+    """SIGTERM to process 1 only (`preempted_processes`): through JAX's preemption sync both processes save the
+    same step, say so, and exit with `faults.Preempted`'s code 75 (before issue 23: 0, as if finished)."""
+    workdir, returncodes, logs = preempted_processes
+    assert returncodes == [75, 75], "\n\n".join(log[-3000:] for log in logs)
     steps = [int(re.search(r"stopped for preemption at step (\d+)", log).group(1)) for log in logs]
     assert steps[0] == steps[1] < 100_000, steps
     step_dir = os.path.join(workdir, "checkpoints", str(steps[0]))

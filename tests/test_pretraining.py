@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import background
 import pretraining_setup as setup
 from convbert import config_checks, faults, metric_writer, pretraining, resume, sharding
 from convbert.checkpoint import Checkpointer
@@ -81,11 +82,12 @@ def test_resume_after_sigterm_is_bitwise(straight, tmp_path, monkeypatch):
     assert_trees_equal(setup.load_state(workdir, 8, config), straight[2])
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill_is_bitwise(tmp_path):
-    """pretrain.py killed with SIGKILL after its first checkpoint and started again ends exactly where an
-    uninterrupted pretrain.py run does (both subprocesses with one CPU device: the in-process runs see 8
-    devices, which changes XLA's CPU threading and the last bits of some sums)."""
+@background.fixture
+def sigkill_runs():
+    """pretrain.py run uninterrupted, and pretrain.py killed with SIGKILL after its first checkpoint and started
+    again (both subprocesses with one CPU device: the in-process runs see 8 devices, which changes XLA's CPU
+    threading and the last bits of some sums): {'reference', 'workdir', 'killed': (exit code, steps saved then)}."""
+    root = background.directory("sigkill")
     env = setup.subprocess_env(num_devices=1)
 
     def command(workdir):
@@ -95,7 +97,7 @@ def test_resume_after_sigkill_is_bitwise(tmp_path):
         done = subprocess.run(command(workdir), cwd=setup.REPO, env=env, capture_output=True, timeout=300)
         assert done.returncode == 0, done.stderr.decode()[-3000:]
 
-    reference, workdir = str(tmp_path / "reference"), str(tmp_path / "run")
+    reference, workdir = os.path.join(root, "reference"), os.path.join(root, "run")
     run(reference)
     proc = subprocess.Popen(
         command(workdir), cwd=setup.REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -108,9 +110,19 @@ def test_resume_after_sigkill_is_bitwise(tmp_path):
     proc.kill()
     proc.wait(timeout=60)
     proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
-    assert 2 in steps(workdir) and 8 not in steps(workdir)
+    killed = proc.returncode, steps(workdir)
     run(workdir)
+    return {"reference": reference, "workdir": workdir, "killed": killed}
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bitwise(sigkill_runs):
+    """pretrain.py killed with SIGKILL after its first checkpoint and started again ends exactly where an
+    uninterrupted pretrain.py run does (`sigkill_runs`)."""
+    reference, workdir = sigkill_runs["reference"], sigkill_runs["workdir"]
+    returncode, saved = sigkill_runs["killed"]
+    assert returncode == -signal.SIGKILL
+    assert 2 in saved and 8 not in saved
     assert setup.losses(workdir) == setup.losses(reference)
     config = setup.tiny_config()
     assert_trees_equal(setup.load_state(workdir, 8, config), setup.load_state(reference, 8, config))
