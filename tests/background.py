@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,6 +24,9 @@ import pytest
 
 # Jobs run at once: each is mostly one subprocess compiling on one core, beside the main thread's tests.
 LANES = 2
+# The jobs' threads, and so the subprocesses they start, run at this niceness (Linux: per thread, inherited by
+# children): they take the cores the main thread's tests leave idle rather than slowing those tests down.
+NICENESS = 10
 SHARED_DIR = "CONVBERT_TEST_SHARED_DIR"  # one folder per pytest run (tests/conftest.py)
 
 JOBS: dict[str, Callable[[], Any]] = {}  # in the order their modules define them
@@ -47,10 +51,17 @@ def start(names: Iterable[str]) -> None:
     """Starts the named jobs (those not started yet), `LANES` at a time, in the order given."""
     global _pool
     with _lock:
-        _pool = _pool or concurrent.futures.ThreadPoolExecutor(LANES, thread_name_prefix="background")
+        _pool = _pool or concurrent.futures.ThreadPoolExecutor(
+            LANES, thread_name_prefix="background", initializer=_lower_priority
+        )
         for name in names:
             if name not in _futures:
                 _futures[name] = _pool.submit(JOBS[name])
+
+
+def _lower_priority() -> None:
+    if sys.platform == "linux":  # elsewhere the niceness is the process's, not the thread's
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + NICENESS)
 
 
 def result(name: str) -> Any:
