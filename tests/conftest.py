@@ -59,17 +59,15 @@ def pytest_unconfigure(config):
 
 @pytest.hookimpl(trylast=True)  # after -m / -k deselection
 def pytest_collection_modifyitems(config, items):
-    """Starts the background fixtures (tests/background.py) that the selected tests need, right after collection,
-    and runs the tests that need them last, in the order the jobs start, so that their minutes overlap the other
-    tests."""
+    """Starts the background fixtures (tests/background.py) that the selected tests need, right after collection
+    (not for --collect-only), and runs the tests that need them last, in the order the jobs start, so that their
+    minutes overlap the other tests."""
     order = {name: i for i, name in enumerate(background.JOBS)}
-
-    def first_job(item) -> int:
-        return min((order[name] for name in getattr(item, "fixturenames", ()) if name in order), default=-1)
-
-    needs = sorted((item for item in items if first_job(item) >= 0), key=first_job)  # stable: file order kept
-    items[:] = [item for item in items if first_job(item) < 0] + needs
-    background.start(sorted({name for item in needs for name in item.fixturenames if name in order}, key=order.get))
+    jobs = {item: sorted((n for n in getattr(item, "fixturenames", ()) if n in order), key=order.get) for item in items}
+    needs = sorted((item for item in items if jobs[item]), key=lambda item: order[jobs[item][0]])  # stable sort
+    items[:] = [item for item in items if not jobs[item]] + needs
+    if not config.option.collectonly:
+        background.start(sorted({name for item in needs for name in jobs[item]}, key=order.get))
 
 
 @background.fixture

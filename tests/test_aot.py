@@ -213,7 +213,7 @@ def run_cli(*flags: str, json_out) -> tuple[subprocess.CompletedProcess, dict]:
         return proc, json.load(f)
 
 
-def cli_run(name: str, *flags: str, tpu: bool = False):
+def cli_fixture(name: str, *flags: str, tpu: bool = False):
     """The background fixture `name`: (process, report) of `python -m convbert.aot FLAGS`; `tpu`: skipped
     where libtpu is not installed."""
 
@@ -227,8 +227,8 @@ def cli_run(name: str, *flags: str, tpu: bool = False):
 
 
 TINY = "--config=configs/pretrain.py:tiny"
-cli_cpu_data_parallel = cli_run("cli_cpu_data_parallel", TINY, "--topology=cpu:8")
-cli_tpu_v5e = cli_run(
+cli_cpu_data_parallel = cli_fixture("cli_cpu_data_parallel", TINY, "--topology=cpu:8")
+cli_tpu_v5e = cli_fixture(
     "cli_tpu_v5e",
     TINY,
     "--topology=v5e:2x2",
@@ -237,7 +237,7 @@ cli_tpu_v5e = cli_run(
     "--config.mesh.model=2",
     tpu=True,
 )
-cli_tpu_out_of_memory = cli_run(
+cli_tpu_out_of_memory = cli_fixture(
     "cli_tpu_out_of_memory", TINY, "--topology=v5e:2x2", "--config.batch_size=32768", tpu=True
 )
 
