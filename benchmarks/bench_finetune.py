@@ -1,5 +1,6 @@
 """Fine-tuning throughput in seeds per minute (issue #21, BENCHMARKS.md "Fine-tuning"): seeds one at a time vs
-together (`parallel_seeds`), probe (cached features) vs fine-tune, cold vs warm compilation cache, and a PyTorch
+together (`parallel_seeds`), padded vs length-grouped batches (`group_by_length`; evaluation batches are cut in
+every row), probe (cached features) vs fine-tune, cold vs warm compilation cache, and a PyTorch
 reference (transformers' ConvBertForSequenceClassification fine-tuned one seed at a time), in one invocation.
 
     python -m benchmarks.bench_finetune --checkpoint=workdirs/pretrain_tiny --task=replaced_word \
@@ -27,9 +28,10 @@ from benchmarks.common import ROOT, machine
 
 # run name -> config overrides of finetune_glue.py, and whether the compilation cache starts empty
 RUNS = {
-    "sequential": ({"parallel_seeds": 1}, False),
-    "parallel": ({"parallel_seeds": 0}, False),
-    "parallel_cold_cache": ({"parallel_seeds": 0}, True),
+    "sequential": ({"parallel_seeds": 1, "group_by_length": False}, False),
+    "parallel": ({"parallel_seeds": 0, "group_by_length": False}, False),
+    "parallel_grouped_by_length": ({"parallel_seeds": 0, "group_by_length": True}, False),
+    "parallel_cold_cache": ({"parallel_seeds": 0, "group_by_length": False}, True),
     "probe_sequential": ({"parallel_seeds": 1, "freeze_encoder": True}, False),
     "probe_parallel": ({"parallel_seeds": 0, "freeze_encoder": True}, False),
 }

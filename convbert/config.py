@@ -175,6 +175,14 @@ class ConvBertConfig:
         return self.branch_size * (1 if self.conv_type == "none" else 2)
 
     @property
+    def conv_reach(self) -> int:
+        """How far a token's final hidden state reaches into its right neighbours through the convolutions: each
+        layer's kernel sees `conv_kernel_size // 2` positions on either side (attention masks its padding). A
+        batch cut `conv_reach` positions after its longest row gives every real token the outputs of the padded
+        batch (`convbert.finetuning.row_lengths`)."""
+        return 0 if self.conv_type == "none" else self.num_hidden_layers * (self.conv_kernel_size // 2)
+
+    @property
     def is_electra(self) -> bool:
         """Whether this is ELECTRA's architecture (`ELECTRA_FIELDS`): transformers' `Electra*` classes compute it."""
         return all(getattr(self, k) == v for k, v in ELECTRA_FIELDS.items())

@@ -1,5 +1,6 @@
-"""Seeds trained together (`config.parallel_seeds`), probes on cached features, a non-finite loss that stops one
-seed, and the persistent compilation cache (docs/finetuning.md)."""
+"""Seeds trained together (`config.parallel_seeds`), batches grouped by length and cut (`config.group_by_length`,
+on in the tiny recipe these tests run), probes on cached features, a non-finite loss that stops one seed, and the
+persistent compilation cache (docs/finetuning.md)."""
 
 import json
 import os
@@ -71,8 +72,9 @@ def test_seeds_together_match_seeds_one_at_a_time_and_an_interrupted_group_resta
     assert summary["tasks"]["sst2"]["median"] == alone["tasks"]["sst2"]["median"]
 
 
-def _probe_trainer(source, probe):
-    config = sst2_config(source, freeze_encoder=True, probe=probe, batch_size=8, num_seeds=2)
+def _trainer(source, **overrides):
+    """A TaskTrainer of two seeds on the SST-2 sample, batch 8."""
+    config = sst2_config(source, batch_size=8, eval_batch_size=8, num_seeds=2, **overrides)
     src = finetuning.resolve_source(config.init_checkpoint)
     task = TASKS["sst2"]
     task_data = finetune.prepare_task(task, config, finetune.load_tokenizer(src.tokenizer_dir), [])
@@ -93,12 +95,13 @@ def test_a_probe_on_cached_features_is_the_step_by_step_probe_and_leaves_the_enc
     source = (finetuning.RANDOM_INIT if control else "") + checkpoint
     runs = {}
     for probe in ("cached", "per_step"):
-        trainer, task_data = _probe_trainer(source, probe)
+        trainer, task_data = _trainer(source, freeze_encoder=True, probe=probe)
         state = trainer.init_state([0, 1])
         encoder = _flat(state.params, "convbert")
         train = [task_data.train] * 2
         if trainer.cached:
-            train = trainer.cached_features(state, task_data.train, finetune.data.FEATURES, str(tmp_path))
+            features = finetune.data.FEATURES
+            train = trainer.cached_features(state, task_data.train, features, str(tmp_path), trainer.lengths(train[0]))
             assert train[0]["cls"].shape == (len(task_data.train["labels"]), 1, 64)
             assert (train[0] is train[1]) != control
         step_losses = []
@@ -113,6 +116,59 @@ def test_a_probe_on_cached_features_is_the_step_by_step_probe_and_leaves_the_enc
     assert not np.allclose(runs["cached"][0][:, 0], runs["cached"][0][:, 1])  # the two seeds differ
     for k, v in runs["per_step"][1].items():
         np.testing.assert_allclose(runs["cached"][1][k], v, rtol=1e-4, atol=1e-6)
+
+
+def test_row_lengths_reach_past_the_last_real_token_in_multiples_of_16():
+    mask = np.zeros((5, 64), np.int32)
+    for i, n in enumerate([1, 8, 9, 60, 0]):
+        mask[i, :n] = 1
+    np.testing.assert_array_equal(finetuning.row_lengths(mask, 8), [16, 16, 32, 64, 16])
+    np.testing.assert_array_equal(finetuning.row_lengths(mask, 0), [16, 16, 16, 64, 0])
+
+
+def test_length_grouped_batches_give_every_seed_the_same_lengths_and_its_own_rows():
+    lengths = np.random.default_rng(0).choice([16, 32, 48, 64], size=100)
+    orders = [np.random.default_rng(seed).permutation(100) for seed in range(3)]
+    plain = finetuning.trainer.epoch_batches(orders, 8, 1)
+    assert [(rows[0].tolist(), length) for rows, length in plain[:2]] == [(orders[0][:8].tolist(), None)] * 1 + [
+        (orders[0][8:16].tolist(), None)
+    ]
+    steps = finetuning.trainer.epoch_batches(orders, 8, 1, lengths)
+    alone = finetuning.trainer.epoch_batches(orders[2:], 8, 1, lengths)
+    assert len(steps) == len(alone) == 12
+    for (rows, length), (rows_alone, length_alone) in zip(steps, alone, strict=True):
+        assert length == length_alone and np.array_equal(rows[2], rows_alone[0])  # as the seed draws alone
+        assert [lengths[r].max() for r in rows] == [length] * 3  # cut to each copy's longest row
+    for c in range(3):  # each copy's rows once in the epoch, random within a length
+        seen = np.concatenate([rows[c] for rows, _ in steps])
+        assert len(set(seen.tolist())) == 96
+    assert len({tuple(steps[0][0][c]) for c in range(3)}) == 3
+    schedule = [length for _, length in steps]
+    assert sorted(schedule) == np.sort(lengths)[7::8].tolist() and schedule != sorted(schedule)
+    assert schedule != [length for _, length in finetuning.trainer.epoch_batches(orders, 8, 2, lengths)]
+
+
+def test_batches_cut_past_the_reach_give_the_logits_of_the_padded_batch(checkpoint):
+    """Rows of 3 to 64 tokens, batches of 8 (the last filled up); cut without the convolutions' reach, the
+    last tokens of the longest rows would see past a cut and the logits would change."""
+    trainer, _ = _trainer(checkpoint)
+    rng = np.random.default_rng(0)
+    n, t = 36, 64
+    real = rng.integers(3, t + 1, n)
+    mask = (np.arange(t) < real[:, None]).astype(np.int32)
+    features = {
+        "input_ids": np.where(mask, rng.integers(1000, 2000, (n, t)), 0).astype(np.int32),
+        "attention_mask": mask,
+        "token_type_ids": ((np.arange(t) >= real[:, None] // 2) & (mask == 1)).astype(np.int32),
+    }
+    params = trainer.init_state([0, 1]).params
+    full = finetuning.predict(trainer, params, [features] * 2)
+    assert full.shape == (2, n, 2)
+    lengths = trainer.lengths(features)
+    assert trainer.model_config.conv_reach == 8 and len(set(lengths.tolist())) == 4
+    np.testing.assert_allclose(finetuning.predict(trainer, params, [features] * 2, lengths), full, rtol=1e-5, atol=1e-6)
+    no_reach = finetuning.predict(trainer, params, [features] * 2, finetuning.row_lengths(mask, 0))
+    assert not np.allclose(no_reach, full, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -113,6 +113,7 @@ def make_optimizer(config, params, num_layers: int, total_steps: int):
     return tx, schedule
 
 
+LENGTH_MULTIPLE = 16  # cut batches are a multiple of this long: few shapes to compile (`row_lengths`)
 PROBES = ("cached", "per_step", "per_step_dropout")  # config.probe: how a frozen encoder is run (default_config)
 DEVICE_MEMORY_FRACTION = 0.8  # of a device's memory that a group of seeds may fill (`seed_group_size`)
 
@@ -175,6 +176,36 @@ def write_json(path: str, obj, ensure_ascii: bool = True) -> None:
 
 def seed_groups(seeds: Sequence[int], size: int) -> list[list[int]]:
     return [list(seeds[i : i + size]) for i in range(0, len(seeds), size)]
+
+
+def row_lengths(attention_mask: np.ndarray, reach: int) -> np.ndarray:
+    """[N]: how long a batch holding row n must be for its real tokens to get the outputs of the full padded
+    length: past its last real token by `reach` (`ConvBertConfig.conv_reach`), rounded up to `LENGTH_MULTIPLE`,
+    at most the padded length."""
+    t = attention_mask.shape[1]
+    real = t - np.argmax(attention_mask[:, ::-1] != 0, axis=1)
+    real[~attention_mask.any(axis=1)] = 0
+    return np.minimum(-(-(real + reach) // LENGTH_MULTIPLE) * LENGTH_MULTIPLE, t)
+
+
+def epoch_batches(
+    orders: Sequence[np.ndarray], batch_size: int, epoch: int, lengths: np.ndarray | None = None
+) -> list[tuple[list[np.ndarray], int | None]]:
+    """One epoch's steps: (each copy's rows, the length to cut the batch to, or None). Without `lengths`,
+    consecutive slices of each copy's permutation (the last partial batch dropped). With `lengths`
+    (`row_lengths`; `config.group_by_length`), each permutation is stably sorted by length and sliced, so a batch
+    holds rows of similar length, random within that length, and is cut to its longest row; the batches then
+    run in an order drawn from `epoch` alone. Batch j's length is that of the sorted lengths' j-th slice for
+    every seed, so the copies of a group share every step's shape and each seed draws what it draws alone."""
+    steps = len(orders[0]) // batch_size
+    if lengths is None:
+        return [([o[i * batch_size : (i + 1) * batch_size] for o in orders], None) for i in range(steps)]
+    orders = [o[np.argsort(lengths[o], kind="stable")] for o in orders]
+    ends = np.sort(lengths)[batch_size - 1 :: batch_size]
+    return [
+        ([o[j * batch_size : (j + 1) * batch_size] for o in orders], int(ends[j]))
+        for j in np.random.default_rng(epoch).permutation(steps)
+    ]
 
 
 def feature_array(shape: tuple[int, ...], dtype, config, spill_dir: str) -> np.ndarray:
@@ -257,6 +288,7 @@ class Trainer(TrainSteps):
             self._on_mesh(lambda params, batch: encode(self.model(params), batch)), out_shardings=self.replicated
         )
         self.input_keys = (*encoded, *head_inputs) if self.cached else tuple(inputs)
+        self.token_keys = tuple(inputs)  # [.., T] arrays, cut with a batch's length
 
     def init_keys(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The seed's key for both the head (`nnx.Rngs(key)`) and dropout (`fold_in(key, step)`), the streams of
@@ -272,12 +304,19 @@ class Trainer(TrainSteps):
         return self.init(keys, None if self.encoder_params is None else {ENCODER: self.encoder_params})
 
     def batch(
-        self, features: Sequence[dict[str, np.ndarray]], rows: Sequence[np.ndarray], keys: Sequence[str]
+        self,
+        features: Sequence[dict[str, np.ndarray]],
+        rows: Sequence[np.ndarray],
+        keys: Sequence[str],
+        length: int | None = None,
     ) -> dict[str, jax.Array]:
-        """{key: [copies, B, ...]}: copy c's rows `rows[c]` of `features[c]` (each process makes its own shards)."""
+        """{key: [copies, B, ...]}: copy c's rows `rows[c]` of `features[c]` (each process makes its own shards),
+        the token arrays cut to `length` positions when given (`row_lengths`)."""
         out = {}
         for k in keys:
             stacked = np.stack([f[k][r] for f, r in zip(features, rows, strict=True)])
+            if length is not None and k in self.token_keys:
+                stacked = stacked[:, :, :length]
             out[k] = jax.make_array_from_callback(stacked.shape, self.batch_sharding, lambda i, x=stacked: x[i])
         return out
 
@@ -286,35 +325,56 @@ class Trainer(TrainSteps):
         return self.batch([features] * self.copies, [rows] * self.copies, keys)
 
     def cached_features(
-        self, state: TrainState, features: dict[str, np.ndarray], keys: Sequence[str], spill_dir: str
+        self,
+        state: TrainState,
+        features: dict[str, np.ndarray],
+        keys: Sequence[str],
+        spill_dir: str,
+        lengths: np.ndarray | None = None,
     ) -> list[dict[str, np.ndarray]]:
         """One dict per copy: `features` plus the encoder's outputs for every row (dropout off; `encode`), computed
-        once with the loaded encoder for all copies, or per copy for encoders initialised per seed."""
+        once with the loaded encoder for all copies, or per copy for encoders initialised per seed. With `lengths`
+        (`row_lengths`; for outputs without a time axis) the rows go in order of length, each batch cut to its
+        longest."""
         n, bs = len(features[keys[0]]), self.config.eval_batch_size
         out = []
         for c in range(1 if self.encoder_params is not None else self.copies):
             params, cached = jax.tree.map(lambda x, c=c: x[c], state.params), {}
-            for i in range(0, n, bs):
-                rows = np.minimum(np.arange(i, i + bs), n - 1)  # the last batch repeats the last row
-                batch = shard_rows(features, rows, keys, self.mesh, self.row_sharding)
+            for rows, length in eval_batches(n, bs, lengths):
+                batch = shard_rows(features, rows, keys, self.mesh, self.row_sharding, length)
                 for name, value in jax.device_get(self.encode_step(params, batch)).items():
                     if name not in cached:
                         cached[name] = feature_array((n, *value.shape[1:]), value.dtype, self.config, spill_dir)
-                    cached[name][i : i + bs] = value[: min(bs, n - i)]
+                    cached[name][rows] = value  # a repeated row writes the same values again
             out.append({**features, **cached})
         return out * (self.copies // len(out))
 
 
-def predict(trainer: Trainer, params, features: Sequence[dict[str, np.ndarray]]):
+def eval_batches(n: int, batch_size: int, lengths: np.ndarray | None = None) -> list[tuple[np.ndarray, int | None]]:
+    """Every row of N once, in batches of `batch_size` (the last one filled up with copies of its last row): in
+    order, or with `lengths` in order of length, each batch with the length to cut it to (its longest row)."""
+    order = np.arange(n) if lengths is None else np.argsort(lengths, kind="stable")
+    out = []
+    for i in range(0, n, batch_size):
+        rows = order[np.minimum(np.arange(i, i + batch_size), n - 1)]
+        out.append((rows, None if lengths is None else int(lengths[rows].max())))
+    return out
+
+
+def predict(trainer: Trainer, params, features: Sequence[dict[str, np.ndarray]], lengths: np.ndarray | None = None):
     """`eval_step` outputs [copies, N, ...] (host arrays) for every row of `features[c]` (one dict per copy), in
-    batches of `eval_batch_size` (the last one filled up with copies of the last row)."""
+    batches of `eval_batch_size` (`eval_batches`; `lengths` for outputs without a time axis: batches of similar
+    length, cut)."""
     keys, bs = trainer.input_keys, trainer.config.eval_batch_size
     n = len(features[0][keys[0]])
-    outs = []
-    for i in range(0, n, bs):
-        rows = [np.minimum(np.arange(i, i + bs), n - 1)] * len(features)
-        outs.append(jax.device_get(trainer.eval_step(params, trainer.batch(features, rows, keys), None)))
-    return jax.tree.map(lambda *x: np.concatenate(x, axis=1)[:, :n], *outs)
+    rows, outs = [], []
+    for batch_rows, length in eval_batches(n, bs, lengths):
+        batch = trainer.batch(features, [batch_rows] * len(features), keys, length)
+        outs.append(jax.device_get(trainer.eval_step(params, batch, None)))
+        rows.append(batch_rows)
+    rows = np.concatenate(rows)
+    first = np.unique(rows, return_index=True)[1]  # each row's first place in the batches
+    return jax.tree.map(lambda *x: np.concatenate(x, axis=1)[:, first], *outs)
 
 
 def local_rows(rows: np.ndarray) -> np.ndarray:
@@ -324,13 +384,19 @@ def local_rows(rows: np.ndarray) -> np.ndarray:
 
 
 def shard_rows(
-    features: dict[str, np.ndarray], rows: np.ndarray, keys: Sequence[str], mesh, batch_sharding=None
+    features: dict[str, np.ndarray],
+    rows: np.ndarray,
+    keys: Sequence[str],
+    mesh,
+    batch_sharding=None,
+    length: int | None = None,
 ) -> dict[str, jax.Array]:
     """Global batch `features[k][rows]` for `keys`, split over the mesh's batch axes (or `batch_sharding`; each
-    process feeds its part)."""
+    process feeds its part), cut to `length` positions when given."""
     rows = local_rows(rows)
     sharding_ = batch_sharding or sharding.batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding_, np.asarray(features[k][rows])) for k in keys}
+    cut = slice(None) if length is None else slice(0, length)
+    return {k: jax.make_array_from_process_local_data(sharding_, np.asarray(features[k][rows][:, cut])) for k in keys}
 
 
 def train_epochs(
@@ -342,12 +408,14 @@ def train_epochs(
     writers: Sequence[MetricWriter],
     desc: str,
     on_epoch_end: Callable[[int, int, TrainState, list[bool]], None],
+    lengths: np.ndarray | None = None,
 ):
     """Trains `seeds` together (`train[c]`: copy c's rows [N, ...]; each epoch a permutation per seed from the
-    seed, its last partial batch dropped) for `epochs` passes; calls on_epoch_end(epoch, step, state, alive)
-    after each. A seed whose loss turns non-finite stops there (its copy is frozen) and the others go on; the
-    group stops when none is left. Returns (state, train seconds without the first step's compilation,
-    {seed: the step its loss turned non-finite})."""
+    seed, its last partial batch dropped; with `lengths`, batches of similar length cut to it: `epoch_batches`)
+    for `epochs` passes; calls on_epoch_end(epoch, step, state, alive) after each. A seed whose loss turns
+    non-finite stops there (its copy is frozen) and the others go on; the group stops when none is left.
+    Returns (state, train seconds without the first step's compilation, {seed: the step its loss turned
+    non-finite})."""
     config, bs, total = trainer.config, trainer.config.batch_size, trainer.total_steps
     n = len(train[0][keys[0]])
     state, rngs = trainer.init_state(seeds), [np.random.default_rng(seed) for seed in seeds]
@@ -373,14 +441,13 @@ def train_epochs(
     for epoch in range(1, epochs + 1):
         orders, epoch_start = [rng.permutation(n) for rng in rngs], time.time()
         bar = tqdm(
-            range(n // bs),
+            epoch_batches(orders, bs, epoch, lengths),
             desc=f"{desc} {name} epoch {epoch}/{epochs}",
             disable=jax.process_index() != 0,
             dynamic_ncols=True,
         )
-        for i in bar:
-            rows = [order[i * bs : (i + 1) * bs] for order in orders]
-            state, out = trainer.train_step(state, trainer.batch(train, rows, keys))
+        for rows, length in bar:
+            state, out = trainer.train_step(state, trainer.batch(train, rows, keys, length))
             step += 1
             if step == 1:  # the throughput leaves out the compilation
                 jax.block_until_ready(out)
@@ -412,11 +479,12 @@ def train_scored(
     score: Callable[[nnx.State], list[tuple[dict[str, float], object]]],
     describe: Callable[[dict[str, float]], str],
     rate_key: str,
+    lengths: np.ndarray | None = None,
 ) -> tuple[TrainState, dict[int, tuple[dict, object]], dict[int, int]]:
     """`train_epochs` of `seeds` with the bookkeeping both drivers share: each seed's log folder
     `workdir/seed_<k>` (an interrupted seed's logs cleared), its metrics writer, and after every epoch
     `score(params)` -> per copy (dev metrics, what else the driver keeps of that evaluation), logged (`describe`)
-    and recorded.
+    and recorded; `lengths`: as `train_epochs`'.
     Returns (state, {finished seed: (result, the last epoch's extra)}, {diverged seed: step}); a result holds the
     seed, its last dev metrics, the per-epoch history, the step count, `rate_key` (rows of every seed of the group
     per second after step 1), the group size and the wall time."""
@@ -434,7 +502,9 @@ def train_scored(
                 writers[c].write_scalars(step, {f"dev/{k}": v for k, v in scores.items()})
                 logging.info("%s seed %d epoch %d: %s", desc, seeds[c], epoch, describe(scores))
 
-    state, train_time, diverged = train_epochs(trainer, train, keys, seeds, epochs, writers, desc, on_epoch_end)
+    state, train_time, diverged = train_epochs(
+        trainer, train, keys, seeds, epochs, writers, desc, on_epoch_end, lengths
+    )
     for writer in writers:
         writer.close()
     finished = {}

@@ -150,9 +150,15 @@ class TaskTrainer(finetuning.Trainer):
             ("cls",),
         )
 
+    def lengths(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """`finetuning.row_lengths` of `features`: the batches cut to them give the logits of the padded ones."""
+        return finetuning.row_lengths(features["attention_mask"], self.model_config.conv_reach)
+
     def predict(self, params, features: list[dict[str, np.ndarray]]) -> np.ndarray:
-        """[copies, N]: label ids (or normalised STS-B scores) for every row of `features[c]`."""
-        logits = finetuning.predict(self, params, features)
+        """[copies, N]: label ids (or normalised STS-B scores) for every row of `features[c]` (same-length
+        batches, cut, unless they are cached features)."""
+        lengths = None if self.cached else self.lengths(features[0])
+        logits = finetuning.predict(self, params, features, lengths)
         return logits[..., 0] if self.task.labels is None else logits.argmax(-1)
 
     def evaluate(self, params, dev: dict[str, list[dict[str, np.ndarray]]]) -> list[dict[str, float]]:
@@ -180,14 +186,15 @@ def train_group(
     trainer: TaskTrainer, task_data: TaskData, seeds: list[int], task_dir: str
 ) -> tuple[dict[int, tuple[dict, dict[str, np.ndarray]]], dict[int, int]]:
     """Fine-tunes `seeds` together, scoring the dev sets after every epoch (`finetuning.train_scored`); returns
-    ({finished seed: (result, {submission file: test predictions})}, {diverged seed: step})."""
+    ({finished seed: (result, {submission file: test predictions})}, {diverged seed: step}). With
+    `config.group_by_length` the training batches hold rows of similar length, cut to it."""
     task, config = trainer.task, trainer.config
     train, evaluate, test = [task_data.train] * len(seeds), task_data.dev, task_data.test
     same = lambda features: [features] * len(seeds)
+    lengths = trainer.lengths(task_data.train) if config.group_by_length and not trainer.cached else None
     if trainer.cached:
-        cache = functools.partial(
-            trainer.cached_features, trainer.init_state(seeds), keys=data.FEATURES, spill_dir=task_dir
-        )
+        state = trainer.init_state(seeds)
+        cache = lambda f: trainer.cached_features(state, f, data.FEATURES, task_dir, trainer.lengths(f))
         train = cache(task_data.train)
         evaluate = {s: cache(f) for s, f in task_data.dev.items()}
         test = {name: (cache(f), ix) for name, (f, ix) in task_data.test.items()}
@@ -205,6 +212,7 @@ def train_group(
         lambda params: [(scores, None) for scores in trainer.evaluate(params, evaluate)],
         report.format_metrics,
         "train_examples_per_sec",
+        lengths,
     )
     predictions = {name: trainer.predict(state.params, features) for name, (features, _) in test.items()}
     index = {seed: c for c, seed in enumerate(seeds)}
