@@ -38,18 +38,18 @@ def stages(scratch: str) -> list[tuple[str, list[str]]]:
 
 
 def recipe() -> dict:
-    """What the timed commands run: the tiny pretraining steps and the transfer suite's fine-tuning epochs (the
-    configs' defaults) and the commit."""
+    """What the timed commands run: the tiny pretraining steps, the transfer suite's fine-tuning epochs and
+    whether its training batches are grouped by length (the configs' defaults), and the commit."""
     from convbert import config_file
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
+    transfer = config_file.load(os.path.join(ROOT, "configs", "finetune_glue.py:transfer,tiny"))
     return {
         "commit": commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else ""),
         "pretrain_steps": config_file.load(os.path.join(ROOT, "configs", "pretrain.py:tiny")).num_train_steps,
-        "transfer_epochs": config_file.load(
-            os.path.join(ROOT, "configs", "finetune_glue.py:transfer,tiny")
-        ).num_train_epochs,
+        "transfer_epochs": transfer.num_train_epochs,
+        "group_by_length": transfer.group_by_length,
     }
 
 

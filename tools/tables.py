@@ -201,23 +201,31 @@ def _median_spread(values: list[float], fmt: str = "{:.0f}") -> str:
 
 def main_job_time(arg: str, root: str) -> str:
     """The main job's wall time per stage (`python -m benchmarks.main_job`, runs.jsonl): every run on quiet cores
-    (load below `QUIET_LOAD` at its start), grouped by recipe and compile cache, medians with the spread."""
+    (load below `QUIET_LOAD` at its start), grouped by recipe and compile cache, medians with the spread. Runs from
+    before `group_by_length` existed (no such key) had padded batches."""
     with open(_path(MAIN_JOB_RUNS, root)) as f:
         runs = [json.loads(line) for line in f if line.strip()]
     quiet = [r for r in runs if r["load_at_start"] < QUIET_LOAD]
     groups: dict[tuple, list[dict]] = {}
     for r in quiet:
-        key = (r.get("pretrain_steps"), r.get("transfer_epochs"), r["compile_cache"], r["machine"])
+        key = (
+            r.get("pretrain_steps"),
+            r.get("transfer_epochs"),
+            r.get("group_by_length", False),
+            r["compile_cache"],
+            r["machine"],
+        )
         groups.setdefault(key, []).append(r)
     stages = list(dict.fromkeys(s for r in quiet for s in r["stages"]))
-    header = ["pretraining steps", "transfer epochs", "compile cache", "runs", *(f"{s} (s)" for s in stages)]
-    lines = ["| " + " | ".join([*header, "total (min)"]) + " |", "|" + "---|" * 3 + "---:|" * (len(header) - 2)]
-    for (steps, epochs, cache, _), rs in groups.items():
-        cells = [f"{steps:,}", str(epochs), cache, str(len(rs))]
+    header = ["pretraining steps", "transfer epochs", "fine-tuning batches", "compile cache", "runs"]
+    header += [f"{s} (s)" for s in stages]
+    lines = ["| " + " | ".join([*header, "total (min)"]) + " |", "|" + "---|" * 4 + "---:|" * (len(header) - 3)]
+    for (steps, epochs, grouped, cache, _), rs in groups.items():
+        cells = [f"{steps:,}", str(epochs), "grouped by length" if grouped else "padded", cache, str(len(rs))]
         cells += [_median_spread([r["stages"][s] for r in rs if s in r["stages"]]) for s in stages]
         cells.append(_median_spread([r["total_seconds"] / 60 for r in rs], "{:.1f}"))
         lines.append("| " + " | ".join(cells) + " |")
-    machines = sorted({k[3] for k in groups})
+    machines = sorted({k[4] for k in groups})
     dates = sorted(r["date"] for r in quiet)
     return (
         "\n".join(lines)
