@@ -89,7 +89,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.batch_size = recipe["batch_size"]  # global, over all devices and processes
     # python -m convbert.data.prepare's default (so its output fits) but for large
     c.max_seq_length = recipe.get("max_seq_length", PREPARE["max_seq_length"])
-    c.num_train_steps = 3000 if tiny else recipe.get("num_train_steps", 1_000_000)
+    c.num_train_steps = 4500 if tiny else recipe.get("num_train_steps", 1_000_000)
     c.log_every_steps = 50 if tiny else 100
     c.checkpoint_every_steps = 500 if tiny else 5_000
     c.eval_every_steps = 1500 if tiny else 10_000

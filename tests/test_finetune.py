@@ -56,8 +56,6 @@ def test_config_recipe_per_size_and_task():
         assert (c.learning_rate, c.batch_size, c.max_seq_length, c.num_train_epochs) == (lr, 32, 128, 10)
         assert (c.layerwise_lr_decay, c.warmup_proportion, c.weight_decay, c.loss_reduction) == (0.8, 0.1, 0.01, "sum")
     assert glue_config.get_config("cola,base").num_train_epochs == 3
-    # the transfer suite: ELECTRA's 3 epochs, 2 at the tiny size (the main job's budget)
-    assert [glue_config.get_config(f"transfer,{s}").num_train_epochs for s in ("tiny", "base")] == [2, 3]
     assert glue_config.get_config("all,base").num_train_epochs == -1  # per task: 3, RTE / STS-B 10
     assert finetune.task_epochs(TASKS["stsb"], glue_config.get_config("all,base")) == 10
     assert glue_config.get_config("all,base").init_checkpoint == "YituTech/conv-bert-base"
