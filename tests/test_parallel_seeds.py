@@ -123,15 +123,16 @@ def test_row_lengths_reach_past_the_last_real_token_in_multiples_of_16():
     for i, n in enumerate([1, 8, 9, 60, 0]):
         mask[i, :n] = 1
     np.testing.assert_array_equal(finetuning.row_lengths(mask, 8), [16, 16, 32, 64, 16])
-    np.testing.assert_array_equal(finetuning.row_lengths(mask, 0), [16, 16, 16, 64, 0])
+    np.testing.assert_array_equal(finetuning.row_lengths(mask, 0), [16, 16, 16, 64, 16])
 
 
 def test_length_grouped_batches_give_every_seed_the_same_lengths_and_its_own_rows():
     lengths = np.random.default_rng(0).choice([16, 32, 48, 64], size=100)
     orders = [np.random.default_rng(seed).permutation(100) for seed in range(3)]
-    plain = finetuning.trainer.epoch_batches(orders, 8, 1)
-    assert [(rows[0].tolist(), length) for rows, length in plain[:2]] == [(orders[0][:8].tolist(), None)] * 1 + [
-        (orders[0][8:16].tolist(), None)
+    plain = finetuning.trainer.epoch_batches(orders, 8, 1)  # consecutive slices, not cut
+    assert [(rows[0].tolist(), length) for rows, length in plain[:2]] == [
+        (orders[0][:8].tolist(), None),
+        (orders[0][8:16].tolist(), None),
     ]
     steps = finetuning.trainer.epoch_batches(orders, 8, 1, lengths)
     alone = finetuning.trainer.epoch_batches(orders[2:], 8, 1, lengths)

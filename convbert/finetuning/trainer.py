@@ -180,12 +180,11 @@ def seed_groups(seeds: Sequence[int], size: int) -> list[list[int]]:
 
 def row_lengths(attention_mask: np.ndarray, reach: int) -> np.ndarray:
     """[N]: how long a batch holding row n must be for its real tokens to get the outputs of the full padded
-    length: past its last real token by `reach` (`ConvBertConfig.conv_reach`), rounded up to `LENGTH_MULTIPLE`,
-    at most the padded length."""
+    length: past its last real token by `reach` (`ConvBertConfig.conv_reach`), rounded up to `LENGTH_MULTIPLE`
+    (at least one multiple), at most the padded length."""
     t = attention_mask.shape[1]
-    real = t - np.argmax(attention_mask[:, ::-1] != 0, axis=1)
-    real[~attention_mask.any(axis=1)] = 0
-    return np.minimum(-(-(real + reach) // LENGTH_MULTIPLE) * LENGTH_MULTIPLE, t)
+    real = np.where(attention_mask.any(axis=1), t - np.argmax(attention_mask[:, ::-1] != 0, axis=1), 0)
+    return np.clip(-(-(real + reach) // LENGTH_MULTIPLE) * LENGTH_MULTIPLE, min(LENGTH_MULTIPLE, t), t)
 
 
 def epoch_batches(
@@ -395,8 +394,9 @@ def shard_rows(
     process feeds its part), cut to `length` positions when given."""
     rows = local_rows(rows)
     sharding_ = batch_sharding or sharding.batch_sharding(mesh)
-    cut = slice(None) if length is None else slice(0, length)
-    return {k: jax.make_array_from_process_local_data(sharding_, np.asarray(features[k][rows][:, cut])) for k in keys}
+    return {
+        k: jax.make_array_from_process_local_data(sharding_, np.asarray(features[k][rows][..., :length])) for k in keys
+    }
 
 
 def train_epochs(
