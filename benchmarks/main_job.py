@@ -43,7 +43,12 @@ def recipe() -> dict:
     from convbert import config_file
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
+    # uncommitted changes to the code, not to the results this benchmark writes between runs
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
+        cwd=ROOT,
+        capture_output=True,
+    )
     transfer = config_file.load(os.path.join(ROOT, "configs", "finetune_glue.py:transfer,tiny"))
     return {
         "commit": commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else ""),
