@@ -202,7 +202,8 @@ def _median_spread(values: list[float], fmt: str = "{:.0f}") -> str:
 def main_job_time(arg: str, root: str) -> str:
     """The main job's wall time per stage (`python -m benchmarks.main_job`, runs.jsonl): every run on quiet cores
     (load below `QUIET_LOAD` at its start), grouped by recipe and compile cache, medians with the spread. Runs from
-    before `group_by_length` existed (no such key) had padded batches."""
+    before `group_by_length` existed (no such key) had padded batches. `compare / pretrain` divides out the
+    machine's speed of the moment (this VM's varies), as the pretraining stage runs the same code in every row."""
     with open(_path(MAIN_JOB_RUNS, root)) as f:
         runs = [json.loads(line) for line in f if line.strip()]
     quiet = [r for r in runs if r["load_at_start"] < QUIET_LOAD]
@@ -219,10 +220,12 @@ def main_job_time(arg: str, root: str) -> str:
     stages = list(dict.fromkeys(s for r in quiet for s in r["stages"]))
     header = ["pretraining steps", "transfer epochs", "fine-tuning batches", "compile cache", "runs"]
     header += [f"{s} (s)" for s in stages]
-    lines = ["| " + " | ".join([*header, "total (min)"]) + " |", "|" + "---|" * 4 + "---:|" * (len(header) - 3)]
+    header += ["compare / pretrain", "total (min)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 4 + "---:|" * (len(header) - 4)]
     for (steps, epochs, grouped, cache, _), rs in groups.items():
         cells = [f"{steps:,}", str(epochs), "grouped by length" if grouped else "padded", cache, str(len(rs))]
         cells += [_median_spread([r["stages"][s] for r in rs if s in r["stages"]]) for s in stages]
+        cells.append(_median_spread([r["stages"]["compare"] / r["stages"]["pretrain"] for r in rs], "{:.2f}"))
         cells.append(_median_spread([r["total_seconds"] / 60 for r in rs], "{:.1f}"))
         lines.append("| " + " | ".join(cells) + " |")
     machines = sorted({k[4] for k in groups})
