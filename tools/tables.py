@@ -239,8 +239,9 @@ def main_job_time(arg: str, root: str) -> str:
 
 def bench_finetune(arg: str, root: str) -> str:
     """Seeds per minute of `python -m benchmarks.bench_finetune` (via `benchmarks.repeat`): the median over the
-    invocations with the spread, and the ratio to the PyTorch row of the same invocation."""
-    with open(_path(BENCH_FINETUNE, root)) as f:
+    invocations with the spread, and the ratio to the PyTorch row of the same invocation. ARG: another results
+    file of the same benchmark."""
+    with open(_path(arg or BENCH_FINETUNE, root)) as f:
         result = json.load(f)
     runs: dict[str, list[dict]] = {}
     for invocation in result["invocations"]:
@@ -294,7 +295,7 @@ RENDERERS: dict[str, Renderer] = {
     "aot_large_extrapolated": Renderer(aot_large_extrapolated, f"{AOT_LARGE_LAYERS}/*.json, {AOT_LAYOUTS}"),
     "comparison": Renderer(comparison, MAIN_JOB + " (or ARG)"),
     "main_job_time": Renderer(main_job_time, MAIN_JOB_RUNS),
-    "bench_finetune": Renderer(bench_finetune, BENCH_FINETUNE),
+    "bench_finetune": Renderer(bench_finetune, BENCH_FINETUNE + " (or ARG)"),
     "aot_finetune": Renderer(aot_finetune, f"{AOT_FINETUNE}/*.json"),
 }
 
